@@ -1,0 +1,1 @@
+"""MM-Rec in miniature: a runnable reference trainer with the reviewed bugs kept."""

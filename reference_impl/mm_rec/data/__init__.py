@@ -1,0 +1,1 @@
+"""Tokenizer, data set and loaders for the reference trainer."""

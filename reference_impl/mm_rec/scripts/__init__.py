@@ -1,0 +1,1 @@
+"""Entry-point scripts (run them as files, not modules)."""

@@ -1,0 +1,304 @@
+"""The command line: check, fix, rules, explain, probe (SPEC §2)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+from rich.markdown import Markdown
+from rich.table import Table
+
+from trainaudit import __version__
+from trainaudit.catalogue import CATALOGUE, lookup
+from trainaudit.config import Config, ConfigError, load_config, validate_selectors
+from trainaudit.diagnostics import Severity
+from trainaudit.discover import SourceFile, discover, display_path
+from trainaudit.engine import CheckResult, check_files
+from trainaudit.registry import all_options, load_rules
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Find, fix and prove the silent bugs of PyTorch training scripts.",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+EXIT_OK, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
+
+
+class OutputFormat(str, Enum):
+    text = "text"
+    json = "json"
+    github = "github"
+    sarif = "sarif"
+
+
+def _fail(message: str) -> NoReturn:
+    err.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(EXIT_ERROR)
+
+
+def _split(values: list[str] | None) -> tuple[str, ...] | None:
+    if values is None:
+        return None
+    return tuple(v.strip() for value in values for v in value.split(",") if v.strip())
+
+
+PathsArg = Annotated[list[str] | None, typer.Argument(
+    help="Files or folders to check ('-' reads stdin). Default: the current folder.",
+    show_default=False)]
+SelectOpt = Annotated[list[str] | None, typer.Option(
+    "--select", help="Only these codes or prefixes (e.g. TA1,TA201); replaces the config.")]
+ExtendOpt = Annotated[list[str] | None, typer.Option(
+    "--extend-select", help="Codes or prefixes to add to the selection.")]
+IgnoreOpt = Annotated[list[str] | None, typer.Option(
+    "--ignore", help="Codes or prefixes to ignore, in addition to the config.")]
+ConfigOpt = Annotated[Path | None, typer.Option(
+    "--config", help="Use this pyproject.toml or trainaudit.toml.", dir_okay=False)]
+NoConfigOpt = Annotated[bool, typer.Option("--no-config", help="Ignore every config file.")]
+StdinNameOpt = Annotated[str | None, typer.Option(
+    "--stdin-filename", help="The path to report for source read from stdin ('-').")]
+
+
+def _configure(paths: list[str] | None, select: list[str] | None, extend_select: list[str] | None,
+               ignore: list[str] | None, config_path: Path | None, no_config: bool,
+               fail_on: str | None = None) -> tuple[Config, list[str]]:
+    targets = paths or ["."]
+    start = Path(targets[0]) if targets[0] != "-" else Path.cwd()
+    try:
+        config = load_config(config_path, start=start if start.exists() else Path.cwd(),
+                             rule_options=all_options(), no_config=no_config)
+        changes: dict[str, object] = {}
+        if (sel := _split(select)) is not None:
+            changes["select"] = validate_selectors(sel, "--select")
+        if (ext := _split(extend_select)) is not None:
+            changes["extend_select"] = config.extend_select + validate_selectors(ext, "--extend-select")
+        if (ign := _split(ignore)) is not None:
+            changes["ignore"] = config.ignore + validate_selectors(ign, "--ignore")
+        if fail_on is not None:
+            changes["fail_on"] = Severity.parse(fail_on)
+        return config.with_overrides(**changes), targets
+    except (ConfigError, ValueError) as exc:
+        _fail(str(exc))
+
+
+def _gather(targets: list[str], config: Config, stdin_filename: str | None
+            ) -> tuple[list[SourceFile], dict[str, str]]:
+    if "-" in targets:
+        if len(targets) > 1:
+            _fail("'-' (stdin) cannot be combined with other paths")
+        name = stdin_filename or "stdin.py"
+        file = SourceFile(Path(name), display_path(Path(name)))
+        return [file], {file.display: sys.stdin.read()}
+    files, problems = discover([Path(t) for t in targets], config)
+    if problems:
+        for problem in problems:
+            err.print(f"[bold red]error:[/] {problem}")
+        raise typer.Exit(EXIT_ERROR)
+    return files, {}
+
+
+def _exit_code(result: CheckResult, config: Config) -> int:
+    if result.errors:
+        return EXIT_ERROR
+    failing = any(f.severity.rank >= config.fail_on.rank for f in result.findings)
+    return EXIT_FINDINGS if failing else EXIT_OK
+
+
+def _report_errors(result_errors: list[str]) -> None:
+    for message in result_errors:
+        err.print(f"[bold red]error:[/] {message}")
+
+
+@app.command()
+def check(
+    paths: PathsArg = None,
+    select: SelectOpt = None,
+    extend_select: ExtendOpt = None,
+    ignore: IgnoreOpt = None,
+    output_format: Annotated[OutputFormat, typer.Option(
+        "--format", help="Output format.")] = OutputFormat.text,
+    fail_on: Annotated[str | None, typer.Option(
+        "--fail-on", help="Lowest severity that makes the exit code 1: error, warning or info.")] = None,
+    config_path: ConfigOpt = None,
+    no_config: NoConfigOpt = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the findings, no summary.")] = False,
+    statistics: Annotated[bool, typer.Option("--statistics", help="Count findings per rule.")] = False,
+    exit_zero: Annotated[bool, typer.Option("--exit-zero", help="Exit 0 even with findings.")] = False,
+    stdin_filename: StdinNameOpt = None,
+) -> None:
+    """Lint training scripts. Exit 0: clean; 1: findings at or above --fail-on; 2: error."""
+    config, targets = _configure(paths, select, extend_select, ignore, config_path, no_config, fail_on)
+    files, overlay = _gather(targets, config, stdin_filename)
+    result = check_files(files, config, overlay=overlay)
+    _report_errors(result.errors)
+    if output_format is OutputFormat.text:
+        from trainaudit.report.text import render_text
+
+        render_text(result, out, quiet=quiet, statistics=statistics,
+                    unsafe_fixes=config.unsafe_fixes,
+                    overlay={k: v.splitlines() for k, v in overlay.items()})
+    else:
+        from trainaudit.report import render
+
+        text = render(output_format.value, result)
+        if text:
+            sys.stdout.write(text + "\n")
+    code = _exit_code(result, config)
+    raise typer.Exit(EXIT_OK if exit_zero and code == EXIT_FINDINGS else code)
+
+
+@app.command()
+def fix(
+    paths: PathsArg = None,
+    apply: Annotated[bool, typer.Option("--apply", help="Write the fixes (default: show a diff).")] = False,
+    diff: Annotated[bool, typer.Option("--diff", help="Show the diff (the default without --apply).")] = False,
+    unsafe_fixes: Annotated[bool | None, typer.Option(
+        "--unsafe-fixes/--no-unsafe-fixes",
+        help="Also apply feature fixes (accumulation, autocast, checkpointing, clipping).")] = None,
+    select: SelectOpt = None,
+    extend_select: ExtendOpt = None,
+    ignore: IgnoreOpt = None,
+    config_path: ConfigOpt = None,
+    no_config: NoConfigOpt = False,
+    stdin_filename: StdinNameOpt = None,
+) -> None:
+    """Fix findings: show the diff, or write it with --apply (safe and corrective fixes)."""
+    from trainaudit.fixes.apply import fix_files, write_atomically
+
+    config, targets = _configure(paths, select, extend_select, ignore, config_path, no_config)
+    if unsafe_fixes is not None:
+        config = config.with_overrides(unsafe_fixes=unsafe_fixes)
+    files, overlay = _gather(targets, config, stdin_filename)
+    run = fix_files(files, config, unsafe_fixes=config.unsafe_fixes, overlay=overlay)
+    _report_errors(run.errors)
+    if overlay:  # stdin: the fixed source goes to stdout
+        for change in run.changes:
+            sys.stdout.write(change.fixed)
+        if not run.changes:
+            sys.stdout.write(next(iter(overlay.values())))
+        raise typer.Exit(EXIT_ERROR if run.errors else EXIT_OK)
+    if diff or not apply:
+        for change in run.changes:
+            for note in change.notes:
+                out.print(f"# {change.file.display}: {note}", style="bold", soft_wrap=True)
+            sys.stdout.flush()
+            sys.stdout.write(change.diff())
+            sys.stdout.flush()
+    if apply:
+        for change in run.changes:
+            write_atomically(change)
+        noun = "file" if len(run.changes) == 1 else "files"
+        err.print(f"Fixed {len(run.changes)} {noun}.")
+        remaining = run.remaining
+        if remaining.findings:
+            from trainaudit.report.text import render_text
+
+            err.print(f"{len(remaining.findings)} finding(s) remain:")
+            render_text(remaining, err, quiet=True)
+        raise typer.Exit(EXIT_ERROR if run.errors else _exit_code(remaining, config))
+    if not run.changes:
+        err.print("Nothing to fix.")
+    raise typer.Exit(EXIT_ERROR if run.errors else (EXIT_FINDINGS if run.changes else EXIT_OK))
+
+
+@app.command("rules")
+def rules_command(
+    output_format: Annotated[str, typer.Option("--format", help="text or json")] = "text",
+) -> None:
+    """List every rule: code, name, severity, fix class."""
+    implemented = load_rules()
+    if output_format == "json":
+        rows = [{"code": i.code, "name": i.name, "severity": i.severity.value,
+                 "fix": i.fix.value if i.fix else None, "summary": i.summary,
+                 "implemented": i.code in implemented} for i in CATALOGUE]
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        return
+    table = Table(show_edge=False, header_style="bold")
+    for column in ("code", "name", "severity", "fix", "finds"):
+        table.add_column(column)
+    for info in CATALOGUE:
+        status = "" if info.code in implemented else " [dim](planned)[/]"
+        table.add_row(info.code, info.name + status, info.severity.value,
+                      info.fix.value if info.fix else "-", info.summary)
+    out.print(table)
+
+
+RULE_PAGES = Path(__file__).resolve().parent.parent / "rules"
+
+
+@app.command()
+def explain(code: Annotated[str, typer.Argument(help="A rule code (TA102) or name.")]) -> None:
+    """Show one rule's documentation page."""
+    info = lookup(code)
+    if info is None:
+        _fail(f"unknown rule {code!r}; `trainaudit rules` lists them")
+    page = RULE_PAGES / f"{info.slug}.md"
+    if page.is_file():
+        out.print(Markdown(page.read_text(encoding="utf-8")))
+    else:
+        fix = info.fix.value if info.fix else "none"
+        out.print(Markdown(f"# {info.code} {info.name}\n\n{info.summary}.\n\n"
+                           f"Severity: {info.severity.value}. Fix: {fix}."))
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def probe(
+    ctx: typer.Context,
+    steps: Annotated[int, typer.Option("--steps", min=1, help="Optimizer steps to run.")] = 5,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the report as JSON here.")] = None,
+) -> None:
+    """Run a script for a few optimizer steps under runtime probes: trainaudit probe -- python train.py ARGS."""
+    argv = list(ctx.args)
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if argv and Path(argv[0]).name.startswith("python"):
+        argv = argv[1:]
+    module = bool(argv) and argv[0] == "-m"
+    if module:
+        argv = argv[1:]
+    if not argv:
+        _fail("give the command to run: trainaudit probe -- python train.py ARGS...")
+    try:
+        from trainaudit.probe import ProbeError, render_report, run_probe
+    except ImportError as exc:  # pragma: no cover - broken install
+        _fail(f"probe unavailable: {exc}")
+    try:
+        report = run_probe(argv, steps=steps, module=module)
+    except ProbeError as exc:
+        _fail(str(exc))
+    render_report(report, out)
+    if json_path is not None:
+        json_path.write_text(json.dumps(report.to_json(), indent=2) + "\n", encoding="utf-8")
+    failing = any(f.severity in ("error", "warning") for f in report.findings)
+    raise typer.Exit(EXIT_FINDINGS if failing else EXIT_OK)
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"trainaudit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Show the version.")] = False,
+) -> None:
+    """Find, fix and prove the silent bugs of PyTorch training scripts."""
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:  # pragma: no cover
+        err.print("interrupted")
+        sys.exit(130)

@@ -1,0 +1,232 @@
+"""Configuration: ``[tool.trainaudit]`` in pyproject.toml, or trainaudit.toml (SPEC §6)."""
+
+from __future__ import annotations
+
+import fnmatch
+import sys
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from trainaudit.catalogue import CATALOGUE
+from trainaudit.diagnostics import Severity
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+CONFIG_FILES = ("trainaudit.toml", ".trainaudit.toml", "pyproject.toml")
+
+# Options of the feature/corrective fixes ([tool.trainaudit.fix]); defaults follow the review.
+DEFAULT_FIX_OPTIONS: dict[str, Any] = {
+    "accumulation-steps": 8,
+    "autocast-dtype": "bfloat16",
+    "checkpointing-default": True,
+    "ignore-index": -100,
+}
+
+# Folders never entered while walking (a path given explicitly is still checked).
+DEFAULT_EXCLUDE = (
+    ".git", ".hg", ".svn", ".venv", "venv", ".tox", ".nox", "__pycache__", "node_modules",
+    "site-packages", ".mypy_cache", ".ruff_cache", ".pytest_cache", ".trainaudit_cache",
+    "build", "dist", ".eggs",
+)
+
+
+class ConfigError(Exception):
+    """A configuration or usage error (exit code 2)."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """Settings after merging defaults, the config file and command-line flags."""
+
+    select: tuple[str, ...] = ("ALL",)
+    extend_select: tuple[str, ...] = ()
+    ignore: tuple[str, ...] = ()
+    per_file_ignores: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    exclude: tuple[str, ...] = ()
+    fail_on: Severity = Severity.WARNING
+    unsafe_fixes: bool = False
+    respect_gitignore: bool = True
+    options: Mapping[str, Any] = field(default_factory=dict)
+    fix_options: Mapping[str, Any] = field(default_factory=lambda: dict(DEFAULT_FIX_OPTIONS))
+    root: Path = field(default_factory=Path.cwd)
+    source: Path | None = None
+
+    def enabled_codes(self) -> frozenset[str]:
+        """Codes selected and not ignored; the most specific prefix wins (as in ruff)."""
+        chosen = self.select + self.extend_select
+        return frozenset(
+            info.code for info in CATALOGUE
+            if _best_match(info.code, chosen) > _best_match(info.code, self.ignore)
+        )
+
+    def ignored_for(self, path: str) -> tuple[str, ...]:
+        """Codes ignored for one file by ``per-file-ignores`` (globs relative to the config)."""
+        rel = _relative_to_root(path, self.root)
+        codes: list[str] = []
+        for pattern, ignored in self.per_file_ignores.items():
+            if _glob_match(rel, pattern):
+                codes.extend(ignored)
+        return tuple(codes)
+
+    def is_excluded(self, path: str) -> bool:
+        rel = _relative_to_root(path, self.root)
+        return any(_glob_match(rel, pattern) for pattern in self.exclude)
+
+    def with_overrides(self, **changes: Any) -> Config:
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def _best_match(code: str, selectors: Iterable[str]) -> int:
+    """Length of the longest selector matching a code, -1 when none does; ``ALL`` is 0."""
+    best = -1
+    for selector in selectors:
+        sel = selector.strip().upper()
+        if sel == "ALL":
+            best = max(best, 0)
+        elif sel and code.startswith(sel):
+            best = max(best, len(sel))
+    return best
+
+
+def _relative_to_root(path: str, root: Path) -> str:
+    absolute = Path(path).resolve() if not Path(path).is_absolute() else Path(path)
+    try:
+        return absolute.relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return PurePosixPath(Path(path).as_posix()).as_posix()
+
+
+def _glob_match(rel: str, pattern: str) -> bool:
+    """Match a path against a glob: a bare name matches any component, ``**`` any depth."""
+    pattern = pattern.rstrip("/")
+    if fnmatch.fnmatch(rel, pattern) or fnmatch.fnmatch(rel, pattern.replace("**/", "")):
+        return True
+    if "/" not in pattern:
+        return any(fnmatch.fnmatch(part, pattern) for part in rel.split("/"))
+    return rel.startswith(pattern + "/")
+
+
+def validate_selectors(values: Iterable[str], where: str) -> tuple[str, ...]:
+    """Reject selectors that match no rule (a typo must not silently select nothing)."""
+    result = []
+    for value in values:
+        sel = value.strip().upper()
+        if not sel:
+            continue
+        if sel != "ALL" and not any(info.code.startswith(sel) for info in CATALOGUE):
+            raise ConfigError(f"{where}: {value!r} matches no rule code (see `trainaudit rules`)")
+        result.append(sel)
+    return tuple(result)
+
+
+def find_config_file(start: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The nearest config file at or above ``start`` that configures trainaudit."""
+    directory = start.resolve()
+    if directory.is_file():
+        directory = directory.parent
+    for folder in (directory, *directory.parents):
+        for name in CONFIG_FILES:
+            candidate = folder / name
+            if not candidate.is_file():
+                continue
+            table = _read_table(candidate)
+            if table is not None:
+                return candidate, table
+    return None
+
+
+def _read_table(path: Path) -> dict[str, Any] | None:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc}") from exc
+    if path.name == "pyproject.toml":
+        tool = data.get("tool", {})
+        table = tool.get("trainaudit") if isinstance(tool, dict) else None
+        return table if isinstance(table, dict) else None
+    tool = data.get("tool")
+    if isinstance(tool, dict) and isinstance(tool.get("trainaudit"), dict):
+        return dict(tool["trainaudit"])
+    return data
+
+
+_LIST_KEYS = {"select", "extend-select", "ignore", "exclude", "extend-exclude"}
+
+
+def load_config(path: Path | None, *, start: Path, rule_options: Mapping[str, Any],
+                no_config: bool = False) -> Config:
+    """Load the config file (explicit ``path`` or the nearest one) over the defaults."""
+    defaults = Config(options=dict(rule_options), root=Path.cwd())
+    if no_config:
+        return defaults
+    if path is not None:
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        table = _read_table(path) or {}
+        found: tuple[Path, dict[str, Any]] | None = (path, table)
+    else:
+        found = find_config_file(start)
+    if found is None:
+        return defaults
+    file, table = found
+    return _from_table(table, file, defaults, rule_options)
+
+
+def _from_table(table: Mapping[str, Any], file: Path, defaults: Config,
+                rule_options: Mapping[str, Any]) -> Config:
+    where = str(file)
+    known = _LIST_KEYS | {"per-file-ignores", "fail-on", "unsafe-fixes", "fix",
+                          "respect-gitignore"} | set(rule_options)
+    unknown = sorted(set(table) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown option(s): {', '.join(unknown)}")
+
+    def strings(key: str) -> tuple[str, ...]:
+        value = table.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{where}: `{key}` must be a list of strings")
+        return tuple(value)
+
+    changes: dict[str, Any] = {"root": file.parent.resolve(), "source": file}
+    if "select" in table:
+        changes["select"] = validate_selectors(strings("select"), f"{where}: select")
+    changes["extend_select"] = validate_selectors(strings("extend-select"), where)
+    changes["ignore"] = validate_selectors(strings("ignore"), f"{where}: ignore")
+    changes["exclude"] = strings("exclude") + strings("extend-exclude")
+    pfi = table.get("per-file-ignores", {})
+    if not isinstance(pfi, dict):
+        raise ConfigError(f"{where}: `per-file-ignores` must be a table of glob = [codes]")
+    changes["per_file_ignores"] = {
+        str(glob): validate_selectors(codes if isinstance(codes, list) else [codes], where)
+        for glob, codes in pfi.items()
+    }
+    if "fail-on" in table:
+        try:
+            changes["fail_on"] = Severity.parse(str(table["fail-on"]))
+        except ValueError as exc:
+            raise ConfigError(f"{where}: fail-on: {exc}") from None
+    for key, attr in (("unsafe-fixes", "unsafe_fixes"), ("respect-gitignore", "respect_gitignore")):
+        if key in table:
+            if not isinstance(table[key], bool):
+                raise ConfigError(f"{where}: `{key}` must be true or false")
+            changes[attr] = table[key]
+    options = dict(rule_options)
+    for key in set(table) & set(rule_options):
+        default = rule_options[key]
+        if type(table[key]) is not type(default):
+            raise ConfigError(f"{where}: `{key}` must be a {type(default).__name__}")
+        options[key] = table[key]
+    changes["options"] = options
+    fix_table = table.get("fix", {})
+    if not isinstance(fix_table, dict):
+        raise ConfigError(f"{where}: [fix] must be a table")
+    unknown_fix = sorted(set(fix_table) - set(DEFAULT_FIX_OPTIONS))
+    if unknown_fix:
+        raise ConfigError(f"{where}: unknown [fix] option(s): {', '.join(unknown_fix)}")
+    changes["fix_options"] = {**DEFAULT_FIX_OPTIONS, **fix_table}
+    return replace(defaults, **changes)

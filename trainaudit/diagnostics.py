@@ -1,0 +1,88 @@
+"""Findings as data, kept apart from how they are printed."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from enum import Enum
+from typing import Any
+
+
+class Severity(str, Enum):
+    """How bad a finding is; ordered ``info < warning < error``."""
+
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+    @property
+    def rank(self) -> int:
+        return _SEVERITY_RANK[self]
+
+    @classmethod
+    def parse(cls, value: str) -> Severity:
+        try:
+            return cls(value.lower())
+        except ValueError:
+            names = ", ".join(s.value for s in cls)
+            raise ValueError(f"unknown severity {value!r} (expected one of: {names})") from None
+
+
+_SEVERITY_RANK = {Severity.INFO: 0, Severity.WARNING: 1, Severity.ERROR: 2}
+
+
+class FixClass(str, Enum):
+    """What applying a fix does to behaviour (SPEC §5)."""
+
+    SAFE = "safe"
+    CORRECTIVE = "corrective"
+    FEATURE = "feature"
+
+
+@dataclass(frozen=True)
+class Span:
+    """A range in a file; lines and columns are 1-based, columns count characters."""
+
+    line: int
+    column: int
+    end_line: int
+    end_column: int
+
+
+@dataclass(frozen=True)
+class Related:
+    """Another place that takes part in a finding (the second shift, the loss site...)."""
+
+    path: str
+    line: int
+    column: int
+    message: str
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One problem at one place. ``fix_data`` carries what a fixer needs; it is never printed."""
+
+    code: str
+    name: str
+    severity: Severity
+    path: str
+    span: Span
+    message: str
+    fix: FixClass | None = None
+    related: tuple[Related, ...] = ()
+    fix_data: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def line(self) -> int:
+        return self.span.line
+
+    @property
+    def column(self) -> int:
+        return self.span.column
+
+    def sort_key(self) -> tuple[str, int, int, str]:
+        return (self.path, self.span.line, self.span.column, self.code)
+
+    def with_severity(self, severity: Severity) -> Finding:
+        return replace(self, severity=severity)

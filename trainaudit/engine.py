@@ -1,0 +1,291 @@
+"""Runs the rules over files and collects findings.
+
+Phase 1, per file (in worker processes for large trees, cacheable): read,
+text prefilter, parse, module rules, family summaries, suppression comments.
+Phase 2, once: project rules over all summaries (facts that cross files).
+Then selection, per-file ignores and suppressions, and sorting.
+"""
+
+from __future__ import annotations
+
+import ast
+import io
+import os
+import time
+import tokenize
+import traceback
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from trainaudit.catalogue import BY_CODE
+from trainaudit.config import Config
+from trainaudit.diagnostics import Finding, Span
+from trainaudit.discover import SourceFile
+from trainaudit.model.module import ModuleFacts
+from trainaudit.model.project import ModuleSummary, Project
+from trainaudit.registry import SUMMARIZERS, ModuleRule, ProjectRule, RuleContext, load_rules
+from trainaudit.suppression import Suppressions, is_suppressed, parse_suppressions
+
+# Below this many files, processes cost more than they save.
+PARALLEL_THRESHOLD = 48
+
+
+@dataclass
+class FileResult:
+    """Everything phase 1 learns about one file; picklable (it crosses processes and the cache)."""
+
+    path: str
+    checked: bool = False
+    findings: list[Finding] = field(default_factory=list)
+    summary: ModuleSummary | None = None
+    suppressions: Suppressions = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+    cached: bool = False
+
+
+@dataclass
+class CheckResult:
+    """The outcome of a run."""
+
+    findings: list[Finding]
+    files_seen: int
+    files_checked: int
+    files_cached: int = 0
+    errors: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    sources: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What a worker needs to analyse files: picklable, derived from the config."""
+
+    enabled: frozenset[str]
+    options: Mapping[str, Any]
+
+
+class DecodeError(Exception):
+    pass
+
+
+def read_source(data: bytes) -> tuple[str, str]:
+    """Decode Python source bytes with their PEP 263 encoding; returns (text, encoding)."""
+    try:
+        encoding, _ = tokenize.detect_encoding(io.BytesIO(data).readline)
+    except SyntaxError as exc:
+        raise DecodeError(str(exc)) from None
+    try:
+        return data.decode(encoding), encoding
+    except (UnicodeDecodeError, LookupError) as exc:
+        raise DecodeError(f"cannot decode as {encoding}: {exc}") from None
+
+
+def module_name_for(display: str) -> tuple[str, bool]:
+    """A dotted module name guessed from a path (``pkg/data/x.py`` → ``pkg.data.x``)."""
+    parts = [p for p in PurePosixPath(display).parts if p not in ("/", ".")]
+    if ".." in parts:
+        parts = parts[len(parts) - parts[::-1].index("..") :]
+    if not parts:
+        return "", False
+    stem = parts[-1].rsplit(".", 1)[0]
+    is_package = stem == "__init__"
+    parts = parts[:-1] if is_package else [*parts[:-1], stem]
+    return ".".join(p for p in parts if p.isidentifier()), is_package
+
+
+def _syntax_finding(path: str, message: str, line: int = 1, column: int = 1) -> Finding:
+    info = BY_CODE["TA001"]
+    return Finding(info.code, info.name, info.severity, path,
+                   Span(line, max(column, 1), line, max(column, 1)), message, None)
+
+
+class Analyzer:
+    """Phase 1 for one process: the rules and summarizers, instantiated once."""
+
+    def __init__(self, settings: Settings) -> None:
+        rules = load_rules()
+        self.settings = settings
+        self.context = RuleContext(settings.options)
+        self.module_rules = [cls() for code, cls in sorted(rules.items())
+                             if code in settings.enabled and issubclass(cls, ModuleRule)]
+        project_rules = [cls for code, cls in rules.items()
+                         if code in settings.enabled and issubclass(cls, ProjectRule)]
+        self.summarizers = list(SUMMARIZERS.values()) if project_rules else []
+        self.triggers = tuple(sorted({
+            t for r in self.module_rules for t in r.triggers
+        } | {t for s in self.summarizers for t in s.triggers}))
+
+    def wants(self, text: str) -> bool:
+        """The text prefilter: could any selected rule find anything in this file?"""
+        return any(trigger in text for trigger in self.triggers)
+
+    def analyse(self, file: SourceFile, text: str | None = None) -> FileResult:
+        result = FileResult(file.display)
+        if text is None:
+            try:
+                data = file.path.read_bytes()
+            except OSError as exc:
+                result.errors.append(f"{file.display}: cannot read: {exc.strerror or exc}")
+                return result
+            # Cheap byte-level prefilter before decoding (triggers are ASCII).
+            if not any(t.encode() in data for t in self.triggers):
+                return result
+            try:
+                text, _ = read_source(data)
+            except DecodeError as exc:
+                result.checked = True
+                if "TA001" in self.settings.enabled:
+                    result.findings.append(_syntax_finding(file.display, f"file cannot be read: {exc}"))
+                return result
+        elif not self.wants(text):
+            return result
+        result.checked = True
+        result.suppressions = parse_suppressions(text)
+        try:
+            tree = ast.parse(text, filename=file.display)
+        except SyntaxError as exc:
+            if "TA001" in self.settings.enabled:
+                result.findings.append(_syntax_finding(
+                    file.display, f"syntax error: {exc.msg}", exc.lineno or 1, exc.offset or 1))
+            return result
+        except (ValueError, RecursionError, MemoryError) as exc:
+            if "TA001" in self.settings.enabled:
+                result.findings.append(_syntax_finding(file.display, f"cannot parse: {exc}"))
+            return result
+        name, is_package = module_name_for(file.display)
+        module = ModuleFacts(file.display, name, text, tree, is_package)
+        for rule in self.module_rules:
+            if rule.triggers and not any(t in text for t in rule.triggers):
+                continue
+            try:
+                result.findings.extend(rule.check(module, self.context))
+            except Exception:  # a broken rule must not stop the run
+                result.errors.append(_crash(rule.code, file.display))
+        summary = ModuleSummary(file.display, name, frozenset(module.imports.modules),
+                                dict(module.imports.aliases))
+        for summarize in self.summarizers:
+            if not any(t in text for t in summarize.triggers):
+                continue
+            try:
+                summary.facts[summarize.family] = summarize.function(module)
+            except Exception:
+                result.errors.append(_crash(f"facts:{summarize.family}", file.display))
+        result.summary = summary
+        return result
+
+
+def _crash(what: str, path: str) -> str:
+    last = traceback.format_exc().strip().splitlines()[-1]
+    return f"internal error: {what} crashed on {path}: {last}"
+
+
+_WORKER: Analyzer | None = None
+
+
+def _worker_init(settings: Settings) -> None:
+    global _WORKER
+    _WORKER = Analyzer(settings)
+
+
+def _worker_run(files: list[SourceFile]) -> list[FileResult]:
+    assert _WORKER is not None
+    return [_WORKER.analyse(f) for f in files]
+
+
+def _chunks(items: Sequence[SourceFile], size: int) -> Iterable[list[SourceFile]]:
+    for start in range(0, len(items), size):
+        yield list(items[start : start + size])
+
+
+def default_jobs() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+# A hook for a per-file result cache: (file, analyse) -> FileResult.
+FileCache = Callable[[SourceFile, Callable[[SourceFile], FileResult]], FileResult]
+
+
+def analyse_files(files: Sequence[SourceFile], settings: Settings, *,
+                  overlay: Mapping[str, str] | None = None, jobs: int | None = None,
+                  progress: Callable[[int], None] | None = None) -> list[FileResult]:
+    """Phase 1 over many files, in processes when there are enough of them."""
+    overlay = overlay or {}
+    jobs = jobs or default_jobs()
+    results: list[FileResult] = []
+    if jobs > 1 and len(files) >= PARALLEL_THRESHOLD and not overlay:
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("fork") if hasattr(os, "fork") else None
+        size = max(8, min(64, len(files) // (jobs * 8) or 1))
+        with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init,
+                                 initargs=(settings,)) as pool:
+            for batch in pool.map(_worker_run, _chunks(files, size)):
+                results.extend(batch)
+                if progress:
+                    progress(len(batch))
+        return results
+    analyzer = Analyzer(settings)
+    for file in files:
+        results.append(analyzer.analyse(file, overlay.get(file.display)))
+        if progress:
+            progress(1)
+    return results
+
+
+def run_project_rules(results: Sequence[FileResult], settings: Settings) -> tuple[list[Finding], list[str]]:
+    """Phase 2: project rules over every file's summary."""
+    project = Project([r.summary for r in results if r.summary is not None])
+    context = RuleContext(settings.options)
+    findings: list[Finding] = []
+    errors: list[str] = []
+    for code, cls in sorted(load_rules().items()):
+        if code not in settings.enabled or not issubclass(cls, ProjectRule):
+            continue
+        try:
+            findings.extend(cls().check(project, context))
+        except Exception:
+            errors.append(_crash(code, "the project"))
+    return findings, errors
+
+
+def settings_for(config: Config) -> Settings:
+    return Settings(config.enabled_codes(), dict(config.options))
+
+
+def check_files(files: Sequence[SourceFile], config: Config, *,
+                overlay: Mapping[str, str] | None = None, jobs: int | None = None,
+                progress: Callable[[int], None] | None = None,
+                analyse: Callable[..., list[FileResult]] | None = None) -> CheckResult:
+    """Check files and return the findings that survive selection and suppression."""
+    started = time.perf_counter()
+    settings = settings_for(config)
+    run = analyse or analyse_files
+    results: list[FileResult] = run(files, settings, overlay=overlay, jobs=jobs, progress=progress)
+    project_findings, errors = run_project_rules(results, settings)
+    by_path = {r.path: r for r in results}
+    findings: list[Finding] = []
+    for finding in [f for r in results for f in r.findings] + project_findings:
+        if finding.code not in settings.enabled:
+            continue
+        if any(finding.code.startswith(c) for c in config.ignored_for(finding.path)):
+            continue
+        owner = by_path.get(finding.path)
+        lines = (finding.span.line, finding.span.end_line)
+        if owner is not None and is_suppressed(finding.code, lines, owner.suppressions):
+            continue
+        findings.append(finding)
+    findings = sorted(set(findings), key=Finding.sort_key)
+    return CheckResult(
+        findings=findings,
+        files_seen=len(files),
+        files_checked=sum(r.checked for r in results),
+        files_cached=sum(r.cached for r in results),
+        errors=[e for r in results for e in r.errors] + errors,
+        seconds=time.perf_counter() - started,
+    )

@@ -1,0 +1,134 @@
+"""Applying fixes to a set of files until nothing more changes, and writing them safely."""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import os
+import tempfile
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from trainaudit.config import Config
+from trainaudit.diagnostics import Finding, FixClass
+from trainaudit.discover import SourceFile
+from trainaudit.engine import CheckResult, DecodeError, check_files, read_source
+from trainaudit.fixes import fix_priority, load_fixers
+
+MAX_ROUNDS = 12
+
+
+@dataclass
+class FileChange:
+    """A file's text before and after fixing, and what each fix said it did."""
+
+    file: SourceFile
+    original: str
+    encoding: str
+    fixed: str
+    notes: list[str] = field(default_factory=list)
+
+    def diff(self) -> str:
+        return "".join(difflib.unified_diff(
+            self.original.splitlines(keepends=True), self.fixed.splitlines(keepends=True),
+            fromfile=f"a/{self.file.display}", tofile=f"b/{self.file.display}"))
+
+
+@dataclass
+class FixRun:
+    changes: list[FileChange]
+    remaining: CheckResult
+    errors: list[str] = field(default_factory=list)
+
+
+def allowed_classes(unsafe_fixes: bool) -> frozenset[FixClass]:
+    classes = {FixClass.SAFE, FixClass.CORRECTIVE}
+    if unsafe_fixes:
+        classes.add(FixClass.FEATURE)
+    return frozenset(classes)
+
+
+def fix_files(files: Sequence[SourceFile], config: Config, *, unsafe_fixes: bool,
+              overlay: Mapping[str, str] | None = None) -> FixRun:
+    """Apply fixes in rounds (one rule code per file per round), re-checking after each."""
+    fixers = load_fixers()
+    allowed = allowed_classes(unsafe_fixes)
+    by_display = {f.display: f for f in files}
+    texts: dict[str, str] = dict(overlay or {})
+    originals: dict[str, tuple[str, str]] = {}
+    notes: dict[str, list[str]] = defaultdict(list)
+    errors: list[str] = []
+    failed: set[tuple[str, str]] = set()
+
+    def load(display: str) -> str | None:
+        if display not in texts:
+            try:
+                texts[display], encoding = read_source(by_display[display].path.read_bytes())
+            except (OSError, DecodeError) as exc:
+                errors.append(f"{display}: cannot read: {exc}")
+                return None
+            originals[display] = (texts[display], encoding)
+        elif display not in originals:
+            originals[display] = (texts[display], "utf-8")
+        return texts[display]
+
+    result = check_files(files, config, overlay=texts)
+    for _ in range(MAX_ROUNDS):
+        todo: dict[str, list[Finding]] = defaultdict(list)
+        for finding in result.findings:
+            if (finding.fix in allowed and finding.code in fixers
+                    and (finding.path, finding.code) not in failed and finding.path in by_display):
+                todo[finding.path].append(finding)
+        changed = False
+        for display, found in sorted(todo.items()):
+            code = min((f.code for f in found), key=fix_priority)
+            source = load(display)
+            if source is None:
+                continue
+            try:
+                outcome = fixers[code](source, [f for f in found if f.code == code], config.fix_options)
+            except Exception as exc:  # a broken fixer must not lose the file
+                errors.append(f"internal error: fix {code} failed on {display}: {exc!r}")
+                failed.add((display, code))
+                continue
+            if outcome.source == source:
+                failed.add((display, code))
+                continue
+            try:
+                ast.parse(outcome.source)
+            except SyntaxError as exc:
+                errors.append(f"{display}: fix {code} produced code that does not parse "
+                              f"({exc.msg}, line {exc.lineno}); not applied")
+                failed.add((display, code))
+                continue
+            texts[display] = outcome.source
+            notes[display].extend(f"{code}: {n}" for n in outcome.notes)
+            changed = True
+        if not changed:
+            break
+        result = check_files(files, config, overlay=texts)
+    changes = [
+        FileChange(by_display[d], originals[d][0], originals[d][1], texts[d], notes[d])
+        for d in sorted(originals) if texts[d] != originals[d][0]
+    ]
+    return FixRun(changes, result, errors)
+
+
+def write_atomically(change: FileChange) -> None:
+    """Replace the file in one step, keeping its encoding, line endings and mode."""
+    path = Path(os.path.realpath(change.file.path))  # a symlink keeps pointing at the fixed file
+    data = change.fixed.encode(change.encoding)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".trainaudit", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        try:
+            os.chmod(tmp, path.stat().st_mode & 0o7777)
+        except OSError:
+            pass
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

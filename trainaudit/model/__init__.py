@@ -1,0 +1,1 @@
+"""Facts read once from parsed files, shared by all rules."""

@@ -1,0 +1,297 @@
+"""Facts about one parsed file: imports and aliases, definitions, calls, positions.
+
+Detection uses the standard library ``ast`` (fast); fixes use LibCST. Positions
+are converted here to 1-based character columns, which both sides agree on.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from functools import cached_property
+
+from trainaudit.diagnostics import Span
+
+FunctionNode = ast.FunctionDef | ast.AsyncFunctionDef
+
+
+@dataclass
+class ImportTable:
+    """Local names bound by imports, mapped to fully qualified names."""
+
+    aliases: dict[str, str] = field(default_factory=dict)
+    # Dotted names of modules this file imports (candidates: ``from a import b``
+    # records both ``a`` and ``a.b`` since ``b`` may be a module).
+    modules: set[str] = field(default_factory=set)
+
+
+def _resolve_relative(module_name: str, is_package: bool, level: int, target: str | None) -> str:
+    parts = module_name.split(".") if module_name else []
+    if not is_package:
+        parts = parts[:-1]
+    if level > 1:
+        parts = parts[: len(parts) - (level - 1)] if level - 1 <= len(parts) else []
+    if target:
+        parts.append(target)
+    return ".".join(parts)
+
+
+def build_import_table(tree: ast.Module, module_name: str, is_package: bool) -> ImportTable:
+    """Collect every import in the file (top level and nested)."""
+    table = ImportTable()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                table.modules.add(alias.name)
+                if alias.asname:
+                    table.aliases[alias.asname] = alias.name
+                else:
+                    head = alias.name.split(".")[0]
+                    table.aliases.setdefault(head, head)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = _resolve_relative(module_name, is_package, node.level, node.module)
+            else:
+                base = node.module or ""
+            if base:
+                table.modules.add(base)
+            for alias in node.names:
+                if alias.name == "*":
+                    continue
+                qualified = f"{base}.{alias.name}" if base else alias.name
+                table.modules.add(qualified)
+                table.aliases[alias.asname or alias.name] = qualified
+    return table
+
+
+class ModuleFacts:
+    """One parsed file and the facts every rule family reads from it."""
+
+    def __init__(self, path: str, module_name: str, source: str, tree: ast.Module,
+                 is_package: bool = False) -> None:
+        self.path = path
+        self.module_name = module_name
+        self.source = source
+        self.tree = tree
+        self.is_package = is_package
+        self.lines = source.splitlines()
+        self.imports = build_import_table(tree, module_name, is_package)
+
+    # -- names -----------------------------------------------------------------
+
+    def qualname(self, node: ast.AST) -> str | None:
+        """Dotted name of a ``Name``/``Attribute`` chain with import aliases resolved.
+
+        ``F.cross_entropy`` → ``torch.nn.functional.cross_entropy``; a local name
+        that no import binds is returned as is (``train_step``); anything else
+        (a call, a subscript) gives None.
+        """
+        if isinstance(node, ast.Name):
+            return self.imports.aliases.get(node.id, node.id)
+        if isinstance(node, ast.Attribute):
+            base = self.qualname(node.value)
+            return f"{base}.{node.attr}" if base else None
+        return None
+
+    def call_name(self, call: ast.Call) -> str | None:
+        """Qualified name of what a call calls, if it is a plain name chain."""
+        return self.qualname(call.func)
+
+    def is_imported(self, name: str) -> bool:
+        return name in self.imports.aliases
+
+    # -- definitions -------------------------------------------------------------
+
+    @cached_property
+    def functions(self) -> dict[str, FunctionNode]:
+        """Every function, keyed by its dotted path within the file (``Trainer.step``)."""
+        found: dict[str, FunctionNode] = {}
+
+        def visit(body: list[ast.stmt], prefix: str) -> None:
+            for stmt in body:
+                if isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef):
+                    name = prefix + stmt.name
+                    found.setdefault(name, stmt)
+                    visit(stmt.body, name + ".")
+                elif isinstance(stmt, ast.ClassDef):
+                    visit(stmt.body, prefix + stmt.name + ".")
+                elif isinstance(stmt, ast.If | ast.Try | ast.With | ast.For | ast.While):
+                    for block in _child_blocks(stmt):
+                        visit(block, prefix)
+
+        visit(self.tree.body, "")
+        return found
+
+    @cached_property
+    def classes(self) -> dict[str, ast.ClassDef]:
+        """Every class, keyed by its dotted path within the file."""
+        found: dict[str, ast.ClassDef] = {}
+        for node in ast.walk(self.tree):
+            if isinstance(node, ast.ClassDef):
+                found.setdefault(self.scope_name(node), node)
+        return found
+
+    def class_bases(self, cls: ast.ClassDef) -> list[str]:
+        """Qualified names of a class's bases (``torch.utils.data.Dataset``)."""
+        return [name for base in cls.bases if (name := self.qualname(base))]
+
+    @cached_property
+    def parents(self) -> dict[ast.AST, ast.AST]:
+        """Child → parent for every node of the tree."""
+        parent: dict[ast.AST, ast.AST] = {}
+        for node in ast.walk(self.tree):
+            for child in ast.iter_child_nodes(node):
+                parent[child] = node
+        return parent
+
+    def ancestors(self, node: ast.AST) -> Iterator[ast.AST]:
+        parents = self.parents
+        while node in parents:
+            node = parents[node]
+            yield node
+
+    def enclosing_function(self, node: ast.AST) -> FunctionNode | None:
+        for anc in self.ancestors(node):
+            if isinstance(anc, ast.FunctionDef | ast.AsyncFunctionDef):
+                return anc
+        return None
+
+    def enclosing_class(self, node: ast.AST) -> ast.ClassDef | None:
+        for anc in self.ancestors(node):
+            if isinstance(anc, ast.ClassDef):
+                return anc
+        return None
+
+    def scope_name(self, node: ast.AST) -> str:
+        """Dotted path of a def/class node within the file (``Trainer.step``)."""
+        names = [getattr(node, "name", "")]
+        for anc in self.ancestors(node):
+            if isinstance(anc, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                names.append(anc.name)
+        return ".".join(reversed([n for n in names if n]))
+
+    @cached_property
+    def calls_by_function(self) -> dict[str, list[ast.Call]]:
+        """Calls made directly in each function's body (not in nested defs); '' is module level."""
+        result: dict[str, list[ast.Call]] = {"": []}
+        for name, fn in self.functions.items():
+            result[name] = list(iter_calls(fn.body))
+        result[""] = list(iter_calls(self.tree.body))
+        return result
+
+    def local_callee(self, call: ast.Call, caller: str) -> str | None:
+        """The function of this file a call resolves to (``train_step(...)``, ``self.step(...)``)."""
+        func = call.func
+        if isinstance(func, ast.Name) and func.id in self.functions:
+            return func.id
+        if (isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name)
+                and func.value.id in ("self", "cls") and "." in caller):
+            candidate = f"{caller.rsplit('.', 1)[0]}.{func.attr}"
+            if candidate in self.functions:
+                return candidate
+        return None
+
+    @cached_property
+    def call_graph(self) -> dict[str, set[str]]:
+        """Function → functions of this file it calls."""
+        graph: dict[str, set[str]] = {}
+        for caller, calls in self.calls_by_function.items():
+            graph[caller] = {c for call in calls if (c := self.local_callee(call, caller))}
+        return graph
+
+    def reachable_from(self, function: str) -> list[str]:
+        """The function and every function of this file it calls, transitively, in visit order."""
+        seen: list[str] = []
+        stack = [function]
+        while stack:
+            name = stack.pop()
+            if name in seen:
+                continue
+            seen.append(name)
+            stack.extend(sorted(self.call_graph.get(name, ()), reverse=True))
+        return seen
+
+    # -- positions ---------------------------------------------------------------
+
+    def _char_col(self, line: int, byte_col: int) -> int:
+        if 1 <= line <= len(self.lines):
+            text = self.lines[line - 1]
+            if not text.isascii():
+                return len(text.encode("utf-8")[:byte_col].decode("utf-8", "replace"))
+        return byte_col
+
+    def span(self, node: ast.AST) -> Span:
+        """1-based line/column span of a node, columns in characters."""
+        line = getattr(node, "lineno", 1)
+        col = getattr(node, "col_offset", 0)
+        end_line = getattr(node, "end_lineno", None) or line
+        end_col = getattr(node, "end_col_offset", None)
+        if end_col is None:
+            end_col = col
+        return Span(line, self._char_col(line, col) + 1, end_line,
+                    self._char_col(end_line, end_col) + 1)
+
+    def segment(self, node: ast.AST) -> str:
+        """Source text of a node."""
+        return ast.get_source_segment(self.source, node) or ""
+
+
+def _child_blocks(stmt: ast.stmt) -> Iterator[list[ast.stmt]]:
+    for name in ("body", "orelse", "finalbody"):
+        block = getattr(stmt, name, None)
+        if block:
+            yield block
+    for handler in getattr(stmt, "handlers", ()):
+        yield handler.body
+
+
+def iter_calls(body: list[ast.stmt]) -> Iterator[ast.Call]:
+    """Calls in statements, not descending into nested function or class definitions."""
+    stack: list[ast.AST] = list(reversed(body))
+    while stack:
+        node = stack.pop()
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef | ast.Lambda):
+            continue
+        if isinstance(node, ast.Call):
+            yield node
+        stack.extend(reversed(list(ast.iter_child_nodes(node))))
+
+
+def walk_local(body: list[ast.stmt]) -> Iterator[ast.AST]:
+    """Every node of a function body in source order, not entering nested defs/classes."""
+    stack: list[ast.AST] = list(reversed(body))
+    while stack:
+        node = stack.pop()
+        yield node
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef | ast.Lambda):
+            continue
+        stack.extend(reversed(list(ast.iter_child_nodes(node))))
+
+
+def int_value(node: ast.AST | None) -> int | None:
+    """The int a literal denotes (``-1``, ``+2``), else None."""
+    if isinstance(node, ast.Constant) and type(node.value) is int:
+        return node.value
+    if (isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd)
+            and isinstance(node.operand, ast.Constant) and type(node.operand.value) is int):
+        return -node.operand.value if isinstance(node.op, ast.USub) else node.operand.value
+    return None
+
+
+def keyword(call: ast.Call, name: str) -> ast.expr | None:
+    for kw in call.keywords:
+        if kw.arg == name:
+            return kw.value
+    return None
+
+
+def argument(call: ast.Call, position: int, name: str) -> ast.expr | None:
+    """A call argument given by position or keyword."""
+    found = keyword(call, name)
+    if found is not None:
+        return found
+    positional = [a for a in call.args if not isinstance(a, ast.Starred)]
+    if len(positional) > position and len(positional) == len(call.args):
+        return positional[position]
+    return None

@@ -1,0 +1,98 @@
+"""Facts that cross files: which checked module imports which, and family summaries."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+
+@dataclass
+class ModuleSummary:
+    """What one file contributes to cross-file rules; small and picklable."""
+
+    path: str
+    module_name: str
+    imports: frozenset[str]
+    aliases: dict[str, str]
+    facts: dict[str, Any] = field(default_factory=dict)
+
+
+class Project:
+    """All checked files' summaries, with imports resolved within the checked tree."""
+
+    def __init__(self, summaries: list[ModuleSummary]) -> None:
+        self.modules = sorted(summaries, key=lambda s: s.path)
+        self.by_path = {s.path: s for s in self.modules}
+        # Every dotted suffix of a module's name resolves to it, so
+        # ``mm_rec.data.loader`` finds ``reference_impl/mm_rec/data/loader.py``
+        # whatever folder the check was started from.
+        self._by_suffix: dict[str, list[ModuleSummary]] = {}
+        for summary in self.modules:
+            parts = summary.module_name.split(".")
+            for start in range(len(parts)):
+                self._by_suffix.setdefault(".".join(parts[start:]), []).append(summary)
+
+    def resolve_module(self, dotted: str) -> ModuleSummary | None:
+        """The checked file a dotted module name refers to, if any (longest, unique match)."""
+        candidates = self._by_suffix.get(dotted, [])
+        if len(candidates) == 1:
+            return candidates[0]
+        exact = [c for c in candidates if c.module_name == dotted]
+        return exact[0] if exact else (candidates[0] if candidates else None)
+
+    def resolve_symbol(self, qualified: str) -> tuple[ModuleSummary, str] | None:
+        """Split ``pkg.data.TextDataset`` into the checked module and the name in it."""
+        parts = qualified.split(".")
+        for cut in range(len(parts) - 1, 0, -1):
+            module = self.resolve_module(".".join(parts[:cut]))
+            if module is not None:
+                return module, ".".join(parts[cut:])
+        return None
+
+    @cached_property
+    def import_graph(self) -> dict[str, set[str]]:
+        """Path → paths of checked modules it imports."""
+        graph: dict[str, set[str]] = {}
+        for summary in self.modules:
+            targets: set[str] = set()
+            for name in summary.imports:
+                target = self.resolve_module(name)
+                if target is not None and target.path != summary.path:
+                    targets.add(target.path)
+            graph[summary.path] = targets
+        return graph
+
+    @cached_property
+    def _components(self) -> dict[str, int]:
+        neighbours: dict[str, set[str]] = {s.path: set() for s in self.modules}
+        for src, targets in self.import_graph.items():
+            for dst in targets:
+                neighbours[src].add(dst)
+                neighbours[dst].add(src)
+        component: dict[str, int] = {}
+        for index, start in enumerate(neighbours):
+            if start in component:
+                continue
+            stack = [start]
+            while stack:
+                node = stack.pop()
+                if node in component:
+                    continue
+                component[node] = index
+                stack.extend(neighbours[node] - component.keys())
+        return component
+
+    def connected(self, path_a: str, path_b: str) -> bool:
+        """Whether two files are linked by imports within the checked tree (either way)."""
+        if path_a == path_b:
+            return True
+        comps = self._components
+        return path_a in comps and comps.get(path_a) == comps.get(path_b)
+
+    def facts(self, family: str) -> Iterator[tuple[ModuleSummary, Any]]:
+        """Each module's summary for one rule family, where it has one."""
+        for summary in self.modules:
+            if family in summary.facts:
+                yield summary, summary.facts[family]

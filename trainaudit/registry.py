@@ -1,0 +1,122 @@
+"""Rules, summarizers and how they are registered.
+
+A rule reads facts and yields findings. ``ModuleRule`` sees one parsed file;
+``ProjectRule`` sees the summaries of every checked file (cross-file facts).
+A *summarizer* turns one parsed file into a small picklable fact record that
+project rules read; summaries are what crosses processes and the cache.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from trainaudit.catalogue import BY_CODE, RuleInfo
+from trainaudit.diagnostics import Finding, Related, Span
+
+if TYPE_CHECKING:
+    from trainaudit.model.module import ModuleFacts
+    from trainaudit.model.project import Project
+
+
+@dataclass(frozen=True)
+class RuleContext:
+    """What a rule may read besides facts: its options (config merged over defaults)."""
+
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def option(self, name: str) -> Any:
+        return self.options[name]
+
+
+class Rule:
+    """Base of all rules. Subclasses set ``code`` and ``triggers`` and implement ``check``."""
+
+    code: ClassVar[str]
+    # Substrings of which at least one must occur in a file for the rule to see it.
+    triggers: ClassVar[tuple[str, ...]] = ()
+    # Options the rule reads, kebab-case, with their defaults.
+    options: ClassVar[dict[str, Any]] = {}
+
+    @property
+    def info(self) -> RuleInfo:
+        return BY_CODE[self.code]
+
+    def finding(self, path: str, span: Span, message: str, *,
+                related: Sequence[Related] = (), fix_data: Mapping[str, Any] | None = None,
+                fixable: bool = True) -> Finding:
+        info = self.info
+        return Finding(code=info.code, name=info.name, severity=info.severity, path=path,
+                       span=span, message=message, fix=info.fix if fixable else None,
+                       related=tuple(related), fix_data=dict(fix_data or {}))
+
+
+class ModuleRule(Rule):
+    """A rule that needs only one file."""
+
+    def check(self, module: ModuleFacts, ctx: RuleContext) -> Iterable[Finding]:
+        raise NotImplementedError
+
+    def report(self, module: ModuleFacts, node: ast.AST, message: str, *,
+               related: Sequence[Related] = (), fix_data: Mapping[str, Any] | None = None,
+               fixable: bool = True) -> Finding:
+        return self.finding(module.path, module.span(node), message, related=related,
+                            fix_data=fix_data, fixable=fixable)
+
+
+class ProjectRule(Rule):
+    """A rule over the summaries of all checked files (facts that cross files)."""
+
+    def check(self, project: Project, ctx: RuleContext) -> Iterable[Finding]:
+        raise NotImplementedError
+
+
+Summarize = Callable[["ModuleFacts"], Any]
+
+
+@dataclass(frozen=True)
+class Summarizer:
+    family: str
+    triggers: tuple[str, ...]
+    function: Summarize
+
+
+RULES: dict[str, type[Rule]] = {}
+SUMMARIZERS: dict[str, Summarizer] = {}
+
+
+def register(cls: type[Rule]) -> type[Rule]:
+    """Class decorator: make a rule known by its code."""
+    if cls.code not in BY_CODE:
+        raise ValueError(f"{cls.__name__}: code {cls.code} is not in the catalogue")
+    if cls.code in RULES:
+        raise ValueError(f"{cls.code} registered twice ({RULES[cls.code].__name__}, {cls.__name__})")
+    RULES[cls.code] = cls
+    return cls
+
+
+def summarizer(family: str, *, triggers: tuple[str, ...]) -> Callable[[Summarize], Summarize]:
+    """Function decorator: register the per-file fact extractor of one rule family."""
+
+    def decorate(function: Summarize) -> Summarize:
+        SUMMARIZERS[family] = Summarizer(family, triggers, function)
+        return function
+
+    return decorate
+
+
+def load_rules() -> dict[str, type[Rule]]:
+    """Import every rule module once, so their decorators run."""
+    import trainaudit.rules  # noqa: F401  (registers on import)
+
+    return RULES
+
+
+def all_options() -> dict[str, Any]:
+    """Every rule option with its default value."""
+    merged: dict[str, Any] = {}
+    for cls in load_rules().values():
+        merged.update(cls.options)
+    return merged
