@@ -27,9 +27,7 @@ def _cases() -> list[Path]:
         for item in sorted(family.iterdir()):
             if item.name == "codemods":
                 continue
-            if item.is_dir() and (item / "expected.txt").exists():
-                cases.append(item)
-            elif item.suffix == ".py" and item.with_suffix(".expected").exists():
+            if (item.is_dir() and (item / "expected.txt").exists()) or (item.suffix == ".py" and item.with_suffix(".expected").exists()):
                 cases.append(item)
     return cases
 

@@ -6,12 +6,10 @@ import json
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from rich.console import Console
-from rich.markdown import Markdown
-from rich.table import Table
 
 from trainaudit import __version__
 from trainaudit.catalogue import CATALOGUE, lookup
@@ -20,6 +18,9 @@ from trainaudit.diagnostics import Severity
 from trainaudit.discover import SourceFile, discover, display_path
 from trainaudit.engine import CheckResult, check_files
 from trainaudit.registry import all_options, load_rules
+
+if TYPE_CHECKING:
+    from trainaudit.baseline import Baseline
 
 app = typer.Typer(
     add_completion=False,
@@ -117,6 +118,38 @@ def _report_errors(result_errors: list[str]) -> None:
         err.print(f"[bold red]error:[/] {message}")
 
 
+# Trees smaller than this finish before a progress bar is worth drawing.
+PROGRESS_THRESHOLD = 300
+
+
+def _load_baseline(path: Path) -> Baseline:
+    from trainaudit.baseline import BaselineError, load_baseline
+
+    try:
+        return load_baseline(path)
+    except BaselineError as exc:
+        _fail(str(exc))
+
+
+def _run_check(files: list[SourceFile], config: Config, overlay: dict[str, str], *,
+               cache: bool, progress: bool) -> CheckResult:
+    """Phase 1 through the cache unless disabled; a progress bar on a terminal for big trees."""
+    analyse = None
+    if cache and not overlay:
+        from trainaudit.cache import ResultCache
+
+        analyse = ResultCache(config.root).analyse
+    if not (progress and err.is_terminal and len(files) > PROGRESS_THRESHOLD):
+        return check_files(files, config, overlay=overlay, analyse=analyse)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    with Progress("checking", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err, transient=True) as bar:
+        task = bar.add_task("check", total=len(files))
+        return check_files(files, config, overlay=overlay, analyse=analyse,
+                           progress=lambda n: bar.advance(task, n))
+
+
 @app.command()
 def check(
     paths: PathsArg = None,
@@ -133,12 +166,34 @@ def check(
     statistics: Annotated[bool, typer.Option("--statistics", help="Count findings per rule.")] = False,
     exit_zero: Annotated[bool, typer.Option("--exit-zero", help="Exit 0 even with findings.")] = False,
     stdin_filename: StdinNameOpt = None,
+    no_cache: Annotated[bool, typer.Option(
+        "--no-cache", help="Neither read nor write .trainaudit_cache/.")] = False,
+    baseline: Annotated[Path | None, typer.Option(
+        "--baseline", dir_okay=False,
+        help="Only report findings not recorded in this baseline file.")] = None,
+    write_baseline: Annotated[Path | None, typer.Option(
+        "--write-baseline", dir_okay=False,
+        help="Record every current finding in this file and exit 0.")] = None,
 ) -> None:
     """Lint training scripts. Exit 0: clean; 1: findings at or above --fail-on; 2: error."""
     config, targets = _configure(paths, select, extend_select, ignore, config_path, no_config, fail_on)
     files, overlay = _gather(targets, config, stdin_filename)
-    result = check_files(files, config, overlay=overlay)
+    accepted = _load_baseline(baseline) if baseline is not None and write_baseline is None else None
+    result = _run_check(files, config, overlay, cache=not no_cache, progress=not quiet)
     _report_errors(result.errors)
+    if write_baseline is not None or accepted is not None:
+        from trainaudit.baseline import read_lines_from_disk
+        from trainaudit.baseline import write_baseline as record
+
+        lines_of = read_lines_from_disk(overlay)
+        if write_baseline is not None:
+            record(write_baseline, result.findings, lines_of)
+            err.print(f"Recorded {len(result.findings)} finding(s) in {write_baseline}.")
+            raise typer.Exit(EXIT_ERROR if result.errors else EXIT_OK)
+        assert accepted is not None
+        result.findings, known = accepted.split(result.findings, lines_of)
+        if known and not quiet:
+            err.print(f"{known} finding(s) already in the baseline {baseline} were not reported.")
     if output_format is OutputFormat.text:
         from trainaudit.report.text import render_text
 
@@ -151,6 +206,10 @@ def check(
         text = render(output_format.value, result)
         if text:
             sys.stdout.write(text + "\n")
+        if err.is_terminal and not quiet:  # people watching; pipes and files get data only
+            from trainaudit.report.text import summary_line
+
+            err.print(summary_line(result), highlight=False, soft_wrap=True)
     code = _exit_code(result, config)
     raise typer.Exit(EXIT_OK if exit_zero and code == EXIT_FINDINGS else code)
 
@@ -214,6 +273,8 @@ def rules_command(
     output_format: Annotated[str, typer.Option("--format", help="text or json")] = "text",
 ) -> None:
     """List every rule: code, name, severity, fix class."""
+    from rich.table import Table
+
     implemented = load_rules()
     if output_format == "json":
         rows = [{"code": i.code, "name": i.name, "severity": i.severity.value,
@@ -237,6 +298,8 @@ RULE_PAGES = Path(__file__).resolve().parent.parent / "rules"
 @app.command()
 def explain(code: Annotated[str, typer.Argument(help="A rule code (TA102) or name.")]) -> None:
     """Show one rule's documentation page."""
+    from rich.markdown import Markdown
+
     info = lookup(code)
     if info is None:
         _fail(f"unknown rule {code!r}; `trainaudit rules` lists them")

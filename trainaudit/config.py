@@ -74,6 +74,8 @@ class Config:
         return tuple(codes)
 
     def is_excluded(self, path: str) -> bool:
+        if not self.exclude:  # the common case, and resolving paths is what a walk costs
+            return False
         rel = _relative_to_root(path, self.root)
         return any(_glob_match(rel, pattern) for pattern in self.exclude)
 
@@ -148,11 +150,11 @@ def _read_table(path: Path) -> dict[str, Any] | None:
     if path.name == "pyproject.toml":
         tool = data.get("tool", {})
         table = tool.get("trainaudit") if isinstance(tool, dict) else None
-        return table if isinstance(table, dict) else None
+        return dict(table) if isinstance(table, dict) else None
     tool = data.get("tool")
     if isinstance(tool, dict) and isinstance(tool.get("trainaudit"), dict):
         return dict(tool["trainaudit"])
-    return data
+    return dict(data)
 
 
 _LIST_KEYS = {"select", "extend-select", "ignore", "exclude", "extend-exclude"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +33,9 @@ class _GitIgnore:
 
     def __init__(self, base: Path, lines: list[str]) -> None:
         self.base = base
-        self.rules: list[tuple[str, bool, bool, bool]] = []  # pattern, negate, dir_only, anchored
+        self.prefix = str(base).rstrip("/") + "/"
+        # matcher, negate, dir_only, anchored; patterns compiled once (this runs per path).
+        self.rules: list[tuple[Callable[[str], object], bool, bool, bool]] = []
         for raw in lines:
             line = raw.strip()
             if not line or line.startswith("#"):
@@ -42,19 +45,21 @@ class _GitIgnore:
             dir_only = line.endswith("/")
             line = line.strip("/") if dir_only else line
             anchored = line.startswith("/") or "/" in line.rstrip("/")
-            self.rules.append((line.lstrip("/"), negate, dir_only, anchored))
+            pattern = line.lstrip("/")
+            regex = f"(?:{fnmatch.translate(pattern)})|(?:{fnmatch.translate(pattern.replace('**/', ''))})"
+            self.rules.append((re.compile(regex).match, negate, dir_only, anchored))
 
-    def ignored(self, path: Path, is_dir: bool) -> bool | None:
-        try:
-            rel = path.relative_to(self.base).as_posix()
-        except ValueError:
+    def ignored(self, path: str, is_dir: bool) -> bool | None:
+        """Verdict for an absolute ``/``-separated path: True/False, None if no rule applies."""
+        if not path.startswith(self.prefix):
             return None
+        rel = path[len(self.prefix):]
+        name = rel.rsplit("/", 1)[-1]
         verdict: bool | None = None
-        for pattern, negate, dir_only, anchored in self.rules:
+        for match, negate, dir_only, anchored in self.rules:
             if dir_only and not is_dir:
                 continue
-            target = rel if anchored else rel.rsplit("/", 1)[-1]
-            if fnmatch.fnmatch(target, pattern) or fnmatch.fnmatch(target, pattern.replace("**/", "")):
+            if match(rel if anchored else name):
                 verdict = not negate
         return verdict
 
@@ -72,13 +77,13 @@ def discover(paths: list[Path], config: Config) -> tuple[list[SourceFile], list[
     files: dict[str, SourceFile] = {}
     problems: list[str] = []
 
-    def add(path: Path) -> None:
+    def add(path: Path, real: str | None = None, display: str | None = None) -> None:
         try:
-            real = os.path.realpath(path)
+            real = real or os.path.realpath(path)
         except OSError:
             return
         if real not in files:
-            files[real] = SourceFile(path, display_path(path))
+            files[real] = SourceFile(path, display or display_path(path))
 
     for root in paths:
         if not root.exists():
@@ -98,18 +103,23 @@ def discover(paths: list[Path], config: Config) -> tuple[list[SourceFile], list[
     return sorted(files.values(), key=lambda f: f.display), problems
 
 
-def _is_ignored(path: Path, is_dir: bool, ignores: list[_GitIgnore]) -> bool:
+def _is_ignored(path: Path, is_dir: bool, ignores: list[_GitIgnore],
+                absolute: str | None = None) -> bool:
+    if not ignores:
+        return False
+    if absolute is None or path.is_symlink():
+        absolute = str(path.resolve() if path.is_symlink() else path.absolute())
     verdict = False
-    resolved = path.resolve() if path.is_symlink() else path.absolute()
     for gi in ignores:
-        result = gi.ignored(resolved, is_dir)
+        result = gi.ignored(absolute, is_dir)
         if result is not None:
             verdict = result
     return verdict
 
 
 def _walk(root: Path, config: Config, ignores: list[_GitIgnore],
-          add: Callable[[Path], None]) -> None:
+          add: Callable[[Path, str | None, str | None], None]) -> None:
+    cwd = os.path.realpath(os.getcwd())
     seen_dirs: set[tuple[int, int]] = set()
     stack: list[tuple[Path, list[_GitIgnore]]] = [(root, ignores)]
     while stack:
@@ -128,22 +138,33 @@ def _walk(root: Path, config: Config, ignores: list[_GitIgnore],
             entries = sorted(os.scandir(folder), key=lambda e: e.name)
         except OSError:
             continue
+        # Per folder, not per file: these cost path resolution (most of a walk's time).
+        absolute = str(folder.absolute())
+        real = os.path.realpath(folder)
+        display = display_path(folder) if not real.startswith(cwd + os.sep) else \
+            Path(real[len(cwd) + 1:]).as_posix()
         for entry in entries:
             name = entry.name
-            path = Path(entry.path)
             try:
                 is_dir = entry.is_dir()
-                is_file = entry.is_file()
+                is_file = not is_dir and name.endswith((".py", ".pyi")) and entry.is_file()
             except OSError:
                 continue
+            if not (is_dir or is_file):
+                continue
+            path = Path(entry.path)
             if is_dir:
                 if (name.startswith(".") or name in DEFAULT_EXCLUDE
-                        or (path / "pyvenv.cfg").exists()):
+                        or os.path.exists(os.path.join(entry.path, "pyvenv.cfg"))):
                     continue
-                if config.is_excluded(str(path)) or _is_ignored(path, True, active):
+                if config.is_excluded(str(path)) or _is_ignored(path, True, active, f"{absolute}/{name}"):
                     continue
                 stack.append((path, active))
-            elif is_file and name.endswith((".py", ".pyi")):
-                if config.is_excluded(str(path)) or _is_ignored(path, False, active):
+            else:
+                if config.is_excluded(str(path)) or _is_ignored(
+                        path, False, active, f"{absolute}/{name}"):
                     continue
-                add(path)
+                if entry.is_symlink():
+                    add(path, None, None)
+                else:
+                    add(path, f"{real}/{name}", f"{display}/{name}" if display != "." else name)

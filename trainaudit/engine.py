@@ -9,6 +9,7 @@ Then selection, per-file ignores and suppressions, and sorting.
 from __future__ import annotations
 
 import ast
+import hashlib
 import io
 import os
 import time
@@ -17,7 +18,7 @@ import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from typing import Any
 
 from trainaudit.catalogue import BY_CODE
@@ -44,6 +45,8 @@ class FileResult:
     suppressions: Suppressions = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     cached: bool = False
+    # Hash of the bytes analysed (set when ``Settings.hash_sources``); the cache's key.
+    digest: str | None = None
 
 
 @dataclass
@@ -65,6 +68,10 @@ class Settings:
 
     enabled: frozenset[str]
     options: Mapping[str, Any]
+    # The text prefilter skips files that contain no rule trigger; off only in tests
+    # that prove it hides nothing (or with TRAINAUDIT_NO_PREFILTER=1).
+    prefilter: bool = True
+    hash_sources: bool = False
 
 
 class DecodeError(Exception):
@@ -117,31 +124,45 @@ class Analyzer:
         self.triggers = tuple(sorted({
             t for r in self.module_rules for t in r.triggers
         } | {t for s in self.summarizers for t in s.triggers}))
+        self.byte_triggers = tuple(t.encode() for t in self.triggers)
+        self.prefilter = settings.prefilter
 
     def wants(self, text: str) -> bool:
         """The text prefilter: could any selected rule find anything in this file?"""
-        return any(trigger in text for trigger in self.triggers)
+        return not self.prefilter or any(trigger in text for trigger in self.triggers)
 
     def analyse(self, file: SourceFile, text: str | None = None) -> FileResult:
-        result = FileResult(file.display)
         if text is None:
             try:
                 data = file.path.read_bytes()
             except OSError as exc:
-                result.errors.append(f"{file.display}: cannot read: {exc.strerror or exc}")
-                return result
-            # Cheap byte-level prefilter before decoding (triggers are ASCII).
-            if not any(t.encode() in data for t in self.triggers):
-                return result
-            try:
-                text, _ = read_source(data)
-            except DecodeError as exc:
-                result.checked = True
-                if "TA001" in self.settings.enabled:
-                    result.findings.append(_syntax_finding(file.display, f"file cannot be read: {exc}"))
-                return result
-        elif not self.wants(text):
+                return FileResult(file.display,
+                                  errors=[f"{file.display}: cannot read: {exc.strerror or exc}"])
+            return self.analyse_bytes(file, data)
+        if not self.wants(text):
+            return FileResult(file.display)
+        return self._analyse_text(file, text)
+
+    def analyse_bytes(self, file: SourceFile, data: bytes) -> FileResult:
+        """Phase 1 on a file's raw bytes: byte-level prefilter, decoding, then the rules."""
+        result = FileResult(file.display)
+        if self.settings.hash_sources:
+            result.digest = content_digest(data)
+        # Cheap byte-level prefilter before decoding (triggers are ASCII).
+        if self.prefilter and not any(t in data for t in self.byte_triggers):
             return result
+        try:
+            text, _ = read_source(data)
+        except DecodeError as exc:
+            result.checked = True
+            if "TA001" in self.settings.enabled:
+                result.findings.append(_syntax_finding(file.display, f"file cannot be read: {exc}"))
+            return result
+        return self._analyse_text(file, text, result)
+
+    def _analyse_text(self, file: SourceFile, text: str,
+                      result: FileResult | None = None) -> FileResult:
+        result = result or FileResult(file.display)
         result.checked = True
         result.suppressions = parse_suppressions(text)
         try:
@@ -158,7 +179,7 @@ class Analyzer:
         name, is_package = module_name_for(file.display)
         module = ModuleFacts(file.display, name, text, tree, is_package)
         for rule in self.module_rules:
-            if rule.triggers and not any(t in text for t in rule.triggers):
+            if self.prefilter and rule.triggers and not any(t in text for t in rule.triggers):
                 continue
             try:
                 result.findings.extend(rule.check(module, self.context))
@@ -167,7 +188,7 @@ class Analyzer:
         summary = ModuleSummary(file.display, name, frozenset(module.imports.modules),
                                 dict(module.imports.aliases))
         for summarize in self.summarizers:
-            if not any(t in text for t in summarize.triggers):
+            if self.prefilter and not any(t in text for t in summarize.triggers):
                 continue
             try:
                 summary.facts[summarize.family] = summarize.function(module)
@@ -175,6 +196,11 @@ class Analyzer:
                 result.errors.append(_crash(f"facts:{summarize.family}", file.display))
         result.summary = summary
         return result
+
+
+def content_digest(data: bytes) -> str:
+    """The hash that identifies a file's content in the cache."""
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
 def _crash(what: str, path: str) -> str:
@@ -255,7 +281,8 @@ def run_project_rules(results: Sequence[FileResult], settings: Settings) -> tupl
 
 
 def settings_for(config: Config) -> Settings:
-    return Settings(config.enabled_codes(), dict(config.options))
+    prefilter = os.environ.get("TRAINAUDIT_NO_PREFILTER", "") in ("", "0")
+    return Settings(config.enabled_codes(), dict(config.options), prefilter=prefilter)
 
 
 def check_files(files: Sequence[SourceFile], config: Config, *,

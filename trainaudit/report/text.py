@@ -80,3 +80,10 @@ def render_text(result: CheckResult, console: Console, *, quiet: bool = False,
         summary += f" {feature} fixable with `trainaudit fix --apply --unsafe-fixes`."
     console.print(("[green]All checks passed.[/] " if not result.findings else "") + summary,
                   highlight=False, soft_wrap=True)
+
+
+def summary_line(result: CheckResult) -> str:
+    """The run in one line (files seen / checked / cached, findings, seconds), for stderr."""
+    n = len(result.findings)
+    return (f"trainaudit: {n} finding{'s' if n != 1 else ''}; {result.files_seen} files seen, "
+            f"{result.files_checked} checked, {result.files_cached} cached [{result.seconds:.2f}s]")

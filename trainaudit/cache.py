@@ -1,0 +1,261 @@
+"""The per-file result cache, in ``.trainaudit_cache/`` under the config root (like ruff's).
+
+Phase 1 results (findings, the file's summary, its suppression comments) are
+stored per file, keyed by the file's content hash; the whole store is keyed by
+the tool's version and code, the Python version and the settings (selected
+codes, rule options, prefilter). Phase 2 always runs, over cached and fresh
+summaries alike, so cross-file findings follow an edit in any file.
+
+A warm run must not read the files: each entry also keeps the file's stamp
+(mtime, size) when it was analysed. A file whose stamp is unchanged is a hit
+without being opened; one whose stamp changed is hashed, and is a hit again if
+its content is unchanged (a ``touch`` or a branch switch). All entries of one
+store live in one pack file, read once and written once per run.
+
+Concurrent runs are safe: a pack is written to a temporary file and renamed
+over the old one, a run that finds the pack changed since it read it merges
+its entries into the newer one, and a pack that cannot be read (truncated,
+foreign, from another version) counts as empty. The pack is a pickle read by
+an unpickler that only builds trainaudit's own data classes and plain
+containers, so a pack planted in a repository cannot run code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import pickle
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from trainaudit import __version__
+from trainaudit.discover import SourceFile
+from trainaudit.engine import FileResult, Settings, analyse_files, content_digest
+
+CACHE_DIR_NAME = ".trainaudit_cache"
+CACHE_DIR_ENV = "TRAINAUDIT_CACHE_DIR"
+_PACK_FORMAT = 1
+# A file modified less than this long before it was stamped might be modified again
+# within the file system's timestamp granularity without its stamp changing ("racy",
+# as git calls it); such an entry is verified by content on the next run.
+_RACY_NS = 1_000_000_000
+
+# (mtime_ns or None when racy, size, content digest, phase-1 result)
+Entry = tuple[int | None, int, str, FileResult]
+
+
+def cache_dir_for(root: Path) -> Path:
+    """Where the cache lives: ``$TRAINAUDIT_CACHE_DIR`` or ``<root>/.trainaudit_cache``."""
+    override = os.environ.get(CACHE_DIR_ENV)
+    return Path(override) if override else root / CACHE_DIR_NAME
+
+
+def _code_fingerprint() -> str:
+    """Stamps of trainaudit's own modules: an edited rule invalidates the cache even
+    when the version string did not change (editable installs, development)."""
+    package = Path(__file__).resolve().parent
+    parts: list[str] = []
+    for folder, dirs, names in os.walk(package):
+        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+        for name in sorted(names):
+            if name.endswith(".py"):
+                stat = os.stat(os.path.join(folder, name))
+                parts.append(f"{folder[len(str(package)):]}/{name}:{stat.st_size}:{stat.st_mtime_ns}")
+    return hashlib.blake2b("\n".join(parts).encode(), digest_size=8).hexdigest()
+
+
+def settings_key(settings: Settings) -> str:
+    """The key of one store: everything besides a file's content that shapes its result."""
+    material = json.dumps({
+        "version": __version__,
+        "code": _code_fingerprint(),
+        "python": sys.version_info[:2],
+        "enabled": sorted(settings.enabled),
+        "options": {k: settings.options[k] for k in sorted(settings.options)},
+        "prefilter": settings.prefilter,
+    }, sort_keys=True, default=repr)
+    return hashlib.blake2b(material.encode(), digest_size=12).hexdigest()
+
+
+# -- reading and writing packs ---------------------------------------------------
+
+_SAFE_BUILTINS = frozenset({"set", "frozenset", "list", "dict", "tuple", "bytearray",
+                            "complex", "slice", "range", "bool", "int", "float", "str", "bytes"})
+_SAFE_COLLECTIONS = frozenset({"OrderedDict", "defaultdict", "Counter", "deque"})
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    """Builds only trainaudit classes and plain containers; anything else is refused."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        allowed = (
+            (module == "builtins" and name in _SAFE_BUILTINS)
+            or (module == "collections" and name in _SAFE_COLLECTIONS)
+            or module == "trainaudit" or module.startswith("trainaudit.")
+        )
+        if allowed:
+            found = super().find_class(module, name)
+            if isinstance(found, type):
+                return found
+        raise pickle.UnpicklingError(f"cache: refusing to load {module}.{name}")
+
+
+@dataclass
+class _Pack:
+    entries: dict[str, Entry] = field(default_factory=dict)
+    # (mtime_ns, size, inode) of the pack file when read; None when there was none.
+    stamp: tuple[int, int, int] | None = None
+
+
+def _file_stamp(path: Path) -> tuple[int, int, int] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+
+
+def _read_pack(path: Path, key: str) -> _Pack:
+    stamp = _file_stamp(path)
+    if stamp is None:
+        return _Pack()
+    try:
+        with path.open("rb") as handle:
+            payload = _SafeUnpickler(handle).load()
+        if (isinstance(payload, dict) and payload.get("format") == _PACK_FORMAT
+                and payload.get("key") == key and isinstance(payload.get("entries"), dict)):
+            return _Pack(payload["entries"], stamp)
+    except Exception:  # a corrupt or foreign pack is an empty one
+        pass
+    return _Pack(stamp=stamp)
+
+
+def _write_pack(path: Path, key: str, entries: Mapping[str, Entry]) -> None:
+    payload = {"format": _PACK_FORMAT, "key": key, "entries": dict(entries)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _mark_cache_dir(path.parent.parent)
+    fd, temp = tempfile.mkstemp(prefix=".pack-", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            pickle.dump(payload, handle, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def _mark_cache_dir(folder: Path) -> None:
+    """Keep the cache out of git and out of backups, as ruff does."""
+    for name, text in ((".gitignore", "# Automatically created by trainaudit.\n*\n"),
+                       ("CACHEDIR.TAG", "Signature: 8a477f597d28d172789f06886806bc55\n")):
+        target = folder / name
+        if not target.exists():
+            with contextlib.suppress(OSError):
+                target.write_text(text, encoding="utf-8")
+
+
+# -- the cache ---------------------------------------------------------------------
+
+@dataclass
+class CacheStats:
+    hits: int = 0
+    misses: int = 0
+    # Hits whose stamp had changed but whose content had not (verified by hash).
+    verified: int = 0
+
+
+class ResultCache:
+    """Phase 1 with a per-file cache; pass ``cache.analyse`` to ``check_files``."""
+
+    def __init__(self, root: Path) -> None:
+        self.directory = cache_dir_for(root)
+        self.stats = CacheStats()
+
+    def pack_path(self, key: str) -> Path:
+        return self.directory / __version__ / f"{key}.pack"
+
+    def analyse(self, files: Sequence[SourceFile], settings: Settings, *,
+                overlay: Mapping[str, str] | None = None, jobs: int | None = None,
+                progress: Callable[[int], None] | None = None) -> list[FileResult]:
+        """``analyse_files`` that reuses stored results and stores fresh ones."""
+        if overlay:  # editor buffers are not files on disk: nothing to key them by
+            return analyse_files(files, settings, overlay=overlay, jobs=jobs, progress=progress)
+        key = settings_key(settings)
+        path = self.pack_path(key)
+        pack = _read_pack(path, key)
+        now = time.time_ns()
+        cwd = os.getcwd()
+        results: list[FileResult | None] = [None] * len(files)
+        ids: list[str] = []
+        stamps: list[tuple[int, int] | None] = []
+        misses: list[int] = []
+        fresh: dict[str, Entry] = {}
+        for index, file in enumerate(files):
+            ident = os.path.join(cwd, file.path)
+            ids.append(ident)
+            try:
+                stat = os.stat(file.path)
+                stamp: tuple[int, int] | None = (stat.st_mtime_ns, stat.st_size)
+            except OSError:
+                stamp = None
+            stamps.append(stamp)
+            entry = pack.entries.get(ident)
+            if stamp is None or entry is None or entry[3].path != file.display:
+                misses.append(index)
+                continue
+            mtime, size, digest, stored = entry
+            if mtime == stamp[0] and size == stamp[1]:
+                results[index] = replace(stored, cached=True)
+                continue
+            if size == stamp[1] and self._same_content(file.path, digest):
+                results[index] = replace(stored, cached=True)
+                fresh[ident] = (_trusted(stamp, now), size, digest, stored)
+                self.stats.verified += 1
+                continue
+            misses.append(index)
+        self.stats.hits = len(files) - len(misses)
+        if progress and self.stats.hits:
+            progress(self.stats.hits)
+        if misses:
+            analysed = analyse_files([files[i] for i in misses], replace(settings, hash_sources=True),
+                                     jobs=jobs, progress=progress)
+            for index, result in zip(misses, analysed, strict=True):
+                results[index] = result
+                stamp = stamps[index]
+                if stamp is not None and result.digest is not None and not result.errors:
+                    fresh[ids[index]] = (_trusted(stamp, now), stamp[1], result.digest,
+                                         replace(result, digest=None))
+        self.stats.misses = len(misses)
+        if fresh:
+            self._save(path, key, pack, fresh)
+        return [r for r in results if r is not None]
+
+    @staticmethod
+    def _same_content(path: Path, digest: str) -> bool:
+        try:
+            return content_digest(path.read_bytes()) == digest
+        except OSError:
+            return False
+
+    def _save(self, path: Path, key: str, pack: _Pack, fresh: Mapping[str, Entry]) -> None:
+        try:
+            entries = pack.entries
+            if _file_stamp(path) != pack.stamp:  # another run wrote since we read: merge
+                entries = _read_pack(path, key).entries
+            entries = {k: v for k, v in entries.items() if k in fresh or os.path.exists(k)}
+            entries.update(fresh)
+            _write_pack(path, key, entries)
+        except OSError:
+            pass  # a read-only tree still gets checked, just not cached
+
+
+def _trusted(stamp: tuple[int, int], now_ns: int) -> int | None:
+    """The mtime to store, or None when it is too recent to vouch for the content."""
+    return stamp[0] if now_ns - stamp[0] > _RACY_NS else None

@@ -1,0 +1,253 @@
+"""Fixes of the label rules: roll → slicing, removing a second shift, ignore values."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import libcst as cst
+
+from trainaudit.diagnostics import Finding
+from trainaudit.fixes import FixResult, fixer
+from trainaudit.fixes.cst import Located, code_of
+
+
+class _StatementEdits(cst.CSTTransformer):
+    """Replace or delete whole simple statements, keeping their comments."""
+
+    def __init__(self, replace: dict[cst.SimpleStatementLine, list[str]],
+                 delete: set[cst.SimpleStatementLine]) -> None:
+        self.replace = replace
+        self.delete = delete
+
+    def leave_SimpleStatementLine(
+        self, original: cst.SimpleStatementLine, updated: cst.SimpleStatementLine
+    ) -> cst.SimpleStatementLine | cst.FlattenSentinel[cst.SimpleStatementLine] | cst.RemovalSentinel:
+        if original in self.delete:
+            return cst.RemoveFromParent()
+        if original in self.replace:
+            lines = []
+            for i, code in enumerate(self.replace[original]):
+                statement = cst.parse_statement(code)
+                assert isinstance(statement, cst.SimpleStatementLine)
+                if i == 0:
+                    statement = statement.with_changes(
+                        leading_lines=original.leading_lines,
+                        trailing_whitespace=original.trailing_whitespace)
+                lines.append(statement)
+            return cst.FlattenSentinel(lines)
+        return updated
+
+
+def _roll_call(located: Located, finding: Finding) -> tuple[cst.Call, cst.SimpleStatementLine] | None:
+    calls = located.at(finding.span.line, finding.span.column, cst.Call)
+    if not calls:
+        return None
+    call = calls[0]
+    assert isinstance(call, cst.Call)
+    statement = located.statement_of(call)
+    if not isinstance(statement, cst.SimpleStatementLine) or len(statement.body) != 1:
+        return None
+    assign = statement.body[0]
+    if not isinstance(assign, cst.Assign) or len(assign.targets) != 1 or assign.value is not call:
+        return None
+    return call, statement
+
+
+def _roll_parts(call: cst.Call) -> tuple[str, str, str, int | None] | None:
+    """(target-less input source, copy method, index prefix, dim) of a roll call."""
+    func = call.func
+    args = list(call.args)
+    numpy = False
+    if isinstance(func, cst.Attribute) and func.attr.value == "roll" and (
+            code_of(func.value) in ("torch", "np", "numpy", "jnp")
+            or code_of(func.value).endswith("torch")):
+        numpy = code_of(func.value) in ("np", "numpy", "jnp")
+        source_arg = next((a for a in args if a.keyword is None or a.keyword.value in ("input", "a")), None)
+        rest = [a for a in args if a is not source_arg]
+        if source_arg is None:
+            return None
+        source = code_of(source_arg.value)
+    elif isinstance(func, cst.Attribute) and func.attr.value == "roll":
+        source = code_of(func.value)
+        rest = args
+    elif isinstance(func, cst.Name):  # from torch import roll as r
+        if not args:
+            return None
+        source = code_of(args[0].value)
+        rest = args[1:]
+    else:
+        return None
+    dim: int | None = None
+    positional = [a for a in rest if a.keyword is None]
+    dims_arg = next((a for a in rest if a.keyword is not None
+                     and a.keyword.value in ("dims", "axis")), None)
+    if dims_arg is None and len(positional) >= 2:
+        dims_arg = positional[1]
+    if dims_arg is not None:
+        text = code_of(dims_arg.value).strip()
+        try:
+            dim = int(text)
+        except ValueError:
+            return None
+    prefix = "" if dim == 0 else "..., "
+    return source, "copy" if numpy else "clone", prefix, dim
+
+
+def _target_code(statement: cst.SimpleStatementLine) -> str:
+    assign = statement.body[0]
+    assert isinstance(assign, cst.Assign)
+    return code_of(assign.targets[0].target)
+
+
+def _lines(located: Located, spans: Sequence[Sequence[int]]) -> set[cst.SimpleStatementLine]:
+    wanted = {(int(a), int(b)) for a, b in spans}
+    found = set()
+    for node, pos in located.positions.items():
+        if isinstance(node, cst.SimpleStatementLine) and (pos.start.line, pos.end.line) in wanted:
+            found.add(node)
+    return found
+
+
+def _rewrite_rolls(source: str, findings: Sequence[Finding], keep_tail: bool) -> FixResult:
+    located = Located(source)
+    replace: dict[cst.SimpleStatementLine, list[str]] = {}
+    notes = []
+    for finding in findings:
+        found = _roll_call(located, finding)
+        if found is None:
+            continue
+        call, statement = found
+        parts = _roll_parts(call)
+        if parts is None:
+            continue
+        src, copy, prefix, _ = parts
+        target = _target_code(statement)
+        lines = [f"{target} = {src}.{copy}()", f"{target}[{prefix}:-1] = {src}[{prefix}1:]"]
+        if not keep_tail:
+            lines.append(f"{target}[{prefix}-1] = {finding.fix_data.get('ignore', '-100')}")
+        replace[statement] = lines
+        notes.append(f"line {finding.span.line}: roll → slicing"
+                     + ("" if keep_tail else " with the ignore value on the tail"))
+    if not replace:
+        return FixResult(source)
+    return FixResult(located.module.visit(_StatementEdits(replace, set())).code, notes)
+
+
+@fixer("TA101")
+def fix_circular_shift(source: str, findings: Sequence[Finding],
+                       options: Mapping[str, Any]) -> FixResult:
+    """``labels = roll(x, -1)`` → ``labels = x.clone(); labels[:-1] = x[1:]; labels[-1] = -100``."""
+    return _rewrite_rolls(source, findings, keep_tail=False)
+
+
+@fixer("TA103")
+def fix_roll_shift(source: str, findings: Sequence[Finding],
+                   options: Mapping[str, Any]) -> FixResult:
+    """``labels = roll(x, -1)`` (tail already handled) → ``labels = x.clone(); labels[:-1] = x[1:]``."""
+    return _rewrite_rolls(source, findings, keep_tail=True)
+
+
+@fixer("TA102")
+def fix_double_shift(source: str, findings: Sequence[Finding],
+                     options: Mapping[str, Any]) -> FixResult:
+    """Remove the shift where the labels are made, so the loss-side shift is the only one."""
+    located = Located(source)
+    replace: dict[cst.SimpleStatementLine, list[str]] = {}
+    delete: set[cst.SimpleStatementLine] = set()
+    notes = []
+    for finding in findings:
+        data = finding.fix_data
+        nodes = located.at(finding.span.line, finding.span.column, cst.BaseExpression)
+        if not nodes:
+            continue
+        statement = located.statement_of(nodes[0])
+        if not isinstance(statement, cst.SimpleStatementLine):
+            continue
+        replacement = data.get("replacement")
+        if replacement:
+            assign = statement.body[0]
+            if not isinstance(assign, cst.Assign) or len(statement.body) != 1:
+                continue
+            replace[statement] = [f"{code_of(assign.targets[0].target)} = {replacement}"]
+        delete |= _lines(located, data.get("delete", ()))
+        notes.append(str(data.get("notes", "removed the data-side label shift")))
+    if not replace and not delete:
+        return FixResult(source)
+    return FixResult(located.module.visit(_StatementEdits(replace, delete)).code, notes)
+
+
+class _ReplaceValue(cst.CSTTransformer):
+    def __init__(self, targets: dict[cst.CSTNode, str]) -> None:
+        self.targets = targets
+
+    def on_leave(self, original: cst.CSTNode, updated: cst.CSTNode) -> Any:
+        if original in self.targets:
+            return cst.parse_expression(self.targets[original])
+        return updated
+
+
+@fixer("TA104")
+def fix_ignore_mismatch(source: str, findings: Sequence[Finding],
+                        options: Mapping[str, Any]) -> FixResult:
+    """Write the loss's ignore value where the labels are masked."""
+    located = Located(source)
+    targets: dict[cst.CSTNode, str] = {}
+    notes = []
+    for finding in findings:
+        value = str(finding.fix_data.get("value", options.get("ignore-index", -100)))
+        lines = [n for n in located.at(finding.span.line, finding.span.column, cst.SimpleStatementLine)]
+        statement = lines[0] if lines else None
+        if not isinstance(statement, cst.SimpleStatementLine) or len(statement.body) != 1:
+            continue
+        assign = statement.body[0]
+        if not isinstance(assign, cst.Assign):
+            continue
+        node: cst.CSTNode = assign.value
+        if isinstance(assign.value, cst.Call):
+            call = assign.value
+            name = code_of(call.func).rsplit(".", 1)[-1]
+            arg = None
+            if name in ("masked_fill", "masked_fill_"):
+                arg = next((a for a in call.args if a.keyword and a.keyword.value == "value"),
+                           call.args[1] if len(call.args) > 1 else None)
+            elif name == "pad":
+                arg = next((a for a in call.args if a.keyword and a.keyword.value == "value"), None)
+            elif name == "where" and len(call.args) == 3:
+                arg = call.args[1]
+            if arg is None:
+                continue
+            node = arg.value
+        targets[node] = value
+        notes.append(f"line {finding.span.line}: mask value → {value}")
+    if not targets:
+        return FixResult(source)
+    return FixResult(located.module.visit(_ReplaceValue(targets)).code, notes)
+
+
+@fixer("TA105")
+def fix_missing_shift(source: str, findings: Sequence[Finding],
+                      options: Mapping[str, Any]) -> FixResult:
+    """Shift at the loss: ``logits[..., :-1, :]`` against ``labels[..., 1:]``."""
+    located = Located(source)
+    targets: dict[cst.CSTNode, str] = {}
+    notes = []
+    for finding in findings:
+        logits_at = finding.fix_data.get("logits")
+        labels_at = finding.fix_data.get("labels")
+        if not logits_at or not labels_at:
+            continue
+        logits = located.at(logits_at[0], logits_at[1], (cst.Name, cst.Attribute, cst.Subscript))
+        labels = located.at(labels_at[0], labels_at[1], (cst.Name, cst.Attribute, cst.Subscript))
+        if not logits or not labels:
+            continue
+        # Only where the loss flattens the logits itself, so the root is still (B, T, V).
+        parent = located.parent(logits[0])
+        if not (isinstance(parent, cst.Attribute) and parent.attr.value in ("view", "reshape", "flatten")):
+            continue
+        targets[logits[0]] = f"{code_of(logits[0])}[..., :-1, :].contiguous()"
+        targets[labels[0]] = f"{code_of(labels[0])}[..., 1:].contiguous()"
+        notes.append(f"line {finding.span.line}: shift at the loss")
+    if not targets:
+        return FixResult(source)
+    return FixResult(located.module.visit(_ReplaceValue(targets)).code, notes)

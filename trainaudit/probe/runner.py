@@ -1,0 +1,231 @@
+"""Run a training script in this process under the probes, then put everything back."""
+
+from __future__ import annotations
+
+import gc
+import importlib.util
+import os
+import random
+import runpy
+import site
+import sys
+import traceback
+import warnings
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trainaudit.probe.findings import derive_findings
+from trainaudit.probe.labels import summarise
+from trainaudit.probe.probes import ProbeSession, StopProbe, world_size
+from trainaudit.probe.report import ProbeError, ProbeReport
+
+
+@dataclass
+class _Outcome:
+    exit: str
+    error: str | None = None
+
+
+@dataclass
+class _GlobalState:
+    """Interpreter and torch state a script may change, saved before it runs."""
+
+    argv: list[str]
+    path: list[str]
+    cwd: str
+    environ: dict[str, str]
+    modules: set[str]
+    stdout: Any
+    stderr: Any
+    python_rng: Any
+    torch_rng: Any
+    grad_enabled: bool
+    default_dtype: Any
+    num_threads: int
+    matmul_precision: str
+    anomaly: bool
+    distributed: bool
+    extra: list[Any] = field(default_factory=list)
+
+    @classmethod
+    def capture(cls) -> _GlobalState:
+        dist = torch.distributed
+        return cls(
+            argv=list(sys.argv), path=list(sys.path), cwd=os.getcwd(),
+            environ=dict(os.environ), modules=set(sys.modules),
+            stdout=sys.stdout, stderr=sys.stderr,
+            python_rng=random.getstate(), torch_rng=torch.get_rng_state(),
+            grad_enabled=torch.is_grad_enabled(), default_dtype=torch.get_default_dtype(),
+            num_threads=torch.get_num_threads(),
+            matmul_precision=torch.get_float32_matmul_precision(),
+            anomaly=torch.is_anomaly_enabled(),
+            distributed=dist.is_available() and dist.is_initialized(),
+        )
+
+    def restore(self) -> None:
+        dist = torch.distributed
+        if not self.distributed and dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()  # the script's group would block the next init
+        sys.argv[:] = self.argv
+        sys.path[:] = self.path
+        sys.stdout, sys.stderr = self.stdout, self.stderr
+        os.chdir(self.cwd)
+        for key in set(os.environ) - set(self.environ):
+            del os.environ[key]
+        for key, value in self.environ.items():
+            if os.environ.get(key) != value:
+                os.environ[key] = value
+        _forget_script_modules(self.modules)
+        random.setstate(self.python_rng)
+        torch.set_rng_state(self.torch_rng)
+        torch.set_grad_enabled(self.grad_enabled)
+        torch.set_default_dtype(self.default_dtype)
+        if torch.get_num_threads() != self.num_threads:
+            torch.set_num_threads(self.num_threads)
+        torch.set_float32_matmul_precision(self.matmul_precision)
+        torch.set_anomaly_enabled(self.anomaly)
+
+
+def _installed_roots() -> tuple[str, ...]:
+    roots = {sys.prefix, sys.base_prefix, sys.exec_prefix, *site.getsitepackages()}
+    user_site = site.getusersitepackages()
+    if isinstance(user_site, str):
+        roots.add(user_site)
+    return tuple(os.path.realpath(root) + os.sep for root in roots)
+
+
+def _forget_script_modules(before: set[str]) -> None:
+    """Drop modules the script imported from its own tree (not installed packages).
+
+    A second run, say of a fixed copy of the same project, must import its own
+    files, not find the first run's in ``sys.modules``. Installed packages
+    (torch's lazily imported parts above all) stay loaded.
+    """
+    roots = _installed_roots()
+    for name in set(sys.modules) - before:
+        module = sys.modules.get(name)
+        locations = [getattr(module, "__file__", None) or ""]
+        locations += list(getattr(module, "__path__", None) or [])
+        files = [os.path.realpath(p) for p in locations if isinstance(p, str) and p]
+        if files and not all(f.startswith(roots) for f in files):
+            del sys.modules[name]
+
+
+def _execute(target: str, args: list[str], module: bool) -> _Outcome:
+    if module:
+        sys.argv[:] = [target, *args]
+        sys.path[0:1] = [os.getcwd()]
+        runpy.run_module(target, run_name="__main__", alter_sys=True)
+    else:
+        script = os.path.abspath(target)
+        sys.argv[:] = [target, *args]
+        sys.path[0:1] = [os.path.dirname(script)]
+        runpy.run_path(script, run_name="__main__")
+    return _Outcome("finished")
+
+
+def _check_target(target: str, module: bool) -> None:
+    if module:
+        try:
+            found = importlib.util.find_spec(target) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            raise ProbeError(f"no module named {target!r}")
+    elif not Path(target).is_file():
+        raise ProbeError(f"no such script: {target}")
+
+
+def run(argv: list[str], *, steps: int, module: bool, cwd: str | None,
+        sample_steps: int) -> ProbeReport:
+    """Run the script ``argv`` under the probes; see :func:`trainaudit.probe.run_probe`."""
+    if not argv:
+        raise ProbeError("nothing to run: give a script path (or -m module) and its arguments")
+    if steps < 1:
+        raise ProbeError(f"steps must be at least 1, not {steps}")
+    target, args = argv[0], list(argv[1:])
+    saved = _GlobalState.capture()
+    if _cuda_in_use():
+        torch.cuda.reset_peak_memory_stats()
+    session = ProbeSession(steps=steps, sample_steps=sample_steps)
+    try:
+        with warnings.catch_warnings():
+            if cwd is not None:
+                os.chdir(cwd)
+            if module:
+                sys.path[0:1] = [os.getcwd()]
+            _check_target(target, module)
+            with ExitStack() as stack:
+                session.install(stack)
+                outcome = _run_guarded(session, target, args, module)
+    finally:
+        saved.restore()
+        gc.collect()
+    return _report(session, outcome)
+
+
+def _run_guarded(session: ProbeSession, target: str, args: list[str], module: bool) -> _Outcome:
+    try:
+        return _execute(target, args, module)
+    except StopProbe:
+        return _Outcome("stopped")
+    except SystemExit as exc:
+        code = 0 if exc.code is None else exc.code
+        return _Outcome(f"exit({code})")
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:
+        if session.stopping:  # the script turned our stop into an error of its own
+            return _Outcome("stopped")
+        return _Outcome(f"error: {type(exc).__name__}: {exc}", traceback.format_exc())
+
+
+def _cuda_in_use() -> bool:
+    cuda: Any = torch.cuda
+    return bool(cuda.is_available() and cuda.is_initialized())
+
+
+def _peak_cuda_memory() -> int | None:
+    if not (_cuda_in_use()):
+        return None
+    return max(int(torch.cuda.max_memory_allocated(i)) for i in range(torch.cuda.device_count()))
+
+
+def _report(session: ProbeSession, outcome: _Outcome) -> ProbeReport:
+    offset, evidence = summarise(session.label_samples)
+    steps = session.optimizer_steps
+    peaks = session.step_peaks
+    passes = session.pass_totals
+    report = ProbeReport(
+        label_offset=offset,
+        wrapped_label_positions=evidence.wrapped if evidence else 0,
+        micro_batches_per_step=session.backward_calls / steps if steps else 0.0,
+        optimizer_steps=steps,
+        autocast_fraction=(session.low_precision_flops / session.flops if session.flops else 0.0),
+        checkpointing=session.checkpoint_regions > 0,
+        activation_bytes_per_step=sum(peaks) // len(peaks) if peaks else 0,
+        step_seconds=session.step_seconds(),
+        clipped_scaled_gradients=session.clipped_scaled,
+        peak_cuda_memory_bytes=_peak_cuda_memory(),
+        backward_calls=session.backward_calls,
+        script_exit=outcome.exit,
+        label_positions_checked=evidence.checked if evidence else 0,
+        label_positions_matched=evidence.matched if evidence else 0,
+        label_rows_checked=evidence.rows if evidence else 0,
+        batch_size=session.batch_size,
+        sequence_length=session.sequence_length,
+        world_size=session.world_size if session.world_size is not None else world_size(),
+        matmul_flops=session.flops,
+        low_precision_matmul_flops=session.low_precision_flops,
+        checkpoint_regions=session.checkpoint_regions,
+        activation_bytes_per_micro_batch=sum(passes) // len(passes) if passes else 0,
+        clip_calls=session.clip_calls,
+        clip_scale=session.clip_scale,
+        script_error=outcome.error,
+    )
+    report.findings = derive_findings(report)
+    return report
