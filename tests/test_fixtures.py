@@ -6,7 +6,9 @@ Layout (see fixtures/README.md):
 - ``fixtures/<family>/<case>/`` + ``expected.txt``: several files (a data set and a trainer...);
 - ``fixtures/<family>/codemods/<X>.in.py`` → ``<X>.out.py`` (feature fixes on unless the
   first line says ``# fix: safe-only``).
-Expected lines are ``[path:]LINE:COL CODE``; an empty file means clean.
+Expected lines are ``[path:]LINE:COL CODE``; an empty file means clean. A family
+folder may hold a ``SELECT`` file (e.g. ``TA1``): its cases are checked with only
+those rules, so other families' findings do not belong in its expectations.
 """
 
 from __future__ import annotations
@@ -36,6 +38,16 @@ def _codemods() -> list[Path]:
     return sorted(FIXTURES.glob("*/codemods/*.in.py"))
 
 
+def _select(case: Path) -> dict[str, object]:
+    family = case.parent if case.is_file() or case.parent.name != "fixtures" else case
+    while family.parent != FIXTURES:
+        family = family.parent
+    select = family / "SELECT"
+    if select.exists():
+        return {"select": tuple(select.read_text().split())}
+    return {}
+
+
 def _parse_expected(text: str, default_path: str) -> set[tuple[str, int, int, str]]:
     result = set()
     for raw in text.splitlines():
@@ -58,7 +70,7 @@ def test_fixture_findings(case: Path, tmp_path: Path) -> None:
         (tmp_path / "case").mkdir()
         shutil.copy(case, tmp_path / "case" / case.name)
         expected = _parse_expected(case.with_suffix(".expected").read_text(), case.name)
-    assert found(check_tree(tmp_path / "case")) == expected
+    assert found(check_tree(tmp_path / "case", **_select(case))) == expected
 
 
 @pytest.mark.parametrize("pair", _codemods(), ids=lambda p: f"{p.parent.parent.name}/{p.name}")
@@ -67,8 +79,9 @@ def test_codemod_pair(pair: Path, tmp_path: Path) -> None:
     target = pair.with_name(pair.name.replace(".in.py", ".out.py")).read_text()
     unsafe = not source.startswith("# fix: safe-only")
     (tmp_path / "train.py").write_text(source)
-    fixed = fix_tree(tmp_path, unsafe_fixes=unsafe)
+    select = _select(pair.parent)
+    fixed = fix_tree(tmp_path, unsafe_fixes=unsafe, **select)
     assert fixed.get("train.py", source) == target
     # Idempotent: fixing the output changes nothing.
     (tmp_path / "train.py").write_text(target)
-    assert fix_tree(tmp_path, unsafe_fixes=unsafe) == {}
+    assert fix_tree(tmp_path, unsafe_fixes=unsafe, **select) == {}

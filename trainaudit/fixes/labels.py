@@ -237,8 +237,11 @@ def fix_missing_shift(source: str, findings: Sequence[Finding],
         labels_at = finding.fix_data.get("labels")
         if not logits_at or not labels_at:
             continue
-        logits = located.at(logits_at[0], logits_at[1], (cst.Name, cst.Attribute, cst.Subscript))
-        labels = located.at(labels_at[0], labels_at[1], (cst.Name, cst.Attribute, cst.Subscript))
+        kinds = (cst.Name, cst.Attribute, cst.Subscript)
+        logits = [n for n in located.at(logits_at[0], logits_at[1], kinds)
+                  if code_of(n) == logits_at[2]]
+        labels = [n for n in located.at(labels_at[0], labels_at[1], kinds)
+                  if code_of(n) == labels_at[2]]
         if not logits or not labels:
             continue
         # Only where the loss flattens the logits itself, so the root is still (B, T, V).

@@ -30,8 +30,11 @@ from trainaudit.model.project import ModuleSummary, Project
 from trainaudit.registry import summarizer
 
 FAMILY = "labels"
-TRIGGERS = ("roll", "cross_entropy", "CrossEntropyLoss", "nll_loss", "NLLLoss", "labels",
-            "targets", "ForCausalLM", "LMHead")
+# A file mentioning none of these can hold no label producer or loss site. The slice
+# spellings catch ``y = chunk[1:]`` and ``data[i + 1:i + 1 + T]`` in files that name
+# neither labels nor a loss.
+TRIGGERS = ("roll", "cross_entropy", "CrossEntropyLoss", "nll_loss", "NLLLoss", "label",
+            "target", "ForCausalLM", "LMHead", "1:]", "1:,", "+ 1:", "+1:", "[1:")
 
 ROLL_FUNCTIONS = {"torch.roll", "numpy.roll", "jax.numpy.roll"}
 LOSS_FUNCTIONS = {"torch.nn.functional.cross_entropy", "torch.nn.functional.nll_loss",
@@ -418,6 +421,18 @@ class _ProducerFinder:
                 producer = self.classify(scope, name, assignment)
                 if producer is not None:
                     self.facts.producers.append(producer)
+        # return {"input_ids": ids, "target_ids": torch.roll(ids, -1)}
+        for node in walk_local(scope.body):
+            if isinstance(node, ast.Return) and isinstance(node.value, ast.Dict):
+                for key, value in zip(node.value.keys, node.value.values, strict=True):
+                    if (isinstance(key, ast.Constant) and isinstance(key.value, str)
+                            and is_label_name(key.value) and not isinstance(value, ast.Name)):
+                        pseudo = _Assignment(f"return[{key.value!r}]", value, node)
+                        producer = self.classify(scope, pseudo.target, pseudo)
+                        if producer is not None:
+                            self.facts.producers.append(replace(
+                                producer, var=key.value, keys=(key.value,), exported=True,
+                                fix_form=""))
 
     def masks(self, scope: _Scope) -> None:
         """Values written into label tensors: ``labels[...] = v``, ``masked_fill``, ``F.pad``."""
@@ -511,11 +526,10 @@ class _ProducerFinder:
                                          input_text=module.segment(source),
                                          helper_lines=helper,
                                          neutralizers=tuple(self.neutralizers(scope, name, stmt, source)))
-                return make(kind="copy", shifted=False,
-                                     input_text=module.segment(source))
-            return None
+                return make(kind="copy", shifted=False, input_text=module.segment(source))
         # labels = ids[1:] / y = data[i+1:i+1+T] / targets = batch[:, 1:]
-        sub = _shift_slice(value)
+        # / y = torch.stack([data[i+1:i+1+T] for i in ix])
+        sub = _shift_slice(_stacked_element(value, module))
         if sub is not None and self.unlabelled(sub.value):
             return make(kind="slice", shifted=True,
                                  input_text=self.sibling_input(scope, sub, stmt))
@@ -535,7 +549,7 @@ class _ProducerFinder:
             if is_label_name(name):
                 continue
             for a in assignments:
-                v = _strip(a.value)
+                v = _strip(_stacked_element(a.value, self.module))
                 if (isinstance(v, ast.Subscript) and self.module.segment(v.value) == base
                         and not any(_is_lower_one(e) for e in _slice_elements(v))):
                     return self.module.segment(a.value)
@@ -627,6 +641,24 @@ class _ProducerFinder:
         if "[" not in name:
             keys.append(name)
         return _Export(tuple(dict.fromkeys(keys)), tuple_index, exported)
+
+
+def _stacked_element(value: ast.expr, module: ModuleFacts) -> ast.AST:
+    """``torch.stack([f(data[i+1:i+1+T]) for i in ix])`` → ``data[i+1:i+1+T]``."""
+    if (isinstance(value, ast.Call) and value.args
+            and module.call_name(value) in ("torch.stack", "numpy.stack", "torch.cat")
+            and isinstance(value.args[0], ast.ListComp | ast.GeneratorExp)):
+        element: ast.AST = value.args[0].elt
+        while isinstance(element, ast.Call):
+            qual = module.call_name(element) or ""
+            if qual.split(".")[0] in ("torch", "numpy") and element.args:
+                element = element.args[0]  # torch.from_numpy(x), np.asarray(x)
+            elif isinstance(element.func, ast.Attribute) and element.func.attr in PASS_THROUGH:
+                element = element.func.value  # x.astype(np.int64)
+            else:
+                break
+        return element
+    return value
 
 
 def _is_whole_value(stmt: ast.stmt, value: ast.expr) -> bool:
@@ -732,14 +764,14 @@ class _LossFinder:
         labels = argument(call, 1, "target")
         if logits is None or labels is None:
             return
-        logits_trace = _trace(self.module, scope, logits, call.lineno)
-        labels_trace = _trace(self.module, scope, labels, call.lineno)
-        shifts = logits_trace.drop_last is not None
-        shift_site = labels_trace.shift_slice or logits_trace.drop_last
+        logits_trace = _trace(self.module, scope, logits, call.lineno, producers=self.facts.producers)
+        labels_trace = _trace(self.module, scope, labels, call.lineno, producers=self.facts.producers)
+        # A loss-side shift pairs logits[..., :-1, :] with labels[..., 1:]. Dropping the
+        # last position of both only trims a wrapped tail, and labels[:, 1:] alone (with
+        # inputs[:, :-1] fed to the model) is where the labels are made, not a second shift.
+        shifts = labels_trace.shift_slice is not None and logits_trace.drop_last is not None
+        shift_site = labels_trace.shift_slice if shifts else None
         origin = labels_trace.origin
-        if labels_trace.shift_slice is not None and not shifts and origin.kind != "local":
-            # labels[..., 1:] without a logits slice: the labels are made here (data side).
-            shifts = False
         same = (not shifts and labels_trace.root_text is not None
                 and labels_trace.root_text == self._model_input(scope, logits_trace, call.lineno))
         self.facts.losses.append(LossSite(
@@ -754,7 +786,7 @@ class _LossFinder:
         call = logits.model_call
         if call is None or not call.args:
             return None
-        first = _trace(self.module, scope, call.args[0], before)
+        first = _trace(self.module, scope, call.args[0], before, producers=self.facts.producers)
         return first.root_text
 
     def model_call(self, scope: _Scope, call: ast.Call, callee: str) -> None:
@@ -768,7 +800,7 @@ class _LossFinder:
                 if any(kw.arg is None for kw in call.keywords):  # model(**batch)
                     self.add_model_loss(scope, call, Origin("key", "labels"), True, None)
                 return
-            trace = _trace(self.module, scope, labels_arg, call.lineno)
+            trace = _trace(self.module, scope, labels_arg, call.lineno, producers=self.facts.producers)
             self.add_model_loss(scope, call, trace.origin, True, None)
             return
         if not callee or not isinstance(call.func, ast.Name | ast.Attribute):
@@ -776,9 +808,9 @@ class _LossFinder:
         model_class = self._model_class(scope, callee, call.lineno)
         if model_class is None:
             return
-        arguments = [(str(i), _trace(self.module, scope, arg, call.lineno).origin)
+        arguments = [(str(i), _trace(self.module, scope, arg, call.lineno, producers=self.facts.producers).origin)
                      for i, arg in enumerate(call.args)]
-        arguments += [(kw.arg, _trace(self.module, scope, kw.value, call.lineno).origin)
+        arguments += [(kw.arg, _trace(self.module, scope, kw.value, call.lineno, producers=self.facts.producers).origin)
                       for kw in call.keywords if kw.arg]
         self.facts.model_calls.append(ModelCall(scope.name, model_class, tuple(arguments),
                                                 self.site(call)))
@@ -957,32 +989,9 @@ def label_facts(module: ModuleFacts) -> LabelFacts:
     losses = _LossFinder(module, facts)
     for scope in scopes:
         losses.find(scope, module.classes)
-    # Re-trace loss origins now that producers are known, so local links resolve.
-    facts.losses = [_relink(module, scopes, facts, loss) for loss in facts.losses]
     _model_losses(module, facts)
     module._label_facts = facts  # type: ignore[attr-defined]
     return facts
-
-
-def _relink(module: ModuleFacts, scopes: list[_Scope], facts: LabelFacts, loss: LossSite) -> LossSite:
-    if loss.origin.kind == "key" or loss.labels_root is None:
-        return loss
-    scope = next(s for s in scopes if s.name == loss.scope)
-    node = _find_node(module, scope, loss.labels_root)
-    if node is None:
-        return loss
-    trace = _trace(module, scope, node, loss.site.span.line, producers=facts.producers)
-    if trace.origin.kind == "local":
-        return replace(loss, origin=trace.origin)
-    return loss
-
-
-def _find_node(module: ModuleFacts, scope: _Scope, site: Site) -> ast.AST | None:
-    for node in walk_local(scope.body):
-        if isinstance(node, ast.Name | ast.Attribute | ast.Subscript) \
-                and module.span(node) == site.span:
-            return node
-    return None
 
 
 summarizer(FAMILY, triggers=TRIGGERS)(label_facts)

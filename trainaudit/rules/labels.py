@@ -117,7 +117,10 @@ class DoubleLabelShift(_LabelRule):
                 path, producer.site.span,
                 f"`{producer.var}` is already shifted here ({_describe(producer)}) and {how} at "
                 f"{where}: position t is trained on token t+2. Remove one of the two shifts.",
-                related=[_related(s, loss, "second shift here") for s, loss in shifting[:5]],
+                related=[_related(s, loss, "second shift here") for s, loss in shifting[:5]]
+                + [Related(loss.model_site.path, loss.model_site.span.line,
+                           loss.model_site.span.column, "the model's forward shifts here")
+                   for _, loss in shifting[:5] if loss.model_site is not None],
                 fix_data={"replacement": _unshifted(producer),
                           "delete": [list(lines) for lines in _shift_helpers(producer)],
                           "notes": f"removed the label shift in {producer.scope or 'module'} "
@@ -244,10 +247,10 @@ class MissingLabelShift(_LabelRule):
                 fixable=loss.how != "model" and loss.logits_root is not None
                 and loss.labels_root is not None,
                 fix_data={
-                    "logits": (loss.logits_root.span.line, loss.logits_root.span.column)
-                    if loss.logits_root else None,
-                    "labels": (loss.labels_root.span.line, loss.labels_root.span.column)
-                    if loss.labels_root else None,
+                    "logits": (loss.logits_root.span.line, loss.logits_root.span.column,
+                               loss.logits_root.text) if loss.logits_root else None,
+                    "labels": (loss.labels_root.span.line, loss.labels_root.span.column,
+                               loss.labels_root.text) if loss.labels_root else None,
                 }))
         return found
 
