@@ -121,9 +121,13 @@ class Analyzer:
         project_rules = [cls for code, cls in rules.items()
                          if code in settings.enabled and issubclass(cls, ProjectRule)]
         self.summarizers = list(SUMMARIZERS.values()) if project_rules else []
-        self.triggers = tuple(sorted({
-            t for r in self.module_rules for t in r.triggers
-        } | {t for s in self.summarizers for t in s.triggers}))
+        triggers = {t for r in self.module_rules for t in r.triggers}
+        triggers |= {t for s in self.summarizers for t in s.triggers}
+        if "TA001" in settings.enabled:
+            # A syntax error is reported in any file some rule would look at.
+            triggers |= {t for cls in rules.values() for t in cls.triggers}
+            triggers |= {t for s in SUMMARIZERS.values() for t in s.triggers}
+        self.triggers = tuple(sorted(triggers))
         self.byte_triggers = tuple(t.encode() for t in self.triggers)
         self.prefilter = settings.prefilter
 
