@@ -104,12 +104,13 @@ def _relative_to_root(path: str, root: Path) -> str:
 
 
 def _glob_match(rel: str, pattern: str) -> bool:
-    """Match a path against a glob: a bare name matches any component, ``**`` any depth."""
+    """Match a path against a glob: a bare name matches the last component (folders are
+    pruned while walking, so their contents go too), ``**`` any depth."""
     pattern = pattern.rstrip("/")
     if fnmatch.fnmatch(rel, pattern) or fnmatch.fnmatch(rel, pattern.replace("**/", "")):
         return True
     if "/" not in pattern:
-        return any(fnmatch.fnmatch(part, pattern) for part in rel.split("/"))
+        return fnmatch.fnmatch(rel.rsplit("/", 1)[-1], pattern)
     return rel.startswith(pattern + "/")
 
 

@@ -23,16 +23,18 @@ SEED = 20240611
 TARGET_BYTES = 250_000
 OUT_PATH = Path(__file__).resolve().parent / "corpus.txt"
 
-ONSETS = ["b", "br", "c", "d", "dr", "f", "g", "gl", "h", "k", "l", "m", "n", "p", "r", "s",
-          "st", "t", "th", "v", "w", "y"]
+# Word lists kept compact: a grammar reads better as prose than as one item a line.
+# fmt: off
+ONSETS = ["b", "br", "c", "d", "dr", "f", "g", "gl", "h", "k", "l", "m", "n", "p", "r", "s", "st",
+          "t", "th", "v", "w", "y"]
 VOWELS = ["a", "e", "i", "o", "u", "ai", "ea", "ou", "ie"]
 CODAS = ["", "n", "r", "l", "m", "s", "th", "nd", "rk", "ll", "st"]
 PLACE_ENDS = ["ford", "haven", "mere", "holt", "wick", "stead", "moor", "by", "ton", "gate",
               "marsh", "crag"]
-FIRST_NAMES = ["Ada", "Bran", "Cora", "Dunstan", "Elsa", "Fenn", "Greta", "Hollis", "Ines",
-               "Jory", "Kestrel", "Lorne", "Maud", "Nils", "Orla", "Piet", "Quill", "Rowan",
-               "Sabine", "Tobin", "Una", "Vesna", "Wren", "Yara", "Anselm", "Brigid", "Cato",
-               "Dagny", "Eamon", "Freya", "Gideon", "Hester"]
+FIRST_NAMES = ["Ada", "Bran", "Cora", "Dunstan", "Elsa", "Fenn", "Greta", "Hollis", "Ines", "Jory",
+               "Kestrel", "Lorne", "Maud", "Nils", "Orla", "Piet", "Quill", "Rowan", "Sabine",
+               "Tobin", "Una", "Vesna", "Wren", "Yara", "Anselm", "Brigid", "Cato", "Dagny",
+               "Eamon", "Freya", "Gideon", "Hester"]
 
 TRADES = {
     "weaver": ("looms", "wool", "cloth", "the dye vats"),
@@ -55,41 +57,89 @@ TRADES = {
 
 SEASONS = {
     "spring": {
-        "weather": ["a soft rain fell most mornings", "the wind turned mild and smelled of wet earth",
-                    "fog lay on the fields until noon", "the first swallows came back over the river",
-                    "late frost caught the blossom twice"],
-        "work": ["sowing the lower fields", "mending the winter damage", "lambing in the sheds",
-                 "clearing the ditches", "planting beans along the walls"],
+        "weather": [
+            "a soft rain fell most mornings",
+            "the wind turned mild and smelled of wet earth",
+            "fog lay on the fields until noon",
+            "the first swallows came back over the river",
+            "late frost caught the blossom twice",
+        ],
+        "work": [
+            "sowing the lower fields",
+            "mending the winter damage",
+            "lambing in the sheds",
+            "clearing the ditches",
+            "planting beans along the walls",
+        ],
     },
     "summer": {
-        "weather": ["the days were long and dry", "thunder rolled over the hills in the evenings",
-                    "the heat pressed down on the roofs", "the river ran low and clear",
-                    "a warm wind came up from the south every afternoon"],
-        "work": ["cutting hay", "drying fish on the racks", "shearing the flocks",
-                 "carting stone for the new wall", "bringing the bees down from the heath"],
+        "weather": [
+            "the days were long and dry",
+            "thunder rolled over the hills in the evenings",
+            "the heat pressed down on the roofs",
+            "the river ran low and clear",
+            "a warm wind came up from the south every afternoon",
+        ],
+        "work": [
+            "cutting hay",
+            "drying fish on the racks",
+            "shearing the flocks",
+            "carting stone for the new wall",
+            "bringing the bees down from the heath",
+        ],
     },
     "autumn": {
-        "weather": ["gales stripped the orchards", "the mornings were cold and bright",
-                    "rain came in long grey sheets off the sea", "mist hung over the water meadows",
-                    "the first geese went over, calling"],
-        "work": ["gathering apples", "threshing in the barns", "salting meat for the winter",
-                 "pressing cider", "stacking wood under the eaves"],
+        "weather": [
+            "gales stripped the orchards",
+            "the mornings were cold and bright",
+            "rain came in long grey sheets off the sea",
+            "mist hung over the water meadows",
+            "the first geese went over, calling",
+        ],
+        "work": [
+            "gathering apples",
+            "threshing in the barns",
+            "salting meat for the winter",
+            "pressing cider",
+            "stacking wood under the eaves",
+        ],
     },
     "winter": {
-        "weather": ["snow closed the high road for a week", "the river froze at the edges",
-                    "a hard wind blew without rest", "ice hung from every gutter",
-                    "the nights were long and very still"],
-        "work": ["repairing tools by the fire", "carving spoons and bowls", "spinning yarn",
-                 "tending the animals in the byres", "telling old stories in the hall"],
+        "weather": [
+            "snow closed the high road for a week",
+            "the river froze at the edges",
+            "a hard wind blew without rest",
+            "ice hung from every gutter",
+            "the nights were long and very still",
+        ],
+        "work": [
+            "repairing tools by the fire",
+            "carving spoons and bowls",
+            "spinning yarn",
+            "tending the animals in the byres",
+            "telling old stories in the hall",
+        ],
     },
 }
 
 ADJECTIVES = ["quiet", "busy", "old", "narrow", "crowded", "windy", "steep", "green", "muddy",
               "bright", "sleepy", "stubborn", "proud", "small", "grey", "cheerful"]
-FEATURES = ["a stone bridge", "a market square", "a ruined tower", "a long harbour wall",
-            "a chapel with a copper roof", "three windmills", "a covered well", "a ferry landing",
-            "an inn called the Lantern", "a ring of standing stones", "a toll gate",
-            "a grain store on stilts", "a library of forty books", "a clock that runs slow"]
+FEATURES = [
+    "a stone bridge",
+    "a market square",
+    "a ruined tower",
+    "a long harbour wall",
+    "a chapel with a copper roof",
+    "three windmills",
+    "a covered well",
+    "a ferry landing",
+    "an inn called the Lantern",
+    "a ring of standing stones",
+    "a toll gate",
+    "a grain store on stilts",
+    "a library of forty books",
+    "a clock that runs slow",
+]
 GOODS_VERBS = ["sold", "traded", "carried", "stored", "counted", "weighed", "packed", "priced"]
 FEELINGS = ["pleased", "worried", "tired", "curious", "doubtful", "glad", "restless", "patient"]
 SAYINGS = [
@@ -104,6 +154,7 @@ SAYINGS = [
 ]
 NUMBERS = ["two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "twelve",
            "twenty", "forty", "a hundred"]
+# fmt: on
 
 
 def make_name(rng: random.Random, ends: list[str] | None = None) -> str:

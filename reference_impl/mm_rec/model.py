@@ -43,52 +43,83 @@ def sequential_linear_scan(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.stack(out, dim=1)
 
 
-def _shift_right(x: torch.Tensor, k: int, fill: float) -> torch.Tensor:
-    """Shift along the chunk-time dim (2) by k, filling the first k steps with `fill`."""
-    return F.pad(x, (0, 0, k, 0), value=fill)[:, :, : x.shape[2]]
+def _scan_in_place(a: torch.Tensor, b: torch.Tensor) -> None:
+    """Inclusive scan of h_t = a_t * h_{t-1} + b_t along dim -2, overwriting `a` and `b`.
+
+    Log-depth (Hillis-Steele) scan over the pairs (a, b), whose operator is
+    (a1, b1) then (a2, b2) = (a1 * a2, a2 * b1 + b2). After the pass with
+    offset k, position t holds the composition of the min(2k, t + 1) steps
+    ending at t; afterwards `b` holds h (from h = 0) and `a` the running
+    product of a. It only multiplies numbers in [0, 1], so it is stable for any
+    decay, unlike the closed form that divides by a running product.
+    """
+    length = b.shape[-2]
+    k = 1
+    while k < length:
+        # The products are taken before the in-place updates: the slices overlap.
+        b_update = a[..., k:, :] * b[..., :-k, :]
+        a_update = a[..., k:, :] * a[..., :-k, :]
+        b[..., k:, :] += b_update
+        a[..., k:, :] = a_update
+        k *= 2
+
+
+def _chunked_scan(a: torch.Tensor, b: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    """h_t = a_t * h_{t-1} + b_t (h_0 = 0) over dim 1 of (batch, time, dim); no autograd."""
+    batch, seq_len, dim = b.shape
+    size = max(1, min(chunk_size, seq_len))
+    pad = (-seq_len) % size
+    # Identity steps (a = 1, b = 0) leave the state unchanged, so padding is harmless;
+    # pad() also makes the copies that the in-place scan may overwrite.
+    a = F.pad(a, (0, 0, 0, pad), value=1.0)
+    b = F.pad(b, (0, 0, 0, pad), value=0.0)
+    n_chunks = (seq_len + pad) // size
+    a = a.view(batch, n_chunks, size, dim)
+    b = b.view(batch, n_chunks, size, dim)
+    _scan_in_place(a, b)  # every chunk at once, each from a zero state
+
+    # State entering each chunk: scan the chunk summaries (their last step) in
+    # turn, then shift by one chunk. log2(n_chunks) passes, not a Python loop.
+    a_end = a[:, :, -1].clone()
+    h_end = b[:, :, -1].clone()
+    _scan_in_place(a_end, h_end)
+    carry_in = F.pad(h_end, (0, 0, 1, 0))[:, :n_chunks]
+    b.addcmul_(a, carry_in.unsqueeze(2))
+    return b.view(batch, n_chunks * size, dim)[:, :seq_len]
+
+
+class _ChunkedLinearScan(torch.autograd.Function):
+    """Autograd for the scan that keeps only a and h, not every pass of the scan."""
+
+    @staticmethod
+    def forward(ctx, a: torch.Tensor, b: torch.Tensor, chunk_size: int) -> torch.Tensor:
+        h = _chunked_scan(a, b, chunk_size)
+        ctx.save_for_backward(a, h)
+        ctx.chunk_size = chunk_size
+        return h
+
+    @staticmethod
+    def backward(ctx, grad_h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
+        a, h = ctx.saved_tensors
+        # The adjoint obeys the same recurrence backwards in time:
+        # delta_t = grad_t + a_{t+1} * delta_{t+1}; then dL/db_t = delta_t and
+        # dL/da_t = delta_t * h_{t-1}.
+        a_next = F.pad(a[:, 1:], (0, 0, 0, 1), value=0.0)
+        delta = _chunked_scan(a_next.flip(1), grad_h.flip(1), ctx.chunk_size).flip(1)
+        h_prev = F.pad(h[:, :-1], (0, 0, 1, 0))
+        return delta * h_prev, delta, None
 
 
 def chunked_linear_scan(a: torch.Tensor, b: torch.Tensor, chunk_size: int) -> torch.Tensor:
     """Compute h_t = a_t * h_{t-1} + b_t (h_0 = 0) over dim 1 of (batch, time, dim) tensors.
 
-    Within a chunk the steps are combined with a log-depth (Hillis-Steele)
-    associative scan over pairs (a, b), whose operator is
-    (a1, b1) then (a2, b2) = (a1 * a2, a2 * b1 + b2). It only multiplies
-    numbers in [0, 1], so it is stable for any decay, unlike a cumulative
-    product divided back out. A short sequential loop then carries the state
-    from one chunk's end into the next chunk. Runs in float32 under autocast:
-    the products compound rounding error over the chunk.
+    Two levels of associative scan: within chunks of `chunk_size` steps, then
+    across the chunks' summaries. Runs in float32 even under autocast: the
+    products compound rounding error over a chunk. Backward runs the same scan
+    in reverse instead of storing the forward's intermediate passes.
     """
-    out_dtype = torch.promote_types(b.dtype, torch.float32)
-    a = a.to(out_dtype)
-    b = b.to(out_dtype)
-    batch, seq_len, dim = b.shape
-    size = max(1, min(chunk_size, seq_len))
-    pad = (-seq_len) % size
-    if pad:
-        # Identity steps (a=1, b=0) leave the state unchanged, so padding is harmless.
-        a = F.pad(a, (0, 0, 0, pad), value=1.0)
-        b = F.pad(b, (0, 0, 0, pad), value=0.0)
-    n_chunks = (seq_len + pad) // size
-    a = a.reshape(batch, n_chunks, size, dim)
-    b = b.reshape(batch, n_chunks, size, dim)
-
-    # After the pass with offset k, position t holds the composition of the
-    # min(2k, t+1) steps ending at t, so log2(size) passes cover the chunk.
-    k = 1
-    while k < size:
-        b = b + a * _shift_right(b, k, 0.0)
-        a = a * _shift_right(a, k, 1.0)
-        k *= 2
-
-    # State entering each chunk: fold the chunk summaries (a, b at the chunk's end) in order.
-    carry = torch.zeros(batch, dim, dtype=b.dtype, device=b.device)
-    carries = [carry]
-    for c in range(n_chunks - 1):
-        carry = a[:, c, -1] * carry + b[:, c, -1]
-        carries.append(carry)
-    h = b + a * torch.stack(carries, dim=1).unsqueeze(2)
-    return h.reshape(batch, n_chunks * size, dim)[:, :seq_len]
+    dtype = torch.promote_types(b.dtype, torch.float32)
+    return _ChunkedLinearScan.apply(a.to(dtype), b.to(dtype), chunk_size)
 
 
 class MemoryAttention(nn.Module):
@@ -189,9 +220,7 @@ class MMRecModel(nn.Module):
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, std=0.02)
-        elif isinstance(module, nn.Embedding):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, std=0.02)
 
     def num_parameters(self) -> int:

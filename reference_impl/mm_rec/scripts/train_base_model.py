@@ -45,26 +45,43 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Train MM-Rec on a text corpus.")
     parser.add_argument("--config", default="tiny", choices=sorted(CONFIGS))
     parser.add_argument("--steps", type=int, default=200, help="max optimizer steps")
-    parser.add_argument("--seq-len", type=int, default=None,
-                        help="tokens per sample (default: the config's, capped on a CPU)")
+    parser.add_argument(
+        "--seq-len",
+        type=int,
+        default=None,
+        help="tokens per sample (default: the config's, capped on a CPU)",
+    )
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--weight-decay", type=float, default=0.1)
     parser.add_argument("--warmup-steps", type=int, default=20)
     parser.add_argument("--data-dir", type=Path, default=REFERENCE_ROOT / "data")
     parser.add_argument("--device", default="cpu", help='"cpu" or "cuda"')
-    parser.add_argument("--out-dir", type=Path, default=None,
-                        help="checkpoint folder (default: reference_impl/runs/<config>)")
+    parser.add_argument(
+        "--out-dir",
+        type=Path,
+        default=None,
+        help="checkpoint folder (default: reference_impl/runs/<config>)",
+    )
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--eval-interval", type=int, default=50)
-    parser.add_argument("--eval-batches", type=int, default=8,
-                        help="validation batches per evaluation")
-    parser.add_argument("--patience", type=int, default=5,
-                        help="evaluations without improvement before stopping early")
+    parser.add_argument(
+        "--eval-batches", type=int, default=8, help="validation batches per evaluation"
+    )
+    parser.add_argument(
+        "--patience",
+        type=int,
+        default=5,
+        help="evaluations without improvement before stopping early",
+    )
     parser.add_argument("--log-interval", type=int, default=10)
     parser.add_argument("--num-workers", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=0,
-                        help="CPU threads per process (default: cores / local processes)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="CPU threads per process (default: cores / local processes)",
+    )
     return parser.parse_args(argv)
 
 
@@ -198,8 +215,9 @@ def main(argv: list[str] | None = None) -> None:
         num_workers=args.num_workers,
         drop_last=True,
     )
-    val_loader = DataLoader(val_dataset, batch_size=args.batch_size, shuffle=False,
-                            num_workers=args.num_workers)
+    val_loader = DataLoader(
+        val_dataset, batch_size=args.batch_size, shuffle=False, num_workers=args.num_workers
+    )
 
     # ------------------------------------------------------------------ model
     model = MMRecModel(config).to(device)
@@ -210,15 +228,19 @@ def main(argv: list[str] | None = None) -> None:
         )
     if master:
         print(f"config {args.config}: {config}")
-        print(f"parameters: {raw_model.num_parameters():,}  seq_len {seq_len}  "
-              f"batch {args.batch_size} x {world_size} process(es)  device {device}")
+        print(
+            f"parameters: {raw_model.num_parameters():,}  seq_len {seq_len}  "
+            f"batch {args.batch_size} x {world_size} process(es)  device {device}"
+        )
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95),
-                                  weight_decay=args.weight_decay)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=args.weight_decay
+    )
     warmup_steps = max(1, min(args.warmup_steps, args.steps - 1))
     warmup = LinearLR(optimizer, start_factor=0.01, end_factor=1.0, total_iters=warmup_steps)
-    cosine = CosineAnnealingLR(optimizer, T_max=max(1, args.steps - warmup_steps),
-                               eta_min=args.lr * 0.1)
+    cosine = CosineAnnealingLR(
+        optimizer, T_max=max(1, args.steps - warmup_steps), eta_min=args.lr * 0.1
+    )
     scheduler = SequentialLR(optimizer, schedulers=[warmup, cosine], milestones=[warmup_steps])
 
     # ------------------------------------------------------------------- loop
@@ -242,13 +264,18 @@ def main(argv: list[str] | None = None) -> None:
             step += 1
             train_seconds += dt
             window_loss, window_steps, window_seconds = (
-                window_loss + loss, window_steps + 1, window_seconds + dt)
+                window_loss + loss,
+                window_steps + 1,
+                window_seconds + dt,
+            )
 
             if master and (step % args.log_interval == 0 or step == 1):
                 lr = scheduler.get_last_lr()[0]
-                print(f"step {step:5d} | loss {window_loss / window_steps:.4f} | lr {lr:.2e} | "
-                      f"{tokens_per_step * window_steps / window_seconds:,.0f} tokens/s",
-                      flush=True)
+                print(
+                    f"step {step:5d} | loss {window_loss / window_steps:.4f} | lr {lr:.2e} | "
+                    f"{tokens_per_step * window_steps / window_seconds:,.0f} tokens/s",
+                    flush=True,
+                )
                 window_loss, window_steps, window_seconds = 0.0, 0, 0.0
 
             if step % args.eval_interval == 0 or step == args.steps:
@@ -258,13 +285,16 @@ def main(argv: list[str] | None = None) -> None:
                     best_val_loss = val_loss
                     evals_without_improvement = 0
                     if master:
-                        save_checkpoint(out_dir / "best.pt", raw_model, config, tokenizer,
-                                        step, val_loss, args)
+                        save_checkpoint(
+                            out_dir / "best.pt", raw_model, config, tokenizer, step, val_loss, args
+                        )
                 else:
                     evals_without_improvement += 1
                 if master:
-                    print(f"step {step:5d} | val loss {val_loss:.4f} | best {best_val_loss:.4f}",
-                          flush=True)
+                    print(
+                        f"step {step:5d} | val loss {val_loss:.4f} | best {best_val_loss:.4f}",
+                        flush=True,
+                    )
                 if evals_without_improvement >= args.patience:
                     if master:
                         print(f"early stop: no improvement in {args.patience} evaluations")
@@ -285,8 +315,11 @@ def main(argv: list[str] | None = None) -> None:
         save_checkpoint(out_dir / "final.pt", raw_model, config, tokenizer, step, val_loss, args)
         tokens_per_s = tokens_per_step * step / max(train_seconds, 1e-9)
         print(f"saved {out_dir / 'final.pt'}")
-        print(f"final: step={step} val_loss={val_loss:.4f} best_val_loss={best_val_loss:.4f} "
-              f"tokens_per_s={tokens_per_s:.0f}", flush=True)
+        print(
+            f"final: step={step} val_loss={val_loss:.4f} best_val_loss={best_val_loss:.4f} "
+            f"tokens_per_s={tokens_per_s:.0f}",
+            flush=True,
+        )
     if ddp:
         dist.destroy_process_group()
 
