@@ -745,7 +745,8 @@ class _LossFinder:
                 continue
             qual = self.module.call_name(node) or ""
             callee = _target_name(node.func) or ""
-            if qual in LOSS_FUNCTIONS:
+            # Project helpers named like one (litgpt's ``chunked_cross_entropy``) count too.
+            if qual in LOSS_FUNCTIONS or qual.rsplit(".", 1)[-1].endswith("cross_entropy"):
                 ignore = keyword(node, "ignore_index")
                 self.add_ce(scope, node, self.value(ignore) if ignore is not None
                             else Value(DEFAULT_IGNORE_INDEX), ignore is not None)
@@ -766,11 +767,15 @@ class _LossFinder:
             return
         logits_trace = _trace(self.module, scope, logits, call.lineno, producers=self.facts.producers)
         labels_trace = _trace(self.module, scope, labels, call.lineno, producers=self.facts.producers)
-        # A loss-side shift pairs logits[..., :-1, :] with labels[..., 1:]. Dropping the
-        # last position of both only trims a wrapped tail, and labels[:, 1:] alone (with
-        # inputs[:, :-1] fed to the model) is where the labels are made, not a second shift.
-        shifts = labels_trace.shift_slice is not None and logits_trace.drop_last is not None
-        shift_site = labels_trace.shift_slice if shifts else None
+        # A loss-side shift slices the labels one later: ``labels[..., 1:]`` (the logits'
+        # ``[..., :-1, :]`` may be applied elsewhere, e.g. to the last of a list of chunks).
+        # Slicing the *inputs* there (``x[:, 1:]`` with ``model(x[:, :-1])``) is where the
+        # labels are made, not a second shift; dropping the last position of both logits
+        # and labels only trims a wrapped tail.
+        label_slice = labels_trace.shift_slice
+        shifts = label_slice is not None and (
+            logits_trace.drop_last is not None or is_label_name(_base_name(label_slice.value) or ""))
+        shift_site = label_slice if shifts else None
         origin = labels_trace.origin
         same = (not shifts and labels_trace.root_text is not None
                 and labels_trace.root_text == self._model_input(scope, logits_trace, call.lineno))
@@ -1075,7 +1080,7 @@ class LabelGraph:
                 return item.var in loss.trace_vars or (
                     origin.kind == "local" and item.var == origin.value)
             return False  # local producers link through Origin.producer
-        if not self.project.connected(summary.path, other.path):
+        if not self._reaches(summary.path, other, item.scope):
             return False
         if origin.kind == "call":
             target = origin.value
@@ -1091,6 +1096,34 @@ class LabelGraph:
         if origin.kind == "index":
             return origin.index is not None and item.tuple_index == origin.index
         return False
+
+    def _reaches(self, consumer: str, producer: ModuleSummary, scope: str) -> bool:
+        """Whether the labels made in ``scope`` can reach a loss in ``consumer``: some module
+        that uses the producing class or function (``TextDataset``, ``collate_fn``) is the
+        consumer's module or imports it. Mere membership of one package is not enough."""
+        owner = scope.split(".", 1)[0]
+        if not owner:
+            return consumer == producer.path
+        for user in self.users_of(producer, owner):
+            if user == consumer or consumer in self.project.import_graph.get(user, ()):
+                return True
+        return False
+
+    def users_of(self, producer: ModuleSummary, owner: str) -> set[str]:
+        """Paths of modules that define or import a name of ``producer``'s module."""
+        key = (producer.path, owner)
+        cache: dict[tuple[str, str], set[str]] = self.__dict__.setdefault("_users", {})
+        if key not in cache:
+            users = {producer.path}
+            for summary in self.project.modules:
+                for qualified in summary.aliases.values():
+                    resolved = self.project.resolve_symbol(qualified) if "." in qualified else None
+                    if resolved is not None and resolved[0].path == producer.path \
+                            and resolved[1].split(".", 1)[0] in (owner, "*"):
+                        users.add(summary.path)
+                        break
+            cache[key] = users
+        return cache[key]
 
     def producers_for(self, summary: ModuleSummary, loss: LossSite
                       ) -> list[tuple[ModuleSummary, LabelProducer]]:

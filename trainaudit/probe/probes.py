@@ -134,6 +134,8 @@ class ProbeSession:
         self.sampling = True
         # optimizer steps and micro-batches
         self.optimizer_steps = 0
+        self.trained_steps = 0  # steps with a backward pass before them
+        self._backward_calls_at_step = 0
         self.step_ends: list[float] = []
         self.backward_calls = 0
         self.in_backward = 0
@@ -334,7 +336,12 @@ class ProbeSession:
         self.step_peaks.append(self.step_peak)
         self.step_peak = 0
         self.module_depth = 0
-        if self.optimizer_steps >= self.sample_steps and self.sampling:
+        if self.backward_calls > self._backward_calls_at_step:
+            self.trained_steps += 1
+            self._backward_calls_at_step = self.backward_calls
+        # A step without a backward pass before it (an odd optimizer.step() at set-up)
+        # has shown the per-call probes nothing yet, so it does not end their window.
+        if self.trained_steps >= self.sample_steps and self.sampling:
             self.end_sampling()
         if self.optimizer_steps >= self.steps:
             self.stopping = True

@@ -38,7 +38,7 @@ class _GlobalState:
     path: list[str]
     cwd: str
     environ: dict[str, str]
-    modules: set[str]
+    modules: dict[str, Any]
     stdout: Any
     stderr: Any
     python_rng: Any
@@ -56,7 +56,7 @@ class _GlobalState:
         dist = torch.distributed
         return cls(
             argv=list(sys.argv), path=list(sys.path), cwd=os.getcwd(),
-            environ=dict(os.environ), modules=set(sys.modules),
+            environ=dict(os.environ), modules=_stash_project_modules(),
             stdout=sys.stdout, stderr=sys.stderr,
             python_rng=random.getstate(), torch_rng=torch.get_rng_state(),
             grad_enabled=torch.is_grad_enabled(), default_dtype=torch.get_default_dtype(),
@@ -69,7 +69,11 @@ class _GlobalState:
     def restore(self) -> None:
         dist = torch.distributed
         if not self.distributed and dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()  # the script's group would block the next init
+            try:  # the script's process group would make the next init fail
+                dist.destroy_process_group()
+            except Exception as exc:  # a broken group must not leave the rest unrestored
+                warnings.warn(f"trainaudit probe: could not destroy the process group: {exc}",
+                              stacklevel=2)
         sys.argv[:] = self.argv
         sys.path[:] = self.path
         sys.stdout, sys.stderr = self.stdout, self.stderr
@@ -79,7 +83,7 @@ class _GlobalState:
         for key, value in self.environ.items():
             if os.environ.get(key) != value:
                 os.environ[key] = value
-        _forget_script_modules(self.modules)
+        _unstash_project_modules(self.modules)
         random.setstate(self.python_rng)
         torch.set_rng_state(self.torch_rng)
         torch.set_grad_enabled(self.grad_enabled)
@@ -95,24 +99,63 @@ def _installed_roots() -> tuple[str, ...]:
     user_site = site.getusersitepackages()
     if isinstance(user_site, str):
         roots.add(user_site)
-    return tuple(os.path.realpath(root) + os.sep for root in roots)
+    both = {os.path.abspath(root) for root in roots} | {os.path.realpath(root) for root in roots}
+    return tuple(root.rstrip(os.sep) + os.sep for root in both)
 
 
-def _forget_script_modules(before: set[str]) -> None:
-    """Drop modules the script imported from its own tree (not installed packages).
-
-    A second run, say of a fixed copy of the same project, must import its own
-    files, not find the first run's in ``sys.modules``. Installed packages
-    (torch's lazily imported parts above all) stay loaded.
-    """
-    roots = _installed_roots()
-    for name in set(sys.modules) - before:
-        module = sys.modules.get(name)
-        locations = [getattr(module, "__file__", None) or ""]
+def _module_files(module: object) -> list[str]:
+    locations: list[object] = [getattr(module, "__file__", None)]
+    try:
         locations += list(getattr(module, "__path__", None) or [])
-        files = [os.path.realpath(p) for p in locations if isinstance(p, str) and p]
-        if files and not all(f.startswith(roots) for f in files):
-            del sys.modules[name]
+    except TypeError:  # torch.classes and friends: a __path__ that is no list of folders
+        pass
+    return [p for p in locations if isinstance(p, str) and os.path.isabs(p)]
+
+
+class _ProjectModules:
+    """Tells modules loaded from a project tree from the standard library and site-packages."""
+
+    def __init__(self) -> None:
+        self.roots = _installed_roots()
+        self._installed_packages: dict[str, bool] = {}
+
+    def _installed(self, module: object) -> bool:
+        files = _module_files(module)
+        return bool(files) and all(f.startswith(self.roots) for f in files)
+
+    def __contains__(self, name: str) -> bool:
+        if name == "trainaudit" or name.startswith(("trainaudit.", "__main__", "__mp_main__")):
+            return False
+        top = name.partition(".")[0]
+        if top not in self._installed_packages:
+            self._installed_packages[top] = self._installed(sys.modules.get(top))
+        if self._installed_packages[top]:
+            return False  # a part of an installed package, however oddly it is loaded
+        module = sys.modules.get(name)
+        return bool(_module_files(module)) and not self._installed(module)
+
+
+def _stash_project_modules() -> dict[str, Any]:
+    """Take project modules out of ``sys.modules`` so the script imports its own files.
+
+    A run of, say, a fixed copy of a project must not find the modules of the
+    original, imported earlier in this process, and a second run must not find
+    the first run's. Installed packages (torch's lazily imported parts above
+    all) stay loaded.
+    """
+    project = _ProjectModules()
+    stash = {name: module for name, module in list(sys.modules.items()) if name in project}
+    for name in stash:
+        del sys.modules[name]
+    return stash
+
+
+def _unstash_project_modules(stash: dict[str, Any]) -> None:
+    """Forget the project modules the script imported; bring back the ones stashed."""
+    project = _ProjectModules()
+    for name in [name for name in list(sys.modules) if name in project]:
+        del sys.modules[name]
+    sys.modules.update(stash)
 
 
 def _execute(target: str, args: list[str], module: bool) -> _Outcome:
@@ -148,11 +191,11 @@ def run(argv: list[str], *, steps: int, module: bool, cwd: str | None,
     if steps < 1:
         raise ProbeError(f"steps must be at least 1, not {steps}")
     target, args = argv[0], list(argv[1:])
-    saved = _GlobalState.capture()
-    if _cuda_in_use():
-        torch.cuda.reset_peak_memory_stats()
     session = ProbeSession(steps=steps, sample_steps=sample_steps)
+    saved = _GlobalState.capture()
     try:
+        if _cuda_in_use():
+            torch.cuda.reset_peak_memory_stats()
         with warnings.catch_warnings():
             if cwd is not None:
                 os.chdir(cwd)
