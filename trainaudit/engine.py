@@ -120,7 +120,10 @@ class Analyzer:
                              if code in settings.enabled and issubclass(cls, ModuleRule)]
         project_rules = [cls for code, cls in rules.items()
                          if code in settings.enabled and issubclass(cls, ProjectRule)]
-        self.summarizers = list(SUMMARIZERS.values()) if project_rules else []
+        wanted = {f for cls in project_rules for f in cls.families}
+        if any(not cls.families for cls in project_rules):
+            wanted = set(SUMMARIZERS)
+        self.summarizers = [s for s in SUMMARIZERS.values() if s.family in wanted]
         triggers = {t for r in self.module_rules for t in r.triggers}
         triggers |= {t for s in self.summarizers for t in s.triggers}
         if "TA001" in settings.enabled:

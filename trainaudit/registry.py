@@ -69,6 +69,9 @@ class ModuleRule(Rule):
 class ProjectRule(Rule):
     """A rule over the summaries of all checked files (facts that cross files)."""
 
+    # The summarizer families the rule reads; empty means all of them.
+    families: ClassVar[tuple[str, ...]] = ()
+
     def check(self, project: Project, ctx: RuleContext) -> Iterable[Finding]:
         raise NotImplementedError
 

@@ -699,6 +699,16 @@ class _LossFinder:
         self.facts = facts
         self.loss_objects = self._loss_objects()
         self.hf_models = self._hf_model_names()
+        # Every assignment in the file by the last part of its target (``self.model`` →
+        # ``model``), for finding the class a model variable was built from.
+        self.assigned_anywhere: dict[str, list[_Assignment]] = {}
+        for node in ast.walk(module.tree):
+            if isinstance(node, ast.Assign):
+                for target in node.targets:
+                    if (name := _target_name(target)) is not None:
+                        short = name.rsplit(".", 1)[-1]
+                        self.assigned_anywhere.setdefault(short, []).append(
+                            _Assignment(short, node.value, node))
 
     def site(self, node: ast.AST) -> Site:
         return Site(self.module.path, self.module.span(node), self.module.segment(node)[:120])
@@ -823,15 +833,7 @@ class _LossFinder:
     def _model_class(self, scope: _Scope, callee: str, before: int) -> str | None:
         """The class a called model variable was built from: ``model = GPT(cfg)`` → GPT."""
         name = callee.rsplit(".", 1)[-1]
-        candidates = [scope.last_assignment(callee, before)]
-        for other in self.module.functions.values():
-            for node in ast.walk(other):
-                if isinstance(node, ast.Assign) and any(
-                        (_target_name(t) or "").rsplit(".", 1)[-1] == name for t in node.targets):
-                    candidates.append(_Assignment(name, node.value, node))
-        for node in self.module.tree.body:
-            if isinstance(node, ast.Assign) and any(_target_name(t) == name for t in node.targets):
-                candidates.append(_Assignment(name, node.value, node))
+        candidates = [scope.last_assignment(callee, before), *self.assigned_anywhere.get(name, ())]
         for candidate in candidates:
             if candidate is None:
                 continue

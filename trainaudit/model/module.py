@@ -232,9 +232,22 @@ class ModuleFacts:
         return Span(line, self._char_col(line, col) + 1, end_line,
                     self._char_col(end_line, end_col) + 1)
 
+    @cached_property
+    def _line_starts(self) -> list[int]:
+        starts = [0]
+        for line in self.source.splitlines(keepends=True):
+            starts.append(starts[-1] + len(line))
+        return starts
+
     def segment(self, node: ast.AST) -> str:
-        """Source text of a node."""
-        return ast.get_source_segment(self.source, node) or ""
+        """Source text of a node (``ast.get_source_segment`` re-splits the file every call)."""
+        span = self.span(node)
+        if not hasattr(node, "lineno") or span.end_line > len(self.lines):
+            return ast.get_source_segment(self.source, node) or ""
+        starts = self._line_starts
+        begin = starts[span.line - 1] + span.column - 1
+        end = starts[span.end_line - 1] + span.end_column - 1
+        return self.source[begin:end]
 
 
 def _child_blocks(stmt: ast.stmt) -> Iterator[list[ast.stmt]]:

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Iterator
 from trainaudit.diagnostics import Finding, Related
 from trainaudit.model.labels import (
     DEFAULT_IGNORE_INDEX,
+    FAMILY,
     TRIGGERS,
     LabelGraph,
     LabelProducer,
@@ -53,6 +54,7 @@ def _neutralized(producer: LabelProducer, ignores: list[Value]) -> list[Neutrali
 
 class _LabelRule(ProjectRule):
     triggers = TRIGGERS
+    families = (FAMILY,)
 
     def graph(self, project: Project) -> LabelGraph:
         return LabelGraph.of(project)
