@@ -108,7 +108,7 @@ def test_probe_measures_the_fix(probe_before: dict[str, Any],
 
 
 def train_and_evaluate(copy: Path, *extra: str) -> float:
-    args = ["--steps", "60", "--seq-len", "128", "--lr", "3e-3", "--warmup-steps", "5",
+    args = ["--steps", "150", "--seq-len", "128", "--lr", "2e-3", "--warmup-steps", "10",
             "--eval-interval", "1000", "--threads", "1", "--out-dir", "runs", "--seed", "1337",
             *extra]
     done = subprocess.run([sys.executable, "mm_rec/scripts/train_base_model.py", *args],
@@ -122,8 +122,9 @@ def train_and_evaluate(copy: Path, *extra: str) -> float:
 
 
 def test_fix_lowers_the_validation_loss(unfixed: Path, fixed: Path) -> None:
-    # Same optimizer steps and seed; the fixed trainer accumulates 2 micro-batches
-    # here (its own --accumulation-steps flag) to keep the test short on a CPU.
+    # Same optimizer steps, seed and data per step: the fixed trainer runs with its own
+    # --accumulation-steps 1, so the gap is the labels' doing, not 8x more data (and the
+    # test stays short on a CPU). Measured: 3.13 (double shift) vs 2.28 (fixed).
     before = train_and_evaluate(unfixed)
-    after = train_and_evaluate(fixed, "--accumulation-steps", "2")
-    assert after < before - 0.05, (before, after)
+    after = train_and_evaluate(fixed, "--accumulation-steps", "1")
+    assert after < before - 0.3, (before, after)
