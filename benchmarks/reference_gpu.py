@@ -37,7 +37,19 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT / "reference_impl"))
+
+
+def _reference_root(argv: list[str]) -> Path:
+    """``--reference PATH``: which copy of reference_impl to import (read before the imports)."""
+    for i, arg in enumerate(argv):
+        if arg == "--reference" and i + 1 < len(argv):
+            return Path(argv[i + 1]).resolve()
+        if arg.startswith("--reference="):
+            return Path(arg.split("=", 1)[1]).resolve()
+    return REPO_ROOT / "reference_impl"
+
+
+sys.path.insert(0, str(_reference_root(sys.argv)))
 
 from mm_rec.configs import CONFIGS, MMRecConfig  # noqa: E402
 from mm_rec.data.text_data_loader import DEFAULT_DATA_DIR, create_dataloaders  # noqa: E402
@@ -252,6 +264,14 @@ def parse_args() -> argparse.Namespace:
         "--variants", default="unfixed,fixed,baseline", help="comma-separated subset to run"
     )
     parser.add_argument("--json", type=Path, default=None, help="also write the JSON here")
+    parser.add_argument(
+        "--reference",
+        type=Path,
+        default=REPO_ROOT / "reference_impl",
+        help="reference_impl copy to import; a copy fixed by `trainaudit fix --apply "
+        "--unsafe-fixes` makes the `unfixed` variant run the codemodded trainer's own step",
+    )
+    parser.add_argument("--label", default=None, help="name printed for the `unfixed` variant")
     return parser.parse_args()
 
 
@@ -288,7 +308,8 @@ def main() -> None:
     results = []
     for name in chosen:
         build, step_fn = variants[name]
-        results.append(measure(name, build, step_fn, batches, args))
+        shown = args.label if name == "unfixed" and args.label else name
+        results.append(measure(shown, build, step_fn, batches, args))
 
     print(f"{'variant':<10} {'params':>12} {'tokens/s':>12} {'step s':>8} {'peak GiB':>9}  loss")
     for r in results:
@@ -308,6 +329,7 @@ def main() -> None:
         "batch_size": args.batch_size,
         "steps": args.steps,
         "warmup": args.warmup,
+        "reference": str(args.reference),
         "results": results,
     }
     line = json.dumps(record)
