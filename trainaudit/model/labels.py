@@ -282,11 +282,7 @@ def _shift_slice(node: ast.AST) -> ast.Subscript | None:
 
 def _arg_root(node: ast.AST) -> ast.AST:
     """The tensor an argument starts from, inside the call: ``logits`` in ``logits.view(-1, V)``."""
-    while True:
-        node = _strip(node)
-        if isinstance(node, ast.Attribute) and node.attr == "logits":
-            return node
-        return node
+    return _strip(node)
 
 
 def _strip(node: ast.AST) -> ast.AST:
