@@ -29,7 +29,13 @@ FIXERS: dict[str, Fixer] = {}
 # When one file has findings of several codes, one code is fixed per round, in
 # this order (removing a shift before rewriting it, for instance); codes not
 # listed come after, in code order.
-FIX_ORDER = ("TA102", "TA105", "TA101", "TA104", "TA103")
+FIX_ORDER = ("TA102", "TA105", "TA101", "TA104", "TA103",
+             # Loop bugs before the loop is restructured for accumulation (TA201).
+             "TA206", "TA204", "TA203", "TA202", "TA205", "TA201",
+             "TA502", "TA501", "TA503", "TA504",
+             # API renames first; a bf16 scaler goes before the scaler protocol is repaired;
+             # autocast and checkpointing once the loop has its final shape.
+             "TA302", "TA306", "TA304", "TA303", "TA305", "TA301", "TA402", "TA403", "TA401")
 
 
 def fixer(code: str) -> Callable[[Fixer], Fixer]:

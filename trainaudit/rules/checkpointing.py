@@ -1,0 +1,161 @@
+"""Activation-checkpointing rules (TA401–TA403).
+
+They read ``CheckpointingFacts``: model classes running block stacks, checkpoint
+calls, the sequence lengths a model is declared or trained at (config fields,
+argparse defaults), and where checkpointing and KV caches are switched on.
+TA401 and TA403 look across files linked by imports: a model's config and its
+trainer usually live elsewhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from trainaudit.diagnostics import Finding, Related, Span
+from trainaudit.model.checkpointing import LENGTH_TRIGGERS, CheckpointingFacts, SequenceLength
+from trainaudit.model.module import ModuleFacts
+from trainaudit.model.precision import related_paths
+from trainaudit.model.project import Project
+from trainaudit.registry import ModuleRule, ProjectRule, RuleContext, register, summarizer
+
+FAMILY = "checkpointing"
+SUMMARY_TRIGGERS = ("ModuleList", "Sequential", "use_cache", "checkpoint", *LENGTH_TRIGGERS)
+
+
+@dataclass(frozen=True)
+class StackSummary:
+    class_name: str
+    stack: str
+    kind: str
+    span: Span
+    checkpointed: bool
+
+
+@dataclass(frozen=True)
+class CheckpointingSummary:
+    stacks: tuple[StackSummary, ...]
+    lengths: tuple[SequenceLength, ...]
+    enabled: tuple[int, ...]  # lines that switch checkpointing on
+    use_cache: tuple[Span, ...]  # ``True`` of use_cache=True in training code
+
+
+@summarizer(FAMILY, triggers=SUMMARY_TRIGGERS)
+def summarize_checkpointing(module: ModuleFacts) -> CheckpointingSummary:
+    facts = CheckpointingFacts.of(module)
+    stacks: dict[tuple[str, str], StackSummary] = {}
+    for s in facts.block_stacks:  # one finding per stack: a second loop is often the KV-cache path
+        stacks.setdefault((s.class_name, s.stack), StackSummary(
+            s.class_name, s.stack, s.kind, module.span(s.call), s.checkpointed))
+    return CheckpointingSummary(
+        stacks=tuple(stacks.values()),
+        lengths=tuple(facts.sequence_lengths),
+        enabled=tuple(getattr(n, "lineno", 1) for n in facts.checkpointing_enabled),
+        use_cache=tuple(module.span(c) for c in facts.use_cache_true),
+    )
+
+
+def _summaries(project: Project) -> dict[str, CheckpointingSummary]:
+    return {s.path: f for s, f in project.facts(FAMILY) if isinstance(f, CheckpointingSummary)}
+
+
+@register
+class NoActivationCheckpointing(ProjectRule):
+    """TA401: a long-sequence model keeps every block's activations for backward.
+
+    Fires when a model's ``forward`` runs a stack of blocks without
+    checkpointing and a sequence length of at least ``long-sequence-threshold``
+    is declared in its file, in a file it imports (its config) or in a file
+    that imports it (its trainer). Not flagged when checkpointing is switched on
+    from outside (``gradient_checkpointing_enable()``, FSDP
+    ``apply_activation_checkpointing``, ``checkpoint_wrapper``), or the blocks
+    checkpoint themselves.
+    """
+
+    code = "TA401"
+    triggers = SUMMARY_TRIGGERS
+    options = {"long-sequence-threshold": 4096}
+
+    def check(self, project: Project, ctx: RuleContext) -> Iterator[Finding]:
+        threshold = int(ctx.option("long-sequence-threshold"))
+        summaries = _summaries(project)
+        for path, summary in sorted(summaries.items()):
+            open_stacks = [s for s in summary.stacks if not s.checkpointed]
+            if not open_stacks:
+                continue
+            linked = sorted(p for p in related_paths(project, path) if p in summaries)
+            # Checkpointing applied from anywhere in the import neighbourhood (a
+            # parallelize step next to the trainer, torchtitan's apply_ac) counts.
+            if any(s.enabled for p, s in summaries.items() if project.connected(path, p)):
+                continue
+            lengths = [(p, length) for p in linked for length in summaries[p].lengths]
+            if not lengths:
+                continue
+            where, longest = max(lengths, key=lambda item: (item[1].value, item[0] == path))
+            if longest.value < threshold:
+                continue
+            for stack in open_stacks:
+                yield self.finding(
+                    path, stack.span,
+                    f"`{stack.class_name}.forward` runs `{stack.stack}` without activation "
+                    f"checkpointing, and the model is declared for sequences of {longest.value} "
+                    f"tokens (`{longest.name}`, {where}:{longest.line}): every block's "
+                    "activations are kept for backward",
+                    related=[Related(where, longest.line, longest.column,
+                                     f"{longest.name} = {longest.value}")],
+                    fix_data={"class_name": stack.class_name, "kind": stack.kind})
+
+
+@register
+class CheckpointUseReentrantUnset(ModuleRule):
+    """TA402: ``checkpoint(...)`` without ``use_reentrant=``.
+
+    Unset, torch warns and uses the reentrant variant, which ignores
+    ``torch.autograd.grad`` inputs, needs an input that requires grad (else no
+    gradient reaches the block's weights) and does not support keyword
+    arguments; torch says the argument will become required. Calls that pass
+    ``**kwargs`` (``**gradient_checkpointing_kwargs``) are not flagged.
+    """
+
+    code = "TA402"
+    triggers = ("checkpoint",)
+
+    def check(self, module: ModuleFacts, ctx: RuleContext) -> Iterator[Finding]:
+        for call in CheckpointingFacts.of(module).checkpoint_calls:
+            if call.has_use_reentrant or call.has_kwargs_unpacking:
+                continue
+            yield self.report(
+                module, call.call,
+                f"`{call.function}(...)` without `use_reentrant=`: the reentrant default is "
+                "deprecated and drops gradients when no input requires grad; pass "
+                "`use_reentrant=False`")
+
+
+@register
+class CheckpointingWithKvCache(ProjectRule):
+    """TA403: ``use_cache=True`` while gradient checkpointing is on.
+
+    A KV cache is for generation; in a checkpointed training forward it is
+    recomputed and thrown away (HF models warn and turn it off). Generation
+    calls and evaluation code (``@torch.no_grad()``, ``evaluate``...) are not flagged.
+    """
+
+    code = "TA403"
+    triggers = ("use_cache",)
+
+    def check(self, project: Project, ctx: RuleContext) -> Iterator[Finding]:
+        summaries = _summaries(project)
+        for path, summary in sorted(summaries.items()):
+            if not summary.use_cache:
+                continue
+            linked = [p for p in sorted(related_paths(project, path)) if p in summaries]
+            switched = [(p, line) for p in linked for line in summaries[p].enabled]
+            if not switched:
+                continue
+            where, line = switched[0]
+            for span in summary.use_cache:
+                yield self.finding(
+                    path, span,
+                    "`use_cache=True` with gradient checkpointing on: the cache is useless in "
+                    "training and conflicts with recomputation; use `use_cache=False`",
+                    related=[Related(where, line, 1, "gradient checkpointing switched on here")])
