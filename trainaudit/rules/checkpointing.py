@@ -73,6 +73,7 @@ class NoActivationCheckpointing(ProjectRule):
     """
 
     code = "TA401"
+    families = (FAMILY,)
     triggers = SUMMARY_TRIGGERS
     options = {"long-sequence-threshold": 4096}
 
@@ -141,6 +142,7 @@ class CheckpointingWithKvCache(ProjectRule):
     """
 
     code = "TA403"
+    families = (FAMILY,)
     triggers = ("use_cache",)
 
     def check(self, project: Project, ctx: RuleContext) -> Iterator[Finding]:

@@ -156,6 +156,7 @@ class NoMixedPrecision(ProjectRule):
     """
 
     code = "TA301"
+    families = (FAMILY,)
     triggers = ("backward",)
 
     def check(self, project: Project, ctx: RuleContext) -> Iterator[Finding]:

@@ -1,0 +1,296 @@
+"""Gradient accumulation (TA201–TA206): how often the optimizer steps, and what runs with it.
+
+All six read the training-loop model (``trainaudit.model.loops``) of the whole
+checked tree, so a loop in ``train.py`` that calls a ``train_step`` imported
+from ``steps.py`` is judged with the helper's body inlined.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+from trainaudit.diagnostics import Finding, Related
+from trainaudit.model.loops import (
+    LOOP_TRIGGERS,
+    Accumulation,
+    Operation,
+    TrainingLoop,
+    may_train,
+    project_training_loops,
+)
+from trainaudit.model.project import Project
+from trainaudit.registry import ProjectRule, RuleContext, register
+
+# Frameworks that run the optimizer step, accumulation and gradient clearing themselves.
+SELF_STEPPING = frozenset({"deepspeed", "hf-trainer", "lightning"})
+# Backward calls whose gradients the rule cannot follow (distributed autograd keeps them in a
+# context; an unknown ``x.backward(loss)`` may be anything).
+FOREIGN_GRADIENTS = frozenset({"dist-autograd", "framework"})
+
+
+def _related(op: Operation, message: str) -> Related:
+    return Related(op.site.path, op.site.line, op.site.column, message)
+
+
+def _same_file(loop: TrainingLoop, *ops: Operation) -> bool:
+    return all(op.site.path == loop.path for op in ops)
+
+
+def _manual(loop: TrainingLoop) -> bool:
+    """The loop itself decides when the optimizer steps (no framework does it)."""
+    return not (loop.delegation & (SELF_STEPPING | {"accelerate", "fabric", "framework"}))
+
+
+def _manual_accumulation(loop: TrainingLoop) -> Accumulation | None:
+    accumulation = loop.accumulation
+    if accumulation is None or accumulation.kind == "delegated" or not _manual(loop):
+        return None
+    return accumulation
+
+
+def _loop_fix_data(loop: TrainingLoop) -> dict[str, object]:
+    return {"loop": [loop.header.line, loop.header.column], "function": loop.header.function}
+
+
+def _accumulation_fix_data(loop: TrainingLoop, step: Operation) -> dict[str, object]:
+    """What the TA201 fix needs: where the backward is, and the helper call if the step is in one."""
+    backward = loop.first("backward")
+    data: dict[str, object] = {"backward": None, "helper": None, "call": None, "ddp": loop.ddp,
+                               "batch_source": loop.batch_size.source if loop.batch_size else None,
+                               "batch_expr": loop.batch_size.expression if loop.batch_size else None,
+                               "model": None}
+    if backward is None or backward.via != step.via or len(step.via) > 1:
+        return data
+    data["backward"] = [backward.site.line, backward.site.column]
+    if step.via:
+        data["helper"] = step.site.function
+        data["call"] = [step.via[0].line, step.via[0].column]
+    forward = next((op for op in loop.forwards if op.via == step.via and op.order < backward.order), None)
+    if forward is not None:
+        data["model"] = forward.receiver
+    return data
+
+
+@register
+class NoGradientAccumulation(ProjectRule):
+    """TA201: the optimizer steps on every micro-batch and the batch is small.
+
+    Fires only when the batch size is known statically (a literal, a variable,
+    an argparse default, a config field) and batch × known world size is below
+    ``min-effective-batch``. Quiet when a framework accumulates (accelerate,
+    Fabric, DeepSpeed, HF Trainer) or the step is gated on a boundary.
+    """
+
+    code = "TA201"
+    families = ("loops",)
+    triggers = LOOP_TRIGGERS
+    options = {"min-effective-batch": 32}
+
+    def check(self, project: Project, ctx: RuleContext) -> Iterable[Finding]:
+        minimum = int(ctx.option("min-effective-batch"))
+        for loop in project_training_loops(project):
+            size = loop.batch_size
+            if size is None or loop.accumulation is not None or not _manual(loop):
+                continue
+            if size.value >= minimum:
+                continue
+            step = loop.first("optimizer_step")
+            if step is None:
+                continue
+            per = " per process" if loop.ddp else ""
+            message = (f"the optimizer steps on every micro-batch of {size.value} samples{per} "
+                       f"({size.source}) with no gradient accumulation: the effective batch is "
+                       f"{size.value} < {minimum} (min-effective-batch)")
+            data = _loop_fix_data(loop)
+            data.update(_accumulation_fix_data(loop, step))
+            fixable = _same_file(loop, *loop.operations) and data["backward"] is not None
+            yield self.finding(loop.path, loop.header.span, message, fix_data=data, fixable=fixable,
+                               related=[_related(step, "optimizer step on every micro-batch")])
+
+
+@register
+class AccumulatedLossNotScaled(ProjectRule):
+    """TA202: gradients are accumulated over k micro-batches but the loss is not divided by k,
+    so the update is k times too large (and its size depends on k)."""
+
+    code = "TA202"
+    families = ("loops",)
+    triggers = LOOP_TRIGGERS
+
+    def check(self, project: Project, ctx: RuleContext) -> Iterable[Finding]:
+        for loop in project_training_loops(project):
+            accumulation = _manual_accumulation(loop)
+            if accumulation is None or loop.ops("grad_scale"):
+                continue
+            for backward in loop.ops("backward"):
+                if backward.framework or backward.loss is None or backward.loss.scaled is not False:
+                    continue
+                steps = accumulation.steps
+                message = (f"gradients of {steps or 'several'} micro-batches are summed but "
+                           f"`{backward.loss.text}` is not divided by the accumulation steps: "
+                           "the update grows with the number of micro-batches")
+                yield self.finding(backward.site.path, backward.site.span, message,
+                                   fix_data={"divisor": steps}, fixable=steps is not None,
+                                   related=[_related(loop.ops("optimizer_step")[0],
+                                                     "gated optimizer step")])
+
+
+def _per_micro_batch(loop: TrainingLoop, accumulation: Accumulation, op: Operation) -> bool:
+    if accumulation.kind == "gated":
+        return not op.accumulation_guards
+    backward = loop.ops("backward")[0]
+    inner = [site for site in backward.loops if site not in loop.ops("optimizer_step")[0].loops]
+    return bool(inner) and inner[0] in op.loops
+
+
+@register
+class PerMicroBatchUpdate(ProjectRule):
+    """TA203: the optimizer step is gated on the accumulation boundary but the scheduler,
+    clipping or ``zero_grad`` run on every micro-batch."""
+
+    code = "TA203"
+    families = ("loops",)
+    triggers = LOOP_TRIGGERS
+
+    _WHAT = {
+        "scheduler_step": "the learning-rate schedule advances on every micro-batch",
+        "clip": "gradients are clipped on every micro-batch, before the sum is complete",
+        "zero_grad": "gradients are cleared on every micro-batch, so nothing accumulates",
+    }
+
+    def check(self, project: Project, ctx: RuleContext) -> Iterable[Finding]:
+        for loop in project_training_loops(project):
+            accumulation = _manual_accumulation(loop)
+            if accumulation is None:
+                continue
+            step = loop.ops("optimizer_step")[0]
+            for op in loop.ops("scheduler_step", "clip", "zero_grad"):
+                if not _per_micro_batch(loop, accumulation, op):
+                    continue
+                message = (f"`{op.site.text}` runs on every micro-batch while the optimizer "
+                           f"steps once per accumulation window: {self._WHAT[op.kind]}")
+                data = {"step": [step.site.line, step.site.column], "kind": op.kind,
+                        "accumulation": accumulation.kind,
+                        "gate": ([accumulation.gate.site.line, accumulation.gate.site.column]
+                                 if accumulation.gate else None)}
+                fixable = _same_file(loop, op, step) and op.site.function == step.site.function
+                yield self.finding(op.site.path, op.site.span, message, fix_data=data,
+                                   fixable=fixable, related=[_related(step, "gated optimizer step")])
+
+
+@register
+class MissingZeroGrad(ProjectRule):
+    """TA204: backward and step in a loop, and the gradients are never cleared: every
+    step applies the sum of all gradients so far."""
+
+    code = "TA204"
+    families = ("loops",)
+    triggers = LOOP_TRIGGERS
+
+    def check(self, project: Project, ctx: RuleContext) -> Iterable[Finding]:
+        for loop in project_training_loops(project):
+            if loop.ops("zero_grad") or loop.delegation & (SELF_STEPPING | FOREIGN_GRADIENTS):
+                continue
+            if any(may_train(call) for call in loop.external_calls):  # an unseen helper may clear them
+                continue
+            step = loop.first("optimizer_step")
+            if step is None or step.framework:
+                continue
+            message = (f"`{step.site.text}` applies gradients that are never cleared: each "
+                       "backward adds to all earlier ones (no zero_grad in the loop)")
+            yield self.finding(step.site.path, step.site.span, message,
+                               fix_data={"optimizer": step.receiver},
+                               related=[Related(loop.path, loop.header.line, loop.header.column,
+                                                "training loop")])
+
+
+@register
+class DdpAccumulationWithoutNoSync(ProjectRule):
+    """TA205: a DistributedDataParallel model accumulates gradients, and every micro-batch's
+    backward all-reduces them; only the last one of a window needs to."""
+
+    code = "TA205"
+    families = ("loops",)
+    triggers = LOOP_TRIGGERS
+
+    def check(self, project: Project, ctx: RuleContext) -> Iterable[Finding]:
+        for loop in project_training_loops(project):
+            accumulation = _manual_accumulation(loop)
+            if accumulation is None or not loop.ddp or loop.ops("sync_flag"):
+                continue
+            backwards = loop.ops("backward")
+            if any(op.under("no_sync") for op in backwards):
+                continue
+            backward = backwards[0]
+            forward = next((op for op in loop.forwards if op.order < backward.order), None)
+            message = ("DistributedDataParallel all-reduces the gradients on every micro-batch's "
+                       "backward while accumulating; run the non-boundary micro-batches under "
+                       "`model.no_sync()`")
+            data: dict[str, object] = {
+                "accumulation": accumulation.kind,
+                "model": forward.receiver if forward else None,
+                "forward": [forward.site.line, forward.site.column] if forward else None,
+                "gate": ([accumulation.gate.site.line, accumulation.gate.site.column,
+                          accumulation.gate.negated] if accumulation.gate else None),
+                "steps": accumulation.steps,
+            }
+            fixable = forward is not None and _same_file(loop, backward, forward)
+            yield self.finding(backward.site.path, backward.site.span, message, fix_data=data,
+                               fixable=fixable)
+
+
+def _clears_for(zero: Operation, step: Operation, loop: TrainingLoop) -> bool:
+    """Whether a ``zero_grad`` clears what this step applies: the same optimizer, or a model
+    when the loop has one optimizer (``g_opt.zero_grad()`` before ``d_opt.step()`` does not)."""
+    if "zero_grad" not in zero.site.text:  # ``p.grad = None`` may be another model's copy
+        return False
+    if zero.receiver == step.receiver:
+        return True
+    optimizers = {op.receiver for op in loop.ops("optimizer_step")}
+    return len(optimizers) == 1 and not any(
+        zero.receiver == op.receiver for op in loop.ops("optimizer_step")) and (
+        "optim" not in zero.receiver.lower() and not zero.receiver.lower().startswith("opt"))
+
+
+def _zero_between(loop: TrainingLoop) -> Iterator[tuple[Operation, Operation, Operation]]:
+    ops = loop.operations
+    for index, op in enumerate(ops):
+        if op.kind != "backward":
+            continue
+        zeros: list[Operation] = []
+        for later in ops[index + 1:]:
+            if later.kind == "zero_grad":
+                zeros.append(later)
+            elif later.kind == "optimizer_step":
+                for zero in zeros:
+                    if _clears_for(zero, later, loop):
+                        yield op, zero, later
+                break
+            elif later.kind == "backward":
+                break
+
+
+@register
+class ZeroGradBeforeStep(ProjectRule):
+    """TA206: ``zero_grad`` between ``backward`` and the optimizer step clears the gradients
+    the step was about to apply."""
+
+    code = "TA206"
+    families = ("loops",)
+    triggers = LOOP_TRIGGERS
+
+    def check(self, project: Project, ctx: RuleContext) -> Iterable[Finding]:
+        seen: set[tuple[str, int, int]] = set()
+        for loop in project_training_loops(project):
+            for backward, zero, step in _zero_between(loop):
+                key = (zero.site.path, zero.site.line, zero.site.column)
+                if key in seen:
+                    continue
+                seen.add(key)
+                message = (f"`{zero.site.text}` runs after `{backward.site.text}` and before "
+                           f"`{step.site.text}`: the step sees cleared gradients")
+                fixable = _same_file(loop, zero, step) and zero.site.function == step.site.function
+                yield self.finding(zero.site.path, zero.site.span, message,
+                                   fix_data={"step": [step.site.line, step.site.column]},
+                                   fixable=fixable,
+                                   related=[_related(backward, "backward"), _related(step, "step")])
