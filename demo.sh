@@ -35,7 +35,9 @@ step "before → after"
 python - <<'PY'
 import json
 before, after = (json.load(open(f"probe-{n}.json")) for n in ("before", "after"))
+def shown(value):
+    return f"{value:,.3f}".rstrip("0").rstrip(".") if isinstance(value, float) else f"{value:,}"
 for key in ("label_offset", "micro_batches_per_step", "autocast_fraction", "checkpointing",
             "activation_bytes_per_step", "step_seconds"):
-    print(f"{key:28} {before[key]!s:>14} → {after[key]!s:>14}")
+    print(f"{key:28} {shown(before[key]):>14} → {shown(after[key]):>14}")
 PY
