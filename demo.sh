@@ -36,6 +36,8 @@ python - <<'PY'
 import json
 before, after = (json.load(open(f"probe-{n}.json")) for n in ("before", "after"))
 def shown(value):
+    if isinstance(value, bool) or value is None:
+        return str(value)
     return f"{value:,.3f}".rstrip("0").rstrip(".") if isinstance(value, float) else f"{value:,}"
 for key in ("label_offset", "micro_batches_per_step", "autocast_fraction", "checkpointing",
             "activation_bytes_per_step", "step_seconds"):

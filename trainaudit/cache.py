@@ -36,8 +36,9 @@ from pathlib import Path
 from typing import Any
 
 from trainaudit import __version__
+from trainaudit.diagnostics import Finding
 from trainaudit.discover import SourceFile
-from trainaudit.engine import FileResult, Settings, analyse_files, content_digest
+from trainaudit.engine import FileResult, Settings, analyse_files, content_digest, run_project_rules
 
 CACHE_DIR_NAME = ".trainaudit_cache"
 CACHE_DIR_ENV = "TRAINAUDIT_CACHE_DIR"
@@ -138,7 +139,11 @@ def _read_pack(path: Path, key: str) -> _Pack:
 
 
 def _write_pack(path: Path, key: str, entries: Mapping[str, Entry]) -> None:
-    payload = {"format": _PACK_FORMAT, "key": key, "entries": dict(entries)}
+    _write_pickle(path, {"format": _PACK_FORMAT, "key": key, "entries": dict(entries)})
+
+
+def _write_pickle(path: Path, payload: object) -> None:
+    """Write atomically: a reader sees the old file or the new one, never a part."""
     path.parent.mkdir(parents=True, exist_ok=True)
     _mark_cache_dir(path.parent.parent)
     fd, temp = tempfile.mkstemp(prefix=".pack-", suffix=".tmp", dir=path.parent)
@@ -169,6 +174,8 @@ class CacheStats:
     misses: int = 0
     # Hits whose stamp had changed but whose content had not (verified by hash).
     verified: int = 0
+    # Phase 2's findings came from the memo (no file changed since they were computed).
+    project_reused: bool = False
 
 
 class ResultCache:
@@ -177,6 +184,7 @@ class ResultCache:
     def __init__(self, root: Path) -> None:
         self.directory = cache_dir_for(root)
         self.stats = CacheStats()
+        self._key: tuple[Settings, str] | None = None
 
     def pack_path(self, key: str) -> Path:
         return self.directory / __version__ / f"{key}.pack"
@@ -187,7 +195,7 @@ class ResultCache:
         """``analyse_files`` that reuses stored results and stores fresh ones."""
         if overlay:  # editor buffers are not files on disk: nothing to key them by
             return analyse_files(files, settings, overlay=overlay, jobs=jobs, progress=progress)
-        key = settings_key(settings)
+        key = self._settings_key(settings)
         path = self.pack_path(key)
         pack = _read_pack(path, key)
         now = time.time_ns()
@@ -212,10 +220,10 @@ class ResultCache:
                 continue
             mtime, size, digest, stored = entry
             if mtime == stamp[0] and size == stamp[1]:
-                results[index] = replace(stored, cached=True)
+                results[index] = replace(stored, cached=True, digest=digest)
                 continue
             if size == stamp[1] and self._same_content(file.path, digest):
-                results[index] = replace(stored, cached=True)
+                results[index] = replace(stored, cached=True, digest=digest)
                 fresh[ident] = (_trusted(stamp, now), size, digest, stored)
                 self.stats.verified += 1
                 continue
@@ -236,6 +244,37 @@ class ResultCache:
         if fresh:
             self._save(path, key, pack, fresh)
         return [r for r in results if r is not None]
+
+    def project(self, results: Sequence[FileResult], settings: Settings
+                ) -> tuple[list[Finding], list[str]]:
+        """Phase 2, memoised: the same summaries and settings give the same findings, so
+        when no file changed (every content hash the same) the last findings are reused."""
+        if any(r.digest is None for r in results):
+            return run_project_rules(results, settings)
+        key = self._settings_key(settings)
+        inputs = hashlib.blake2b(digest_size=16)
+        for r in sorted(results, key=lambda r: r.path):
+            inputs.update(f"{r.path}\0{r.digest}\0".encode())
+        fingerprint = inputs.hexdigest()
+        path = self.directory / __version__ / f"{key}.project"
+        try:
+            with path.open("rb") as handle:
+                memo = _SafeUnpickler(handle).load()
+            if isinstance(memo, dict) and memo.get("inputs") == fingerprint:
+                self.stats.project_reused = True
+                return list(memo["findings"]), []
+        except Exception:  # missing, corrupt or foreign: compute
+            pass
+        findings, errors = run_project_rules(results, settings)
+        if not errors:
+            with contextlib.suppress(OSError):
+                _write_pickle(path, {"inputs": fingerprint, "findings": findings})
+        return findings, errors
+
+    def _settings_key(self, settings: Settings) -> str:
+        if self._key is None or self._key[0] != settings:
+            self._key = (settings, settings_key(settings))
+        return self._key[1]
 
     @staticmethod
     def _same_content(path: Path, digest: str) -> bool:

@@ -134,19 +134,20 @@ def _load_baseline(path: Path) -> Baseline:
 def _run_check(files: list[SourceFile], config: Config, overlay: dict[str, str], *,
                cache: bool, progress: bool) -> CheckResult:
     """Phase 1 through the cache unless disabled; a progress bar on a terminal for big trees."""
-    analyse = None
+    analyse = project = None
     if cache and not overlay:
         from trainaudit.cache import ResultCache
 
-        analyse = ResultCache(config.root).analyse
+        cached = ResultCache(config.root)
+        analyse, project = cached.analyse, cached.project
     if not (progress and err.is_terminal and len(files) > PROGRESS_THRESHOLD):
-        return check_files(files, config, overlay=overlay, analyse=analyse)
+        return check_files(files, config, overlay=overlay, analyse=analyse, project=project)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     with Progress("checking", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err, transient=True) as bar:
         task = bar.add_task("check", total=len(files))
-        return check_files(files, config, overlay=overlay, analyse=analyse,
+        return check_files(files, config, overlay=overlay, analyse=analyse, project=project,
                            progress=lambda n: bar.advance(task, n))
 
 

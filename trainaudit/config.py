@@ -66,6 +66,8 @@ class Config:
 
     def ignored_for(self, path: str) -> tuple[str, ...]:
         """Codes ignored for one file by ``per-file-ignores`` (globs relative to the config)."""
+        if not self.per_file_ignores:  # the common case; resolving the path is not free
+            return ()
         rel = _relative_to_root(path, self.root)
         codes: list[str] = []
         for pattern, ignored in self.per_file_ignores.items():

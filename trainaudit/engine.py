@@ -25,7 +25,7 @@ from trainaudit.catalogue import BY_CODE
 from trainaudit.config import Config
 from trainaudit.diagnostics import Finding, Span
 from trainaudit.discover import SourceFile
-from trainaudit.model.module import ModuleFacts
+from trainaudit.model.module import ModuleFacts, clear_walk_cache
 from trainaudit.model.project import ModuleSummary, Project
 from trainaudit.registry import SUMMARIZERS, ModuleRule, ProjectRule, RuleContext, load_rules
 from trainaudit.suppression import Suppressions, is_suppressed, parse_suppressions
@@ -202,6 +202,7 @@ class Analyzer:
             except Exception:
                 result.errors.append(_crash(f"facts:{summarize.family}", file.display))
         result.summary = summary
+        clear_walk_cache()
         return result
 
 
@@ -233,6 +234,13 @@ def _chunks(items: Sequence[SourceFile], size: int) -> Iterable[list[SourceFile]
         yield list(items[start : start + size])
 
 
+def _size_of(file: SourceFile) -> int:
+    try:
+        return os.stat(file.path).st_size
+    except OSError:
+        return 0
+
+
 def default_jobs() -> int:
     try:
         return max(1, len(os.sched_getaffinity(0)))
@@ -255,14 +263,21 @@ def analyse_files(files: Sequence[SourceFile], settings: Settings, *,
         import multiprocessing
 
         ctx = multiprocessing.get_context("fork") if hasattr(os, "fork") else None
-        size = max(8, min(64, len(files) // (jobs * 8) or 1))
+        # Largest files first, in small chunks: one big file handed out last would
+        # otherwise keep one worker busy while the others wait (a tree's sizes vary 1000x).
+        order = sorted(range(len(files)), key=lambda i: -_size_of(files[i]))
+        size = max(1, min(16, len(files) // (jobs * 32)))
+        placed: list[FileResult | None] = [None] * len(files)
+        position = 0
         with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init,
                                  initargs=(settings,)) as pool:
-            for batch in pool.map(_worker_run, _chunks(files, size)):
-                results.extend(batch)
+            for batch in pool.map(_worker_run, _chunks([files[i] for i in order], size)):
+                for result in batch:
+                    placed[order[position]] = result
+                    position += 1
                 if progress:
                     progress(len(batch))
-        return results
+        return [r for r in placed if r is not None]
     analyzer = Analyzer(settings)
     for file in files:
         results.append(analyzer.analyse(file, overlay.get(file.display)))
@@ -287,6 +302,10 @@ def run_project_rules(results: Sequence[FileResult], settings: Settings) -> tupl
     return findings, errors
 
 
+# Phase 2: (every file's phase-1 result, settings) -> (findings, internal errors).
+ProjectPhase = Callable[[Sequence[FileResult], Settings], tuple[list[Finding], list[str]]]
+
+
 def settings_for(config: Config) -> Settings:
     prefilter = os.environ.get("TRAINAUDIT_NO_PREFILTER", "") in ("", "0")
     return Settings(config.enabled_codes(), dict(config.options), prefilter=prefilter)
@@ -295,19 +314,26 @@ def settings_for(config: Config) -> Settings:
 def check_files(files: Sequence[SourceFile], config: Config, *,
                 overlay: Mapping[str, str] | None = None, jobs: int | None = None,
                 progress: Callable[[int], None] | None = None,
-                analyse: Callable[..., list[FileResult]] | None = None) -> CheckResult:
-    """Check files and return the findings that survive selection and suppression."""
+                analyse: Callable[..., list[FileResult]] | None = None,
+                project: ProjectPhase | None = None) -> CheckResult:
+    """Check files and return the findings that survive selection and suppression.
+
+    ``analyse`` replaces phase 1 and ``project`` phase 2 (the cache passes both).
+    """
     started = time.perf_counter()
     settings = settings_for(config)
     run = analyse or analyse_files
     results: list[FileResult] = run(files, settings, overlay=overlay, jobs=jobs, progress=progress)
-    project_findings, errors = run_project_rules(results, settings)
+    project_findings, errors = (project or run_project_rules)(results, settings)
     by_path = {r.path: r for r in results}
+    ignored: dict[str, tuple[str, ...]] = {}
     findings: list[Finding] = []
     for finding in [f for r in results for f in r.findings] + project_findings:
         if finding.code not in settings.enabled:
             continue
-        if any(finding.code.startswith(c) for c in config.ignored_for(finding.path)):
+        if finding.path not in ignored:
+            ignored[finding.path] = config.ignored_for(finding.path)
+        if any(finding.code.startswith(c) for c in ignored[finding.path]):
             continue
         owner = by_path.get(finding.path)
         lines = (finding.span.line, finding.span.end_line)

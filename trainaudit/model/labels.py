@@ -698,7 +698,7 @@ class _LossFinder:
         # Every assignment in the file by the last part of its target (``self.model`` →
         # ``model``), for finding the class a model variable was built from.
         self.assigned_anywhere: dict[str, list[_Assignment]] = {}
-        for node in ast.walk(module.tree):
+        for node in module.nodes:
             if isinstance(node, ast.Assign):
                 for target in node.targets:
                     if (name := _target_name(target)) is not None:
@@ -712,7 +712,7 @@ class _LossFinder:
     def _loss_objects(self) -> dict[str, Value]:
         """Names/attributes bound to a CE/NLL loss instance, with their ignore_index."""
         found: dict[str, Value] = {}
-        for node in ast.walk(self.module.tree):
+        for node in self.module.nodes:
             if isinstance(node, ast.Assign) and isinstance(node.value, ast.Call) \
                     and self.module.call_name(node.value) in LOSS_CLASSES:
                 ignore = keyword(node.value, "ignore_index")
@@ -727,7 +727,7 @@ class _LossFinder:
     def _hf_model_names(self) -> set[str]:
         """Names bound to HF causal-LM models (``AutoModelForCausalLM.from_pretrained``)."""
         names: set[str] = set()
-        for node in ast.walk(self.module.tree):
+        for node in self.module.nodes:
             if isinstance(node, ast.Assign) and isinstance(node.value, ast.Call):
                 qual = self.module.call_name(node.value) or ""
                 head = qual.rsplit(".", 2)

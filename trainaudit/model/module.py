@@ -7,7 +7,7 @@ are converted here to 1-based character columns, which both sides agree on.
 from __future__ import annotations
 
 import ast
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -37,10 +37,11 @@ def _resolve_relative(module_name: str, is_package: bool, level: int, target: st
     return ".".join(parts)
 
 
-def build_import_table(tree: ast.Module, module_name: str, is_package: bool) -> ImportTable:
-    """Collect every import in the file (top level and nested)."""
+def build_import_table(tree: ast.Module, module_name: str, is_package: bool,
+                       nodes: Iterable[ast.AST] | None = None) -> ImportTable:
+    """Collect every import in the file (top level and nested); ``nodes``: the tree's, walked."""
     table = ImportTable()
-    for node in ast.walk(tree):
+    for node in ast.walk(tree) if nodes is None else nodes:
         if isinstance(node, ast.Import):
             for alias in node.names:
                 table.modules.add(alias.name)
@@ -76,7 +77,7 @@ class ModuleFacts:
         self.tree = tree
         self.is_package = is_package
         self.lines = source.splitlines()
-        self.imports = build_import_table(tree, module_name, is_package)
+        self.imports = build_import_table(tree, module_name, is_package, self.nodes)
 
     # -- names -----------------------------------------------------------------
 
@@ -127,7 +128,7 @@ class ModuleFacts:
     def classes(self) -> dict[str, ast.ClassDef]:
         """Every class, keyed by its dotted path within the file."""
         found: dict[str, ast.ClassDef] = {}
-        for node in ast.walk(self.tree):
+        for node in self.nodes:
             if isinstance(node, ast.ClassDef):
                 found.setdefault(self.scope_name(node), node)
         return found
@@ -137,10 +138,16 @@ class ModuleFacts:
         return [name for base in cls.bases if (name := self.qualname(base))]
 
     @cached_property
+    def nodes(self) -> list[ast.AST]:
+        """Every node of the tree in ``ast.walk`` order, walked once for all rules and facts
+        (iterate this, not ``ast.walk(module.tree)``: walking is most of a rule's cost)."""
+        return list(ast.walk(self.tree))
+
+    @cached_property
     def parents(self) -> dict[ast.AST, ast.AST]:
         """Child → parent for every node of the tree."""
         parent: dict[ast.AST, ast.AST] = {}
-        for node in ast.walk(self.tree):
+        for node in self.nodes:
             for child in ast.iter_child_nodes(node):
                 parent[child] = node
         return parent
@@ -271,8 +278,26 @@ def iter_calls(body: list[ast.stmt]) -> Iterator[ast.Call]:
         stack.extend(reversed(list(ast.iter_child_nodes(node))))
 
 
+# walk_local's results by body: facts of several families walk the same function bodies.
+# Each entry keeps its body alive, so an id is not reused while cached; the engine
+# clears this after each file (clear_walk_cache).
+_LOCAL_WALKS: dict[int, tuple[list[ast.stmt], tuple[ast.AST, ...]]] = {}
+
+
+def clear_walk_cache() -> None:
+    _LOCAL_WALKS.clear()
+
+
 def walk_local(body: list[ast.stmt]) -> Iterator[ast.AST]:
     """Every node of a function body in source order, not entering nested defs/classes."""
+    cached = _LOCAL_WALKS.get(id(body))
+    if cached is None or cached[0] is not body:
+        cached = (body, tuple(_walk_local(body)))
+        _LOCAL_WALKS[id(body)] = cached
+    return iter(cached[1])
+
+
+def _walk_local(body: list[ast.stmt]) -> Iterator[ast.AST]:
     stack: list[ast.AST] = list(reversed(body))
     while stack:
         node = stack.pop()
