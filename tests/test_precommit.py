@@ -1,0 +1,153 @@
+"""The pre-commit hooks, run by real pre-commit (``pre-commit try-repo``).
+
+The hook repository is a committed copy of this working tree (tracked files and
+untracked ones git does not ignore), so the test sees the hooks as they are now;
+pre-commit builds the hook environment from it with pip (libcst, typer and rich
+come from the package index; torch must not be installed).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parent.parent
+
+BUGGY = (
+    "import torch\n"
+    "import torch.nn.functional as F\n"
+    "\n"
+    "\n"
+    "def loss_fn(logits, input_ids):\n"
+    "    labels = torch.roll(input_ids, -1, dims=1)\n"
+    "    return F.cross_entropy(logits.view(-1, logits.size(-1)), labels.view(-1))\n"
+)
+CLEAN = "import torch\n\n\ndef add(a, b):\n    return torch.add(a, b)\n"
+
+
+def git(cwd: Path, *args: str) -> str:
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
+    return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True,
+                          text=True).stdout
+
+
+@pytest.fixture(scope="module")
+def hook_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if shutil.which("git") is None:
+        pytest.fail("git is needed to test the pre-commit hooks")
+    copy = tmp_path_factory.mktemp("hookrepo")
+    listed = git(REPO, "ls-files", "-z", "--cached", "--others", "--exclude-standard")
+    for name in filter(None, listed.split("\0")):
+        source = REPO / name
+        if source.is_file():
+            (copy / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, copy / name)
+    git(copy, "init", "-q")
+    git(copy, "add", "-A")
+    git(copy, "commit", "-q", "-m", "snapshot for the pre-commit test")
+    return copy
+
+
+@pytest.fixture(scope="module")
+def pre_commit_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("pre-commit-home")
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    git(tmp_path, "init", "-q")
+    (tmp_path / "buggy.py").write_text(BUGGY)
+    (tmp_path / "clean.py").write_text(CLEAN)
+    git(tmp_path, "add", "-A")
+    return tmp_path
+
+
+def _env(home: Path) -> dict[str, str]:
+    env = {**os.environ, "PRE_COMMIT_HOME": str(home), "PRE_COMMIT_COLOR": "never"}
+    env.pop("VIRTUAL_ENV", None)
+    return env
+
+
+def try_repo(project: Path, hook_repo: Path, home: Path, hook: str,
+             *files: str) -> subprocess.CompletedProcess[str]:
+    """``pre-commit try-repo``: how a user tries hooks before adopting them (fresh env each time)."""
+    return subprocess.run(
+        [sys.executable, "-m", "pre_commit", "try-repo", str(hook_repo), hook, "--verbose",
+         "--files", *files],
+        cwd=project, env=_env(home), capture_output=True, text=True, timeout=900)
+
+
+def run_hook(project: Path, hook_repo: Path, home: Path, hook: str,
+             *files: str) -> subprocess.CompletedProcess[str]:
+    """``pre-commit run`` with a config naming the hook repository at its commit (env kept)."""
+    rev = git(hook_repo, "rev-parse", "HEAD").strip()
+    (project / ".pre-commit-config.yaml").write_text(
+        f"repos:\n  - repo: {hook_repo}\n    rev: {rev}\n    hooks:\n      - id: {hook}\n")
+    return subprocess.run(
+        [sys.executable, "-m", "pre_commit", "run", hook, "--verbose", "--files", *files],
+        cwd=project, env=_env(home), capture_output=True, text=True, timeout=900)
+
+
+def test_try_repo_check_hook(project: Path, hook_repo: Path, pre_commit_home: Path) -> None:
+    buggy = try_repo(project, hook_repo, pre_commit_home, "trainaudit", "buggy.py", "clean.py")
+    assert buggy.returncode == 1, buggy.stdout + buggy.stderr
+    assert "Failed" in buggy.stdout
+    assert "buggy.py:6:14: TA101" in buggy.stdout
+    assert "clean.py:" not in buggy.stdout
+
+    clean = try_repo(project, hook_repo, pre_commit_home, "trainaudit", "clean.py")
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    assert "Passed" in clean.stdout
+
+
+def test_hook_environment_has_no_torch(project: Path, hook_repo: Path, pre_commit_home: Path) -> None:
+    result = run_hook(project, hook_repo, pre_commit_home, "trainaudit", "clean.py")
+    assert result.returncode == 0, result.stdout + result.stderr
+    sites = list(pre_commit_home.glob("repo*/py_env-*/lib/python*/site-packages"))
+    assert len(sites) == 1, sites
+    installed = {p.name.split("-")[0].lower() for p in sites[0].glob("*.dist-info")}
+    assert {"trainaudit", "libcst", "typer", "rich"} <= installed
+    assert "torch" not in installed and not (sites[0] / "torch").exists()
+
+
+def test_fix_hook(project: Path, hook_repo: Path, pre_commit_home: Path) -> None:
+    fixed = run_hook(project, hook_repo, pre_commit_home, "trainaudit-fix", "buggy.py", "clean.py")
+    assert fixed.returncode == 1, fixed.stdout + fixed.stderr  # it changed a file
+    assert "files were modified by this hook" in fixed.stdout
+    text = (project / "buggy.py").read_text()
+    assert "labels[..., :-1] = input_ids[..., 1:]" in text and "torch.roll" not in text
+    assert (project / "clean.py").read_text() == CLEAN
+
+    again = run_hook(project, hook_repo, pre_commit_home, "trainaudit", "buggy.py", "clean.py")
+    assert again.returncode == 0, again.stdout + again.stderr
+    settled = run_hook(project, hook_repo, pre_commit_home, "trainaudit-fix", "buggy.py")
+    assert settled.returncode == 0, settled.stdout + settled.stderr
+
+
+def test_fix_hook_never_applies_feature_fixes(project: Path, hook_repo: Path,
+                                              pre_commit_home: Path) -> None:
+    (project / "pyproject.toml").write_text("[tool.trainaudit]\nunsafe-fixes = true\n")
+    loop = (
+        "import torch\n\n\n"
+        "def train(model, loader):\n"
+        "    optimizer = torch.optim.AdamW(model.parameters())\n"
+        "    for batch in loader:\n"
+        "        loss = model(batch).mean()\n"
+        "        loss.backward()\n"
+        "        optimizer.step()\n"
+        "        optimizer.zero_grad()\n"
+    )
+    (project / "loop.py").write_text(loop)
+    git(project, "add", "-A")
+    check = run_hook(project, hook_repo, pre_commit_home, "trainaudit", "loop.py")
+    assert check.returncode == 1 and "TA301" in check.stdout, check.stdout  # a feature finding
+    result = run_hook(project, hook_repo, pre_commit_home, "trainaudit-fix", "loop.py")
+    assert (project / "loop.py").read_text() == loop, result.stdout  # none of them applied
