@@ -321,6 +321,10 @@ def main(argv: list[str] | None = None) -> None:
             flush=True,
         )
     if ddp:
+        # Wait for rank 0's checkpoint before tearing gloo down: a rank that destroys the
+        # group while another is still busy can abort ("terminate called without an
+        # active exception").
+        dist.barrier()
         dist.destroy_process_group()
 
 
