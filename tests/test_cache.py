@@ -70,7 +70,7 @@ def run(root: Path, jobs: int = 1, **changes: object) -> tuple[CheckResult, Resu
     with chdir(root):
         cfg = config(**changes)
         files, _ = discover([Path(".")], cfg)
-        cache = ResultCache(root)
+        cache = ResultCache(root, lazy_summaries=True)
         return check_files(files, cfg, jobs=jobs, analyse=cache.analyse,
                            project=cache.project), cache
 
@@ -95,6 +95,7 @@ def test_cold_then_warm(tree: Path) -> None:
     warm, cache = run(tree)
     assert (cache.stats.hits, cache.stats.misses, warm.files_cached) == (5, 0, 5)
     assert cache.stats.project_reused  # nothing changed: phase 2's findings are reused
+    assert not cache.stats.summaries_loaded  # so the cross-file facts stay on disk
     assert warm.findings == cold.findings
     assert warm.files_checked == cold.files_checked
     assert (tree / CACHE_DIR_NAME / ".gitignore").read_text().endswith("*\n")
@@ -153,6 +154,7 @@ def test_cross_file_facts_follow_an_edit_in_one_file(tree: Path) -> None:
     second, cache = run(tree)
     assert (cache.stats.hits, cache.stats.misses) == (4, 1)  # pkg/data.py came from the cache
     assert not cache.stats.project_reused  # phase 2 ran again over the summaries
+    assert cache.stats.summaries_loaded
     assert "TA102" not in {code for _, _, code in keys(second)}
     (tree / "pkg/train.py").write_text(TRAIN_SHIFTING)
     age(tree / "pkg/train.py", 4)
@@ -180,6 +182,36 @@ def test_config_change_invalidates(tree: Path, changes: dict[str, object]) -> No
     assert cache.stats.hits == 5
     _, cache = run(tree)  # the default settings' store is still there
     assert cache.stats.hits == 5
+
+
+def test_analyse_alone_gives_complete_results(tree: Path) -> None:
+    """Without ``project`` (not lazy), cached results come back with their summaries."""
+    cold, _ = run(tree)
+    with chdir(tree):
+        cfg = config()
+        files, _ = discover([Path(".")], cfg)
+        cache = ResultCache(tree)
+        warm = check_files(files, cfg, jobs=1, analyse=cache.analyse)
+    assert cache.stats.hits == 5 and cache.stats.summaries_loaded
+    assert warm.findings == cold.findings
+
+
+def test_lost_summaries_are_recomputed(tree: Path) -> None:
+    (tree / "pkg/train.py").write_text(TRAIN_PLAIN)
+    age(tree / "pkg/train.py")
+    run(tree)
+    for store in (tree / CACHE_DIR_NAME).rglob("*.summaries"):
+        store.write_bytes(b"garbage")
+    (tree / "pkg/train.py").write_text(TRAIN_SHIFTING)  # phase 2 must run, data.py is cached
+    age(tree / "pkg/train.py", 5)
+    result, cache = run(tree)
+    assert (cache.stats.hits, cache.stats.misses) == (4, 1)
+    assert "TA102" in {code for _, _, code in keys(result)}
+    _, cache = run(tree)  # the recomputed summaries were stored again
+    (tree / "pkg/train.py").write_text(TRAIN_PLAIN)
+    age(tree / "pkg/train.py", 3)
+    result, cache = run(tree)
+    assert "TA102" not in {code for _, _, code in keys(result)}
 
 
 def test_suppressions_and_per_file_ignores_apply_to_cached_results(tree: Path) -> None:
@@ -215,7 +247,7 @@ class _Exploit:
 def test_planted_pack_cannot_run_code(tree: Path) -> None:
     run(tree)
     pack = _pack(tree)
-    pack.write_bytes(pickle.dumps({"format": 1, "key": pack.stem, "entries": _Exploit()}))
+    pack.write_bytes(pickle.dumps({"format": 2, "key": pack.stem, "entries": _Exploit()}))
     with chdir(tree):
         _, cache = run(tree)
     assert cache.stats.misses == 5

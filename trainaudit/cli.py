@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from enum import Enum
 from pathlib import Path
@@ -138,7 +139,7 @@ def _run_check(files: list[SourceFile], config: Config, overlay: dict[str, str],
     if cache and not overlay:
         from trainaudit.cache import ResultCache
 
-        cached = ResultCache(config.root)
+        cached = ResultCache(config.root, lazy_summaries=True)
         analyse, project = cached.analyse, cached.project
     if not (progress and err.is_terminal and len(files) > PROGRESS_THRESHOLD):
         return check_files(files, config, overlay=overlay, analyse=analyse, project=project)
@@ -366,3 +367,11 @@ def main() -> None:
     except KeyboardInterrupt:  # pragma: no cover
         err.print("interrupted")
         sys.exit(130)
+    except SystemExit as done:
+        if done.code is not None and not isinstance(done.code, int):
+            raise
+        # Everything is written and closed by now; skip the interpreter's teardown,
+        # which frees every object one by one (~10% of a warm run on a big tree).
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(done.code or 0)

@@ -121,9 +121,12 @@ def _walk(root: Path, config: Config, ignores: list[_GitIgnore],
           add: Callable[[Path, str | None, str | None], None]) -> None:
     cwd = os.path.realpath(os.getcwd())
     seen_dirs: set[tuple[int, int]] = set()
-    stack: list[tuple[Path, list[_GitIgnore]]] = [(root, ignores)]
+    # A folder's absolute, real and display paths come from its parent's, extended by
+    # its name; resolved from scratch only for the root and for symbolic links.
+    Where = tuple[str, str, str]
+    stack: list[tuple[Path, list[_GitIgnore], Where | None]] = [(root, ignores, None)]
     while stack:
-        folder, active = stack.pop()
+        folder, active, where = stack.pop()
         try:
             stat = folder.stat()
         except OSError:
@@ -132,17 +135,20 @@ def _walk(root: Path, config: Config, ignores: list[_GitIgnore],
         if key in seen_dirs:  # symlink loops end here
             continue
         seen_dirs.add(key)
-        if config.respect_gitignore and folder != root and (gi := _load_gitignore(folder.absolute())):
-            active = [*active, gi]
         try:
             entries = sorted(os.scandir(folder), key=lambda e: e.name)
         except OSError:
             continue
-        # Per folder, not per file: these cost path resolution (most of a walk's time).
-        absolute = str(folder.absolute())
-        real = os.path.realpath(folder)
-        display = display_path(folder) if not real.startswith(cwd + os.sep) else \
-            Path(real[len(cwd) + 1:]).as_posix()
+        if where is None:
+            real = os.path.realpath(folder)
+            where = (str(folder.absolute()), real,
+                     display_path(folder) if not real.startswith(cwd + os.sep)
+                     else Path(real[len(cwd) + 1:]).as_posix())
+        absolute, real, display = where
+        if (config.respect_gitignore and folder != root
+                and any(e.name == ".gitignore" for e in entries)
+                and (gi := _load_gitignore(Path(absolute)))):
+            active = [*active, gi]
         for entry in entries:
             name = entry.name
             try:
@@ -159,7 +165,11 @@ def _walk(root: Path, config: Config, ignores: list[_GitIgnore],
                     continue
                 if config.is_excluded(str(path)) or _is_ignored(path, True, active, f"{absolute}/{name}"):
                     continue
-                stack.append((path, active))
+                child: Where | None = None
+                if not entry.is_symlink():
+                    child = (f"{absolute}/{name}", f"{real}/{name}",
+                             _display_under(cwd, f"{real}/{name}", display, name))
+                stack.append((path, active, child))
             else:
                 if config.is_excluded(str(path)) or _is_ignored(
                         path, False, active, f"{absolute}/{name}"):
@@ -167,4 +177,13 @@ def _walk(root: Path, config: Config, ignores: list[_GitIgnore],
                 if entry.is_symlink():
                     add(path, None, None)
                 else:
-                    add(path, f"{real}/{name}", f"{display}/{name}" if display != "." else name)
+                    add(path, f"{real}/{name}", _display_under(cwd, f"{real}/{name}", display, name))
+
+
+def _display_under(cwd: str, real: str, parent_display: str, name: str) -> str:
+    """``display_path`` of a folder's entry (not a symbolic link) from its parent's."""
+    if real.startswith(cwd + os.sep):
+        return real[len(cwd) + 1:]
+    if real == cwd:
+        return "."
+    return f"{parent_display}/{name}" if parent_display != "." else name

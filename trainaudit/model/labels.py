@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ast
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any
 
 from trainaudit.diagnostics import Span
@@ -1060,7 +1061,10 @@ class LabelGraph:
             return found
         if kind == "producers" and origin.kind == "local" and origin.producer is not None:
             return [(summary, facts.producers[origin.producer])]
-        for other_path, other in self.facts.items():
+        # Only files that can pass _reaches, in the order of self.facts.
+        for other_path in sorted(self._reachable_files(summary.path) & self.facts.keys(),
+                                 key=self._fact_order.__getitem__):
+            other = self.facts[other_path]
             items: list[LabelProducer] | list[LabelMask] = \
                 other.producers if kind == "producers" else other.masks
             other_summary = self.project.by_path[other_path]
@@ -1109,19 +1113,44 @@ class LabelGraph:
 
     def users_of(self, producer: ModuleSummary, owner: str) -> set[str]:
         """Paths of modules that define or import a name of ``producer``'s module."""
-        key = (producer.path, owner)
-        cache: dict[tuple[str, str], set[str]] = self.__dict__.setdefault("_users", {})
-        if key not in cache:
-            users = {producer.path}
-            for summary in self.project.modules:
-                for qualified in summary.aliases.values():
-                    resolved = self.project.resolve_symbol(qualified) if "." in qualified else None
-                    if resolved is not None and resolved[0].path == producer.path \
-                            and resolved[1].split(".", 1)[0] in (owner, "*"):
-                        users.add(summary.path)
-                        break
-            cache[key] = users
-        return cache[key]
+        by_name = self._alias_index[0]
+        return ({producer.path} | by_name.get((producer.path, owner), set())
+                | by_name.get((producer.path, "*"), set()))
+
+    @cached_property
+    def _alias_index(self) -> tuple[dict[tuple[str, str], set[str]], dict[str, set[str]]]:
+        """Import aliases resolved once: (module path, first name) → paths of the modules
+        that import that name, and path → the checked modules its aliases name."""
+        by_name: dict[tuple[str, str], set[str]] = {}
+        targets: dict[str, set[str]] = {}
+        for summary in self.project.modules:
+            for qualified in summary.aliases.values():
+                resolved = self.project.resolve_symbol(qualified) if "." in qualified else None
+                if resolved is not None:
+                    name = resolved[1].split(".", 1)[0]
+                    by_name.setdefault((resolved[0].path, name), set()).add(summary.path)
+                    targets.setdefault(summary.path, set()).add(resolved[0].path)
+        return by_name, targets
+
+    @cached_property
+    def _fact_order(self) -> dict[str, int]:
+        return {path: index for index, path in enumerate(self.facts)}
+
+    def _reachable_files(self, consumer: str) -> set[str]:
+        """Every file whose producers or masks can pass ``_reaches`` for ``consumer``: the
+        consumer, its importers, and the modules those two name in imports. (A producer
+        file reaches when one of its users is the consumer or imports it, and a user is
+        the file itself or a module with an alias resolving to it.) Without this, linking
+        tries every file for every loss: quadratic in the size of the tree."""
+        cache: dict[str, set[str]] = self.__dict__.setdefault("_reachable", {})
+        if consumer not in cache:
+            near = {consumer} | self.project.importers.get(consumer, set())
+            found = set(near)
+            targets = self._alias_index[1]
+            for user in near:
+                found |= targets.get(user, set())
+            cache[consumer] = found
+        return cache[consumer]
 
     def producers_for(self, summary: ModuleSummary, loss: LossSite
                       ) -> list[tuple[ModuleSummary, LabelProducer]]:

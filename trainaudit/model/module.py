@@ -141,16 +141,27 @@ class ModuleFacts:
     def nodes(self) -> list[ast.AST]:
         """Every node of the tree in ``ast.walk`` order, walked once for all rules and facts
         (iterate this, not ``ast.walk(module.tree)``: walking is most of a rule's cost)."""
-        return list(ast.walk(self.tree))
+        return self._walk[0]
 
     @cached_property
     def parents(self) -> dict[ast.AST, ast.AST]:
-        """Child → parent for every node of the tree."""
+        """Child → parent for every node of the tree (keys in walk order)."""
+        return self._walk[1]
+
+    @cached_property
+    def _walk(self) -> tuple[list[ast.AST], dict[ast.AST, ast.AST]]:
+        # ast.walk's breadth-first order, with the parents recorded on the way.
+        nodes: list[ast.AST] = [self.tree]
         parent: dict[ast.AST, ast.AST] = {}
-        for node in self.nodes:
-            for child in ast.iter_child_nodes(node):
+        append = nodes.append
+        index = 0
+        while index < len(nodes):
+            node = nodes[index]
+            index += 1
+            for child in child_nodes(node):
                 parent[child] = node
-        return parent
+                append(child)
+        return nodes, parent
 
     def ancestors(self, node: ast.AST) -> Iterator[ast.AST]:
         parents = self.parents
@@ -266,16 +277,33 @@ def _child_blocks(stmt: ast.stmt) -> Iterator[list[ast.stmt]]:
         yield handler.body
 
 
+def child_nodes(node: ast.AST) -> list[ast.AST]:
+    """``ast.iter_child_nodes`` as a list, without its two generator layers (hot path)."""
+    children: list[ast.AST] = []
+    for name in node._fields:
+        value = getattr(node, name, None)
+        if isinstance(value, ast.AST):
+            children.append(value)
+        elif isinstance(value, list):
+            children.extend(item for item in value if isinstance(item, ast.AST))
+    return children
+
+
+_SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)
+
+
 def iter_calls(body: list[ast.stmt]) -> Iterator[ast.Call]:
     """Calls in statements, not descending into nested function or class definitions."""
     stack: list[ast.AST] = list(reversed(body))
     while stack:
         node = stack.pop()
-        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef | ast.Lambda):
+        if isinstance(node, _SCOPES):
             continue
         if isinstance(node, ast.Call):
             yield node
-        stack.extend(reversed(list(ast.iter_child_nodes(node))))
+        children = child_nodes(node)
+        children.reverse()
+        stack.extend(children)
 
 
 # walk_local's results by body: facts of several families walk the same function bodies.
@@ -302,9 +330,11 @@ def _walk_local(body: list[ast.stmt]) -> Iterator[ast.AST]:
     while stack:
         node = stack.pop()
         yield node
-        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef | ast.Lambda):
+        if isinstance(node, _SCOPES):
             continue
-        stack.extend(reversed(list(ast.iter_child_nodes(node))))
+        children = child_nodes(node)
+        children.reverse()
+        stack.extend(children)
 
 
 def int_value(node: ast.AST | None) -> int | None:

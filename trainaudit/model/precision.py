@@ -983,11 +983,7 @@ def device_type_code(facts: PrecisionFacts, function: str, forward: ast.Call | N
 
 def related_paths(project: Project, path: str) -> set[str]:
     """Files a file imports or is imported by, transitively (not mere siblings)."""
-    graph = project.import_graph
-    reverse: dict[str, set[str]] = {}
-    for source, targets in graph.items():
-        for target in targets:
-            reverse.setdefault(target, set()).add(source)
+    graph, reverse = project.import_graph, project.importers
     found = {path}
     for edges in (graph, reverse):
         stack = [path]

@@ -29,6 +29,11 @@ class Project:
         # ``mm_rec.data.loader`` finds ``reference_impl/mm_rec/data/loader.py``
         # whatever folder the check was started from.
         self._by_suffix: dict[str, list[ModuleSummary]] = {}
+        self._resolved_modules: dict[str, ModuleSummary | None] = {}
+        self._by_name: dict[str, ModuleSummary] = {}  # the first module of each full name
+        for summary in self.modules:
+            self._by_name.setdefault(summary.module_name, summary)
+        self._resolved_symbols: dict[str, tuple[ModuleSummary, str] | None] = {}
         for summary in self.modules:
             parts = summary.module_name.split(".")
             for start in range(len(parts)):
@@ -36,20 +41,34 @@ class Project:
 
     def resolve_module(self, dotted: str) -> ModuleSummary | None:
         """The checked file a dotted module name refers to, if any (longest, unique match)."""
+        # Memoised: rules ask about the same few names very many times, and a suffix
+        # shared by many files (``data``, ``train``) makes each answer cost O(files).
+        if dotted in self._resolved_modules:
+            return self._resolved_modules[dotted]
+        found = self._resolve_module(dotted)
+        self._resolved_modules[dotted] = found
+        return found
+
+    def _resolve_module(self, dotted: str) -> ModuleSummary | None:
         candidates = self._by_suffix.get(dotted, [])
         if len(candidates) == 1:
             return candidates[0]
-        exact = [c for c in candidates if c.module_name == dotted]
-        return exact[0] if exact else (candidates[0] if candidates else None)
+        exact = self._by_name.get(dotted)
+        return exact if exact is not None else (candidates[0] if candidates else None)
 
     def resolve_symbol(self, qualified: str) -> tuple[ModuleSummary, str] | None:
         """Split ``pkg.data.TextDataset`` into the checked module and the name in it."""
+        if qualified in self._resolved_symbols:
+            return self._resolved_symbols[qualified]
+        found: tuple[ModuleSummary, str] | None = None
         parts = qualified.split(".")
         for cut in range(len(parts) - 1, 0, -1):
             module = self.resolve_module(".".join(parts[:cut]))
             if module is not None:
-                return module, ".".join(parts[cut:])
-        return None
+                found = (module, ".".join(parts[cut:]))
+                break
+        self._resolved_symbols[qualified] = found
+        return found
 
     @cached_property
     def import_graph(self) -> dict[str, set[str]]:
@@ -83,6 +102,19 @@ class Project:
                 component[node] = index
                 stack.extend(neighbours[node] - component.keys())
         return component
+
+    @cached_property
+    def importers(self) -> dict[str, set[str]]:
+        """Path → paths of checked modules that import it (the import graph reversed)."""
+        reverse: dict[str, set[str]] = {}
+        for source, targets in self.import_graph.items():
+            for target in targets:
+                reverse.setdefault(target, set()).add(source)
+        return reverse
+
+    def component(self, path: str) -> int | None:
+        """An id shared by the files linked by imports (either way, transitively)."""
+        return self._components.get(path)
 
     def connected(self, path_a: str, path_b: str) -> bool:
         """Whether two files are linked by imports within the checked tree (either way)."""

@@ -80,6 +80,9 @@ class NoActivationCheckpointing(ProjectRule):
     def check(self, project: Project, ctx: RuleContext) -> Iterator[Finding]:
         threshold = int(ctx.option("long-sequence-threshold"))
         summaries = _summaries(project)
+        enabling = {p for p, s in summaries.items() if s.enabled}
+        # Components with checkpointing on, found once (asking per file is quadratic).
+        enabled_components = {project.component(p) for p in enabling} - {None}
         for path, summary in sorted(summaries.items()):
             open_stacks = [s for s in summary.stacks if not s.checkpointed]
             if not open_stacks:
@@ -87,7 +90,7 @@ class NoActivationCheckpointing(ProjectRule):
             linked = sorted(p for p in related_paths(project, path) if p in summaries)
             # Checkpointing applied from anywhere in the import neighbourhood (a
             # parallelize step next to the trainer, torchtitan's apply_ac) counts.
-            if any(s.enabled for p, s in summaries.items() if project.connected(path, p)):
+            if path in enabling or project.component(path) in enabled_components:
                 continue
             lengths = [(p, length) for p in linked for length in summaries[p].lengths]
             if not lengths:
