@@ -9,14 +9,16 @@ Then selection, per-file ignores and suppressions, and sorting.
 from __future__ import annotations
 
 import ast
+import gc
 import hashlib
 import io
 import os
 import time
 import tokenize
 import traceback
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
@@ -252,10 +254,31 @@ def default_jobs() -> int:
 FileCache = Callable[[SourceFile, Callable[[SourceFile], FileResult]], FileResult]
 
 
+@contextmanager
+def _fewer_collections() -> Iterator[None]:
+    """Parsing allocates millions of AST nodes, and with the default thresholds the cyclic
+    garbage collector runs every 700 allocations, its full passes traversing every live
+    tree: a third of phase 1's time. Trees are freed by reference counting; cycles are
+    still collected, only less often."""
+    old = gc.get_threshold()
+    gc.set_threshold(100_000, 50, 1000)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*old)
+
+
 def analyse_files(files: Sequence[SourceFile], settings: Settings, *,
                   overlay: Mapping[str, str] | None = None, jobs: int | None = None,
                   progress: Callable[[int], None] | None = None) -> list[FileResult]:
     """Phase 1 over many files, in processes when there are enough of them."""
+    with _fewer_collections():  # set before the workers fork: they inherit it
+        return _analyse_files(files, settings, overlay=overlay, jobs=jobs, progress=progress)
+
+
+def _analyse_files(files: Sequence[SourceFile], settings: Settings, *,
+                   overlay: Mapping[str, str] | None, jobs: int | None,
+                   progress: Callable[[int], None] | None) -> list[FileResult]:
     overlay = overlay or {}
     jobs = jobs or default_jobs()
     results: list[FileResult] = []
@@ -323,8 +346,10 @@ def check_files(files: Sequence[SourceFile], config: Config, *,
     started = time.perf_counter()
     settings = settings_for(config)
     run = analyse or analyse_files
-    results: list[FileResult] = run(files, settings, overlay=overlay, jobs=jobs, progress=progress)
-    project_findings, errors = (project or run_project_rules)(results, settings)
+    with _fewer_collections():  # phase 2 and the cache's loads allocate much as well
+        results: list[FileResult] = run(files, settings, overlay=overlay, jobs=jobs,
+                                        progress=progress)
+        project_findings, errors = (project or run_project_rules)(results, settings)
     by_path = {r.path: r for r in results}
     ignored: dict[str, tuple[str, ...]] = {}
     findings: list[Finding] = []

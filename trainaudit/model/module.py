@@ -293,17 +293,9 @@ _SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)
 
 
 def iter_calls(body: list[ast.stmt]) -> Iterator[ast.Call]:
-    """Calls in statements, not descending into nested function or class definitions."""
-    stack: list[ast.AST] = list(reversed(body))
-    while stack:
-        node = stack.pop()
-        if isinstance(node, _SCOPES):
-            continue
-        if isinstance(node, ast.Call):
-            yield node
-        children = child_nodes(node)
-        children.reverse()
-        stack.extend(children)
+    """Calls in statements, not descending into nested function or class definitions
+    (in source order; shares ``walk_local``'s memo, which walks the same nodes)."""
+    return (node for node in walk_local(body) if isinstance(node, ast.Call))
 
 
 # walk_local's results by body: facts of several families walk the same function bodies.
