@@ -29,7 +29,7 @@ from trainaudit.diagnostics import Finding, Span
 from trainaudit.discover import SourceFile
 from trainaudit.model.module import ModuleFacts, clear_walk_cache
 from trainaudit.model.project import ModuleSummary, Project
-from trainaudit.registry import SUMMARIZERS, ModuleRule, ProjectRule, RuleContext, load_rules
+from trainaudit.registry import SUMMARIZERS, Gate, ModuleRule, ProjectRule, RuleContext, load_rules
 from trainaudit.suppression import Suppressions, is_suppressed, parse_suppressions
 
 # Below this many files, processes cost more than they save.
@@ -118,27 +118,44 @@ class Analyzer:
         rules = load_rules()
         self.settings = settings
         self.context = RuleContext(settings.options)
-        self.module_rules = [cls() for code, cls in sorted(rules.items())
-                             if code in settings.enabled and issubclass(cls, ModuleRule)]
+        # TA001 is the engine's own (it parses); the others read parsed files.
+        self.module_rules = [cls() for code, cls in sorted(rules.items()) if code != "TA001"
+                             and code in settings.enabled and issubclass(cls, ModuleRule)]
         project_rules = [cls for code, cls in rules.items()
                          if code in settings.enabled and issubclass(cls, ProjectRule)]
         wanted = {f for cls in project_rules for f in cls.families}
         if any(not cls.families for cls in project_rules):
             wanted = set(SUMMARIZERS)
         self.summarizers = [s for s in SUMMARIZERS.values() if s.family in wanted]
-        triggers = {t for r in self.module_rules for t in r.triggers}
-        triggers |= {t for s in self.summarizers for t in s.triggers}
+        # What each selected rule (by code) and summarizer (by family) needs to see a file.
+        self.gates: dict[str, Gate] = {r.code: Gate.of(r.triggers, r.requires)
+                                       for r in self.module_rules}
+        self.gates.update((s.family, Gate.of(s.triggers, s.requires)) for s in self.summarizers)
+        # A syntax error is reported in any file some rule would look at, selected or not.
+        self.syntax_gates: list[Gate] = []
         if "TA001" in settings.enabled:
-            # A syntax error is reported in any file some rule would look at.
-            triggers |= {t for cls in rules.values() for t in cls.triggers}
-            triggers |= {t for s in SUMMARIZERS.values() for t in s.triggers}
-        self.triggers = tuple(sorted(triggers))
-        self.byte_triggers = tuple(t.encode() for t in self.triggers)
+            self.syntax_gates = [Gate.of(cls.triggers, cls.requires) for code, cls in rules.items()
+                                 if issubclass(cls, ModuleRule) and code not in self.gates
+                                 and code != "TA001"]
+            self.syntax_gates += [Gate.of(s.triggers, s.requires) for s in SUMMARIZERS.values()
+                                  if s.family not in self.gates]
         self.prefilter = settings.prefilter
 
+    def readers(self, data: bytes) -> frozenset[str] | None:
+        """The text prefilter: the selected rules (codes) and summarizers (families) that
+        could find something in a file, from its raw bytes; None when the prefilter is off.
+        Empty: the file is skipped unparsed."""
+        if not self.prefilter:
+            return None
+        found = frozenset(name for name, gate in self.gates.items() if gate.passes(data))
+        if found or not any(gate.passes(data) for gate in self.syntax_gates):
+            return found
+        return frozenset(("TA001",))
+
     def wants(self, text: str) -> bool:
-        """The text prefilter: could any selected rule find anything in this file?"""
-        return not self.prefilter or any(trigger in text for trigger in self.triggers)
+        """Whether any rule would read this file (the prefilter's verdict)."""
+        readers = self.readers(text.encode("utf-8", "surrogatepass"))
+        return readers is None or bool(readers)
 
     def analyse(self, file: SourceFile, text: str | None = None) -> FileResult:
         if text is None:
@@ -148,17 +165,18 @@ class Analyzer:
                 return FileResult(file.display,
                                   errors=[f"{file.display}: cannot read: {exc.strerror or exc}"])
             return self.analyse_bytes(file, data)
-        if not self.wants(text):
+        readers = self.readers(text.encode("utf-8", "surrogatepass"))
+        if readers is not None and not readers:
             return FileResult(file.display)
-        return self._analyse_text(file, text)
+        return self._analyse_text(file, text, readers)
 
     def analyse_bytes(self, file: SourceFile, data: bytes) -> FileResult:
-        """Phase 1 on a file's raw bytes: byte-level prefilter, decoding, then the rules."""
+        """Phase 1 on a file's raw bytes: the prefilter, decoding, then the rules."""
         result = FileResult(file.display)
         if self.settings.hash_sources:
             result.digest = content_digest(data)
-        # Cheap byte-level prefilter before decoding (triggers are ASCII).
-        if self.prefilter and not any(t in data for t in self.byte_triggers):
+        readers = self.readers(data)  # before decoding: triggers and patterns are ASCII
+        if readers is not None and not readers:
             return result
         try:
             text, _ = read_source(data)
@@ -167,9 +185,9 @@ class Analyzer:
             if "TA001" in self.settings.enabled:
                 result.findings.append(_syntax_finding(file.display, f"file cannot be read: {exc}"))
             return result
-        return self._analyse_text(file, text, result)
+        return self._analyse_text(file, text, readers, result)
 
-    def _analyse_text(self, file: SourceFile, text: str,
+    def _analyse_text(self, file: SourceFile, text: str, readers: frozenset[str] | None,
                       result: FileResult | None = None) -> FileResult:
         result = result or FileResult(file.display)
         result.checked = True
@@ -188,7 +206,7 @@ class Analyzer:
         name, is_package = module_name_for(file.display)
         module = ModuleFacts(file.display, name, text, tree, is_package)
         for rule in self.module_rules:
-            if self.prefilter and rule.triggers and not any(t in text for t in rule.triggers):
+            if readers is not None and rule.code not in readers:
                 continue
             try:
                 result.findings.extend(rule.check(module, self.context))
@@ -197,7 +215,7 @@ class Analyzer:
         summary = ModuleSummary(file.display, name, frozenset(module.imports.modules),
                                 dict(module.imports.aliases))
         for summarize in self.summarizers:
-            if self.prefilter and not any(t in text for t in summarize.triggers):
+            if readers is not None and summarize.family not in readers:
                 continue
             try:
                 summary.facts[summarize.family] = summarize.function(module)

@@ -9,6 +9,8 @@ project rules read; summaries are what crosses processes and the cache.
 from __future__ import annotations
 
 import ast
+import functools
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -19,6 +21,39 @@ from trainaudit.diagnostics import Finding, Related, Span
 if TYPE_CHECKING:
     from trainaudit.model.module import ModuleFacts
     from trainaudit.model.project import Project
+
+
+# A disjunction of conjunctions of regular expressions over a file's text:
+# ``(("a", "b"), ("c",))`` means "(a and b) or c". Empty: no condition.
+Clauses = tuple[tuple[str, ...], ...]
+
+
+@dataclass(frozen=True)
+class Gate:
+    """The text prefilter of one rule or summarizer: what a file must contain for it to
+    find anything. Any trigger substring (a fast scan), then one clause whose patterns all
+    match. Both are *necessary* conditions, so a file that fails cannot hold a finding
+    (tests/test_prefilter.py checks that on every fixture). Patterns should start with a
+    literal (``backward\\s*\\(``, not ``\\bbackward``): ``re`` then scans for it quickly."""
+
+    triggers: tuple[bytes, ...]
+    clauses: tuple[tuple[re.Pattern[bytes], ...], ...]
+
+    @classmethod
+    def of(cls, triggers: tuple[str, ...], requires: Clauses) -> Gate:
+        return cls(tuple(t.encode() for t in triggers),
+                   tuple(tuple(_compile(p) for p in clause) for clause in requires))
+
+    def passes(self, data: bytes) -> bool:
+        if self.triggers and not any(t in data for t in self.triggers):
+            return False
+        return not self.clauses or any(all(p.search(data) for p in clause)
+                                       for clause in self.clauses)
+
+
+@functools.cache
+def _compile(pattern: str) -> re.Pattern[bytes]:
+    return re.compile(pattern.encode())
 
 
 @dataclass(frozen=True)
@@ -37,6 +72,9 @@ class Rule:
     code: ClassVar[str]
     # Substrings of which at least one must occur in a file for the rule to see it.
     triggers: ClassVar[tuple[str, ...]] = ()
+    # Then, where set, a finer necessary condition (see ``Gate``): regex clauses of which
+    # one must match entirely. Checked on the raw bytes only of files with a trigger.
+    requires: ClassVar[Clauses] = ()
     # Options the rule reads, kebab-case, with their defaults.
     options: ClassVar[dict[str, Any]] = {}
 
@@ -84,6 +122,7 @@ class Summarizer:
     family: str
     triggers: tuple[str, ...]
     function: Summarize
+    requires: Clauses = ()
 
 
 RULES: dict[str, type[Rule]] = {}
@@ -100,11 +139,12 @@ def register(cls: type[Rule]) -> type[Rule]:
     return cls
 
 
-def summarizer(family: str, *, triggers: tuple[str, ...]) -> Callable[[Summarize], Summarize]:
+def summarizer(family: str, *, triggers: tuple[str, ...],
+               requires: Clauses = ()) -> Callable[[Summarize], Summarize]:
     """Function decorator: register the per-file fact extractor of one rule family."""
 
     def decorate(function: Summarize) -> Summarize:
-        SUMMARIZERS[family] = Summarizer(family, triggers, function)
+        SUMMARIZERS[family] = Summarizer(family, triggers, function, requires)
         return function
 
     return decorate

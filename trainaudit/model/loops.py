@@ -81,6 +81,17 @@ LoopNode = ast.For | ast.AsyncFor | ast.While
 # Text the loop model cannot work without: a file with none of these has no training loop
 # and no helper a training loop could reach.
 LOOP_TRIGGERS = ("backward", ".step(", "zero_grad", "optim")
+# A call of a backward (``loss.backward()``, ``accelerator.backward(loss)``,
+# ``self.manual_backward(loss)``), not its definition nor the word in prose. Loops train
+# only through one, so the analysis's own text tests use it too (and the prefilter may).
+BACKWARD_CALL = r"backward(?<!def backward)(?<!def _backward)\s*\("
+_BACKWARD_CALL = re.compile(BACKWARD_CALL)
+# An import whose names may be training helpers (``from utils import train_step``).
+TRAINY_IMPORT = (r"import(?:[^\n(]*(?:\\\n[^\n(]*)*|\s*\([^)]*)"
+                 r"(?i:train|step|update|fit|backward|optim)")
+# Files without any of these have no loop facts: no training loop, no loop that may train
+# through an imported helper, no helper that trains.
+LOOP_REQUIRES = ((BACKWARD_CALL,), (r"\.step\(",), (TRAINY_IMPORT,))
 
 # A test that decides whether this micro-batch ends an accumulation window.
 _ACCUMULATION_NAME = re.compile(
@@ -506,9 +517,10 @@ class LoopAnalysis:
     def backward_functions(self) -> frozenset[str]:
         """Functions whose call tree (in this file) may contain a backward: the text says so."""
         module = self.module
-        if "backward" not in module.source:
+        if not _BACKWARD_CALL.search(module.source):
             return frozenset()
-        found = {name for name, fn in module.functions.items() if "backward" in self._text(fn)}
+        found = {name for name, fn in module.functions.items()
+                 if _BACKWARD_CALL.search(self._text(fn))}
         callers: dict[str, set[str]] = {}
         for caller, callees in module.call_graph.items():
             for callee in callees:
@@ -539,7 +551,7 @@ class LoopAnalysis:
     def may_train(self, function: str, loop: LoopNode) -> bool:
         """Cheap test before walking a loop: backward in its text or in a local callee, or a
         call to an imported function whose name suggests training."""
-        if "backward" in self._text(loop):
+        if _BACKWARD_CALL.search(self._text(loop)):
             return True
         module = self.module
         if not self.backward_functions and not self._trainy_imports:
@@ -1299,7 +1311,7 @@ def _strip_nodes(loop: TrainingLoop) -> TrainingLoop:
     return replace(loop, node=None, operations=tuple(replace(op, node=None) for op in loop.operations))
 
 
-@summarizer("loops", triggers=LOOP_TRIGGERS)
+@summarizer("loops", triggers=LOOP_TRIGGERS, requires=LOOP_REQUIRES)
 def summarize_loops(module: ModuleFacts) -> LoopFileFacts:
     """Per-file summary: training loops, candidate loops and helpers other files may import."""
     training, candidates = _cached_loops(module)

@@ -21,6 +21,16 @@ from trainaudit.registry import ModuleRule, ProjectRule, RuleContext, register, 
 
 FAMILY = "checkpointing"
 SUMMARY_TRIGGERS = ("ModuleList", "Sequential", "use_cache", "checkpoint", *LENGTH_TRIGGERS)
+# What the summary needs: a model class running a block stack, a sequence length, a
+# switch that turns checkpointing on, or a ``use_cache``.
+SUMMARY_REQUIRES = (
+    ("def forward", "ModuleList|Sequential"),
+    (r"seq[_-]?len|max[_-]len|block[_-]size|context[_-](?:len|size)|position_embeddings"
+     r"|n_positions|n_ctx|ctx_len|sequence_len|max_tokens_per_sample",),
+    (r"gradient_checkpointing|activation_checkpointing|checkpoint_wrapper|grad_checkpointing"
+     r"|apply_ac\b",),
+    ("use_cache",),
+)
 
 
 @dataclass(frozen=True)
@@ -40,7 +50,7 @@ class CheckpointingSummary:
     use_cache: tuple[Span, ...]  # ``True`` of use_cache=True in training code
 
 
-@summarizer(FAMILY, triggers=SUMMARY_TRIGGERS)
+@summarizer(FAMILY, triggers=SUMMARY_TRIGGERS, requires=SUMMARY_REQUIRES)
 def summarize_checkpointing(module: ModuleFacts) -> CheckpointingSummary:
     facts = CheckpointingFacts.of(module)
     stacks: dict[tuple[str, str], StackSummary] = {}

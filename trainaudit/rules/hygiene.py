@@ -8,6 +8,7 @@ from collections.abc import Iterable, Iterator
 
 from trainaudit.diagnostics import Finding, Related
 from trainaudit.model.loops import (
+    BACKWARD_CALL,
     LOOP_TRIGGERS,
     LoopAnalysis,
     Operation,
@@ -171,6 +172,7 @@ class LossTensorAccumulated(ModuleRule):
 
     code = "TA503"
     triggers = ("backward",)
+    requires = ((BACKWARD_CALL,),)  # a training loop in the file
 
     def check(self, module: ModuleFacts, ctx: RuleContext) -> Iterable[Finding]:
         seen: set[int] = set()

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from trainaudit.diagnostics import Finding, Related, Span
-from trainaudit.model.loops import find_training_loops
+from trainaudit.model.loops import BACKWARD_CALL, find_training_loops
 from trainaudit.model.module import ModuleFacts, walk_local
 from trainaudit.model.precision import (
     PrecisionFacts,
@@ -32,6 +32,17 @@ FAMILY = "precision"
 SUMMARY_TRIGGERS = ("backward", "Accelerator", "Fabric", "MixedPrecision", "bfloat16", "half",
                     "autocast", "TrainingArguments", "deepspeed", "precision", "float16",
                     "set_default_dtype")
+_LOW = r"bfloat16|float16|half|bf16|fp16"
+# What the summary needs: a backward (training steps), autocast in a model, or one of the
+# delegations ``PrecisionFacts.delegations`` recognises.
+SUMMARY_REQUIRES = (
+    (BACKWARD_CALL,), ("autocast",), ("Accelerator",), ("Fabric",), ("MixedPrecision",),
+    ("TrainingArguments",), ("SFTConfig",), ("DPOConfig",), ("GRPOConfig",),
+    ("Trainer", r"precision\s*="), ("parallelize",), ("fully_shard",), ("mixed_precision",),
+    ("mp_policy",), ("initialize", "deepspeed|amp"), ("set_default_dtype",),
+    (r"bfloat16(?<=\.bfloat16)\s*\(",), (r"half(?<=\.half)\s*\(",),
+    (_LOW, r"\.to\s*\("), (_LOW, r"dtype\s*="),
+)
 
 
 # -- TA301: summaries, because delegation and model-side autocast live in other files ----
@@ -71,7 +82,7 @@ def _wrap_range(facts: PrecisionFacts, step: TrainingStep, forward: ast.Call) ->
     return statement.lineno, last.end_lineno or last.lineno
 
 
-@summarizer(FAMILY, triggers=SUMMARY_TRIGGERS)
+@summarizer(FAMILY, triggers=SUMMARY_TRIGGERS, requires=SUMMARY_REQUIRES)
 def summarize_precision(module: ModuleFacts) -> PrecisionSummary:
     facts = PrecisionFacts.of(module)
     alias = torch_alias(module)
