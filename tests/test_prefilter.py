@@ -90,3 +90,44 @@ def test_corpus_is_varied() -> None:
     assert any(c.startswith("TA2") for c in codes)
     assert any(c.startswith("TA3") for c in codes)
     assert any(c.startswith("TA5") for c in codes)
+
+
+def _readers(source: str) -> frozenset[str]:
+    analyzer = Analyzer(settings_for(config()))
+    found = analyzer.readers(source.encode())
+    assert found is not None
+    return found
+
+
+@pytest.mark.parametrize("source", [
+    # An autograd Function defines backward; nothing here trains.
+    "import torch\n\nclass Square(torch.autograd.Function):\n"
+    "    @staticmethod\n    def backward(ctx, grad):\n        return 2 * grad\n",
+    "# not backward compatible with Python 3.8\nimport torch\n",
+    "def _backward(self, grad):\n    return grad\n",
+])
+def test_the_word_backward_is_not_a_training_loop(source: str) -> None:
+    readers = _readers(source)
+    assert not readers & {"loops", "precision", "TA503"}
+
+
+@pytest.mark.parametrize("source, reader", [
+    ("for x in data:\n    loss = model(x)\n    loss.backward()\n", "loops"),
+    ("for x in data:\n    accelerator.backward (model(x))\n", "loops"),
+    ("for b in data:\n    self.manual_backward(self(b))\n", "loops"),
+    ("for b in data:\n    opt.step()\n", "loops"),
+    # A loop that trains through an imported helper, however the import is spelled.
+    ("from .engine import (\n    evaluate,\n    train_one_epoch,\n)\nfor e in range(3):\n"
+     "    train_one_epoch(model, loader, optimizer)\n", "loops"),
+    ("from utils import fit\nfor e in range(3):\n    fit(model, optimizer)\n", "loops"),
+    ("for x in data:\n    loss.backward()\n", "precision"),
+    ("model = model.to(device, dtype=torch.bfloat16)\nopt = optim.AdamW(model.parameters())\n", "precision"),
+    ("model = GPT(cfg).half()\n", "precision"),
+    ("accelerator = Accelerator(mixed_precision='bf16')\n", "precision"),
+    ("class M(nn.Module):\n    def __init__(self):\n        self.blocks = nn.ModuleList(b)\n\n"
+     "    def forward(self, x):\n        return x\n", "checkpointing"),
+    ("model.gradient_checkpointing_enable()\n", "checkpointing"),
+    ("parser.add_argument('--seq-len', default=8192)\n", "checkpointing"),
+])
+def test_what_each_family_reads(source: str, reader: str) -> None:
+    assert reader in _readers(source)
