@@ -119,8 +119,9 @@ class Analyzer:
         self.settings = settings
         self.context = RuleContext(settings.options)
         # TA001 is the engine's own (it parses); the others read parsed files.
-        self.module_rules = [cls() for code, cls in sorted(rules.items()) if code != "TA001"
-                             and code in settings.enabled and issubclass(cls, ModuleRule)]
+        file_rules = {code: cls for code, cls in sorted(rules.items())
+                   if code != "TA001" and issubclass(cls, ModuleRule)}
+        self.module_rules = [cls() for code, cls in file_rules.items() if code in settings.enabled]
         project_rules = [cls for code, cls in rules.items()
                          if code in settings.enabled and issubclass(cls, ProjectRule)]
         wanted = {f for cls in project_rules for f in cls.families}
@@ -134,9 +135,8 @@ class Analyzer:
         # A syntax error is reported in any file some rule would look at, selected or not.
         self.syntax_gates: list[Gate] = []
         if "TA001" in settings.enabled:
-            self.syntax_gates = [Gate.of(cls.triggers, cls.requires) for code, cls in rules.items()
-                                 if issubclass(cls, ModuleRule) and code not in self.gates
-                                 and code != "TA001"]
+            self.syntax_gates = [Gate.of(cls.triggers, cls.requires) for code, cls in file_rules.items()
+                                 if code not in self.gates]
             self.syntax_gates += [Gate.of(s.triggers, s.requires) for s in SUMMARIZERS.values()
                                   if s.family not in self.gates]
         self.prefilter = settings.prefilter
@@ -290,13 +290,6 @@ def analyse_files(files: Sequence[SourceFile], settings: Settings, *,
                   overlay: Mapping[str, str] | None = None, jobs: int | None = None,
                   progress: Callable[[int], None] | None = None) -> list[FileResult]:
     """Phase 1 over many files, in processes when there are enough of them."""
-    with _fewer_collections():  # set before the workers fork: they inherit it
-        return _analyse_files(files, settings, overlay=overlay, jobs=jobs, progress=progress)
-
-
-def _analyse_files(files: Sequence[SourceFile], settings: Settings, *,
-                   overlay: Mapping[str, str] | None, jobs: int | None,
-                   progress: Callable[[int], None] | None) -> list[FileResult]:
     overlay = overlay or {}
     jobs = jobs or default_jobs()
     results: list[FileResult] = []
@@ -364,7 +357,8 @@ def check_files(files: Sequence[SourceFile], config: Config, *,
     started = time.perf_counter()
     settings = settings_for(config)
     run = analyse or analyse_files
-    with _fewer_collections():  # phase 2 and the cache's loads allocate much as well
+    # Both phases and the cache's loads; set before phase 1's workers fork (they inherit it).
+    with _fewer_collections():
         results: list[FileResult] = run(files, settings, overlay=overlay, jobs=jobs,
                                         progress=progress)
         project_findings, errors = (project or run_project_rules)(results, settings)
