@@ -86,9 +86,10 @@ LOOP_TRIGGERS = ("backward", ".step(", "zero_grad", "optim")
 # only through one, so the analysis's own text tests use it too (and the prefilter may).
 BACKWARD_CALL = r"backward(?<!def backward)(?<!def _backward)\s*\("
 _BACKWARD_CALL = re.compile(BACKWARD_CALL)
+# Words in the name of a function that may train (``train_step``, ``update``, ``fit``).
+_TRAINY_WORDS = r"train|step|update|fit|backward|optim"
 # An import whose names may be training helpers (``from utils import train_step``).
-TRAINY_IMPORT = (r"import(?:[^\n(]*(?:\\\n[^\n(]*)*|\s*\([^)]*)"
-                 r"(?i:train|step|update|fit|backward|optim)")
+TRAINY_IMPORT = rf"import(?:[^\n(]*(?:\\\n[^\n(]*)*|\s*\([^)]*)(?i:{_TRAINY_WORDS})"
 # Files without any of these have no loop facts: no training loop, no loop that may train
 # through an imported helper, no helper that trains.
 LOOP_REQUIRES = ((BACKWARD_CALL,), (r"\.step\(",), (TRAINY_IMPORT,))
@@ -1121,7 +1122,7 @@ def _contains_training_loop(loop: TrainingLoop, training: list[TrainingLoop]) ->
     return any(other.header.function in loop.helpers for other in training if other is not loop)
 
 
-_TRAINY = re.compile(r"train|step|update|fit|backward|optim", re.IGNORECASE)
+_TRAINY = re.compile(_TRAINY_WORDS, re.IGNORECASE)
 
 
 def may_train(call: ExternalCall) -> bool:

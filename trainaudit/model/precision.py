@@ -286,6 +286,10 @@ class TrainingStep:
 
 Assignment = ast.Assign | ast.AnnAssign | ast.AugAssign
 _FACTS: weakref.WeakKeyDictionary[ModuleFacts, PrecisionFacts] = weakref.WeakKeyDictionary()
+# Calls that hand precision to a framework or a wrapper (their last name).
+DELEGATING_CALLS = ("Accelerator", "Fabric", "MixedPrecision", "MixedPrecisionPolicy",
+                    "TrainingArguments", "Seq2SeqTrainingArguments", "SFTConfig", "DPOConfig",
+                    "GRPOConfig")
 _DELEGATION_WORDS = ("Accelerator", "Fabric", "MixedPrecision", "TrainingArguments", "Config(",
                      "Trainer", "initialize", "set_default_dtype", "bfloat16", "half", "float16",
                      "backward")
@@ -552,9 +556,7 @@ class PrecisionFacts:
             last = name.rsplit(".", 1)[-1]
             method = node.func.attr if isinstance(node.func, ast.Attribute) else ""
             kind: str | None = None
-            if last in ("Accelerator", "Fabric", "MixedPrecision", "MixedPrecisionPolicy",
-                        "TrainingArguments", "Seq2SeqTrainingArguments", "SFTConfig",
-                        "DPOConfig", "GRPOConfig"):
+            if last in DELEGATING_CALLS:
                 kind = last
             elif last == "Trainer" and keyword(node, "precision") is not None:
                 kind = "Trainer(precision=...)"

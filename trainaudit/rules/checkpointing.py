@@ -9,6 +9,7 @@ trainer usually live elsewhere.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -25,8 +26,7 @@ SUMMARY_TRIGGERS = ("ModuleList", "Sequential", "use_cache", "checkpoint", *LENG
 # switch that turns checkpointing on, or a ``use_cache``.
 SUMMARY_REQUIRES = (
     ("def forward", "ModuleList|Sequential"),
-    (r"seq[_-]?len|max[_-]len|block[_-]size|context[_-](?:len|size)|position_embeddings"
-     r"|n_positions|n_ctx|ctx_len|sequence_len|max_tokens_per_sample",),
+    ("|".join(re.escape(word) for word in LENGTH_TRIGGERS),),
     (r"gradient_checkpointing|activation_checkpointing|checkpoint_wrapper|grad_checkpointing"
      r"|apply_ac\b",),
     ("use_cache",),

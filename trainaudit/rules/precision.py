@@ -16,6 +16,7 @@ from trainaudit.diagnostics import Finding, Related, Span
 from trainaudit.model.loops import BACKWARD_CALL, find_training_loops
 from trainaudit.model.module import ModuleFacts, walk_local
 from trainaudit.model.precision import (
+    DELEGATING_CALLS,
     PrecisionFacts,
     TrainingStep,
     deprecated_amp_uses,
@@ -36,8 +37,7 @@ _LOW = r"bfloat16|float16|half|bf16|fp16"
 # What the summary needs: a backward (training steps), autocast in a model, or one of the
 # delegations ``PrecisionFacts.delegations`` recognises.
 SUMMARY_REQUIRES = (
-    (BACKWARD_CALL,), ("autocast",), ("Accelerator",), ("Fabric",), ("MixedPrecision",),
-    ("TrainingArguments",), ("SFTConfig",), ("DPOConfig",), ("GRPOConfig",),
+    (BACKWARD_CALL,), ("autocast",), *((name,) for name in DELEGATING_CALLS),
     ("Trainer", r"precision\s*="), ("parallelize",), ("fully_shard",), ("mixed_precision",),
     ("mp_policy",), ("initialize", "deepspeed|amp"), ("set_default_dtype",),
     (r"bfloat16(?<=\.bfloat16)\s*\(",), (r"half(?<=\.half)\s*\(",),
