@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import argparse
 import ast
-import importlib.util
 import os
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -33,7 +31,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from trainaudit.config import Config  # noqa: E402  (the repo root is on the path now)
+from benchmarks.bench_check import measure, torch_package  # noqa: E402  (repo root on the path)
+from trainaudit.config import Config  # noqa: E402
 from trainaudit.engine import Analyzer, settings_for  # noqa: E402
 
 _ANALYZER: Analyzer | None = None
@@ -63,6 +62,10 @@ def _work(args: tuple[list[str], str]) -> tuple[int, int]:
     return parsed, size
 
 
+def _s(seconds: float | None) -> str:
+    return "timed out" if seconds is None else f"{seconds:.2f}"
+
+
 def _timed(run: Callable[[], object], repeat: int) -> tuple[float, object]:
     times: list[float] = []
     result: object = None
@@ -79,12 +82,7 @@ def main() -> int:
     parser.add_argument("--cpus", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
-    root = args.path
-    if root is None:
-        spec = importlib.util.find_spec("torch")
-        if spec is None or not spec.submodule_search_locations:
-            raise SystemExit("torch is not installed; pass a PATH")
-        root = Path(next(iter(spec.submodule_search_locations)))
+    root = args.path or torch_package()
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[: args.cpus]))
     files = sorted(str(p) for p in root.rglob("*.py") if p.is_file())
@@ -106,9 +104,8 @@ def main() -> int:
             print(f"| {label} | {parsed:,} | {size / 1e6:.1f} | {seconds:.2f} |")
     command = [sys.executable, "-m", "trainaudit", "check", str(root), "--no-config",
                "--no-cache", "--exit-zero", "-q"]
-    seconds, _ = _timed(lambda: subprocess.run(command, cwd=REPO, stdout=subprocess.DEVNULL,
-                                               check=True), args.repeat)
-    print(f"| trainaudit check --no-cache | | | {seconds:.2f} |")
+    seconds, _ = measure(command, repeat=args.repeat, cpus=args.cpus, timeout=600)
+    print(f"| trainaudit check --no-cache | | | {_s(seconds)} |")
     return 0
 
 
