@@ -31,9 +31,15 @@ DATA = (
     "        labels[-1] = -100\n"
     "        return {'input_ids': input_ids, 'labels': labels}\n"
 )
+# The loop that ties the data set to the step (the flow follows it).
+TRAIN_LOOP = (
+    "\n\ndef train(model, ids):\n"
+    "    for batch in torch.utils.data.DataLoader(TextDataset(ids), batch_size=4):\n"
+    "        step(model, batch).backward()\n"
+)
 # Shifts again at the loss: with DATA, a double shift (TA102) across the two files.
 TRAIN_SHIFTING = (
-    "import torch.nn.functional as F\n\n"
+    "import torch\nimport torch.nn.functional as F\n\n"
     "from pkg.data import TextDataset\n\n\n"
     "def step(model, batch):\n"
     "    logits = model(batch['input_ids'])\n"
@@ -41,14 +47,16 @@ TRAIN_SHIFTING = (
     "    shift_labels = batch['labels'][..., 1:]\n"
     "    return F.cross_entropy(shift_logits.reshape(-1, shift_logits.size(-1)),\n"
     "                           shift_labels.reshape(-1), ignore_index=-100)\n"
+    + TRAIN_LOOP
 )
 TRAIN_PLAIN = (
-    "import torch.nn.functional as F\n\n"
+    "import torch\nimport torch.nn.functional as F\n\n"
     "from pkg.data import TextDataset\n\n\n"
     "def step(model, batch):\n"
     "    logits = model(batch['input_ids'])\n"
     "    return F.cross_entropy(logits.reshape(-1, logits.size(-1)),\n"
     "                           batch['labels'].reshape(-1), ignore_index=-100)\n"
+    + TRAIN_LOOP
 )
 AMP = "import torch\n\nscaler = torch.cuda.amp.GradScaler()\n"
 
@@ -91,7 +99,7 @@ def tree(tmp_path: Path) -> Path:
 def test_cold_then_warm(tree: Path) -> None:
     cold, cache = run(tree)
     assert (cache.stats.hits, cache.stats.misses, cold.files_cached) == (0, 5, 0)
-    assert {code for _, _, code in keys(cold)} == {"TA102", "TA103", "TA302"}
+    assert {code for _, _, code in keys(cold)} == {"TA102", "TA302"}
     warm, cache = run(tree)
     assert (cache.stats.hits, cache.stats.misses, warm.files_cached) == (5, 0, 5)
     assert cache.stats.project_reused  # nothing changed: phase 2's findings are reused

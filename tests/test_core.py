@@ -88,16 +88,23 @@ def findings(*extra: str) -> list[dict[str, object]]:
     return list(payload["findings"])
 
 
-def test_reviewed_tree_reports_double_shift_and_fragile_roll(reviewed_tree: Path) -> None:
+def test_reviewed_tree_reports_the_double_shift_only(reviewed_tree: Path) -> None:
+    # The roll is neutralised, but the labels are shifted again at the loss: that is
+    # TA102, whose fix removes the shift; TA103's restyling is not offered.
     found = findings()
     assert [(f["code"], f["path"], f["line"]) for f in found] == [
         ("TA102", "pkg/data/text_data_loader.py", 15),
-        ("TA103", "pkg/data/text_data_loader.py", 15),
     ]
     double = found[0]
     assert double["severity"] == "error" and double["fix"] == "corrective"
-    assert double["related"] == [{"path": "pkg/scripts/train.py", "line": 14, "column": 20,
-                                  "message": "second shift here"}]
+    # The way the labels went, in order: the data set's item, the loader, the second
+    # shift, the loss.
+    assert [(r["path"], r["line"], r["message"]) for r in double["related"]] == [
+        ("pkg/data/text_data_loader.py", 13, "returned by TextDataset.__getitem__"),
+        ("pkg/scripts/train.py", 25, "batch of this loader"),
+        ("pkg/scripts/train.py", 14, "second shift here"),
+        ("pkg/scripts/train.py", 15, "the loss scores position t against token t+2"),
+    ]
 
 
 def test_unmasked_roll_is_circular(reviewed_tree: Path) -> None:
@@ -160,7 +167,7 @@ def test_bad_input_is_reported_not_fatal(tmp_path: Path, monkeypatch: pytest.Mon
 def test_fix_keeps_encoding_and_line_endings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     source = ("# -*- coding: latin-1 -*-\nimport torch\n\n\ndef make(input_ids):\n"
               "    # caf\xe9\n    labels = torch.roll(input_ids, -1, 0)\n    labels[-1] = -100\n"
-              "    return labels\n")
+              "    return input_ids, labels\n")
     path = tmp_path / "data.py"
     path.write_bytes(source.replace("\n", "\r\n").encode("latin-1"))
     monkeypatch.chdir(tmp_path)

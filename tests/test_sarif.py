@@ -35,14 +35,17 @@ FILES = {
         "        return {'input_ids': input_ids, 'labels': labels}\n"
     ),
     "pkg/train.py": (
-        "import torch.nn.functional as F\n\n"
+        "import torch\nimport torch.nn.functional as F\n\n"
         "from pkg.data import TextDataset\n\n\n"
         "def step(model, batch):\n"
         "    logits = model(batch['input_ids'])\n"
         "    shift_logits = logits[..., :-1, :]\n"
         "    shift_labels = batch['labels'][..., 1:]\n"
         "    return F.cross_entropy(shift_logits.reshape(-1, shift_logits.size(-1)),\n"
-        "                           shift_labels.reshape(-1), ignore_index=-100)\n"
+        "                           shift_labels.reshape(-1), ignore_index=-100)\n\n\n"
+        "def train(model, ids):\n"
+        "    for batch in torch.utils.data.DataLoader(TextDataset(ids), batch_size=4):\n"
+        "        step(model, batch).backward()\n"
     ),
     "amp.py": "import torch\n\nscaler = torch.cuda.amp.GradScaler()\n",
     "broken.py": "import torch\nlabels = (\n",

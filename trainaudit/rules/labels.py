@@ -1,7 +1,8 @@
 """Label-shift rules (TA101–TA105): the labels a next-token loss is scored against.
 
-All of them read ``LabelGraph``: label producers (rolls, slices, copies), masks,
-and loss sites, linked across files.
+All of them read ``LabelAnalysis``: the flow model's readings of every loss (the labels'
+offset against the logits, per context), of every roll, and of mask values. A finding
+needs a definite reading; where the flow cannot follow a value, the rules are silent.
 """
 
 from __future__ import annotations
@@ -9,85 +10,83 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 
 from trainaudit.diagnostics import Finding, Related
-from trainaudit.model.labels import (
-    DEFAULT_IGNORE_INDEX,
-    FAMILY,
-    TRIGGERS,
-    LabelGraph,
-    LabelProducer,
-    LossSite,
-    Neutralizer,
-    Value,
-)
-from trainaudit.model.project import ModuleSummary, Project
-from trainaudit.registry import ProjectRule, RuleContext, register
+from trainaudit.model.flow.program import FAMILY, FlowSource
+from trainaudit.model.flow.values import MaskValue, Producer, Site
+from trainaudit.model.labels.analysis import LabelAnalysis
+from trainaudit.model.labels.entries import TRIGGERS, flow_source
+from trainaudit.model.labels.observe import LossReading
+from trainaudit.model.module import ModuleFacts
+from trainaudit.model.project import Project
+from trainaudit.registry import ProjectRule, RuleContext, register, summarizer
+
+DEFAULT_IGNORE_INDEX = -100
 
 
-def _related(summary: ModuleSummary, loss: LossSite, message: str) -> Related:
-    site = loss.shift_site if loss.shift_site is not None else loss.site
-    return Related(summary.path, site.span.line, site.span.column, message)
+@summarizer(FAMILY, triggers=TRIGGERS)
+def summarize_flow(module: ModuleFacts) -> FlowSource:
+    return flow_source(module)
 
 
-def _ignore_values(consumers: list[tuple[ModuleSummary, LossSite]]) -> list[Value]:
-    return [loss.ignore_index for _, loss in consumers] or [Value(DEFAULT_IGNORE_INDEX)]
+def _related(site: Site, message: str) -> Related:
+    return Related(site.path, site.span.line, site.span.column, message)
 
 
-def _fix_ignore_text(consumers: list[tuple[ModuleSummary, LossSite]], producer_path: str) -> str:
+def _trail(reading: LossReading, limit: int = 6) -> list[Related]:
+    """The way the labels went, in order (data set → loader → helper → loss)."""
+    return [_related(s, s.text or "the labels pass here") for s in reading.labels.trail[-limit:]]
+
+
+def _ignore_text(readings: Iterable[LossReading], producer_path: str) -> str:
     """The ignore value a fix writes: the loss's own literal, else PyTorch's default."""
-    for summary, loss in consumers:
-        value = loss.ignore_index
+    for reading in readings:
+        value = reading.ignore
         if value.number is not None:
             return str(value.number)
-        if value.name is not None and summary.path == producer_path:
+        if value.name is not None and reading.site.path == producer_path:
             return value.name
     return str(DEFAULT_IGNORE_INDEX)
-
-
-def _neutralized(producer: LabelProducer, ignores: list[Value]) -> list[Neutralizer]:
-    """Neutralizers that really keep the wrapped position out of the loss."""
-    good = []
-    for n in producer.neutralizers:
-        if n.kind != "assign" or all(n.value.matches(ignore) is not False for ignore in ignores):
-            good.append(n)
-    return good
 
 
 class _LabelRule(ProjectRule):
     triggers = TRIGGERS
     families = (FAMILY,)
 
-    def graph(self, project: Project) -> LabelGraph:
-        return LabelGraph.of(project)
+    def analysis(self, project: Project) -> LabelAnalysis:
+        return LabelAnalysis.of(project)
 
 
 @register
 class CircularLabelShift(_LabelRule):
     """TA101: labels made with ``roll(ids, -1)`` whose wrapped last position is trained on.
 
-    ``torch.roll`` is circular: the last label becomes the *first* token of the
-    sequence. Unless that position is set to the ignore value, sliced off or
-    masked, the model is trained to predict token 0 after the last token.
+    ``torch.roll`` is circular: the last label becomes the *first* token of the sequence.
+    Reported where the flow sees the rolled labels reach a loss with that position
+    neither masked nor sliced off, or returned beside their source as an input/target
+    pair with nothing masking it.
     """
 
     code = "TA101"
 
     def check(self, project: Project, ctx: RuleContext) -> Iterator[Finding]:
-        graph = self.graph(project)
-        consumers = graph.consumers()
-        for summary, producer in graph.producers():
-            if producer.kind != "roll" or producer.neutralizers:
+        analysis = self.analysis(project)
+        for site, fate in sorted(analysis.rolls().items(), key=lambda kv: _order(kv[0])):
+            trained = [r for r in fate.readings if analysis.wrap_trained(r)]
+            open_pairs = [p for p in fate.pairs if p.rolled.wrap is not None
+                          and p.rolled.wrap.neutralizer is None]
+            if not trained and not (open_pairs and not fate.readings):
                 continue
-            users = consumers.get((summary.path, producer), [])
+            producer = fate.producer
             dim = "" if producer.roll_dims is None else f", dims={producer.roll_dims}"
+            related = [_related(r.site, "the loss that trains on the wrapped position")
+                       for r in trained[:3]]
             yield self.finding(
-                summary.path, producer.site.span,
-                f"`{producer.var}` is made with a circular roll (shift {producer.roll_shift}{dim}) "
-                f"and its last position wraps around to the first token of "
-                f"`{producer.input_text}`; nothing masks it, so the model is trained to predict "
-                f"it. Slice instead and set the tail to the ignore index.",
-                related=[_related(s, loss, "the loss that trains on the wrapped position")
-                         for s, loss in users[:3]],
-                fix_data={"ignore": _fix_ignore_text(users, summary.path), "mode": "mask-tail"},
+                site.path, site.span,
+                f"`{site.text}` is a circular roll (shift {producer.roll_shift}{dim}): its last "
+                f"position wraps around to the first token of `{producer.input_text}` and "
+                f"nothing masks it, so the model is trained to predict it. Slice instead and "
+                f"set the tail to the ignore index.",
+                related=related,
+                fix_data={"ignore": _ignore_text(fate.readings, site.path), "mode": "mask-tail"},
                 fixable=producer.fix_form == "assign-roll" and producer.roll_shift == -1)
 
 
@@ -96,70 +95,85 @@ class DoubleLabelShift(_LabelRule):
     """TA102: labels shifted where they are made and shifted again at the loss.
 
     The data set already returns ``labels[t] = ids[t+1]``; the loss then compares
-    ``logits[..., :-1, :]`` with ``labels[..., 1:]`` (or an HF ``*ForCausalLM``
-    shifts internally), so position t is scored against token t+2.
+    ``logits[..., :-1, :]`` with ``labels[..., 1:]`` (or an HF ``*ForCausalLM`` shifts
+    internally), so position t is scored against token t+2.
     """
 
     code = "TA102"
 
     def check(self, project: Project, ctx: RuleContext) -> Iterator[Finding]:
-        graph = self.graph(project)
-        for (path, producer), users in sorted(graph.consumers().items(),
-                                               key=lambda kv: (kv[0][0], kv[0][1].site.span.line)):
-            if not producer.shifted:
-                continue
-            shifting = [(s, loss) for s, loss in users if loss.shifts]
-            if not shifting:
-                continue
-            first_summary, first = shifting[0]
-            how = ("the model shifts again internally" if first.how == "model"
-                   else f"the loss shifts again (`{first.shift_site.text if first.shift_site else first.site.text}`)")
-            where = f"{first_summary.path}:{first.site.span.line}"
+        analysis = self.analysis(project)
+        for site, shifts in sorted(analysis.double_shifts().items(), key=lambda kv: _order(kv[0])):
+            first = shifts[0]
+            producer = first.first.producer
+            assert producer is not None
+            every = analysis.producer_readings(site)
+            how = ("the model shifts again internally" if first.second is None
+                   else f"the loss shifts again (`{first.second.site.text}`)")
+            loss = first.reading.site
+            related = _trail(first.reading)
+            for shift in shifts[:5]:
+                if shift.second is not None:
+                    related.append(_related(shift.second.site, "second shift here"))
+                else:
+                    related.append(_related(shift.reading.site, "the model shifts the labels "
+                                                                "again inside"))
+            related.append(_related(loss, "the loss scores position t against token t+2"))
             yield self.finding(
-                path, producer.site.span,
-                f"`{producer.var}` is already shifted here ({_describe(producer)}) and {how} at "
-                f"{where}: position t is trained on token t+2. Remove one of the two shifts.",
-                related=[_related(s, loss, "second shift here") for s, loss in shifting[:5]]
-                + [Related(loss.model_site.path, loss.model_site.span.line,
-                           loss.model_site.span.column, "the model's forward shifts here")
-                   for _, loss in shifting[:5] if loss.model_site is not None],
+                site.path, site.span,
+                f"`{site.text}` already shifts the labels ({_describe(producer)}) and {how} "
+                f"at {loss.path}:{loss.span.line}: position t is trained on token t+2. "
+                f"Remove one of the two shifts.",
+                related=_unique(related),
                 fix_data={"replacement": _unshifted(producer),
-                          "delete": [list(lines) for lines in _shift_helpers(producer)],
-                          "notes": f"removed the label shift in {producer.scope or 'module'} "
-                                   f"({path}:{producer.site.span.line}); the loss at {where} "
-                                   f"already shifts"},
-                fixable=len(shifting) == len(users) and producer.input_text is not None
-                and (producer.kind == "slice-assign" or producer.fix_form == "assign-roll"
-                     or producer.kind in ("slice", "pad", "cat")))
+                          "delete": [list(lines) for lines in _shift_helpers(first.reading,
+                                                                              producer)],
+                          "notes": f"removed the label shift at {site.path}:{site.span.line}; "
+                                   f"the loss at {loss.path}:{loss.span.line} already shifts"},
+                fixable=all(r.offset == 2 for r in every) and producer.input_text is not None
+                and producer.kind in ("slice", "pad", "cat", "slice-assign", "roll")
+                and (producer.kind != "roll" or producer.fix_form == "assign-roll"))
 
 
 @register
 class RollLabelShift(_LabelRule):
     """TA103: a roll whose wrapped position is neutralised: correct, but fragile.
 
-    ``labels = torch.roll(ids, -1); labels[-1] = -100`` works (the wrapped token
-    is ignored), but the correctness hangs on a second line that is easy to lose
-    or to get wrong; slicing says what it means.
+    ``labels = torch.roll(ids, -1); labels[-1] = -100`` works (the wrapped token is
+    ignored), but the correctness hangs on a second line that is easy to lose or to get
+    wrong; slicing says what it means. Not reported where the same labels are shifted
+    again at the loss: that is TA102, whose fix removes the shift.
     """
 
     code = "TA103"
 
     def check(self, project: Project, ctx: RuleContext) -> Iterator[Finding]:
-        graph = self.graph(project)
-        consumers = graph.consumers()
-        for summary, producer in graph.producers():
-            if producer.kind != "roll" or not producer.neutralizers:
+        analysis = self.analysis(project)
+        mismatched = {m.mark.site for m in analysis.mask_mismatches()}
+        for site, fate in sorted(analysis.rolls().items(), key=lambda kv: _order(kv[0])):
+            if any(r.offset not in (1, None) or analysis.wrap_trained(r) for r in fate.readings):
                 continue
-            users = consumers.get((summary.path, producer), [])
-            good = _neutralized(producer, _ignore_values(users))
-            if not good:
-                continue  # TA104 reports a wrong mask value
-            how = good[0]
+            neutralizers = [r.labels.wrap.neutralizer for r in fate.readings
+                            if r.labels.wrap is not None and r.labels.wrap.neutralizer]
+            neutralizers += [p.rolled.wrap.neutralizer for p in fate.pairs
+                             if p.rolled.wrap is not None and p.rolled.wrap.neutralizer]
+            if masked := [r for r in fate.readings if r.site in analysis.observer.masked_losses]:
+                how_text = f"the per-token loss at line {masked[0].site.span.line} is masked"
+            elif neutralizers:
+                n = neutralizers[0]
+                if n.site in mismatched:
+                    continue  # TA104 reports a wrong mask value
+                how_text = f"{n.kind} at line {n.site.span.line}"
+            else:
+                continue
+            if any(p.rolled.wrap is not None and p.rolled.wrap.neutralizer is None
+                   for p in fate.pairs) and not fate.readings:
+                continue
+            producer = fate.producer
             yield self.finding(
-                summary.path, producer.site.span,
-                f"`{producer.var}` is made with a circular roll; the wrapped position is "
-                f"neutralised ({how.kind} at line {how.site.span.line}), so it works, but "
-                f"slicing says the same without the trap.",
+                site.path, site.span,
+                f"`{site.text}` is a circular roll; the wrapped position is neutralised "
+                f"({how_text}), so it works, but slicing says the same without the trap.",
                 fix_data={"mode": "keep-tail"},
                 fixable=producer.fix_form == "assign-roll" and producer.roll_shift == -1)
 
@@ -168,96 +182,101 @@ class RollLabelShift(_LabelRule):
 class IgnoreIndexMismatch(_LabelRule):
     """TA104: labels masked with a value the loss does not ignore.
 
-    ``labels[-1] = 0`` or ``labels[labels == pad] = -1`` with a loss that ignores
-    -100 (PyTorch's default) trains on the masked positions.
+    ``labels[-1] = 0``, pads left at the pad id, or ``labels[labels == pad] = -1`` with a
+    loss that ignores -100 (PyTorch's default) trains on the masked positions.
     """
 
     code = "TA104"
 
     def check(self, project: Project, ctx: RuleContext) -> Iterator[Finding]:
-        graph = self.graph(project)
-        reported: set[tuple[str, int]] = set()
-        consumers = graph.consumers()
-        for summary, loss in graph.losses:
-            for other, mask in graph.masks_for(summary, loss):
-                if loss.how == "model" and not mask.value.known:
-                    continue
-                verdict = mask.value.matches(loss.ignore_index)
-                if verdict is not False or (other.path, mask.site.span.line) in reported:
-                    continue
-                reported.add((other.path, mask.site.span.line))
-                yield self.finding(
-                    other.path, mask.site.span,
-                    f"`{mask.var}` is masked with {mask.value.describe()} but the loss at "
-                    f"{summary.path}:{loss.site.span.line} ignores "
-                    f"{loss.ignore_index.describe()}: the masked positions are trained on.",
-                    related=[Related(summary.path, loss.site.span.line, loss.site.span.column,
-                                     f"this loss ignores {loss.ignore_index.describe()}")],
-                    fix_data={"value": loss.ignore_index.describe()
-                              if loss.ignore_index.number is not None or summary.path == other.path
-                              else str(DEFAULT_IGNORE_INDEX)},
-                    fixable=loss.ignore_index.known)
-        # A roll's wrapped position set to a real token id, with no loss in sight.
-        for summary, producer in graph.producers():
-            if producer.kind != "roll" or consumers.get((summary.path, producer)):
+        analysis = self.analysis(project)
+        reported: set[Site] = set()
+        for mismatch in analysis.mask_mismatches():
+            mark, reading = mismatch.mark, mismatch.reading
+            if mark.site in reported:
                 continue
-            for n in producer.neutralizers:
-                if (n.kind == "assign" and n.value.number is not None and n.value.number >= 0
-                        and (summary.path, n.site.span.line) not in reported):
-                    reported.add((summary.path, n.site.span.line))
-                    yield self.finding(
-                        summary.path, n.site.span,
-                        f"the wrapped position of `{producer.var}` is set to {n.value.number}, "
-                        f"a real token id: PyTorch losses ignore {DEFAULT_IGNORE_INDEX} by "
-                        f"default, so the model is trained to predict token {n.value.number} "
-                        f"at the end of every sequence.",
-                        fix_data={"value": str(DEFAULT_IGNORE_INDEX)})
+            reported.add(mark.site)
+            ignore = reading.ignore
+            what = ("padded with" if mark.kind == "pad" else "masked with")
+            yield self.finding(
+                mark.site.path, mark.site.span,
+                f"the labels are {what} {mark.value.describe()} here but the loss at "
+                f"{reading.site.path}:{reading.site.span.line} ignores {ignore.describe()}: "
+                f"those positions are trained on.",
+                related=[_related(reading.site, f"this loss ignores {ignore.describe()}")],
+                fix_data={"value": _fix_value(ignore, reading, mark.site)},
+                fixable=ignore.known and mark.kind != "pad")
+        for site, fate in analysis.rolls().items():
+            if fate.readings:
+                continue
+            for pair in fate.pairs:
+                wrap = pair.rolled.wrap
+                n = wrap.neutralizer if wrap is not None else None
+                if n is None or n.kind != "assign" or n.value.number is None \
+                        or n.value.number < 0 or n.site in reported:
+                    continue
+                reported.add(n.site)
+                yield self.finding(
+                    n.site.path, n.site.span,
+                    f"the wrapped position of the roll at line {site.span.line} is set to "
+                    f"{n.value.number}, a real token id: PyTorch losses ignore "
+                    f"{DEFAULT_IGNORE_INDEX} by default, so the model is trained to predict "
+                    f"token {n.value.number} at the end of every sequence.",
+                    fix_data={"value": str(DEFAULT_IGNORE_INDEX)})
 
 
 @register
 class MissingLabelShift(_LabelRule):
     """TA105: logits at position t scored against the token at position t.
 
-    Labels that are a plain copy of the inputs need a shift somewhere: at the loss
-    (``logits[..., :-1, :]`` vs ``labels[..., 1:]``) or inside the model. Without
-    one, the model learns to copy its input.
+    Labels that are the model's own inputs, unshifted, need a shift somewhere: at the loss
+    (``logits[..., :-1, :]`` vs ``labels[..., 1:]``) or inside the model. Without one,
+    the model learns to copy its input.
     """
 
     code = "TA105"
 
     def check(self, project: Project, ctx: RuleContext) -> Iterable[Finding]:
-        graph = self.graph(project)
-        found: list[Finding] = []
-        for summary, loss in graph.losses:
-            if loss.shifts:
-                continue
-            producers = graph.producers_for(summary, loss)
-            copies = [(s, p) for s, p in producers if not p.shifted]
-            if producers and len(copies) != len(producers):
-                continue
-            if not copies and not loss.same_as_input:
-                continue
-            where = (f"a copy of `{copies[0][1].input_text}` ({copies[0][0].path}:"
-                     f"{copies[0][1].site.span.line})" if copies else "the model's own input")
-            found.append(self.finding(
-                summary.path, loss.site.span,
-                f"the loss scores logits at position t against the token at position t: its "
-                f"labels are {where} and nothing shifts them. Shift at the loss "
-                f"(`logits[..., :-1, :]` vs `labels[..., 1:]`).",
-                related=[Related(s.path, p.site.span.line, p.site.span.column,
-                                 "labels made here without a shift") for s, p in copies[:3]],
-                fixable=loss.how != "model" and loss.logits_root is not None
-                and loss.labels_root is not None,
+        analysis = self.analysis(project)
+        for site, reading in sorted(analysis.missing_shifts().items(), key=lambda kv: _order(kv[0])):
+            logits_root, labels_root = reading.roots
+            yield self.finding(
+                site.path, site.span,
+                "the loss scores logits at position t against the token at position t: its "
+                "labels are the model's own inputs and nothing shifts them. Shift at the "
+                "loss (`logits[..., :-1, :]` vs `labels[..., 1:]`).",
+                related=_trail(reading, 3),
+                fixable=not reading.internal and logits_root is not None
+                and labels_root is not None and logits_root.path == site.path,
                 fix_data={
-                    "logits": (loss.logits_root.span.line, loss.logits_root.span.column,
-                               loss.logits_root.text) if loss.logits_root else None,
-                    "labels": (loss.labels_root.span.line, loss.labels_root.span.column,
-                               loss.labels_root.text) if loss.labels_root else None,
-                }))
-        return found
+                    "logits": (logits_root.span.line, logits_root.span.column,
+                               logits_root.text) if logits_root else None,
+                    "labels": (labels_root.span.line, labels_root.span.column,
+                               labels_root.text) if labels_root else None,
+                })
 
 
-def _unshifted(producer: LabelProducer) -> str | None:
+def _order(site: Site) -> tuple[str, int, int]:
+    return site.path, site.span.line, site.span.column
+
+
+def _unique(related: list[Related]) -> list[Related]:
+    seen: list[Related] = []
+    for item in related:
+        if item not in seen:
+            seen.append(item)
+    return seen
+
+
+def _fix_value(ignore: MaskValue, reading: LossReading, mark: Site) -> str:
+    if ignore.number is not None:
+        return str(ignore.number)
+    if ignore.name is not None and reading.site.path == mark.path:
+        return ignore.name
+    return str(DEFAULT_IGNORE_INDEX)
+
+
+def _unshifted(producer: Producer) -> str | None:
     """What the labels become without their shift (None: keep the statement)."""
     if producer.kind == "slice-assign":
         return None
@@ -267,19 +286,25 @@ def _unshifted(producer: LabelProducer) -> str | None:
     return f"{producer.input_text}.{copy}()"
 
 
-def _shift_helpers(producer: LabelProducer) -> list[tuple[int, int]]:
+def _shift_helpers(reading: LossReading, producer: Producer) -> list[tuple[int, int]]:
     """Statements that only exist to complete the shift (slice assignment, tail mask)."""
     lines = list(producer.helper_lines)
-    lines += [n.statement_lines for n in producer.neutralizers
-              if n.kind == "assign" and n.statement_lines is not None]
+    wrap = reading.labels.wrap
+    if producer.kind == "roll" and wrap is not None and wrap.neutralizer is not None \
+            and wrap.neutralizer.statement_lines is not None \
+            and wrap.neutralizer.kind == "assign":
+        lines.append(wrap.neutralizer.statement_lines)
+    if producer.kind == "slice-assign":
+        lines += [m.statement_lines for m in reading.labels.masks
+                  if m.kind == "tail" and m.statement_lines is not None]
     return lines
 
 
-def _describe(producer: LabelProducer) -> str:
+def _describe(producer: Producer) -> str:
     return {
         "roll": f"a roll of `{producer.input_text}`",
         "slice": "a slice starting one token later",
         "pad": "a slice padded at the tail",
         "cat": "a slice concatenated with a tail",
-        "slice-assign": f"`{producer.var}[:-1] = {producer.input_text}[1:]`",
+        "slice-assign": f"`[:-1] = {producer.input_text}[1:]`",
     }.get(producer.kind, producer.kind)

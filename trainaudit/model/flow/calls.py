@@ -1,0 +1,467 @@
+"""Call semantics of the flow model: checked functions and classes (parameters bound per
+call site), instances and their methods, and the library calls that matter to labels
+(tensor ops, losses, loaders, Hugging Face models and trainers)."""
+
+from __future__ import annotations
+
+import ast
+import operator
+from collections.abc import Callable
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from trainaudit.model.flow import library
+from trainaudit.model.flow.tensors import as_tokens, condition_mask
+from trainaudit.model.flow.values import (
+    UNKNOWN,
+    BoundMethod,
+    CausalLM,
+    ClassValue,
+    Const,
+    FunctionValue,
+    Instance,
+    Library,
+    ListOf,
+    Loader,
+    Logits,
+    LossFunction,
+    LossValue,
+    MaskValue,
+    OneOf,
+    Opaque,
+    Partial,
+    Record,
+    Ref,
+    Tokens,
+    Value,
+    join,
+)
+
+if TYPE_CHECKING:
+    from trainaudit.model.flow.interp import Frame, Interpreter
+
+BUILTINS = {"enumerate", "zip", "iter", "next", "list", "tuple", "dict", "len", "range",
+            "isinstance", "getattr", "sorted", "reversed", "super", "print", "int", "float",
+            "str", "min", "max", "sum", "any", "all", "map", "filter", "type"}
+# Methods of a model / module / loader that return the object itself.
+SELF_METHODS = {"to", "cuda", "cpu", "train", "eval", "half", "float", "bfloat16", "double",
+                "requires_grad_", "share_memory", "type", "apply", "compile"}
+# A keyword that passes the token ids to a model.
+INPUT_KEYWORDS = ("input_ids", "idx", "input", "inputs", "x", "tokens", "src")
+
+
+def constant_key(node: ast.expr) -> object | None:
+    if isinstance(node, ast.Constant) and isinstance(node.value, str | int) \
+            and not isinstance(node.value, bool):
+        return node.value
+    return None
+
+
+def mask_value(value: Value, target: ast.AST, frame: Frame) -> MaskValue | None:
+    """What a value written into labels is, as a mask: a number or a named token id."""
+    if isinstance(value, Const) and type(value.value) is int:
+        return MaskValue(number=value.value)
+    if isinstance(value, Tokens | Logits | Record | ListOf):
+        return None
+    return named_mask(value)
+
+
+def named_mask(value: Value) -> MaskValue | None:
+    """An opaque value whose access path names a tokenizer's pad id."""
+    if isinstance(value, Opaque) and value.key:
+        last = value.key[-1]
+        if isinstance(last, str):
+            return MaskValue(name=last, token_id="pad" in last.lower())
+    return None
+
+
+_INT_OPS: dict[type[ast.operator], Callable[[int, int], int]] = {
+    ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
+    ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod,
+}
+
+
+# -- calls --------------------------------------------------------------------------------
+
+
+def call(interp: Interpreter, node: ast.Call, frame: Frame) -> Value:
+    args: list[Value] = []
+    for arg in node.args:
+        if isinstance(arg, ast.Starred):
+            interp.eval(arg.value, frame)
+            args.append(UNKNOWN)
+        else:
+            args.append(interp.eval(arg, frame))
+    kwargs: dict[str, Value] = {}
+    for kw in node.keywords:
+        value = interp.eval(kw.value, frame)
+        if kw.arg is not None:
+            kwargs[kw.arg] = value
+        elif isinstance(value, Record):
+            kwargs.update((str(k), v) for k, v in value.items)
+        else:
+            kwargs["**"] = value
+    if isinstance(node.func, ast.Attribute):
+        receiver = interp.eval(node.func.value, frame)
+        return method_call(interp, receiver, node.func.attr, args, kwargs, node, frame)
+    return apply(interp, interp.eval(node.func, frame), args, kwargs, node, frame)
+
+
+def apply(interp: Interpreter, callee: Value, args: list[Value], kwargs: dict[str, Value],
+          node: ast.Call, frame: Frame) -> Value:
+    depth = frame.depth + 1
+    if isinstance(callee, OneOf):
+        result: Value | None = None
+        for option in callee.options:
+            got = apply(interp, option, args, kwargs, node, frame)
+            result = got if result is None else join(result, got)
+        return result if result is not None else UNKNOWN
+    if isinstance(callee, FunctionValue):
+        return call_function(interp, callee.ref, None, args, kwargs, node, depth)
+    if isinstance(callee, BoundMethod):
+        return call_function(interp, callee.function, callee.receiver, args, kwargs, node, depth)
+    if isinstance(callee, ClassValue):
+        return instantiate(interp, callee.ref, args, kwargs, node, depth)
+    if isinstance(callee, Instance):
+        for name in ("__call__", "forward"):
+            method = interp.program.method(callee.cls, name)
+            if method is not None:
+                return call_function(interp, method, callee, args, kwargs, node, depth)
+        return Opaque((*callee.identity, "called"))
+    if isinstance(callee, Partial):
+        merged = dict(callee.kwargs)
+        merged.update(kwargs)
+        return apply(interp, callee.function, [*callee.args, *args], merged, node, frame)
+    if isinstance(callee, LossFunction):
+        logits = args[0] if args else kwargs.get("input", UNKNOWN)
+        labels = args[1] if len(args) > 1 else kwargs.get("target", UNKNOWN)
+        site = frame.module.site(node)
+        interp.listener.loss(site, logits, labels, callee.ignore, callee.per_token, False,
+                             library.argument_roots(node, frame.module))
+        return LossValue(site, callee.per_token)
+    if isinstance(callee, CausalLM):
+        return causal_call(interp, callee, args, kwargs, node, frame)
+    if isinstance(callee, Library):
+        return library.call(interp, callee.qualname, args, kwargs, node, frame)
+    if isinstance(callee, Opaque):
+        return model_output(args, kwargs, callee, node, frame)
+    return UNKNOWN
+
+
+def model_output(args: list[Value], kwargs: dict[str, Value], callee: Value, node: ast.Call,
+                 frame: Frame) -> Value:
+    """An unknown callable applied to token ids: outputs aligned with them (a model)."""
+    first = args[0] if args else next((kwargs[k] for k in INPUT_KEYWORDS if k in kwargs), None)
+    if isinstance(first, Logits):
+        return first
+    tokens = as_tokens(first) if first is not None else None
+    if tokens is not None:
+        ndim = tokens.ndim + 1 if tokens.ndim is not None else None
+        return Logits(tokens, 0, ndim)
+    return Opaque(("called", frame.module.name, node.lineno, node.col_offset))
+
+
+def causal_call(interp: Interpreter, model: CausalLM, args: list[Value],
+                kwargs: dict[str, Value], node: ast.Call, frame: Frame) -> Value:
+    """A Hugging Face causal LM: logits aligned with ``input_ids``; given ``labels``, the
+    model shifts them itself (unless ``shift_labels`` is passed)."""
+    inputs = kwargs.get("input_ids", args[0] if args else None)
+    tokens = as_tokens(inputs) if inputs is not None else None
+    if tokens is None:
+        return Opaque(("hf-output", frame.module.name, node.lineno, node.col_offset))
+    logits = Logits(tokens, 0, tokens.ndim + 1 if tokens.ndim is not None else None)
+    site = frame.module.site(node)
+    if "shift_labels" in kwargs:
+        interp.listener.loss(site, logits, kwargs["shift_labels"], MaskValue(-100), False,
+                             False, (None, None))
+    elif "labels" in kwargs:
+        interp.listener.loss(site, logits, kwargs["labels"], MaskValue(-100), False, True,
+                             (None, None))
+    return Record("object", (("logits", logits), (0, logits), ("loss", LossValue(site))))
+
+
+def call_function(interp: Interpreter, ref: Ref, receiver: Value | None, args: list[Value],
+                  kwargs: dict[str, Value], node: ast.AST | None, depth: int, *,
+                  open_context: bool = False, collect_self: bool = False) -> Value:
+    """Interpret a checked function with its parameters bound (memoised per context)."""
+    from trainaudit.model.flow.interp import Frame, mark
+
+    found = interp.program.ref_node(ref)
+    if found is None or not isinstance(found[1], ast.FunctionDef | ast.AsyncFunctionDef):
+        return UNKNOWN
+    module, function = found
+    assert isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef)
+    if depth > 6 or ref in interp.active or interp.budget <= 0:
+        return Opaque(("result", ref, getattr(node, "lineno", 0)))
+    key = (ref, receiver, tuple(args), tuple(sorted(kwargs.items())), open_context, collect_self)
+    if key in interp.memo:
+        return interp.memo[key]
+    interp.memo[key] = Opaque(("result", ref))  # recursion through the memo
+    env = _bind_parameters(interp, ref, module, function, receiver, args, kwargs, open_context)
+    params = function.args.posonlyargs + function.args.args
+    self_name = params[0].arg if receiver is not None and params else None
+    frame = Frame(module, ref, env, depth, self_name,
+                  dict(receiver.attrs) if isinstance(receiver, Instance) else None)
+    interp.active.append(ref)
+    try:
+        interp.exec_block(function.body, frame)
+    finally:
+        interp.active.pop()
+    if collect_self and isinstance(receiver, Instance):
+        result: Value = replace(receiver, attrs=tuple(sorted((frame.self_attrs or {}).items())))
+    else:
+        result = Const(None)
+        returns = frame.returns
+        if returns:
+            result = returns[0]
+            for other in returns[1:]:
+                result = join(result, other)
+        site = module.site(function)
+        result = mark(result, replace(site, text=f"returned by {ref.qualname}"))
+        interp.listener.record(result, site)
+    interp.memo[key] = result
+    return result
+
+
+def _bind_parameters(interp: Interpreter, ref: Ref, module: object, function: ast.FunctionDef
+                     | ast.AsyncFunctionDef, receiver: Value | None, args: list[Value],
+                     kwargs: dict[str, Value], open_context: bool) -> dict[str, Value]:
+    from trainaudit.model.flow.interp import Frame
+
+    spec = function.args
+    positional = [*spec.posonlyargs, *spec.args]
+    env: dict[str, Value] = {}
+    given = list(args)
+    if receiver is not None and positional:
+        env[positional[0].arg] = receiver
+        positional = positional[1:]
+    defaults = [None] * (len(positional) - len(spec.defaults)) + list(spec.defaults)
+    kw_defaults = dict(zip([a.arg for a in spec.kwonlyargs], spec.kw_defaults, strict=True))
+    extra = dict(kwargs)
+    for index, param in enumerate(positional):
+        if index < len(given):
+            env[param.arg] = given[index]
+        elif param.arg in extra:
+            env[param.arg] = extra.pop(param.arg)
+        else:
+            env[param.arg] = _default(interp, ref, module, param.arg, defaults[index])
+    for param in spec.kwonlyargs:
+        env[param.arg] = extra.pop(param.arg) if param.arg in extra else _default(
+            interp, ref, module, param.arg, kw_defaults.get(param.arg))
+    if spec.vararg is not None:
+        rest = given[len(positional):]
+        env[spec.vararg.arg] = Record("tuple", tuple(enumerate(rest))) if not open_context \
+            else Opaque(("param", ref, spec.vararg.arg))
+    if spec.kwarg is not None:
+        env[spec.kwarg.arg] = Record("dict", tuple(extra.items())) if not open_context \
+            else Opaque(("param", ref, spec.kwarg.arg))
+    del Frame
+    return env
+
+
+def _default(interp: Interpreter, ref: Ref, module: object, name: str,
+             default: ast.expr | None) -> Value:
+    from trainaudit.model.flow.interp import Frame
+    from trainaudit.model.flow.program import FlowModule
+
+    if default is None or not isinstance(module, FlowModule):
+        return Opaque(("param", ref, name))
+    if isinstance(default, ast.Constant) and default.value is None:
+        return Opaque(("param", ref, name))
+    return interp.eval(default, Frame(module, None, {}))
+
+
+def instantiate(interp: Interpreter, cls: Ref, args: list[Value], kwargs: dict[str, Value],
+                node: ast.AST | None, depth: int, *, open_context: bool = False) -> Value:
+    """A checked class called: its ``__init__`` run on a fresh instance, or its fields
+    bound (dataclasses, NamedTuples)."""
+    found = interp.program.ref_node(cls)
+    if found is None or not isinstance(found[1], ast.ClassDef):
+        return UNKNOWN
+    module, class_node = found
+    assert isinstance(class_node, ast.ClassDef)
+    identity: tuple[object, ...] = ("obj", cls, getattr(node, "lineno", "open"),
+                                    getattr(node, "col_offset", 0))
+    instance = Instance(cls, (), identity)
+    init = interp.program.method(cls, "__init__")
+    if init is not None:
+        built = call_function(interp, init, instance, args, kwargs, node, depth,
+                              open_context=open_context, collect_self=True)
+        return built if isinstance(built, Instance) else instance
+    fields = [s for s in class_node.body if isinstance(s, ast.AnnAssign)
+              and isinstance(s.target, ast.Name)]
+    attrs: dict[str, Value] = {}
+    from trainaudit.model.flow.interp import Frame
+
+    for index, stmt in enumerate(fields):
+        assert isinstance(stmt.target, ast.Name)
+        name = stmt.target.id
+        if index < len(args):
+            attrs[name] = args[index]
+        elif name in kwargs:
+            attrs[name] = kwargs[name]
+        elif stmt.value is not None:
+            attrs[name] = interp.eval(stmt.value, Frame(module, None, {}))
+    return Instance(cls, tuple(sorted(attrs.items())), identity)
+
+
+def method_call(interp: Interpreter, receiver: Value, name: str, args: list[Value],
+                kwargs: dict[str, Value], node: ast.Call, frame: Frame) -> Value:
+    depth = frame.depth + 1
+    if isinstance(receiver, OneOf):
+        result: Value | None = None
+        for option in receiver.options:
+            got = method_call(interp, option, name, args, kwargs, node, frame)
+            result = got if result is None else join(result, got)
+        return result if result is not None else UNKNOWN
+    if isinstance(receiver, Library):
+        return apply(interp, interp.resolve_qualified(f"{receiver.qualname}.{name}"), args,
+                     kwargs, node, frame)
+    if isinstance(receiver, Instance):
+        method = interp.program.method(receiver.cls, name)
+        if method is not None:
+            return call_function(interp, method, receiver, args, kwargs, node, depth)
+        held = receiver.attr(name)
+        if held is not None:
+            return apply(interp, held, args, kwargs, node, frame)
+        return receiver if name in SELF_METHODS else Opaque((*receiver.identity, "call", name))
+    if isinstance(receiver, ClassValue):
+        method = interp.program.method(receiver.ref, name)
+        if method is not None:
+            return call_function(interp, method, None, args, kwargs, node, depth)
+        return Opaque(("classcall", receiver.ref, name))
+    if isinstance(receiver, CausalLM | Loader) and name in SELF_METHODS:
+        return receiver
+    if isinstance(receiver, CausalLM) and name == "forward":
+        return causal_call(interp, receiver, args, kwargs, node, frame)
+    if isinstance(receiver, Record):
+        if name in ("to", "cuda", "copy", "pin_memory"):
+            return receiver
+        if name == "get" and args:
+            key = args[0].value if isinstance(args[0], Const) else None
+            found = receiver.get(key)
+            return found if found is not None else Opaque(("get", frame.module.name, node.lineno))
+        return Opaque(("record-call", frame.module.name, node.lineno, node.col_offset))
+    if isinstance(receiver, Tokens | Logits | Opaque):
+        return library.tensor_method(interp, receiver, name, args, kwargs, node, frame)
+    return Opaque(("method", frame.module.name, node.lineno, node.col_offset))
+
+
+def attribute(interp: Interpreter, value: Value, name: str, node: ast.Attribute,
+              frame: Frame) -> Value:
+    if isinstance(value, OneOf):
+        result: Value | None = None
+        for option in value.options:
+            got = attribute(interp, option, name, node, frame)
+            result = got if result is None else join(result, got)
+        return result if result is not None else UNKNOWN
+    if isinstance(value, Library):
+        return interp.resolve_qualified(f"{value.qualname}.{name}")
+    if isinstance(value, Instance):
+        held = value.attr(name)
+        if held is not None:
+            return held
+        method = interp.program.method(value.cls, name)
+        if method is not None:
+            return BoundMethod(method, value)
+        return Opaque((*value.identity, "attr", name))
+    if isinstance(value, ClassValue):
+        method = interp.program.method(value.ref, name)
+        return FunctionValue(method) if method is not None else Opaque(("cls", value.ref, name))
+    if isinstance(value, Record):
+        field_value = value.get(name)
+        return field_value if field_value is not None else Opaque(
+            ("attr", frame.module.name, node.lineno, name))
+    if isinstance(value, Logits):
+        return value if name in ("logits", "data") else Opaque(("logits-attr", name))
+    if isinstance(value, CausalLM):
+        return value if name in ("module", "_orig_mod", "base_model") else Opaque(
+            ("model-attr", value.site, name))
+    if isinstance(value, Loader) and name == "dataset":
+        return value.dataset
+    if isinstance(value, Opaque):
+        return value.child("attr", name)
+    if isinstance(value, Tokens):
+        return Opaque(("tensor-attr", value.stream.key, name))
+    return UNKNOWN
+
+
+def binary(interp: Interpreter, node: ast.BinOp, left: Value, right: Value,
+           frame: Frame) -> Value:
+    if isinstance(node.op, ast.Mult):
+        for loss, mask in ((left, right), (right, left)):
+            if isinstance(loss, LossValue):
+                interp.listener.masked(loss, mask)
+                return loss
+    for side in (left, right):
+        if isinstance(side, Logits):
+            return side
+    fold = _INT_OPS.get(type(node.op))
+    if fold is not None and isinstance(left, Const) and isinstance(right, Const) \
+            and type(left.value) is int and type(right.value) is int:
+        try:
+            return Const(fold(left.value, right.value))
+        except (ArithmeticError, ValueError):
+            pass
+    return Opaque(("binop", frame.module.name, node.lineno, node.col_offset))
+
+
+# -- iteration and records --------------------------------------------------------------
+
+
+def element_of(interp: Interpreter, value: Value, node: ast.expr, frame: Frame) -> Value:
+    """What ``for x in value`` binds ``x`` to."""
+    if isinstance(value, OneOf):
+        result: Value | None = None
+        for option in value.options:
+            got = element_of(interp, option, node, frame)
+            result = got if result is None else join(result, got)
+        return result if result is not None else UNKNOWN
+    if isinstance(value, Loader):
+        return library.loader_batch(interp, value, frame)
+    if isinstance(value, Instance):
+        if interp.program.method(value.cls, "__getitem__") is not None:
+            return library.dataset_item(interp, value, frame)
+        return Opaque((*value.identity, "iter"))
+    if isinstance(value, ListOf):
+        return value.element
+    if isinstance(value, Record):
+        joined: Value | None = None
+        for item in value.values():
+            joined = item if joined is None else join(joined, item)
+        return joined if joined is not None else UNKNOWN
+    if isinstance(value, Opaque):
+        return value.child("iter")
+    return Opaque(("iter", frame.module.name, node.lineno, node.col_offset))
+
+
+def unpack(value: Value, index: int) -> Value:
+    """Element ``index`` of a value being unpacked (``a, b = value``)."""
+    if isinstance(value, Record):
+        got = value.get(index) if value.kind != "dict" else None
+        return got if got is not None else UNKNOWN
+    if isinstance(value, ListOf):
+        return value.element
+    if isinstance(value, OneOf):
+        result: Value | None = None
+        for option in value.options:
+            got = unpack(option, index)
+            result = got if result is None else join(result, got)
+        return result if result is not None else UNKNOWN
+    if isinstance(value, Opaque):
+        return value.child("unpack", index)
+    return UNKNOWN
+
+
+def entered(context: Value, item: ast.withitem) -> Value:
+    """What ``with context as x`` binds."""
+    if isinstance(context, Opaque):
+        return context.child("entered")
+    return Opaque(("entered", item.context_expr.lineno, item.context_expr.col_offset))
+
+
+def masked(tokens: Tokens, value: Value, frame: Frame, node: ast.AST) -> Value:
+    mask = mask_value(value, node, frame)
+    if mask is None:
+        return tokens
+    return condition_mask(tokens, mask, frame.module.site(node))

@@ -1,0 +1,382 @@
+"""Library calls the flow model knows: torch tensor ops, losses, data loaders, Hugging
+Face models and trainers. Anything else is an opaque result."""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from trainaudit.model.flow.program import FlowModule
+from trainaudit.model.flow.tensors import as_tokens, condition_mask, reproduce, roll
+from trainaudit.model.flow.values import (
+    UNKNOWN,
+    CausalLM,
+    Const,
+    Instance,
+    Library,
+    ListOf,
+    Loader,
+    Logits,
+    LossFunction,
+    LossValue,
+    MaskMark,
+    MaskValue,
+    OneOf,
+    Opaque,
+    Partial,
+    Record,
+    Site,
+    Tokens,
+    Value,
+    join,
+)
+from trainaudit.model.module import int_value
+
+if TYPE_CHECKING:
+    from trainaudit.model.flow.interp import Frame, Interpreter
+
+ROLLS = {"torch.roll": "torch", "numpy.roll": "numpy", "jax.numpy.roll": "numpy"}
+LOSS_FUNCTIONS = {"torch.nn.functional.cross_entropy", "torch.nn.functional.nll_loss",
+                  "torch.cross_entropy", "torch.nn.functional.cross_entropy_loss"}
+LOSS_CLASSES = {"torch.nn.CrossEntropyLoss", "torch.nn.NLLLoss",
+                "torch.nn.modules.loss.CrossEntropyLoss", "torch.nn.modules.loss.NLLLoss"}
+TO_TENSOR = {"torch.tensor", "torch.as_tensor", "torch.LongTensor", "torch.IntTensor",
+             "torch.from_numpy", "numpy.array", "numpy.asarray", "torch.Tensor",
+             "numpy.int64", "torch.flatten", "torch.squeeze", "torch.atleast_1d"}
+STACKS = {"torch.stack", "numpy.stack", "torch.vstack", "numpy.vstack"}
+CATS = {"torch.cat", "torch.concat", "torch.concatenate", "numpy.concatenate"}
+LOADERS = {"torch.utils.data.DataLoader", "torch.utils.data.dataloader.DataLoader"}
+SPLITS = {"torch.utils.data.random_split", "torch.utils.data.Subset"}
+WRAPPERS = {"torch.nn.parallel.DistributedDataParallel", "torch.nn.DataParallel",
+            "torch.compile", "peft.get_peft_model", "torch.nn.parallel.DataParallel",
+            "torch.distributed.fsdp.FullyShardedDataParallel", "tqdm.tqdm", "tqdm.auto.tqdm",
+            "builtins.iter", "builtins.list", "builtins.tuple", "builtins.sorted"}
+TRAINERS = {"transformers.Trainer", "transformers.Seq2SeqTrainer",
+            "transformers.trainer.Trainer"}
+PAD_SEQUENCE = {"torch.nn.utils.rnn.pad_sequence"}
+# Tensor methods that keep every value where it is.
+KEEP = {"view", "reshape", "contiguous", "to", "long", "int", "float", "cuda", "cpu", "type",
+        "detach", "pin_memory", "numpy", "tolist", "view_as", "reshape_as", "type_as",
+        "squeeze", "unsqueeze", "flatten", "astype", "clone", "copy", "tensor"}
+COPIES = {"clone", "copy", "detach"}
+
+
+def _arg(args: list[Value], kwargs: dict[str, Value], index: int, *names: str) -> Value | None:
+    for name in names:
+        if name in kwargs:
+            return kwargs[name]
+    return args[index] if len(args) > index else None
+
+
+def _node_arg(node: ast.Call, index: int, *names: str) -> ast.expr | None:
+    for kw in node.keywords:
+        if kw.arg in names:
+            return kw.value
+    positional = [a for a in node.args if not isinstance(a, ast.Starred)]
+    return positional[index] if len(positional) > index else None
+
+
+def _whole_value(node: ast.Call, frame: Frame) -> bool:
+    stmt = frame.statement
+    return isinstance(stmt, ast.Assign) and stmt.value is node and len(stmt.targets) == 1
+
+
+def _ignore(kwargs: dict[str, Value], node: ast.Call) -> MaskValue:
+    value = kwargs.get("ignore_index")
+    if value is None:
+        return MaskValue(-100)
+    if isinstance(value, Const) and type(value.value) is int:
+        return MaskValue(value.value)
+    if isinstance(value, Opaque) and value.key and isinstance(value.key[-1], str):
+        name = value.key[-1]
+        return MaskValue(name=name, token_id="pad" in name.lower())
+    return MaskValue()
+
+
+def _per_token(kwargs: dict[str, Value]) -> bool:
+    reduction = kwargs.get("reduction")
+    return isinstance(reduction, Const) and reduction.value == "none"
+
+
+def call(interp: Interpreter, qualname: str, args: list[Value], kwargs: dict[str, Value],
+         node: ast.Call, frame: Frame) -> Value:
+    site = frame.module.site(node)
+    short = qualname.rsplit(".", 1)[-1]
+    if qualname in ROLLS:
+        return _roll(args, kwargs, node, frame, ROLLS[qualname])
+    if qualname in LOSS_FUNCTIONS:
+        logits = _arg(args, kwargs, 0, "input") or UNKNOWN
+        labels = _arg(args, kwargs, 1, "target") or UNKNOWN
+        interp.listener.loss(site, logits, labels, _ignore(kwargs, node), _per_token(kwargs),
+                             False, argument_roots(node, frame.module))
+        return LossValue(site, _per_token(kwargs))
+    if qualname in LOSS_CLASSES:
+        return LossFunction(_ignore(kwargs, node), _per_token(kwargs), site)
+    if qualname in TO_TENSOR or qualname in WRAPPERS:
+        first = _arg(args, kwargs, 0, "data", "model", "module", "iterable")
+        return _to_tensor(first) if qualname in TO_TENSOR else (first or UNKNOWN)
+    if qualname in STACKS:
+        return _batched(_arg(args, kwargs, 0, "tensors"))
+    if qualname in PAD_SEQUENCE:
+        padded = _batched(_arg(args, kwargs, 0, "sequences"))
+        pad = kwargs.get("padding_value", Const(0))
+        if isinstance(padded, Tokens) and isinstance(pad, Const) \
+                and isinstance(pad.value, int | float) and not isinstance(pad.value, bool):
+            mark = MaskMark(MaskValue(int(pad.value)), site, "pad")
+            return replace(padded, masks=(*padded.masks, mark))
+        return padded
+    if qualname == "torch.nn.functional.pad":
+        return _pad(args, kwargs, node, frame)
+    if qualname in CATS:
+        return _cat(args, node, frame)
+    if qualname == "torch.where" and len(args) == 3 and isinstance(args[2], Tokens):
+        mask = args[1]
+        if isinstance(mask, Const) and type(mask.value) is int:
+            return condition_mask(args[2], MaskValue(mask.value), site)
+        return args[2]
+    if qualname in LOADERS:
+        dataset = _arg(args, kwargs, 0, "dataset") or UNKNOWN
+        return Loader(dataset, kwargs.get("collate_fn"), site, node)
+    if qualname in SPLITS:
+        dataset = _arg(args, kwargs, 0, "dataset") or UNKNOWN
+        return ListOf(dataset) if short == "random_split" else dataset
+    if qualname == "functools.partial" and args:
+        return Partial(args[0], tuple(args[1:]), tuple(sorted(kwargs.items())))
+    if _is_causal_lm(qualname):
+        return CausalLM(site)
+    if qualname in TRAINERS:
+        _trainer(interp, kwargs, node, frame)
+        return Opaque(("trainer", site.path, site.span.line))
+    if qualname in ("builtins.enumerate",):
+        inner = _arg(args, kwargs, 0, "iterable")
+        from trainaudit.model.flow.calls import element_of
+
+        element = element_of(interp, inner, node, frame) if inner is not None else UNKNOWN
+        return ListOf(Record("tuple", ((0, Opaque(("index", site.span.line))), (1, element))))
+    if qualname == "builtins.zip":
+        from trainaudit.model.flow.calls import element_of
+
+        parts = tuple((i, element_of(interp, a, node, frame)) for i, a in enumerate(args))
+        return ListOf(Record("tuple", parts))
+    if qualname == "builtins.next" and args:
+        from trainaudit.model.flow.calls import element_of
+
+        return element_of(interp, args[0], node, frame)
+    if qualname == "builtins.dict" and not args:
+        return Record("dict", tuple(kwargs.items()))
+    if args and isinstance(args[0], Logits) and qualname.startswith("torch."):
+        return args[0]  # log_softmax and friends keep positions
+    return Opaque(("lib", qualname, site.span.line, site.span.column))
+
+
+def argument_roots(node: ast.Call, module: FlowModule) -> tuple[Site | None, Site | None]:
+    """The tensors a loss call's logits and labels start from (``logits`` in
+    ``logits.view(-1, V)``), for a fix that shifts them."""
+    roots: list[Site | None] = []
+    for index, name in ((0, "input"), (1, "target")):
+        arg = _node_arg(node, index, name)
+        while (isinstance(arg, ast.Call) and isinstance(arg.func, ast.Attribute)
+               and arg.func.attr in KEEP - COPIES):
+            arg = arg.func.value
+        roots.append(module.site(arg) if isinstance(arg, ast.Name | ast.Attribute
+                                                    | ast.Subscript) else None)
+    return roots[0], roots[1]
+
+
+def _is_causal_lm(qualname: str) -> bool:
+    parts = qualname.split(".")
+    if parts[-1] in ("from_pretrained", "from_config", "_from_config"):
+        parts = parts[:-1]
+    name = parts[-1] if parts else ""
+    return (name.endswith("ForCausalLM") or name.endswith("LMHeadModel")) and \
+        qualname.split(".")[0] in ("transformers", "peft", "optimum")
+
+
+def _roll(args: list[Value], kwargs: dict[str, Value], node: ast.Call, frame: Frame,
+          lib: str) -> Value:
+    source = _node_arg(node, 0, "input", "a")
+    value = _arg(args, kwargs, 0, "input", "a")
+    shift_node = _node_arg(node, 1, "shifts", "shift")
+    dims_node = _node_arg(node, 2, "dims", "axis", "dim")
+    return _rolled(value, source, shift_node, dims_node, node, frame, lib)
+
+
+def _rolled(value: Value | None, source: ast.expr | None, shift_node: ast.expr | None,
+            dims_node: ast.expr | None, node: ast.Call, frame: Frame, lib: str) -> Value:
+    tokens = as_tokens(value) if value is not None else None
+    shift = int_value(shift_node)
+    dims = int_value(dims_node) if dims_node is not None else None
+    if tokens is None or source is None or shift is None or (dims_node is not None and dims is None):
+        return Opaque(("roll", frame.module.name, node.lineno, node.col_offset))
+    return roll(tokens, shift, dims, node, source, frame.module, _whole_value(node, frame), lib)
+
+
+def _to_tensor(value: Value | None) -> Value:
+    if value is None:
+        return UNKNOWN
+    if isinstance(value, Record) and value.kind == "list" and len(value.items) == 1:
+        inner = value.items[0][1]
+        if isinstance(inner, Tokens):
+            return inner.with_ndim(inner.ndim + 1 if inner.ndim is not None else 2)
+    if isinstance(value, ListOf) and isinstance(value.element, Tokens):
+        inner = value.element
+        return inner.with_ndim(inner.ndim + 1 if inner.ndim is not None else 2)
+    return value
+
+
+def _batched(value: Value | None) -> Value:
+    """``stack`` of items: one more axis, the first item's stream."""
+    element: Value | None = None
+    if isinstance(value, ListOf):
+        element = value.element
+    elif isinstance(value, Record) and value.items:
+        element = value.items[0][1]
+    tokens = as_tokens(element) if element is not None else None
+    if tokens is None:
+        return Opaque(("stacked", id(value))) if value is None else (
+            value.child("stacked") if isinstance(value, Opaque) else UNKNOWN)
+    return tokens.with_ndim(tokens.ndim + 1 if tokens.ndim is not None else None)
+
+
+def _pad(args: list[Value], kwargs: dict[str, Value], node: ast.Call, frame: Frame) -> Value:
+    value = _arg(args, kwargs, 0, "input")
+    inner = _node_arg(node, 0, "input")
+    if not isinstance(value, Tokens) or inner is None:
+        return Opaque(("pad", frame.module.name, node.lineno))
+    fill = kwargs.get("value", args[3] if len(args) > 3 else Const(0))
+    tail = MaskValue(fill.value) if isinstance(fill, Const) and type(fill.value) is int else None
+    return reproduce(value, "pad", node, frame.module, inner, tail)
+
+
+def _cat(args: list[Value], node: ast.Call, frame: Frame) -> Value:
+    parts = args[0] if args else None
+    elts = node.args[0].elts if node.args and isinstance(node.args[0], ast.List | ast.Tuple) else []
+    if not isinstance(parts, Record) or len(elts) != 2:
+        return Opaque(("cat", frame.module.name, node.lineno))
+    first = parts.get(0)
+    if not isinstance(first, Tokens):
+        return Opaque(("cat", frame.module.name, node.lineno))
+    tail_node = elts[1]
+    tail = None
+    if isinstance(tail_node, ast.Call):
+        fill = _node_arg(tail_node, 1, "fill_value")
+        number = int_value(fill)
+        tail = MaskValue(number) if number is not None else None
+    return reproduce(first, "cat", node, frame.module, elts[0], tail)
+
+
+def tensor_method(interp: Interpreter, receiver: Value, name: str, args: list[Value],
+                  kwargs: dict[str, Value], node: ast.Call, frame: Frame) -> Value:
+    """``x.clone()``, ``x.view(-1)``, ``x.roll(-1, 0)``, ``x.masked_fill(m, v)``..."""
+    if isinstance(receiver, Logits):
+        if name in ("size", "argmax", "item", "max", "topk", "dim", "numel", "sum", "mean"):
+            return Opaque(("logits-call", name, node.lineno))
+        return receiver
+    if name == "roll":
+        assert isinstance(node.func, ast.Attribute)
+        return _rolled(receiver, node.func.value, _node_arg(node, 0, "shifts"),
+                       _node_arg(node, 1, "dims"), node, frame, "torch")
+    if name in ("masked_fill", "masked_fill_") and isinstance(receiver, Tokens | Opaque):
+        tokens = as_tokens(receiver)
+        fill = _arg(args, kwargs, 1, "value")
+        if tokens is None or not isinstance(fill, Const) or type(fill.value) is not int:
+            return receiver
+        result = condition_mask(tokens, MaskValue(fill.value), frame.module.site(node))
+        if name.endswith("_") and isinstance(node.func, ast.Attribute):
+            interp.bind(node.func.value, result, frame)
+        return result
+    if isinstance(receiver, Opaque) and name not in KEEP:
+        return receiver.child("call", name)
+    tokens = as_tokens(receiver)
+    if tokens is None or name not in KEEP:
+        return Opaque(("tensor-call", name, node.lineno))
+    if name in COPIES:
+        return replace(tokens, made=frame.module.site(node))
+    if name in ("flatten",) or (name in ("view", "reshape") and len(args) == 1
+                                and isinstance(args[0], Const) and args[0].value == -1):
+        return tokens.with_ndim(1)
+    if name == "unsqueeze" and tokens.ndim is not None:
+        return tokens.with_ndim(tokens.ndim + 1)
+    return tokens
+
+
+# -- data --------------------------------------------------------------------------------
+
+
+def dataset_item(interp: Interpreter, dataset: Value, frame: Frame) -> Value:
+    """``dataset[i]``: the value of its ``__getitem__`` (a list's element)."""
+    from trainaudit.model.flow.calls import call_function
+    from trainaudit.model.flow.interp import mark
+
+    if isinstance(dataset, OneOf):
+        result: Value | None = None
+        for option in dataset.options:
+            got = dataset_item(interp, option, frame)
+            result = got if result is None else join(result, got)
+        return result or UNKNOWN
+    if isinstance(dataset, Instance):
+        method = interp.program.method(dataset.cls, "__getitem__")
+        if method is None:
+            return Opaque((*dataset.identity, "item"))
+        item = call_function(interp, method, dataset, [Opaque(("index", dataset.identity))], {},
+                             None, frame.depth + 1)
+        found = interp.program.ref_node(method)
+        if found is not None:
+            site = found[0].site(found[1])
+            item = mark(item, replace(site, text=f"item of {dataset.cls.qualname}"))
+        return item
+    if isinstance(dataset, ListOf):
+        return dataset.element
+    if isinstance(dataset, Opaque):
+        return dataset.child("item")
+    return UNKNOWN
+
+
+def default_collate(item: Value) -> Value:
+    """PyTorch's default collation: every tensor gains a batch axis."""
+    if isinstance(item, Tokens):
+        return item.with_ndim(item.ndim + 1 if item.ndim is not None else None)
+    if isinstance(item, Record):
+        return Record(item.kind if item.kind != "list" else "list",
+                      tuple((k, default_collate(v)) for k, v in item.items))
+    if isinstance(item, OneOf):
+        return OneOf(tuple(default_collate(o) for o in item.options))
+    return item
+
+
+def loader_batch(interp: Interpreter, loader: Loader, frame: Frame) -> Value:
+    from trainaudit.model.flow.calls import apply
+    from trainaudit.model.flow.interp import mark
+
+    item = dataset_item(interp, loader.dataset, frame)
+    if loader.collate is not None and loader.call is not None and not (
+            isinstance(loader.collate, Const) and loader.collate.value is None):
+        batch = apply(interp, loader.collate, [ListOf(item)], {}, loader.call, frame)
+    else:
+        batch = default_collate(item)
+    return mark(batch, replace(loader.site, text="batch of this loader"))
+
+
+def _trainer(interp: Interpreter, kwargs: dict[str, Value], node: ast.Call,
+             frame: Frame) -> None:
+    """An HF ``Trainer`` runs ``model(**collate(items))`` on its data sets."""
+    from trainaudit.model.flow.calls import apply, causal_call
+
+    model = kwargs.get("model")
+    if not isinstance(model, CausalLM):
+        return
+    collator = kwargs.get("data_collator")
+    for key in ("train_dataset", "eval_dataset"):
+        dataset = kwargs.get(key)
+        if dataset is None:
+            continue
+        item = dataset_item(interp, dataset, frame)
+        if collator is None:
+            batch = default_collate(item)
+        elif isinstance(collator, Library):
+            continue  # a library collator (DataCollatorForLanguageModeling) makes its own labels
+        else:
+            batch = apply(interp, collator, [ListOf(item)], {}, node, frame)
+        if isinstance(batch, Record):
+            causal_call(interp, model, [], {str(k): v for k, v in batch.items}, node, frame)

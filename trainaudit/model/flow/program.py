@@ -1,0 +1,175 @@
+"""The checked program as the flow model sees it: modules parsed on demand, their
+definitions, imports resolved within the checked tree.
+
+Phase 1 keeps the source of every file that may matter (``FlowSource``); the project phase
+parses a module only when a query reaches it, once.
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+from functools import cached_property
+
+from trainaudit.model.flow.values import Ref, Site
+from trainaudit.model.module import FunctionNode, ModuleFacts
+from trainaudit.model.project import ModuleSummary, Project
+
+FAMILY = "flow"
+
+
+@dataclass(frozen=True)
+class FlowSource:
+    """What phase 1 keeps of a file for the flow model: its text, and the functions where
+    a query starts (they hold a loss, a model call with labels, a roll, a trainer)."""
+
+    source: str
+    is_package: bool
+    entries: tuple[str, ...]  # dotted paths in the file; "" is the module body
+
+
+class FlowModule:
+    """One parsed module: its facts, definitions and class members."""
+
+    def __init__(self, summary: ModuleSummary, flow: FlowSource) -> None:
+        tree = ast.parse(flow.source, filename=summary.path)
+        self.facts = ModuleFacts(summary.path, summary.module_name, flow.source, tree,
+                                 flow.is_package)
+        self.name = summary.module_name
+        self.path = summary.path
+        self.entries = flow.entries
+
+    @cached_property
+    def definitions(self) -> dict[str, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef]:
+        """Functions, classes and methods by dotted path (``Trainer.step``)."""
+        found: dict[str, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef] = {}
+
+        def visit(body: list[ast.stmt], prefix: str) -> None:
+            for stmt in body:
+                if isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                    found[prefix + stmt.name] = stmt  # the last definition wins, as at run time
+                    if isinstance(stmt, ast.ClassDef):
+                        visit(stmt.body, f"{prefix}{stmt.name}.")
+                elif isinstance(stmt, ast.If | ast.Try):
+                    for block in (stmt.body, stmt.orelse, *[h.body for h in getattr(stmt, "handlers", [])]):
+                        visit(block, prefix)
+
+        visit(self.facts.tree.body, "")
+        return found
+
+    def function(self, qualname: str) -> FunctionNode | None:
+        node = self.definitions.get(qualname)
+        return node if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) else None
+
+    def class_node(self, qualname: str) -> ast.ClassDef | None:
+        node = self.definitions.get(qualname)
+        return node if isinstance(node, ast.ClassDef) else None
+
+    def site(self, node: ast.AST) -> Site:
+        return Site(self.path, self.facts.span(node), self.facts.segment(node)[:120])
+
+    def text(self, node: ast.AST) -> str:
+        return self.facts.segment(node)
+
+
+class Program:
+    """Every module the flow model may read, by module name, parsed when first asked."""
+
+    def __init__(self, project: Project) -> None:
+        self.project = project
+        self._modules: dict[str, FlowModule | None] = {}
+        self._by_name = {s.module_name: s for s in project.modules if FAMILY in s.facts}
+
+    def module(self, name: str) -> FlowModule | None:
+        if name not in self._modules:
+            summary = self._by_name.get(name)
+            module = None
+            if summary is not None:
+                try:
+                    module = FlowModule(summary, summary.facts[FAMILY])
+                except (SyntaxError, ValueError, RecursionError):
+                    module = None
+            self._modules[name] = module
+        return self._modules[name]
+
+    def modules_with_entries(self) -> list[FlowModule]:
+        found = []
+        for summary in self.project.modules:
+            flow = summary.facts.get(FAMILY)
+            if flow is not None and flow.entries:
+                module = self.module(summary.module_name)
+                if module is not None:
+                    found.append(module)
+        return found
+
+    def resolve(self, qualified: str) -> tuple[FlowModule, str] | None:
+        """``pkg.data.build_loaders`` → the checked module and the name in it."""
+        found = self.project.resolve_symbol(qualified)
+        if found is None:
+            return None
+        summary, name = found
+        module = self.module(summary.module_name)
+        return (module, name) if module is not None else None
+
+    def resolve_module(self, qualified: str) -> FlowModule | None:
+        summary = self.project.resolve_module(qualified)
+        return self.module(summary.module_name) if summary is not None else None
+
+    def ref_node(self, ref: Ref) -> tuple[FlowModule, ast.FunctionDef | ast.AsyncFunctionDef
+                                          | ast.ClassDef] | None:
+        module = self.module(ref.module)
+        if module is None:
+            return None
+        node = module.definitions.get(ref.qualname)
+        return (module, node) if node is not None else None
+
+    def bases(self, ref: Ref) -> list[Ref]:
+        """The checked classes a class derives from (nearest first)."""
+        found = self.ref_node(ref)
+        if found is None or not isinstance(found[1], ast.ClassDef):
+            return []
+        module, node = found
+        assert isinstance(node, ast.ClassDef)
+        refs = []
+        for base in node.bases:
+            name = module.facts.qualname(base)
+            if name is None:
+                continue
+            local = name if name in module.definitions else None
+            if local is not None:
+                refs.append(Ref(module.name, local))
+                continue
+            target = self.resolve(name)
+            if target is not None and target[1] in target[0].definitions:
+                refs.append(Ref(target[0].name, target[1]))
+        return refs
+
+    def method(self, cls: Ref, name: str, depth: int = 0) -> Ref | None:
+        """The method ``name`` of a checked class or its checked bases."""
+        found = self.ref_node(cls)
+        if found is None or depth > 8:
+            return None
+        qualname = f"{cls.qualname}.{name}"
+        if found[0].function(qualname) is not None:
+            return Ref(cls.module, qualname)
+        for base in self.bases(cls):
+            method = self.method(base, name, depth + 1)
+            if method is not None:
+                return method
+        return None
+
+    def library_bases(self, cls: Ref, depth: int = 0) -> list[str]:
+        """Qualified names of the bases outside the checked tree (``torch.nn.Module``)."""
+        found = self.ref_node(cls)
+        if found is None or not isinstance(found[1], ast.ClassDef) or depth > 8:
+            return []
+        module, node = found
+        assert isinstance(node, ast.ClassDef)
+        names = []
+        for base in node.bases:
+            name = module.facts.qualname(base)
+            if name is not None and name not in module.definitions and self.resolve(name) is None:
+                names.append(name)
+        for parent in self.bases(cls):
+            names += self.library_bases(parent, depth + 1)
+        return names

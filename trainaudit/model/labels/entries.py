@@ -1,0 +1,59 @@
+"""Phase 1 of the label family: keep a file's source for the flow model, and list where
+its queries start (functions that hold a loss, a model call with labels, a roll, a
+trainer, a backward pass, a loader, a script's top-level code, ``main``)."""
+
+from __future__ import annotations
+
+import ast
+
+from trainaudit.model.flow.program import FlowSource
+from trainaudit.model.module import ModuleFacts, iter_calls
+
+# A file mentioning none of these can hold no label producer or loss site.
+TRIGGERS = ("roll", "cross_entropy", "CrossEntropyLoss", "nll_loss", "NLLLoss", "label",
+            "target", "ForCausalLM", "LMHead", "1:]", "1:,", "+ 1:", "+1:", "[1:",
+            "DataLoader", "Dataset")
+_SINK_CALLS = {"cross_entropy", "nll_loss", "roll", "Trainer", "Seq2SeqTrainer", "backward",
+               "DataLoader", "CrossEntropyLoss", "NLLLoss"}
+_SINK_KEYWORDS = {"labels", "shift_labels", None}
+
+
+def _starts_query(calls: list[ast.Call]) -> bool:
+    for call in calls:
+        func = call.func
+        name = func.attr if isinstance(func, ast.Attribute) else (
+            func.id if isinstance(func, ast.Name) else None)
+        if name in _SINK_CALLS or any(kw.arg in _SINK_KEYWORDS for kw in call.keywords):
+            return True
+    return False
+
+
+def _has_code(body: list[ast.stmt]) -> bool:
+    """Top-level statements beyond definitions, imports and constants: a script."""
+    for stmt in body:
+        if isinstance(stmt, ast.If | ast.For | ast.While | ast.With | ast.Expr) and not (
+                isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant)):
+            return True
+        if isinstance(stmt, ast.Assign) and isinstance(stmt.value, ast.Call) \
+                and _starts_query([stmt.value]):
+            return True
+    return False
+
+
+def _calls_with_two_arguments(calls: list[ast.Call]) -> bool:
+    return any(len(call.args) + len(call.keywords) >= 2 for call in calls)
+
+
+def flow_source(module: ModuleFacts) -> FlowSource:
+    """The file's source and its entries. In a file that builds a criterion object, any
+    function calling something with two arguments may be using it."""
+    criterion = "CrossEntropyLoss" in module.source or "NLLLoss" in module.source
+    entries: list[str] = []
+    if _has_code(module.tree.body) or _starts_query(list(iter_calls(module.tree.body))):
+        entries.append("")
+    for name, function in module.functions.items():
+        calls = list(iter_calls(function.body))
+        if name.rsplit(".", 1)[-1] == "main" or _starts_query(calls) or (
+                criterion and _calls_with_two_arguments(calls)):
+            entries.append(name)
+    return FlowSource(module.source, module.is_package, tuple(entries))
