@@ -55,6 +55,7 @@ def _neutralized(producer: LabelProducer, ignores: list[Value]) -> list[Neutrali
 class _LabelRule(ProjectRule):
     triggers = TRIGGERS
     families = (FAMILY,)
+    applies_to_tests = True  # a wrong shift is a bug in a test's data pipeline too
 
     def graph(self, project: Project) -> LabelGraph:
         return LabelGraph.of(project)
