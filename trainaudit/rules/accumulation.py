@@ -253,21 +253,25 @@ def _clears_for(zero: Operation, step: Operation, loop: TrainingLoop) -> bool:
 
 
 def _zero_between(loop: TrainingLoop) -> Iterator[tuple[Operation, Operation, Operation]]:
-    ops = loop.operations
-    for index, op in enumerate(ops):
-        if op.kind != "backward":
-            continue
-        zeros: list[Operation] = []
-        for later in ops[index + 1:]:
-            if later.kind == "zero_grad":
-                zeros.append(later)
-            elif later.kind == "optimizer_step":
-                for zero in zeros:
-                    if _clears_for(zero, later, loop):
-                        yield op, zero, later
+    """(backward, zero_grad, step) where a path of one iteration runs them in that order and
+    no other backward refills the gradients between the two (a GAN's second update)."""
+    backwards = loop.ops("backward")
+    steps = loop.ops("optimizer_step")
+    for zero in loop.ops("zero_grad"):
+        for backward in backwards:
+            if not loop.may_follow(backward, zero):
+                continue
+            for step in steps:
+                if not (loop.may_follow(zero, step) and _clears_for(zero, step, loop)):
+                    continue
+                if any(other.order != backward.order and loop.may_follow(zero, other)
+                       and loop.may_follow(other, step) for other in backwards):
+                    continue
+                yield backward, zero, step
                 break
-            elif later.kind == "backward":
-                break
+            else:
+                continue
+            break
 
 
 @register
@@ -289,7 +293,13 @@ class ZeroGradBeforeStep(ProjectRule):
                 seen.add(key)
                 message = (f"`{zero.site.text}` runs after `{backward.site.text}` and before "
                            f"`{step.site.text}`: the step sees cleared gradients")
-                fixable = _same_file(loop, zero, step) and zero.site.function == step.site.function
+                # Moving the call keeps every other path only when both are in one block.
+                fixable = (_same_file(loop, zero, step) and zero.site.function == step.site.function
+                           and zero.guards == step.guards and zero.loops == step.loops
+                           and zero.contexts == step.contexts)
+                if not fixable:
+                    message += ("; no automatic fix: the two are not in one block, so moving "
+                                "the zero_grad would change another path")
                 yield self.finding(zero.site.path, zero.site.span, message,
                                    fix_data={"step": [step.site.line, step.site.column]},
                                    fixable=fixable,

@@ -5,11 +5,13 @@ from __future__ import annotations
 import ast
 import weakref
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from trainaudit.model.loops.batch import batch_size_of
 from trainaudit.model.loops.bindings import blocks, params_of
+from trainaudit.model.loops.cfg import FlowGraph
 from trainaudit.model.loops.losses import LossReader
+from trainaudit.model.loops.ordering import EventLog, Ordering
 from trainaudit.model.loops.patterns import TRAINY, looks_like_accumulation_test, terminates
 from trainaudit.model.loops.records import (
     ExternalCall,
@@ -31,8 +33,18 @@ class WalkState:
     loops: tuple[Site, ...] = ()
     via: tuple[Site, ...] = ()
     visiting: frozenset[str] = frozenset()
+    anchor: ast.stmt | None = None  # the statement of ``function`` being walked
+    log: EventLog = field(default_factory=EventLog, compare=False)  # shared by one walk
 
 
+@dataclass(frozen=True)
+class FunctionEvents:
+    """A function's call tree relative to its own body, as the walker caches it."""
+
+    operations: list[Operation]
+    external: list[ExternalCall]
+    helpers: list[str]
+    ordering: Ordering
 
 
 class LoopAnalysis(LossReader):
@@ -42,18 +54,32 @@ class LoopAnalysis(LossReader):
     def __init__(self, module: ModuleFacts) -> None:
         super().__init__(module)
         self._order = 0
-        self._functions: dict[str, tuple[list[Operation], list[ExternalCall], list[str]]] = {}
+        self._functions: dict[str, FunctionEvents] = {}
+        self._graphs: dict[str, FlowGraph] = {}
+
+    def flow_graph(self, function: str) -> FlowGraph:
+        """The control-flow graph of a function of this file ("" is the module body)."""
+        if function not in self._graphs:
+            fn = self.module.functions.get(function)
+            self._graphs[function] = FlowGraph.of(fn.body if fn is not None else self.module.tree.body)
+        return self._graphs[function]
 
     def _next(self) -> int:
         self._order += 1
         return self._order
+
+    def _event(self, state: WalkState) -> int:
+        """The next event's order, logged with the statement it happens in."""
+        order = self._next()
+        state.log.record(order, state.anchor)
+        return order
 
     def walk(self, body: Sequence[ast.stmt], state: WalkState,
              ops: list[Operation], external: list[ExternalCall], helpers: list[str]) -> None:
         """Collect the operations of a block, following local helpers."""
         guards = state.guards
         for stmt in body:
-            local = replace(state, guards=guards)
+            local = replace(state, guards=guards, anchor=stmt)
             self._statement(stmt, local, ops, external, helpers)
             if (isinstance(stmt, ast.If) and terminates(stmt.body) and not stmt.orelse):
                 guard = Guard(self.site(stmt.test, state.function), True,
@@ -104,7 +130,7 @@ class LoopAnalysis(LossReader):
         if assigned is not None:
             kind, receiver = assigned
             ops.append(Operation(kind, self.site(stmt, state.function), receiver, state.guards,
-                                 state.contexts, state.loops, state.via, self._next(), node=stmt))
+                                 state.contexts, state.loops, state.via, self._event(state), node=stmt))
         self._expression(stmt, state, ops, external, helpers)
 
     def _expression(self, node: ast.AST, state: WalkState, ops: list[Operation],
@@ -128,8 +154,9 @@ class LoopAnalysis(LossReader):
             if callee in state.visiting:
                 return
             fn = module.functions[callee]
-            callee_ops, callee_external, callee_helpers = self._function_events(callee, state.visiting)
-            for helper in (callee, *callee_helpers):
+            inlined = self._function_events(callee, state.visiting)
+            callee_ops, callee_external = inlined.operations, inlined.external
+            for helper in (callee, *inlined.helpers):
                 if helper not in helpers:
                     helpers.append(helper)
             if not callee_ops and not callee_external:
@@ -139,28 +166,31 @@ class LoopAnalysis(LossReader):
             via = (*state.via, self.site(call, state.function))
             events: list[Operation | ExternalCall] = [*callee_ops, *callee_external]
             events.sort(key=lambda event: event.order)
+            mapping: dict[int, int] = {}
             for event in events:
                 moved = replace(event, guards=(*state.guards, *event.guards),
                                 contexts=(*contexts, *event.contexts), loops=(*state.loops, *event.loops),
                                 via=(*via, *event.via), order=self._next())
+                mapping[event.order] = moved.order
                 if isinstance(moved, Operation):
                     ops.append(moved)
                 else:
                     external.append(moved)
+            state.log.inline(mapping, state.anchor, inlined.ordering)
             return
         classified = self.classify(call, state.function)
         if classified is not None:
             kind, receiver, framework, loss_expr = classified
             loss = self.loss_site(loss_expr, state.function) if kind == "backward" else None
             ops.append(Operation(kind, self.site(call, state.function), receiver, state.guards,
-                                 state.contexts, state.loops, state.via, self._next(), framework,
+                                 state.contexts, state.loops, state.via, self._event(state), framework,
                                  loss, node=call))
             return
         if isinstance(call.func, ast.Name) and module.is_imported(call.func.id):
             qualified = module.qualname(call.func) or call.func.id
             if not qualified.startswith(("torch.", "numpy.", "math.", "os.", "time.", "builtins.")):
                 external.append(ExternalCall(qualified, self.site(call, state.function), state.guards,
-                                             state.contexts, state.loops, state.via, self._next()))
+                                             state.contexts, state.loops, state.via, self._event(state)))
 
 
     # -- loops --------------------------------------------------------------------
@@ -191,7 +221,8 @@ class LoopAnalysis(LossReader):
         external: list[ExternalCall] = []
         helpers: list[str] = []
         visiting = frozenset({function}) if function else frozenset()
-        self.walk(loop.body, WalkState(function, visiting=visiting), ops, external, helpers)
+        log = EventLog()
+        self.walk(loop.body, WalkState(function, visiting=visiting, log=log), ops, external, helpers)
         module = self.module
         is_while = isinstance(loop, ast.While)
         return TrainingLoop(
@@ -206,6 +237,7 @@ class LoopAnalysis(LossReader):
             batch_size=None,  # filled in for training loops only (see ``with_batch_size``)
             file_delegation=self.file_delegation,
             ddp=self.ddp,
+            ordering=log.ordering(self.flow_graph(function), avoid=loop),
             node=loop,
         )
 
@@ -222,8 +254,7 @@ class LoopAnalysis(LossReader):
         return frozenset(n.id for body in bodies for n in ast.walk(body)
                          if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load))
 
-    def _function_events(self, name: str, visiting: frozenset[str] = frozenset()
-                         ) -> tuple[list[Operation], list[ExternalCall], list[str]]:
+    def _function_events(self, name: str, visiting: frozenset[str] = frozenset()) -> FunctionEvents:
         """A function's operations relative to its own body, computed once per file (each
         caller inlines them with its own guards and contexts)."""
         cached = self._functions.get(name)
@@ -235,17 +266,20 @@ class LoopAnalysis(LossReader):
         external: list[ExternalCall] = []
         helpers: list[str] = []
         fn = self.module.functions[name]
-        self.walk(fn.body, WalkState(name, visiting=visiting | {name}), ops, external, helpers)
+        log = EventLog()
+        self.walk(fn.body, WalkState(name, visiting=visiting | {name}, log=log), ops, external, helpers)
         self._order = saved
-        self._functions[name] = (ops, external, helpers)
-        return ops, external, helpers
+        events = FunctionEvents(ops, external, helpers, log.ordering(self.flow_graph(name), None))
+        self._functions[name] = events
+        return events
 
     def function_ops(self, name: str) -> FunctionOps:
         """A function's call tree relative to its own body (what a caller in another file gets)."""
         fn = self.module.functions[name]
-        ops, external, _ = self._function_events(name)
+        events = self._function_events(name)
         decorators = tuple(self.context_name(d) for d in fn.decorator_list)
-        return FunctionOps(name, tuple(sorted(params_of(fn))), tuple(ops), tuple(external), decorators)
+        return FunctionOps(name, tuple(sorted(params_of(fn))), tuple(events.operations),
+                           tuple(events.external), decorators, events.ordering)
 
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from trainaudit.diagnostics import Span
+from trainaudit.model.loops.ordering import Ordering
 from trainaudit.model.loops.patterns import gate_steps, micro_loop_steps
 
 OpKind = Literal[
@@ -125,6 +126,7 @@ class FunctionOps:
     operations: tuple[Operation, ...]
     external_calls: tuple[ExternalCall, ...]
     decorators: tuple[str, ...]
+    ordering: Ordering = field(default_factory=Ordering)  # over the orders of its operations and external calls
 
 
 @dataclass(frozen=True)
@@ -142,6 +144,8 @@ class TrainingLoop:
     batch_size: BatchSize | None = None
     file_delegation: frozenset[str] = frozenset()  # frameworks the file hands training to
     ddp: bool = False  # the file wraps a model in DistributedDataParallel / FSDP
+    # Which events may run after which in one iteration (None: not known, use ``order``).
+    ordering: Ordering | None = field(default=None, compare=False, repr=False)
     node: LoopNode | None = field(default=None, compare=False, repr=False)
 
     @property
@@ -151,6 +155,13 @@ class TrainingLoop:
     def ops(self, *kinds: OpKind) -> list[Operation]:
         """Operations of the given kinds, in execution order."""
         return [op for op in self.operations if op.kind in kinds]
+
+    def may_follow(self, first: Operation | ExternalCall, then: Operation | ExternalCall) -> bool:
+        """Whether ``then`` can run after ``first`` in the same iteration (a path of the
+        control-flow graph: exclusive branches and ``continue`` cut it)."""
+        if self.ordering is None:
+            return first.order < then.order
+        return (first.order, then.order) in self.ordering.follows
 
     def first(self, kind: OpKind) -> Operation | None:
         found = self.ops(kind)

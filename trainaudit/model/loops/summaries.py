@@ -6,6 +6,7 @@ import weakref
 from dataclasses import dataclass, replace
 
 from trainaudit.model.loops.analysis import _cached_loops, is_training_loop, loop_analysis
+from trainaudit.model.loops.ordering import Ordering, merged_ordering
 from trainaudit.model.loops.patterns import LOOP_REQUIRES, LOOP_TRIGGERS
 from trainaudit.model.loops.records import ExternalCall, FunctionOps, Operation, TrainingLoop
 from trainaudit.model.module import ModuleFacts
@@ -46,26 +47,32 @@ def summarize_loops(module: ModuleFacts) -> LoopFileFacts:
 
 def _merge_external(loop: TrainingLoop, project: Project) -> TrainingLoop:
     """Inline imported helpers of a loop from their files' summaries."""
-    keyed: list[tuple[tuple[int, int], Operation]] = [((op.order, 0), op) for op in loop.operations]
-    remaining: list[ExternalCall] = []
+    Event = Operation | ExternalCall
+    keyed: list[tuple[tuple[int, int], Event]] = [((op.order, 0), op) for op in loop.operations]
+    inlined: dict[int, Ordering] = {}
     helpers = list(loop.helpers)
     for call in loop.external_calls:
         resolved = project.resolve_symbol(call.qualified)
         facts = project.by_path[resolved[0].path].facts.get("loops") if resolved else None
         helper = facts.functions.get(resolved[1]) if isinstance(facts, LoopFileFacts) and resolved else None
         if helper is None or resolved is None:
-            remaining.append(call)
+            keyed.append(((call.order, 0), call))
             continue
         helpers.append(f"{resolved[0].module_name}.{helper.name}")
+        inlined[call.order] = helper.ordering
         for op in helper.operations:
             keyed.append(((call.order, op.order), replace(
                 op, guards=(*call.guards, *op.guards),
                 contexts=(*call.contexts, *helper.decorators, *op.contexts),
                 loops=(*call.loops, *op.loops), via=(*call.via, call.site, *op.via))))
     keyed.sort(key=lambda item: item[0])
-    operations = [replace(op, order=index + 1) for index, (_, op) in enumerate(keyed)]
-    return replace(loop, operations=tuple(operations), external_calls=tuple(remaining),
-                   helpers=tuple(helpers))
+    renumber = {key: index + 1 for index, (key, _) in enumerate(keyed)}
+    events = [replace(event, order=renumber[key]) for key, event in keyed]
+    ordering = (merged_ordering(loop.ordering, inlined, renumber)
+                if loop.ordering is not None else None)
+    return replace(loop, operations=tuple(e for e in events if isinstance(e, Operation)),
+                   external_calls=tuple(e for e in events if isinstance(e, ExternalCall)),
+                   helpers=tuple(helpers), ordering=ordering)
 
 
 _PROJECT_CACHE: weakref.WeakKeyDictionary[Project, list[TrainingLoop]] = weakref.WeakKeyDictionary()
