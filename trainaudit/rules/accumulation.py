@@ -125,10 +125,14 @@ class AccumulatedLossNotScaled(ProjectRule):
             for backward in loop.ops("backward"):
                 if backward.framework or backward.loss is None or backward.loss.scaled is not False:
                     continue
+                if backward.loss.reduction not in (None, "mean"):
+                    continue  # a summed loss: its author normalises it (tokens, ranks)
                 steps = accumulation.steps
                 message = (f"gradients of {steps or 'several'} micro-batches are summed but "
                            f"`{backward.loss.text}` is not divided by the accumulation steps: "
                            "the update grows with the number of micro-batches")
+                if steps is None:
+                    message += "; no automatic fix: the number of micro-batches is not visible"
                 yield self.finding(backward.site.path, backward.site.span, message,
                                    fix_data={"divisor": steps}, fixable=steps is not None,
                                    related=[_related(loop.ops("optimizer_step")[0],

@@ -7,9 +7,10 @@ import re
 
 from trainaudit.model.loops.bindings import assignments, params_of
 from trainaudit.model.loops.classify import CallClassifier
+from trainaudit.model.loops.identity import made_by_class, origin
 from trainaudit.model.loops.patterns import first_line, names_in
 from trainaudit.model.loops.records import LossSite
-from trainaudit.model.module import walk_local
+from trainaudit.model.module import keyword, walk_local
 
 
 class LossReader(CallClassifier):
@@ -22,7 +23,70 @@ class LossReader(CallClassifier):
         body: list[ast.stmt] = fn.body if fn is not None else self.module.tree.body
         params = params_of(fn) if fn is not None else set()
         scaled, divisor = self._scaling(expr, body, params, depth=0)
-        return LossSite(first_line(self.module.segment(expr)), scaled, divisor)
+        reduction = self.reduction(expr, function)
+        return LossSite(first_line(self.module.segment(expr)), scaled, divisor, reduction)
+
+    def reduction(self, expr: ast.expr, function: str, depth: int = 0) -> str | None:
+        """How the loss ``expr`` is reduced over its elements: "mean", "sum" or "none", read
+        back through assignments, ``.sum()``/``.mean()``, criteria, local helpers and the
+        ``forward`` of a model class defined in this file; None when not visible. A sum
+        anywhere wins: such a loss is normalised by its author (by a token count, or summed
+        across ranks on purpose)."""
+        if depth > 6:
+            return None
+        module = self.module
+        found: list[str | None] = []
+        if isinstance(expr, ast.BinOp):
+            found = [self.reduction(expr.left, function, depth + 1),
+                     self.reduction(expr.right, function, depth + 1)]
+        elif isinstance(expr, ast.Tuple):
+            found = [self.reduction(e, function, depth + 1) for e in expr.elts]
+        elif isinstance(expr, ast.Subscript) or (isinstance(expr, ast.Attribute) and expr.attr == "loss"):
+            return self.reduction(expr.value, function, depth + 1)
+        elif isinstance(expr, ast.Name):
+            fn = module.functions.get(function)
+            body = fn.body if fn is not None else module.tree.body
+            found = [self.reduction(v, function, depth + 1) for v in assignments(body, expr.id)
+                     if v is not None]
+        elif isinstance(expr, ast.Call):
+            return self._call_reduction(expr, function, depth)
+        return merge_reductions(found)
+
+    def _call_reduction(self, call: ast.Call, function: str, depth: int) -> str | None:
+        module = self.module
+        func = call.func
+        name = module.call_name(call) or ""
+        if isinstance(func, ast.Attribute) and func.attr in ("sum", "mean") and not call.args \
+                and not name.startswith("torch."):
+            return func.attr
+        if isinstance(func, ast.Attribute) and func.attr in ("float", "contiguous", "squeeze", "to"):
+            return self.reduction(func.value, function, depth + 1)
+        if name.startswith("torch.nn.functional.") and name.rsplit(".", 1)[-1] in LOSS_FUNCTIONS:
+            return _reduction_keyword(call) or "mean"
+        if isinstance(func, ast.Name) and func.id in module.functions:
+            return self._returned_reduction(func.id, depth)
+        criterion = self._criterion(func, function)
+        if criterion is not None:
+            return _reduction_keyword(criterion) or "mean"
+        cls = made_by_class(module, func, function)
+        if cls is not None:
+            forward = f"{module.scope_name(cls)}.forward" if module.scope_name(cls) else f"{cls.name}.forward"
+            if forward in module.functions:
+                return self._returned_reduction(forward, depth)
+        return None
+
+    def _returned_reduction(self, function: str, depth: int) -> str | None:
+        fn = self.module.functions[function]
+        returns = [n.value for n in walk_local(fn.body) if isinstance(n, ast.Return) and n.value is not None]
+        return merge_reductions([self.reduction(r, function, depth + 1) for r in returns])
+
+    def _criterion(self, func: ast.expr, function: str) -> ast.Call | None:
+        """The ``nn.CrossEntropyLoss(...)`` call a criterion name was made by."""
+        made, _ = origin(self.module, func, function)
+        if isinstance(made, ast.Call) and (self.module.call_name(made) or "").rsplit(".", 1)[-1].endswith("Loss") \
+                and (self.module.call_name(made) or "").startswith("torch.nn."):
+            return made
+        return None
 
     def _scaling(self, expr: ast.expr, body: list[ast.stmt], params: set[str],
                  depth: int) -> tuple[bool | None, str | None]:
@@ -101,3 +165,28 @@ class LossReader(CallClassifier):
 
     # -- loops --------------------------------------------------------------------
 
+
+
+# torch.nn.functional losses (all reduce by "mean" unless told otherwise).
+LOSS_FUNCTIONS = frozenset({
+    "cross_entropy", "nll_loss", "mse_loss", "l1_loss", "smooth_l1_loss", "huber_loss",
+    "binary_cross_entropy", "binary_cross_entropy_with_logits", "kl_div", "poisson_nll_loss",
+    "gaussian_nll_loss", "margin_ranking_loss", "hinge_embedding_loss", "soft_margin_loss",
+    "multilabel_soft_margin_loss", "cosine_embedding_loss", "triplet_margin_loss", "ctc_loss",
+})
+
+
+def _reduction_keyword(call: ast.Call) -> str | None:
+    value = keyword(call, "reduction")
+    if isinstance(value, ast.Constant) and value.value in ("mean", "sum", "none", "batchmean"):
+        return "mean" if value.value == "batchmean" else str(value.value)
+    return "unknown" if value is not None else None
+
+
+def merge_reductions(found: list[str | None]) -> str | None:
+    """One verdict for several sources: a sum (or none, or a reduction set by a variable)
+    wins over a mean; None when nothing is known."""
+    for strong in ("sum", "none", "unknown"):
+        if strong in found:
+            return strong
+    return "mean" if "mean" in found else None

@@ -59,6 +59,10 @@ class LossSite:
     text: str  # "loss", "loss / accum", "scaler.scale(loss)" without the scale
     scaled: bool | None  # divided (or multiplied by 1/k); None when it cannot be told
     divisor: str | None  # source text of the divisor, when one is visible
+    # "mean" (the default of torch losses), "sum", "none" or "unknown" (set by a variable)
+    # where the loss call is visible (a forward of a model class of the file is read);
+    # None when it is not.
+    reduction: str | None = None
 
 
 @dataclass(frozen=True)
