@@ -14,6 +14,7 @@ from trainaudit.model.loops import (
     Operation,
     TrainingLoop,
     find_training_loops,
+    grad_mode_at,
     loop_analysis,
     project_training_loops,
 )
@@ -176,6 +177,7 @@ class LossTensorAccumulated(ModuleRule):
 
     def check(self, module: ModuleFacts, ctx: RuleContext) -> Iterable[Finding]:
         seen: set[int] = set()
+        analysis = loop_analysis(module)
         for loop in find_training_loops(module):
             names = _loss_names(loop)
             if not names or loop.node is None:
@@ -188,6 +190,9 @@ class LossTensorAccumulated(ModuleRule):
                 for stmt, value, accumulator in _accumulations(module, body, names):
                     if id(stmt) in seen or _converted_before(module, stmt, names):
                         continue
+                    if grad_mode_at(analysis, stmt) != "enabled" or _only_called_without_grad(
+                            module, analysis, stmt):
+                        continue  # no graph is recorded there (or it cannot be told)
                     if body is not loop.node.body and not accumulator.startswith("self."):
                         continue  # a local total in a helper dies with the call
                     seen.add(id(stmt))
@@ -195,6 +200,12 @@ class LossTensorAccumulated(ModuleRule):
                                "every step's autograd graph stays alive; use `.item()` or "
                                "`.detach()`")
                     yield self.report(module, value, message, fix_data={"accumulator": accumulator})
+
+
+def _only_called_without_grad(module: ModuleFacts, analysis: LoopAnalysis, stmt: ast.AST) -> bool:
+    """The statement is in a helper that every call in this file runs under no_grad."""
+    fn = module.enclosing_function(stmt)
+    return fn is not None and _callers_disable_grad(module, analysis, fn.name)
 
 
 def _converted_before(module: ModuleFacts, stmt: ast.AST, names: set[str]) -> bool:

@@ -64,6 +64,7 @@ from trainaudit.model.loops.analysis import (
     may_train,
 )
 from trainaudit.model.loops.batch import batch_size_of, resolve_int
+from trainaudit.model.loops.contexts import GradMode, contexts_at, grad_mode, grad_mode_at
 from trainaudit.model.loops.patterns import (
     BACKWARD_CALL,
     LOOP_REQUIRES,
@@ -95,6 +96,7 @@ __all__ = [
     "BatchSize",
     "ExternalCall",
     "FunctionOps",
+    "GradMode",
     "Guard",
     "LoopAnalysis",
     "LoopFileFacts",
@@ -105,7 +107,10 @@ __all__ = [
     "Site",
     "TrainingLoop",
     "batch_size_of",
+    "contexts_at",
     "find_training_loops",
+    "grad_mode",
+    "grad_mode_at",
     "is_training_loop",
     "looks_like_accumulation_test",
     "loop_analysis",

@@ -40,9 +40,18 @@ class Bindings:
         if isinstance(value, ast.Call):
             return module.call_name(value) or last_name(module.segment(value.func))
         if isinstance(value, ast.IfExp):
-            parts = [p for p in (Bindings._maker(module, value.body),
-                                 Bindings._maker(module, value.orelse)) if p]
-            return "|".join(parts) or None
+            # ``no_sync() if k else nullcontext()``; also the callables themselves
+            # (``sync = nullcontext if last else ddp.no_sync``, entered as ``with sync():``).
+            parts = [p for p in (Bindings._maker(module, value.body) or Bindings._callable(module, value.body),
+                                 Bindings._maker(module, value.orelse) or Bindings._callable(module, value.orelse))
+                     if p]
+            return "|".join(parts) if len(parts) == 2 else None
+        return None
+
+    @staticmethod
+    def _callable(module: ModuleFacts, value: ast.expr) -> str | None:
+        if isinstance(value, ast.Name | ast.Attribute):
+            return module.qualname(value) or last_name(module.segment(value))
         return None
 
     def made_by(self, text: str) -> list[str]:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import ast
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Literal
 
 # Text the loop model cannot work without: a file with none of these has no training loop
 # and no helper a training loop could reach.
@@ -90,3 +91,28 @@ def looks_like_accumulation_test(test: ast.expr) -> bool:
 def last_name(text: str) -> str:
     return re.split(r"[.\[\]()]", text.rstrip(")]"))[-1] if text else ""
 
+
+GradMode = Literal["enabled", "disabled", "maybe"]
+
+# Contexts (and decorators) that turn autograd recording off, by the end of their name.
+NO_GRAD_NAMES = ("no_grad", "inference_mode")
+
+
+def _alternatives(context: str) -> list[str]:
+    return [part.strip() for part in context.split("|") if part.strip()]
+
+
+def grad_mode(contexts: Iterable[str]) -> GradMode:
+    """The gradient mode inside ``contexts`` (outermost first)."""
+    mode: GradMode = "enabled"
+    for context in contexts:
+        options = _alternatives(context)
+        if any(option.endswith("enable_grad") for option in options):
+            mode = "enabled" if all(o.endswith("enable_grad") for o in options) else "maybe"
+            continue
+        disabling = [o.endswith(NO_GRAD_NAMES) for o in options]
+        if options and all(disabling):
+            mode = "disabled"
+        elif any(disabling) and mode != "disabled":
+            mode = "maybe"
+    return mode

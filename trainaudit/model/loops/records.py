@@ -10,7 +10,7 @@ from typing import Literal
 
 from trainaudit.diagnostics import Span
 from trainaudit.model.loops.ordering import Ordering
-from trainaudit.model.loops.patterns import gate_steps, micro_loop_steps
+from trainaudit.model.loops.patterns import GradMode, gate_steps, grad_mode, micro_loop_steps
 
 OpKind = Literal[
     "backward", "optimizer_step", "zero_grad", "scheduler_step", "clip", "unscale",
@@ -86,8 +86,16 @@ class Operation:
         return tuple(g for g in self.guards if g.accumulation)
 
     def under(self, *names: str) -> bool:
-        """Whether a ``with`` item whose name ends with one of ``names`` encloses it."""
-        return any(ctx.endswith(name) for ctx in self.contexts for name in names)
+        """Whether a ``with`` item whose name (or one of its alternatives, ``a|b``) ends with
+        one of ``names`` may enclose it."""
+        return any(option.endswith(name) for ctx in self.contexts for option in ctx.split("|")
+                   for name in names)
+
+    @property
+    def grad_mode(self) -> GradMode:
+        """Whether autograd records here: "enabled", "disabled" or "maybe" (a conditional
+        context)."""
+        return grad_mode(self.contexts)
 
 
 @dataclass(frozen=True)

@@ -187,8 +187,14 @@ class FileScan:
         ``model.no_sync``); a name bound to a context manager resolves to what made it."""
         module = self.module
         if isinstance(expr, ast.Call):
-            expr = expr.func
+            call, expr = expr, expr.func
             name = module.qualname(expr)
+            if name is not None and name.endswith("set_grad_enabled"):
+                return _grad_switch(call)
+            if name is None and isinstance(expr, ast.Name | ast.Attribute):
+                chosen = [m for m in self.bindings.made_by(module.segment(expr)) if "|" in m]
+                if chosen:  # ``with sync():`` where ``sync = a if k else b``
+                    return "|".join(sorted(set(chosen)))
             return name or first_line(module.segment(expr))
         if isinstance(expr, ast.Name | ast.Attribute):
             made = self.bindings.made_by(module.segment(expr))
@@ -213,3 +219,10 @@ class FileScan:
 
     # -- losses -------------------------------------------------------------------
 
+
+def _grad_switch(call: ast.Call) -> str:
+    """``torch.set_grad_enabled(flag)`` as the context it amounts to."""
+    flag = call.args[0] if call.args else None
+    if isinstance(flag, ast.Constant) and isinstance(flag.value, bool):
+        return "torch.enable_grad" if flag.value else "torch.no_grad"
+    return "torch.no_grad|torch.enable_grad"
