@@ -18,6 +18,7 @@ from trainaudit.model.loops import (
     may_train,
     project_training_loops,
 )
+from trainaudit.model.loops.identity import DDP_WRAPPERS, FSDP_WRAPPERS
 from trainaudit.model.project import Project
 from trainaudit.registry import ProjectRule, RuleContext, register
 
@@ -208,6 +209,30 @@ class MissingZeroGrad(ProjectRule):
                                                 "training loop")])
 
 
+def _ddp_model(loop: TrainingLoop) -> bool:
+    """The model trained is wrapped in DistributedDataParallel, not FSDP (whose ``no_sync``
+    keeps unsharded gradients: a memory trade, not a fix)."""
+    wrappers = loop.model_wrappers
+    if wrappers & FSDP_WRAPPERS:
+        return False
+    return bool(wrappers & DDP_WRAPPERS)
+
+
+def _under_own_no_sync(loop: TrainingLoop, backward: Operation) -> bool:
+    """A ``no_sync`` of the model trained (or of a receiver that cannot be told) encloses it;
+    ``critic.no_sync()`` around the student's backward does not count."""
+    trained = {op.receiver for op in loop.forwards}
+    for context in backward.contexts:
+        for option in context.split("|"):
+            if option == "no_sync" or option.endswith("no_backward_sync"):
+                return True
+            if option.endswith(".no_sync"):
+                receiver = option[: -len(".no_sync")]
+                if receiver in trained or receiver.removesuffix(".module") in trained or not trained:
+                    return True
+    return False
+
+
 @register
 class DdpAccumulationWithoutNoSync(ProjectRule):
     """TA205: a DistributedDataParallel model accumulates gradients, and every micro-batch's
@@ -220,11 +245,11 @@ class DdpAccumulationWithoutNoSync(ProjectRule):
     def check(self, project: Project, ctx: RuleContext) -> Iterable[Finding]:
         for loop in project_training_loops(project):
             accumulation = _manual_accumulation(loop)
-            if accumulation is None or not loop.ddp or loop.ops("sync_flag"):
+            if accumulation is None or not _ddp_model(loop) or loop.ops("sync_flag"):
                 continue
             backwards = loop.ops("backward")
-            if any(op.under("no_sync") for op in backwards):
-                continue
+            if any(_under_own_no_sync(loop, op) for op in backwards):
+                continue  # also ``no_sync() if ... else nullcontext()``: the author handles it
             backward = backwards[0]
             forward = next((op for op in loop.forwards if op.order < backward.order), None)
             message = ("DistributedDataParallel all-reduces the gradients on every micro-batch's "

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, replace
 from trainaudit.model.loops.batch import batch_size_of
 from trainaudit.model.loops.bindings import blocks, params_of
 from trainaudit.model.loops.cfg import FlowGraph
+from trainaudit.model.loops.identity import wrappers_of
 from trainaudit.model.loops.losses import LossReader
 from trainaudit.model.loops.ordering import EventLog, Ordering
 from trainaudit.model.loops.patterns import TRAINY, looks_like_accumulation_test, terminates
@@ -238,8 +239,18 @@ class LoopAnalysis(LossReader):
             file_delegation=self.file_delegation,
             ddp=self.ddp,
             ordering=log.ordering(self.flow_graph(function), avoid=loop),
+            model_wrappers=self._model_wrappers(ops),
             node=loop,
         )
+
+    def _model_wrappers(self, ops: list[Operation]) -> frozenset[str]:
+        """What the models run forward in the loop are wrapped in (``DistributedDataParallel``,
+        ``FullyShardedDataParallel``, ``compile``), followed by object, not by file."""
+        found: set[str] = set()
+        for op in ops:
+            if op.kind == "forward" and isinstance(op.node, ast.Call):
+                found.update(wrappers_of(self.module, op.node.func, op.site.function))
+        return frozenset(found)
 
     def with_batch_size(self, record: TrainingLoop) -> TrainingLoop:
         """The record with its batch size resolved (costly, so only for training loops)."""

@@ -156,6 +156,8 @@ class TrainingLoop:
     batch_size: BatchSize | None = None
     file_delegation: frozenset[str] = frozenset()  # frameworks the file hands training to
     ddp: bool = False  # the file wraps a model in DistributedDataParallel / FSDP
+    # What the models run forward are wrapped in, by object (``DistributedDataParallel``, ...).
+    model_wrappers: frozenset[str] = frozenset()
     # Which events may run after which in one iteration (None: not known, use ``order``).
     ordering: Ordering | None = field(default=None, compare=False, repr=False)
     node: LoopNode | None = field(default=None, compare=False, repr=False)

@@ -191,7 +191,7 @@ class FileScan:
             name = module.qualname(expr)
             if name is not None and name.endswith("set_grad_enabled"):
                 return _grad_switch(call)
-            if name is None and isinstance(expr, ast.Name | ast.Attribute):
+            if isinstance(expr, ast.Name | ast.Attribute):
                 chosen = [m for m in self.bindings.made_by(module.segment(expr)) if "|" in m]
                 if chosen:  # ``with sync():`` where ``sync = a if k else b``
                     return "|".join(sorted(set(chosen)))
