@@ -171,9 +171,13 @@ class EvalModeNotRestored(ProjectRule):
     def check(self, project: Project, ctx: RuleContext) -> Iterable[Finding]:
         seen: set[tuple[str, int, int]] = set()
         for loop in project_training_loops(project):
-            if loop.ops("train_mode") or not loop.ops("eval_mode"):
-                continue
+            trained = [op.receiver for op in loop.forwards if op.grad_mode == "enabled"]
+            restored = [op.receiver for op in loop.ops("train_mode")]
             for op in loop.ops("eval_mode"):
+                if not any(_same_object(op.receiver, other) for other in trained):
+                    continue  # a frozen model (a teacher run under no_grad), or not known
+                if any(not other or _same_object(op.receiver, other) for other in restored):
+                    continue
                 key = (op.site.path, op.site.line, op.site.column)
                 if key in seen:
                     continue
@@ -184,6 +188,11 @@ class EvalModeNotRestored(ProjectRule):
                                    fix_data={"receiver": op.receiver},
                                    related=[Related(loop.path, loop.header.line, loop.header.column,
                                                     "training loop")])
+
+
+def _same_object(a: str, b: str) -> bool:
+    """Receiver texts of one model (a DDP wrapper and its ``.module`` are one)."""
+    return a == b or a.removesuffix(".module") == b.removesuffix(".module")
 
 
 def _loss_names(loop: TrainingLoop) -> set[str]:
