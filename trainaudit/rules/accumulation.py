@@ -16,6 +16,7 @@ from trainaudit.model.loops import (
     Operation,
     TrainingLoop,
     may_train,
+    project_targets_gpu,
     project_training_loops,
 )
 from trainaudit.model.loops.identity import DDP_WRAPPERS, FSDP_WRAPPERS
@@ -78,30 +79,48 @@ class NoGradientAccumulation(ProjectRule):
 
     Fires only when the batch size is known statically (a literal, a variable,
     an argparse default, a config field) and batch × known world size is below
-    ``min-effective-batch``. Quiet when a framework accumulates (accelerate,
-    Fabric, DeepSpeed, HF Trainer) or the step is gated on a boundary.
+    ``min-effective-batch`` samples, or, where a sequence length is read too,
+    below ``min-effective-tokens`` tokens. Only in code that can target a GPU;
+    quiet in benchmarks, adapter (PEFT/LoRA) fine-tunes, when a framework
+    accumulates (accelerate, Fabric, DeepSpeed, HF Trainer) or the step is gated
+    on a boundary.
     """
 
     code = "TA201"
     families = ("loops",)
     triggers = LOOP_TRIGGERS
-    options = {"min-effective-batch": 32}
+    options = {"min-effective-batch": 32, "min-effective-tokens": 16384}
 
     def check(self, project: Project, ctx: RuleContext) -> Iterable[Finding]:
         minimum = int(ctx.option("min-effective-batch"))
+        minimum_tokens = int(ctx.option("min-effective-tokens"))
+        gpu: bool | None = None
         for loop in project_training_loops(project):
             size = loop.batch_size
             if size is None or loop.accumulation is not None or not _manual(loop):
                 continue
-            if size.value >= minimum:
+            if loop.traits & {"benchmark", "adapters"}:
+                continue  # throughput runs and small adapter fine-tunes choose their batch
+            tokens = size.tokens
+            if (size.value >= minimum if tokens is None else tokens >= minimum_tokens):
                 continue
             step = loop.first("optimizer_step")
             if step is None:
                 continue
+            if gpu is None:
+                gpu = "gpu" in loop.traits or project_targets_gpu(project)
+            if not gpu:
+                return  # CPU-only code: the batch is not a GPU weakness
             per = " per process" if loop.ddp else ""
-            message = (f"the optimizer steps on every micro-batch of {size.value} samples{per} "
-                       f"({size.source}) with no gradient accumulation: the effective batch is "
-                       f"{size.value} < {minimum} (min-effective-batch)")
+            if tokens is None:
+                what = f"{size.value} samples{per} ({size.source})"
+                effective = f"{size.value} < {minimum} (min-effective-batch)"
+            else:
+                what = (f"{size.value} × {size.sequence} = {tokens} tokens{per} "
+                        f"({size.source})")
+                effective = f"{tokens} tokens < {minimum_tokens} (min-effective-tokens)"
+            message = (f"the optimizer steps on every micro-batch of {what} with no gradient "
+                       f"accumulation: the effective batch is {effective}")
             data = _loop_fix_data(loop)
             data.update(_accumulation_fix_data(loop, step))
             fixable = _same_file(loop, *loop.operations) and data["backward"] is not None

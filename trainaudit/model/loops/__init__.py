@@ -85,7 +85,12 @@ from trainaudit.model.loops.records import (
     Site,
     TrainingLoop,
 )
-from trainaudit.model.loops.summaries import LoopFileFacts, project_training_loops, summarize_loops
+from trainaudit.model.loops.summaries import (
+    LoopFileFacts,
+    project_targets_gpu,
+    project_training_loops,
+    summarize_loops,
+)
 
 __all__ = [
     "BACKWARD_CALL",
@@ -115,6 +120,7 @@ __all__ = [
     "looks_like_accumulation_test",
     "loop_analysis",
     "may_train",
+    "project_targets_gpu",
     "project_training_loops",
     "resolve_int",
     "summarize_loops",

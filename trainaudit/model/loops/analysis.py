@@ -239,6 +239,7 @@ class LoopAnalysis(LossReader):
             file_delegation=self.file_delegation,
             ddp=self.ddp,
             ordering=log.ordering(self.flow_graph(function), avoid=loop),
+            traits=self.traits,
             model_wrappers=self._model_wrappers(ops),
             node=loop,
         )
@@ -261,9 +262,16 @@ class LoopAnalysis(LossReader):
         return replace(record, batch_size=batch_size_of(self.module, loop, record.header.function, used))
 
     def _names_read(self, loop: LoopNode, helpers: list[str]) -> frozenset[str]:
+        """Names and attribute names (``args.block_size``) the loop's call tree reads."""
         bodies: list[ast.AST] = [loop, *(self.module.functions[h] for h in helpers)]
-        return frozenset(n.id for body in bodies for n in ast.walk(body)
-                         if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load))
+        found: set[str] = set()
+        for body in bodies:
+            for n in ast.walk(body):
+                if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load):
+                    found.add(n.id)
+                elif isinstance(n, ast.Attribute) and isinstance(n.ctx, ast.Load):
+                    found.add(n.attr)
+        return frozenset(found)
 
     def _function_events(self, name: str, visiting: frozenset[str] = frozenset()) -> FunctionEvents:
         """A function's operations relative to its own body, computed once per file (each

@@ -9,9 +9,29 @@ from trainaudit.model.loops.bindings import assignments, target_key
 from trainaudit.model.loops.records import BatchSize, LoopNode
 from trainaudit.model.module import FunctionNode, ModuleFacts, int_value, keyword
 
+# Names of a sequence length (tokens per sample), as variables, flags or config fields.
+SEQUENCE_NAMES = ("block_size", "seq_len", "seq_length", "max_seq_len", "max_seq_length",
+                  "sequence_length", "context_length", "ctx_len", "max_length")
+
 
 def batch_size_of(module: ModuleFacts, loop: LoopNode, function: str,
                   used: frozenset[str] = frozenset()) -> BatchSize | None:
+    """The micro-batch size of a loop with its sequence length where one is read (tokens)."""
+    size = _samples(module, loop, function, used)
+    if size is None:
+        return None
+    fn = module.functions.get(function)
+    for name in SEQUENCE_NAMES:
+        if name in used:
+            known = (_variable_int(module, name, fn) or _argparse_default(module, name)
+                     or _config_default(module, name))
+            if known is not None and known.value > 1:
+                return replace(size, sequence=known.value)
+    return size
+
+
+def _samples(module: ModuleFacts, loop: LoopNode, function: str,
+             used: frozenset[str] = frozenset()) -> BatchSize | None:
     """The micro-batch size of a loop, where it is knowable statically. ``used``: names the
     loop's call tree reads (a ``batch_size`` variable counts only if something reads it)."""
     fn = module.functions.get(function)

@@ -118,6 +118,12 @@ class BatchSize:
     value: int
     source: str  # "literal", "argparse --batch-size default", "config field batch_size", ...
     expression: str = ""  # the source text that gives it (``args.batch_size``), when there is one
+    sequence: int | None = None  # tokens per sample, where a sequence length is known
+
+    @property
+    def tokens(self) -> int | None:
+        """Tokens per micro-batch (samples × sequence length), where both are known."""
+        return self.value * self.sequence if self.sequence else None
 
 
 @dataclass(frozen=True)
@@ -156,6 +162,9 @@ class TrainingLoop:
     batch_size: BatchSize | None = None
     file_delegation: frozenset[str] = frozenset()  # frameworks the file hands training to
     ddp: bool = False  # the file wraps a model in DistributedDataParallel / FSDP
+    # Facts of the loop's file: "gpu" (it can put work on a GPU), "benchmark" (a throughput
+    # or profiling script), "adapters" (PEFT/LoRA fine-tuning).
+    traits: frozenset[str] = frozenset()
     # What the models run forward are wrapped in, by object (``DistributedDataParallel``, ...).
     model_wrappers: frozenset[str] = frozenset()
     # Which events may run after which in one iteration (None: not known, use ``order``).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from functools import cached_property
 
 from trainaudit.diagnostics import Span
@@ -10,6 +11,9 @@ from trainaudit.model.loops.bindings import Bindings
 from trainaudit.model.loops.patterns import BACKWARD_CALL_RE, TRAINY, first_line
 from trainaudit.model.loops.records import LoopNode, Site
 from trainaudit.model.module import ModuleFacts, walk_local
+
+# File names of throughput benchmarks and profiling scripts (``bench.py``, ``profile_step.py``).
+BENCHMARK_PATH = re.compile(r"(^|_)(bench|benchmark|profil\w*|throughput|speed\w*)(_|\.py$)", re.IGNORECASE)
 
 
 class FileScan:
@@ -66,6 +70,31 @@ class FileScan:
                 if maker in (*wrappers, "compile", "DataParallel"):
                     models.update(module.segment(target) for target in node.targets)
         return frozenset(delegation), ddp, frozenset(defined), frozenset(models)
+
+    @cached_property
+    def traits(self) -> frozenset[str]:
+        """"gpu": the file can put work on a GPU (a ``cuda``/``nccl`` device or backend, a
+        ``.cuda()`` call, a framework that places models); "benchmark": a throughput or
+        profiling script; "adapters": PEFT / LoRA fine-tuning."""
+        module = self.module
+        found: set[str] = set()
+        stem = module.path.replace("\\", "/").rsplit("/", 1)[-1]
+        if BENCHMARK_PATH.search(stem) or any(m.startswith("torch.profiler") for m in module.imports.modules):
+            found.add("benchmark")
+        if any(m == "peft" or m.startswith("peft.") for m in module.imports.modules):
+            found.add("adapters")
+        if self.file_delegation or any(m.split(".")[0] in ("accelerate", "deepspeed", "lightning")
+                                       for m in module.imports.modules):
+            found.add("gpu")
+        for node in module.nodes:
+            if "gpu" in found:
+                break
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) \
+                    and node.value.startswith(("cuda", "nccl")):
+                found.add("gpu")
+            elif isinstance(node, ast.Attribute) and node.attr == "cuda":
+                found.add("gpu")  # torch.cuda.*, model.cuda()
+        return frozenset(found)
 
     @property
     def file_delegation(self) -> frozenset[str]:

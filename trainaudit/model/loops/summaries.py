@@ -21,6 +21,7 @@ class LoopFileFacts:
     training_loops: tuple[TrainingLoop, ...]
     candidate_loops: tuple[TrainingLoop, ...]  # loops that may train through an imported helper
     functions: dict[str, FunctionOps]  # top-level functions with training operations
+    targets_gpu: bool = False  # the file can put work on a GPU (see ``FileScan.traits``)
 
 
 def _strip_nodes(loop: TrainingLoop) -> TrainingLoop:
@@ -42,7 +43,8 @@ def summarize_loops(module: ModuleFacts) -> LoopFileFacts:
         if ops.operations or ops.external_calls:
             functions[name] = replace(ops, operations=tuple(replace(op, node=None) for op in ops.operations))
     return LoopFileFacts(tuple(_strip_nodes(loop) for loop in training),
-                         tuple(_strip_nodes(loop) for loop in candidates), functions)
+                         tuple(_strip_nodes(loop) for loop in candidates), functions,
+                         "gpu" in analysis.traits)
 
 
 def _merge_external(loop: TrainingLoop, project: Project) -> TrainingLoop:
@@ -95,3 +97,9 @@ def project_training_loops(project: Project) -> list[TrainingLoop]:
     _PROJECT_CACHE[project] = loops
     return loops
 
+
+def project_targets_gpu(project: Project) -> bool:
+    """Some checked file can put work on a GPU (code that only runs on a CPU gets no GPU
+    advice)."""
+    return any(isinstance(facts, LoopFileFacts) and facts.targets_gpu
+               for _summary, facts in project.facts("loops"))
