@@ -190,9 +190,22 @@ class EvalModeNotRestored(ProjectRule):
                                                     "training loop")])
 
 
+# ``.to(device)``, ``.cuda()``, ``.module``: calls and attributes that leave the same model.
+_SAME_MODEL_SUFFIX = re.compile(
+    r"\.(?:to|cuda|cpu|float|half|bfloat16|double|train|eval|requires_grad_)\([^()]*\)$|\.module$")
+
+
+def _model_text(text: str) -> str:
+    while True:
+        shorter = _SAME_MODEL_SUFFIX.sub("", text)
+        if shorter == text:
+            return text
+        text = shorter
+
+
 def _same_object(a: str, b: str) -> bool:
-    """Receiver texts of one model (a DDP wrapper and its ``.module`` are one)."""
-    return a == b or a.removesuffix(".module") == b.removesuffix(".module")
+    """Receiver texts of one model (``m``, ``m.module``, ``m.to(device)`` are one)."""
+    return _model_text(a) == _model_text(b)
 
 
 def _loss_names(loop: TrainingLoop) -> set[str]:
@@ -243,7 +256,7 @@ class LossTensorAccumulated(ModuleRule):
         analysis = loop_analysis(module)
         for loop in find_training_loops(module):
             names = _loss_names(loop)
-            if not names or loop.node is None:
+            if not names or loop.node is None or _window_loop(loop):
                 continue
             bodies: list[list[ast.stmt]] = [loop.node.body]
             for helper in loop.helpers:
@@ -263,6 +276,15 @@ class LossTensorAccumulated(ModuleRule):
                                "every step's autograd graph stays alive; use `.item()` or "
                                "`.detach()`")
                     yield self.report(module, value, message, fix_data={"accumulator": accumulator})
+
+
+def _window_loop(loop: TrainingLoop) -> bool:
+    """The training loop is one optimizer step's accumulation window (``for _ in
+    range(gradient_accumulation_steps)``): what it collects lives for that step only."""
+    return loop.kind == "for" and bool(_WINDOW_HEADER.search(loop.iterable))
+
+
+_WINDOW_HEADER = re.compile(r"^range\(.*(accum|micro)", re.IGNORECASE)
 
 
 def _only_called_without_grad(module: ModuleFacts, analysis: LoopAnalysis, stmt: ast.AST) -> bool:

@@ -16,6 +16,9 @@ from trainaudit.model.loops.records import OpKind
 from trainaudit.model.loops.scan import FileScan
 from trainaudit.model.module import keyword
 
+# Methods that switch a wrapper's gradient all-reduce off and on (apex DDP, FSDP2).
+SYNC_SWITCHES = frozenset({"disable_allreduce", "enable_allreduce", "set_requires_gradient_sync"})
+
 
 class CallClassifier(FileScan):
     """Classifies the training-relevant calls and assignments of a file."""
@@ -102,6 +105,8 @@ class CallClassifier(FileScan):
             if self.imports_deepspeed and ("engine" in receiver.lower() or "model" in receiver.lower()):
                 return ("optimizer_step", receiver, "deepspeed", None)
             return None
+        if attr in SYNC_SWITCHES:
+            return ("sync_flag", receiver, "", None)
         if attr == "zero_grad":
             return ("zero_grad", receiver, "", None)
         if attr == "unscale_" and call.args:
