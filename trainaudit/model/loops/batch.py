@@ -82,7 +82,7 @@ def _loader_call(module: ModuleFacts, node: ast.expr, body: list[ast.stmt]) -> a
     if isinstance(node, ast.Name):
         # A local name is made in its function, else at module level; never in another function.
         local = [v for v in assignments(body, key) if v is not None]
-        values = local or [v for stmt in module.tree.body for v in assignments([stmt], key) if v is not None]
+        values = local or [v for v in assignments(module.tree.body, key) if v is not None]
     else:
         values = [sub.value for sub in module.nodes if isinstance(sub, ast.Assign)
                   and any(target_key(t) == key for t in sub.targets)]
@@ -142,7 +142,7 @@ def _variable_int(module: ModuleFacts, name: str, fn: FunctionNode | None) -> Ba
             if literal is not None:
                 return BatchSize(literal, f"{name} = {literal}")
             return None
-    values = [v for stmt in module.tree.body for v in assignments([stmt], name)]
+    values = list(assignments(module.tree.body, name))
     if len(values) == 1:
         literal = int_value(values[0])
         if literal is not None:

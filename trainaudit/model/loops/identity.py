@@ -12,6 +12,7 @@ so different names stay different objects (never merged by position).
 from __future__ import annotations
 
 import ast
+import weakref
 
 from trainaudit.model.loops.bindings import assignments, target_key
 from trainaudit.model.module import ModuleFacts
@@ -32,19 +33,33 @@ def _values(module: ModuleFacts, key: str, function: str) -> list[ast.expr]:
     fn = module.functions.get(function)
     if key.startswith("self."):
         owner = function.rsplit(".", 1)[0] if "." in function else ""
-        attr = key[5:]
-        found: list[ast.expr] = []
-        for name, method in module.functions.items():
-            if owner and name.startswith(owner + ".") and name.count(".") == owner.count(".") + 1:
-                for node in ast.walk(method):
-                    if isinstance(node, ast.Assign) and any(
-                            target_key(t) == attr and isinstance(t, ast.Attribute) for t in node.targets):
-                        found.append(node.value)
-        return found
+        return list(_self_attributes(module).get((owner, key[5:]), ())) if owner else []
     local = [v for v in assignments(fn.body, key) if v is not None] if fn is not None else []
     if local or (fn is not None and key in {a.arg for a in (*fn.args.args, *fn.args.kwonlyargs)}):
         return local
-    return [v for stmt in module.tree.body for v in assignments([stmt], key) if v is not None]
+    return [v for v in assignments(module.tree.body, key) if v is not None]
+
+
+_SELF: weakref.WeakKeyDictionary[ModuleFacts, dict[tuple[str, str], list[ast.expr]]] = (
+    weakref.WeakKeyDictionary())
+
+
+def _self_attributes(module: ModuleFacts) -> dict[tuple[str, str], list[ast.expr]]:
+    """(class, attribute) -> values of ``self.attribute = value`` in the class's methods."""
+    if module not in _SELF:
+        found: dict[tuple[str, str], list[ast.expr]] = {}
+        for name, method in module.functions.items():
+            if "." not in name:
+                continue
+            owner = name.rsplit(".", 1)[0]
+            for node in ast.walk(method):
+                if isinstance(node, ast.Assign):
+                    for target in node.targets:
+                        attr = target_key(target) if isinstance(target, ast.Attribute) else None
+                        if attr:
+                            found.setdefault((owner, attr), []).append(node.value)
+        _SELF[module] = found
+    return _SELF[module]
 
 
 def _wrapped(module: ModuleFacts, value: ast.expr) -> tuple[ast.expr | None, str]:
@@ -115,14 +130,24 @@ def wrappers_of(module: ModuleFacts, expr: ast.expr, function: str) -> frozenset
     here or anywhere in the file (``model = DDP(model)`` after the loop's function got it)."""
     made, wrappers = origin(module, expr, function)
     key = _key(module, made) or _key(module, expr)
-    found = set(wrappers)
-    if key:
+    return frozenset(wrappers) | _wrapped_names(module).get(key, frozenset())
+
+
+_WRAPPED: weakref.WeakKeyDictionary[ModuleFacts, dict[str, frozenset[str]]] = weakref.WeakKeyDictionary()
+
+
+def _wrapped_names(module: ModuleFacts) -> dict[str, frozenset[str]]:
+    """Names (and ``self.x``) passed to a wrapper anywhere in the file, with the wrappers."""
+    if module not in _WRAPPED:
+        found: dict[str, set[str]] = {}
         for node in module.nodes:
-            if isinstance(node, ast.Call) and node.args and _key(module, node.args[0]) == key:
+            if isinstance(node, ast.Call) and node.args:
                 last = (module.call_name(node) or "").rsplit(".", 1)[-1]
-                if last in WRAPPERS | FSDP_WRAPPERS:
-                    found.add(last)
-    return frozenset(found)
+                key = _key(module, node.args[0]) if last in WRAPPERS | FSDP_WRAPPERS else ""
+                if key:
+                    found.setdefault(key, set()).add(last)
+        _WRAPPED[module] = {k: frozenset(v) for k, v in found.items()}
+    return _WRAPPED[module]
 
 
 def made_by_class(module: ModuleFacts, expr: ast.expr, function: str) -> ast.ClassDef | None:
