@@ -16,8 +16,8 @@ from trainaudit.model.loops import (
     Operation,
     TrainingLoop,
     may_train,
-    project_targets_gpu,
     project_training_loops,
+    targets_gpu,
 )
 from trainaudit.model.loops.identity import DDP_WRAPPERS, FSDP_WRAPPERS
 from trainaudit.model.project import Project
@@ -94,7 +94,6 @@ class NoGradientAccumulation(ProjectRule):
     def check(self, project: Project, ctx: RuleContext) -> Iterable[Finding]:
         minimum = int(ctx.option("min-effective-batch"))
         minimum_tokens = int(ctx.option("min-effective-tokens"))
-        gpu: bool | None = None
         for loop in project_training_loops(project):
             size = loop.batch_size
             if size is None or loop.accumulation is not None or not _manual(loop):
@@ -102,15 +101,12 @@ class NoGradientAccumulation(ProjectRule):
             if loop.traits & {"benchmark", "adapters"}:
                 continue  # throughput runs and small adapter fine-tunes choose their batch
             tokens = size.tokens
-            if (size.value >= minimum if tokens is None else tokens >= minimum_tokens):
+            # Tokens only excuse a batch: few long sequences are a large batch.
+            if size.value >= minimum or (tokens is not None and tokens >= minimum_tokens):
                 continue
             step = loop.first("optimizer_step")
-            if step is None:
-                continue
-            if gpu is None:
-                gpu = "gpu" in loop.traits or project_targets_gpu(project)
-            if not gpu:
-                return  # CPU-only code: the batch is not a GPU weakness
+            if step is None or not targets_gpu(project, loop):
+                continue  # CPU-only code: the batch is not a GPU weakness
             per = " per process" if loop.ddp else ""
             if tokens is None:
                 what = f"{size.value} samples{per} ({size.source})"

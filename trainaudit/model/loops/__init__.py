@@ -87,9 +87,9 @@ from trainaudit.model.loops.records import (
 )
 from trainaudit.model.loops.summaries import (
     LoopFileFacts,
-    project_targets_gpu,
     project_training_loops,
     summarize_loops,
+    targets_gpu,
 )
 
 __all__ = [
@@ -120,8 +120,8 @@ __all__ = [
     "looks_like_accumulation_test",
     "loop_analysis",
     "may_train",
-    "project_targets_gpu",
     "project_training_loops",
     "resolve_int",
     "summarize_loops",
+    "targets_gpu",
 ]

@@ -98,8 +98,15 @@ def project_training_loops(project: Project) -> list[TrainingLoop]:
     return loops
 
 
-def project_targets_gpu(project: Project) -> bool:
-    """Some checked file can put work on a GPU (code that only runs on a CPU gets no GPU
-    advice)."""
-    return any(isinstance(facts, LoopFileFacts) and facts.targets_gpu
-               for _summary, facts in project.facts("loops"))
+def targets_gpu(project: Project, loop: TrainingLoop) -> bool:
+    """The loop's file, or a file whose helper it runs, can put work on a GPU (code that
+    only runs on a CPU gets no GPU advice)."""
+    if "gpu" in loop.traits:
+        return True
+    paths = {op.site.path for op in loop.operations} - {loop.path}
+    for path in paths:
+        summary = project.by_path.get(path)
+        facts = summary.facts.get("loops") if summary is not None else None
+        if isinstance(facts, LoopFileFacts) and facts.targets_gpu:
+            return True
+    return False
