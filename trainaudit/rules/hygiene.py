@@ -132,8 +132,9 @@ def _evaluates(module: ModuleFacts, ordering: Ordering, evaluation: Operation, f
     evaluated, ran = _receiver(evaluation), _receiver(forward)
     if evaluated is None or ran is None:
         return False
-    return (identity(module, evaluated, evaluation.site.function)
-            == identity(module, ran, forward.site.function))
+    put, run = (identity(module, evaluated, evaluation.site.function),
+                identity(module, ran, forward.site.function))
+    return run == put or run.startswith(put + ".")  # a submodule is in eval mode too
 
 
 # Names of functions a framework (or a training loop) calls to compute a training loss.
@@ -154,7 +155,7 @@ def _may_train(module: ModuleFacts, analysis: LoopAnalysis, name: str) -> str:
         return f"`{short}` may compute a training loss"
     forwards = {op.receiver for op in analysis.function_ops(name).operations if op.kind == "forward"}
     evaluated = {op.receiver for op in analysis.function_ops(name).operations if op.kind == "eval_mode"}
-    if forwards - evaluated:
+    if any(not any(f == e or f.startswith(e + ".") for e in evaluated) for f in forwards):
         return f"`{short}` also runs models it does not put in eval mode"
     return ""
 
