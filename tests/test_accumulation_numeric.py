@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # GPU code (runs on a CPU too)
+
 
 def train_step(model, batch, optimizer, scheduler):
     optimizer.zero_grad()
@@ -50,6 +52,8 @@ INLINE_TRAINER = '''\
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # GPU code (runs on a CPU too)
 
 
 def train(model, dataset, optimizer, scheduler, batch_size=4, epochs=1):

@@ -35,6 +35,18 @@ DEFAULT_EXCLUDE = (
 )
 
 
+# Where test code lives (SPEC §4: loop, precision and hygiene rules do not report there).
+TEST_DIRECTORIES = frozenset({"test", "tests"})
+
+
+def is_test_path(path: str) -> bool:
+    """``tests/…``, ``test/…``, ``test_*.py``, ``*_test.py`` or ``conftest.py``."""
+    parts = PurePosixPath(path.replace("\\", "/")).parts
+    name = parts[-1] if parts else ""
+    return (any(part in TEST_DIRECTORIES for part in parts[:-1]) or name == "conftest.py"
+            or (name.startswith("test_") and name.endswith(".py")) or name.endswith("_test.py"))
+
+
 class ConfigError(Exception):
     """A configuration or usage error (exit code 2)."""
 
@@ -51,6 +63,8 @@ class Config:
     fail_on: Severity = Severity.WARNING
     unsafe_fixes: bool = False
     respect_gitignore: bool = True
+    # Report every rule in test files too (by default only rules that apply to tests do).
+    check_tests: bool = False
     options: Mapping[str, Any] = field(default_factory=dict)
     fix_options: Mapping[str, Any] = field(default_factory=lambda: dict(DEFAULT_FIX_OPTIONS))
     root: Path = field(default_factory=Path.cwd)
@@ -186,7 +200,7 @@ def _from_table(table: Mapping[str, Any], file: Path, defaults: Config,
                 rule_options: Mapping[str, Any]) -> Config:
     where = str(file)
     known = _LIST_KEYS | {"per-file-ignores", "fail-on", "unsafe-fixes", "fix",
-                          "respect-gitignore"} | set(rule_options)
+                          "respect-gitignore", "check-tests"} | set(rule_options)
     unknown = sorted(set(table) - known)
     if unknown:
         raise ConfigError(f"{where}: unknown option(s): {', '.join(unknown)}")
@@ -215,7 +229,8 @@ def _from_table(table: Mapping[str, Any], file: Path, defaults: Config,
             changes["fail_on"] = Severity.parse(str(table["fail-on"]))
         except ValueError as exc:
             raise ConfigError(f"{where}: fail-on: {exc}") from None
-    for key, attr in (("unsafe-fixes", "unsafe_fixes"), ("respect-gitignore", "respect_gitignore")):
+    for key, attr in (("unsafe-fixes", "unsafe_fixes"), ("respect-gitignore", "respect_gitignore"),
+                      ("check-tests", "check_tests")):
         if key in table:
             if not isinstance(table[key], bool):
                 raise ConfigError(f"{where}: `{key}` must be true or false")

@@ -24,12 +24,20 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from trainaudit.catalogue import BY_CODE
-from trainaudit.config import Config
+from trainaudit.config import Config, is_test_path
 from trainaudit.diagnostics import Finding, Span
 from trainaudit.discover import SourceFile
 from trainaudit.model.module import ModuleFacts, clear_walk_cache
 from trainaudit.model.project import ModuleSummary, Project
-from trainaudit.registry import SUMMARIZERS, Gate, ModuleRule, ProjectRule, RuleContext, load_rules
+from trainaudit.registry import (
+    SUMMARIZERS,
+    Gate,
+    ModuleRule,
+    ProjectRule,
+    RuleContext,
+    applies_to_tests,
+    load_rules,
+)
 from trainaudit.suppression import Suppressions, is_suppressed, parse_suppressions
 
 # Below this many files, processes cost more than they save.
@@ -364,10 +372,16 @@ def check_files(files: Sequence[SourceFile], config: Config, *,
         project_findings, errors = (project or run_project_rules)(results, settings)
     by_path = {r.path: r for r in results}
     ignored: dict[str, tuple[str, ...]] = {}
+    tests: dict[str, bool] = {}
     findings: list[Finding] = []
     for finding in [f for r in results for f in r.findings] + project_findings:
         if finding.code not in settings.enabled:
             continue
+        if not config.check_tests and not applies_to_tests(finding.code):
+            if finding.path not in tests:
+                tests[finding.path] = is_test_path(finding.path)
+            if tests[finding.path]:
+                continue
         if finding.path not in ignored:
             ignored[finding.path] = config.ignored_for(finding.path)
         if any(finding.code.startswith(c) for c in ignored[finding.path]):

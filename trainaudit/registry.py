@@ -77,6 +77,12 @@ class Rule:
     requires: ClassVar[Clauses] = ()
     # Options the rule reads, kebab-case, with their defaults.
     options: ClassVar[dict[str, Any]] = {}
+    # Whether the rule reports in test files (``tests/``, ``test_*.py``, ``*_test.py``,
+    # ``conftest.py``). Tests step optimisers over fixed gradients, evaluate without
+    # no_grad and run tiny batches on purpose, so loop, precision, checkpointing and
+    # hygiene rules stay quiet there; a wrong label shift is a bug wherever it is.
+    # ``check-tests = true`` in the config turns every rule on in tests.
+    applies_to_tests: ClassVar[bool] = False
 
     @property
     def info(self) -> RuleInfo:
@@ -155,6 +161,13 @@ def load_rules() -> dict[str, type[Rule]]:
     import trainaudit.rules  # noqa: F401  (registers on import)
 
     return RULES
+
+
+def applies_to_tests(code: str) -> bool:
+    """Whether findings of ``code`` are reported in test files by default (codes without a
+    rule class, such as the engine's own, are)."""
+    cls = load_rules().get(code)
+    return cls is None or cls.applies_to_tests
 
 
 def all_options() -> dict[str, Any]:

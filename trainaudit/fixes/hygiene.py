@@ -98,6 +98,10 @@ def fix_eval_mode_not_restored(source: str, findings: Sequence[Finding], options
     return FixResult(edits.apply(located.module).code, notes)
 
 
+# Calls that take a Python number as well as a 0-d tensor.
+_NUMBER_OK = frozenset({"float", "int", "round", "print", "str", "format", "abs", "min", "max"})
+
+
 class _Uses(cst.CSTVisitor):
     """Whether an accumulator is used as a tensor (``total.item()``, ``torch.stack(total)``)."""
 
@@ -108,6 +112,15 @@ class _Uses(cst.CSTVisitor):
 
     def visit_Attribute(self, node: cst.Attribute) -> None:
         if code_of(node.value) == self.name and node.attr.value not in ("append",):
+            self.tensor_use = True
+
+    def visit_Call(self, node: cst.Call) -> None:
+        # ``dist.all_reduce(total)``, ``torch.stack(total)``: a tensor (or list) is needed;
+        # printing or converting it works on a number too.
+        func = node.func
+        if isinstance(func, cst.Name) and func.value in _NUMBER_OK:
+            return
+        if any(code_of(arg.value) == self.name for arg in node.args):
             self.tensor_use = True
 
     def visit_Assign(self, node: cst.Assign) -> None:

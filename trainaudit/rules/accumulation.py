@@ -17,7 +17,9 @@ from trainaudit.model.loops import (
     TrainingLoop,
     may_train,
     project_training_loops,
+    targets_gpu,
 )
+from trainaudit.model.loops.identity import DDP_WRAPPERS, FSDP_WRAPPERS
 from trainaudit.model.project import Project
 from trainaudit.registry import ProjectRule, RuleContext, register
 
@@ -77,30 +79,44 @@ class NoGradientAccumulation(ProjectRule):
 
     Fires only when the batch size is known statically (a literal, a variable,
     an argparse default, a config field) and batch × known world size is below
-    ``min-effective-batch``. Quiet when a framework accumulates (accelerate,
-    Fabric, DeepSpeed, HF Trainer) or the step is gated on a boundary.
+    ``min-effective-batch`` samples, or, where a sequence length is read too,
+    below ``min-effective-tokens`` tokens. Only in code that can target a GPU;
+    quiet in benchmarks, adapter (PEFT/LoRA) fine-tunes, when a framework
+    accumulates (accelerate, Fabric, DeepSpeed, HF Trainer) or the step is gated
+    on a boundary.
     """
 
     code = "TA201"
     families = ("loops",)
     triggers = LOOP_TRIGGERS
-    options = {"min-effective-batch": 32}
+    options = {"min-effective-batch": 32, "min-effective-tokens": 16384}
 
     def check(self, project: Project, ctx: RuleContext) -> Iterable[Finding]:
         minimum = int(ctx.option("min-effective-batch"))
+        minimum_tokens = int(ctx.option("min-effective-tokens"))
         for loop in project_training_loops(project):
             size = loop.batch_size
             if size is None or loop.accumulation is not None or not _manual(loop):
                 continue
-            if size.value >= minimum:
+            if loop.traits & {"benchmark", "adapters"}:
+                continue  # throughput runs and small adapter fine-tunes choose their batch
+            tokens = size.tokens
+            # Tokens only excuse a batch: few long sequences are a large batch.
+            if size.value >= minimum or (tokens is not None and tokens >= minimum_tokens):
                 continue
             step = loop.first("optimizer_step")
-            if step is None:
-                continue
+            if step is None or not targets_gpu(project, loop):
+                continue  # CPU-only code: the batch is not a GPU weakness
             per = " per process" if loop.ddp else ""
-            message = (f"the optimizer steps on every micro-batch of {size.value} samples{per} "
-                       f"({size.source}) with no gradient accumulation: the effective batch is "
-                       f"{size.value} < {minimum} (min-effective-batch)")
+            if tokens is None:
+                what = f"{size.value} samples{per} ({size.source})"
+                effective = f"{size.value} < {minimum} (min-effective-batch)"
+            else:
+                what = (f"{size.value} × {size.sequence} = {tokens} tokens{per} "
+                        f"({size.source})")
+                effective = f"{tokens} tokens < {minimum_tokens} (min-effective-tokens)"
+            message = (f"the optimizer steps on every micro-batch of {what} with no gradient "
+                       f"accumulation: the effective batch is {effective}")
             data = _loop_fix_data(loop)
             data.update(_accumulation_fix_data(loop, step))
             fixable = _same_file(loop, *loop.operations) and data["backward"] is not None
@@ -125,10 +141,14 @@ class AccumulatedLossNotScaled(ProjectRule):
             for backward in loop.ops("backward"):
                 if backward.framework or backward.loss is None or backward.loss.scaled is not False:
                     continue
+                if backward.loss.reduction not in (None, "mean"):
+                    continue  # a summed loss: its author normalises it (tokens, ranks)
                 steps = accumulation.steps
                 message = (f"gradients of {steps or 'several'} micro-batches are summed but "
                            f"`{backward.loss.text}` is not divided by the accumulation steps: "
                            "the update grows with the number of micro-batches")
+                if steps is None:
+                    message += "; no automatic fix: the number of micro-batches is not visible"
                 yield self.finding(backward.site.path, backward.site.span, message,
                                    fix_data={"divisor": steps}, fixable=steps is not None,
                                    related=[_related(loop.ops("optimizer_step")[0],
@@ -204,6 +224,30 @@ class MissingZeroGrad(ProjectRule):
                                                 "training loop")])
 
 
+def _ddp_model(loop: TrainingLoop) -> bool:
+    """The model trained is wrapped in DistributedDataParallel, not FSDP (whose ``no_sync``
+    keeps unsharded gradients: a memory trade, not a fix)."""
+    wrappers = loop.model_wrappers
+    if wrappers & FSDP_WRAPPERS:
+        return False
+    return bool(wrappers & DDP_WRAPPERS)
+
+
+def _under_own_no_sync(loop: TrainingLoop, backward: Operation) -> bool:
+    """A ``no_sync`` of the model trained (or of a receiver that cannot be told) encloses it;
+    ``critic.no_sync()`` around the student's backward does not count."""
+    trained = {op.receiver for op in loop.forwards}
+    for context in backward.contexts:
+        for option in context.split("|"):
+            if option == "no_sync" or option.endswith("no_backward_sync"):
+                return True
+            if option.endswith(".no_sync"):
+                receiver = option[: -len(".no_sync")]
+                if receiver in trained or receiver.removesuffix(".module") in trained or not trained:
+                    return True
+    return False
+
+
 @register
 class DdpAccumulationWithoutNoSync(ProjectRule):
     """TA205: a DistributedDataParallel model accumulates gradients, and every micro-batch's
@@ -216,11 +260,11 @@ class DdpAccumulationWithoutNoSync(ProjectRule):
     def check(self, project: Project, ctx: RuleContext) -> Iterable[Finding]:
         for loop in project_training_loops(project):
             accumulation = _manual_accumulation(loop)
-            if accumulation is None or not loop.ddp or loop.ops("sync_flag"):
+            if accumulation is None or not _ddp_model(loop) or loop.ops("sync_flag"):
                 continue
             backwards = loop.ops("backward")
-            if any(op.under("no_sync") for op in backwards):
-                continue
+            if any(_under_own_no_sync(loop, op) for op in backwards):
+                continue  # also ``no_sync() if ... else nullcontext()``: the author handles it
             backward = backwards[0]
             forward = next((op for op in loop.forwards if op.order < backward.order), None)
             message = ("DistributedDataParallel all-reduces the gradients on every micro-batch's "
@@ -253,21 +297,25 @@ def _clears_for(zero: Operation, step: Operation, loop: TrainingLoop) -> bool:
 
 
 def _zero_between(loop: TrainingLoop) -> Iterator[tuple[Operation, Operation, Operation]]:
-    ops = loop.operations
-    for index, op in enumerate(ops):
-        if op.kind != "backward":
-            continue
-        zeros: list[Operation] = []
-        for later in ops[index + 1:]:
-            if later.kind == "zero_grad":
-                zeros.append(later)
-            elif later.kind == "optimizer_step":
-                for zero in zeros:
-                    if _clears_for(zero, later, loop):
-                        yield op, zero, later
+    """(backward, zero_grad, step) where a path of one iteration runs them in that order and
+    no other backward refills the gradients between the two (a GAN's second update)."""
+    backwards = loop.ops("backward")
+    steps = loop.ops("optimizer_step")
+    for zero in loop.ops("zero_grad"):
+        for backward in backwards:
+            if not loop.may_follow(backward, zero):
+                continue
+            for step in steps:
+                if not (loop.may_follow(zero, step) and _clears_for(zero, step, loop)):
+                    continue
+                if any(other.order != backward.order and loop.may_follow(zero, other)
+                       and loop.may_follow(other, step) for other in backwards):
+                    continue
+                yield backward, zero, step
                 break
-            elif later.kind == "backward":
-                break
+            else:
+                continue
+            break
 
 
 @register
@@ -289,7 +337,13 @@ class ZeroGradBeforeStep(ProjectRule):
                 seen.add(key)
                 message = (f"`{zero.site.text}` runs after `{backward.site.text}` and before "
                            f"`{step.site.text}`: the step sees cleared gradients")
-                fixable = _same_file(loop, zero, step) and zero.site.function == step.site.function
+                # Moving the call keeps every other path only when both are in one block.
+                fixable = (_same_file(loop, zero, step) and zero.site.function == step.site.function
+                           and zero.guards == step.guards and zero.loops == step.loops
+                           and zero.contexts == step.contexts)
+                if not fixable:
+                    message += ("; no automatic fix: the two are not in one block, so moving "
+                                "the zero_grad would change another path")
                 yield self.finding(zero.site.path, zero.site.span, message,
                                    fix_data={"step": [step.site.line, step.site.column]},
                                    fixable=fixable,

@@ -4,6 +4,7 @@ kept alive, no clipping, weight decay on norms and biases."""
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterable, Iterator
 
 from trainaudit.diagnostics import Finding, Related
@@ -14,9 +15,12 @@ from trainaudit.model.loops import (
     Operation,
     TrainingLoop,
     find_training_loops,
+    grad_mode_at,
     loop_analysis,
     project_training_loops,
 )
+from trainaudit.model.loops.identity import identity
+from trainaudit.model.loops.ordering import Ordering
 from trainaudit.model.module import FunctionNode, ModuleFacts, int_value, keyword, walk_local
 from trainaudit.model.project import Project
 from trainaudit.registry import ModuleRule, ProjectRule, RuleContext, register
@@ -79,29 +83,81 @@ class EvalWithoutNoGrad(ModuleRule):
             if not any(isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
                        and n.func.attr == "eval" for n in walk_local(fn.body)):
                 continue
-            ops = analysis.function_ops(name).operations
+            function_ops = analysis.function_ops(name)
+            ops = function_ops.operations
             if any(op.kind == "backward" for op in ops):
                 continue  # eval() to freeze dropout/norms while training
             evals = [op for op in ops if op.kind == "eval_mode" and not op.via]
-            if not evals:
-                continue
-            first = evals[0]
-            forwards = [op for op in ops if op.kind == "forward" and op.order > first.order
-                        and not _grad_disabled(op)
-                        and not any(t.kind == "train_mode" and first.order < t.order < op.order
-                                    for t in ops)]
+            forwards = [(first, op) for first in evals for op in ops
+                        if _evaluates(module, function_ops.ordering, first, op, ops)]
             if not forwards:
                 continue
             short = name.rsplit(".", 1)[-1]
             if "." not in name and _callers_disable_grad(module, analysis, short):
                 continue
+            first, forward = forwards[0]
             message = (f"`{short}` puts `{first.receiver}` in eval mode and runs "
-                       f"`{forwards[0].site.text}` with gradients enabled: every forward builds an "
+                       f"`{forward.site.text}` with gradients enabled: every forward builds an "
                        "autograd graph nobody uses")
-            yield self.report(module, forwards[0].node or fn, message,
+            trains = _may_train(module, analysis, name)
+            if trains:
+                message += f"; no automatic fix: {trains}, so @torch.no_grad() could break training"
+            yield self.report(module, forward.node or fn, message,
                               related=[Related(module.path, first.site.line, first.site.column,
                                                "eval mode here")],
-                              fix_data={"function": name})
+                              fix_data={"function": name}, fixable=not trains)
+
+
+def _receiver(op: Operation) -> ast.expr | None:
+    """The object an eval/forward call runs on (``model`` in ``model.eval()`` / ``model(x)``)."""
+    call = op.node
+    if not isinstance(call, ast.Call):
+        return None
+    if op.kind == "eval_mode" or (isinstance(call.func, ast.Attribute)
+                                  and call.func.attr in ("forward", "generate")):
+        return call.func.value if isinstance(call.func, ast.Attribute) else None
+    return call.func
+
+
+def _evaluates(module: ModuleFacts, ordering: Ordering, evaluation: Operation, forward: Operation,
+               ops: tuple[Operation, ...]) -> bool:
+    """``forward`` runs the object put in eval mode by ``evaluation``, on a path after it,
+    with gradients on, and no ``train()`` in between (by order: a conservative cut)."""
+    if forward.kind != "forward" or forward.grad_mode != "enabled":
+        return False
+    if (evaluation.order, forward.order) not in ordering.follows:
+        return False  # another branch (``self.teacher.eval()`` beside the student's forward)
+    if any(t.kind == "train_mode" and evaluation.order < t.order < forward.order for t in ops):
+        return False
+    evaluated, ran = _receiver(evaluation), _receiver(forward)
+    if evaluated is None or ran is None:
+        return False
+    put, run = (identity(module, evaluated, evaluation.site.function),
+                identity(module, ran, forward.site.function))
+    return run == put or run.startswith(put + ".")  # a submodule is in eval mode too
+
+
+# Names of functions a framework (or a training loop) calls to compute a training loss.
+_TRAINING_ENTRY = re.compile(r"loss|train|step|fit|forward|update|backward", re.IGNORECASE)
+_EVALUATION_NAME = re.compile(r"eval|valid|test|infer|predict|generat|sampl|score|metric", re.IGNORECASE)
+
+
+def _may_train(module: ModuleFacts, analysis: LoopAnalysis, name: str) -> str:
+    """Why decorating ``name`` with no_grad might break training ("" when it cannot)."""
+    short = name.rsplit(".", 1)[-1]
+    if any(name in loop.helpers for loop in find_training_loops(module)):
+        return f"`{short}` is called from a training loop"
+    if analysis.file_delegation:
+        return f"a framework ({', '.join(sorted(analysis.file_delegation))}) may call `{short}` to train"
+    lowered = short.lower()
+    evaluation = _EVALUATION_NAME.search(short) and "train" not in lowered and "loss" not in lowered
+    if _TRAINING_ENTRY.search(short) and not evaluation:
+        return f"`{short}` may compute a training loss"
+    forwards = {op.receiver for op in analysis.function_ops(name).operations if op.kind == "forward"}
+    evaluated = {op.receiver for op in analysis.function_ops(name).operations if op.kind == "eval_mode"}
+    if any(not any(f == e or f.startswith(e + ".") for e in evaluated) for f in forwards):
+        return f"`{short}` also runs models it does not put in eval mode"
+    return ""
 
 
 @register
@@ -116,9 +172,13 @@ class EvalModeNotRestored(ProjectRule):
     def check(self, project: Project, ctx: RuleContext) -> Iterable[Finding]:
         seen: set[tuple[str, int, int]] = set()
         for loop in project_training_loops(project):
-            if loop.ops("train_mode") or not loop.ops("eval_mode"):
-                continue
+            trained = [op.receiver for op in loop.forwards if op.grad_mode == "enabled"]
+            restored = [op.receiver for op in loop.ops("train_mode")]
             for op in loop.ops("eval_mode"):
+                if not any(_same_object(op.receiver, other) for other in trained):
+                    continue  # a frozen model (a teacher run under no_grad), or not known
+                if any(not other or _same_object(op.receiver, other) for other in restored):
+                    continue
                 key = (op.site.path, op.site.line, op.site.column)
                 if key in seen:
                     continue
@@ -129,6 +189,24 @@ class EvalModeNotRestored(ProjectRule):
                                    fix_data={"receiver": op.receiver},
                                    related=[Related(loop.path, loop.header.line, loop.header.column,
                                                     "training loop")])
+
+
+# ``.to(device)``, ``.cuda()``, ``.module``: calls and attributes that leave the same model.
+_SAME_MODEL_SUFFIX = re.compile(
+    r"\.(?:to|cuda|cpu|float|half|bfloat16|double|train|eval|requires_grad_)\([^()]*\)$|\.module$")
+
+
+def _model_text(text: str) -> str:
+    while True:
+        shorter = _SAME_MODEL_SUFFIX.sub("", text)
+        if shorter == text:
+            return text
+        text = shorter
+
+
+def _same_object(a: str, b: str) -> bool:
+    """Receiver texts of one model (``m``, ``m.module``, ``m.to(device)`` are one)."""
+    return _model_text(a) == _model_text(b)
 
 
 def _loss_names(loop: TrainingLoop) -> set[str]:
@@ -176,9 +254,10 @@ class LossTensorAccumulated(ModuleRule):
 
     def check(self, module: ModuleFacts, ctx: RuleContext) -> Iterable[Finding]:
         seen: set[int] = set()
+        analysis = loop_analysis(module)
         for loop in find_training_loops(module):
             names = _loss_names(loop)
-            if not names or loop.node is None:
+            if not names or loop.node is None or _window_loop(loop):
                 continue
             bodies: list[list[ast.stmt]] = [loop.node.body]
             for helper in loop.helpers:
@@ -188,6 +267,9 @@ class LossTensorAccumulated(ModuleRule):
                 for stmt, value, accumulator in _accumulations(module, body, names):
                     if id(stmt) in seen or _converted_before(module, stmt, names):
                         continue
+                    if grad_mode_at(analysis, stmt) != "enabled" or _only_called_without_grad(
+                            module, analysis, stmt):
+                        continue  # no graph is recorded there (or it cannot be told)
                     if body is not loop.node.body and not accumulator.startswith("self."):
                         continue  # a local total in a helper dies with the call
                     seen.add(id(stmt))
@@ -195,6 +277,21 @@ class LossTensorAccumulated(ModuleRule):
                                "every step's autograd graph stays alive; use `.item()` or "
                                "`.detach()`")
                     yield self.report(module, value, message, fix_data={"accumulator": accumulator})
+
+
+def _window_loop(loop: TrainingLoop) -> bool:
+    """The training loop is one optimizer step's accumulation window (``for _ in
+    range(gradient_accumulation_steps)``): what it collects lives for that step only."""
+    return loop.kind == "for" and bool(_WINDOW_HEADER.search(loop.iterable))
+
+
+_WINDOW_HEADER = re.compile(r"^range\(.*(accum|micro)", re.IGNORECASE)
+
+
+def _only_called_without_grad(module: ModuleFacts, analysis: LoopAnalysis, stmt: ast.AST) -> bool:
+    """The statement is in a helper that every call in this file runs under no_grad."""
+    fn = module.enclosing_function(stmt)
+    return fn is not None and _callers_disable_grad(module, analysis, fn.name)
 
 
 def _converted_before(module: ModuleFacts, stmt: ast.AST, names: set[str]) -> bool:

@@ -50,6 +50,7 @@ def _ignore_text(readings: Iterable[LossReading], producer_path: str) -> str:
 class _LabelRule(ProjectRule):
     triggers = TRIGGERS
     families = (FAMILY,)
+    applies_to_tests = True  # a wrong shift is a bug in a test's data pipeline too
 
     def analysis(self, project: Project) -> LabelAnalysis:
         return LabelAnalysis.of(project)

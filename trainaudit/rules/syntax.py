@@ -18,6 +18,7 @@ class SyntaxErrorRule(ModuleRule):
     """
 
     code = "TA001"
+    applies_to_tests = True
 
     def check(self, module: ModuleFacts, ctx: RuleContext) -> Iterable[Finding]:
         return ()

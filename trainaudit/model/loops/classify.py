@@ -1,0 +1,161 @@
+"""Which calls of a training loop are backward, steps, zero_grad, forwards ..."""
+
+from __future__ import annotations
+
+import ast
+
+from trainaudit.model.loops.patterns import (
+    CLIP_METHODS,
+    FACTORY,
+    MODEL_NAME,
+    OPTIMIZER_NAME,
+    SCHEDULER_NAME,
+    last_name,
+)
+from trainaudit.model.loops.records import OpKind
+from trainaudit.model.loops.scan import FileScan
+from trainaudit.model.module import keyword
+
+# Methods that switch a wrapper's gradient all-reduce off and on (apex DDP, FSDP2).
+SYNC_SWITCHES = frozenset({"disable_allreduce", "enable_allreduce", "set_requires_gradient_sync"})
+
+
+class CallClassifier(FileScan):
+    """Classifies the training-relevant calls and assignments of a file."""
+
+    def _is_optimizer(self, text: str) -> bool:
+        last = last_name(text)
+        if OPTIMIZER_NAME.search(last) and not SCHEDULER_NAME.search(last):
+            return True
+        for made in self.bindings.made_by(text):
+            lowered = made.lower()
+            if "lr_scheduler" in lowered or "schedul" in lowered:
+                return False
+            if "optim" in lowered or made.rsplit(".", 1)[-1] in (
+                    "AdamW", "Adam", "SGD", "Adafactor", "Lion", "RMSprop", "Adagrad"):
+                return True
+        return False
+
+    def _is_scheduler(self, text: str) -> bool:
+        if SCHEDULER_NAME.search(last_name(text)):
+            return True
+        for made in self.bindings.made_by(text):
+            lowered, last = made.lower(), made.rsplit(".", 1)[-1]
+            if "pipeline" in lowered:
+                continue
+            if ("lr_scheduler" in lowered or "schedule_with_warmup" in lowered
+                    or last.endswith(("LR", "Scheduler", "Schedulers")) or last == "get_scheduler"):
+                return True
+        return False
+
+    def _framework(self, receiver: str) -> str:
+        lowered = receiver.lower()
+        if "accelerat" in lowered:
+            return "accelerate"
+        if "fabric" in lowered:
+            return "fabric"
+        if self.imports_deepspeed and ("engine" in lowered or "model" in lowered):
+            return "deepspeed"
+        return ""
+
+    def classify(self, call: ast.Call, function: str) -> tuple[OpKind, str, str, ast.expr | None] | None:
+        """(kind, receiver, framework, loss expression) of a training-relevant call, else None."""
+        module = self.module
+        func = call.func
+        if isinstance(func, ast.Name):
+            text = func.id
+            if text in self.defined_names or module.is_imported(text) or text.startswith(FACTORY):
+                name = module.qualname(func) or ""
+                if name.rsplit(".", 1)[-1] in CLIP_METHODS:
+                    return ("clip", "", "", None)
+                return None
+            if text in self.model_names or MODEL_NAME.search(text):
+                return ("forward", text, "", None)
+            return None
+        if not isinstance(func, ast.Attribute):
+            return None
+        attr = func.attr
+        receiver = module.segment(func.value)
+        qualified = module.qualname(func) or ""
+        if attr == "backward":
+            if qualified == "torch.autograd.backward" and call.args:
+                return ("backward", module.segment(call.args[0]), "", call.args[0])
+            if qualified.startswith("torch.distributed.autograd"):
+                # Gradients live in the distributed-autograd context, not in ``.grad``.
+                return ("backward", receiver, "dist-autograd", None)
+            if call.args and not isinstance(call.args[0], ast.Starred) and "loss" not in receiver:
+                framework = self._framework(receiver) or "framework"
+                return ("backward", receiver, framework, call.args[0])
+            loss = func.value
+            if (isinstance(loss, ast.Call) and isinstance(loss.func, ast.Attribute)
+                    and loss.func.attr == "scale" and loss.args):
+                loss = loss.args[0]
+            return ("backward", module.segment(loss), "", loss)
+        if attr == "manual_backward" and call.args:
+            return ("backward", receiver, "lightning", call.args[0])
+        if attr in CLIP_METHODS or qualified.rsplit(".", 1)[-1] in CLIP_METHODS:
+            return ("clip", receiver, self._framework(receiver), None)
+        if attr == "step":
+            if "scaler" in receiver.lower() and call.args:
+                return ("optimizer_step", module.segment(call.args[0]), "", None)
+            if self._is_scheduler(receiver):
+                return ("scheduler_step", receiver, "", None)
+            if self._is_optimizer(receiver):
+                return ("optimizer_step", receiver, self._framework(receiver), None)
+            if self.imports_deepspeed and ("engine" in receiver.lower() or "model" in receiver.lower()):
+                return ("optimizer_step", receiver, "deepspeed", None)
+            return None
+        if attr in SYNC_SWITCHES:
+            return ("sync_flag", receiver, "", None)
+        if attr == "zero_grad":
+            return ("zero_grad", receiver, "", None)
+        if attr == "unscale_" and call.args:
+            return ("unscale", module.segment(call.args[0]), "", None)
+        if attr == "update" and "scaler" in receiver.lower():
+            return ("scaler_update", receiver, "", None)
+        if module.is_imported(receiver.split(".")[0]) and receiver.split(".")[0] != receiver:
+            return None
+        if attr == "eval" and not call.args and not call.keywords:
+            return ("eval_mode", receiver, "", None)
+        if attr == "train" and "trainer" not in receiver.lower():
+            flag = call.args[0] if call.args else keyword(call, "mode")
+            if isinstance(flag, ast.Constant) and flag.value is False:
+                return ("eval_mode", receiver, "", None)
+            if flag is None or (isinstance(flag, ast.Constant) and flag.value is True):
+                return ("train_mode", receiver, "", None)
+            return None
+        if attr == "forward" and (receiver in self.model_names or MODEL_NAME.search(last_name(receiver))):
+            return ("forward", receiver, "", None)
+        if receiver.startswith("self.") or receiver == "self":
+            text = module.segment(func)
+            if text in self.model_names or (
+                    receiver == "self" and MODEL_NAME.search(attr) and not self._is_method(attr, function)):
+                return ("forward", text, "", None)
+            return None
+        text = module.segment(func)
+        if text in self.model_names:
+            return ("forward", text, "", None)
+        return None
+
+    def _is_method(self, attr: str, function: str) -> bool:
+        if "." not in function:
+            return False
+        return f"{function.rsplit('.', 1)[0]}.{attr}" in self.module.functions
+
+    def assignment_op(self, stmt: ast.stmt) -> tuple[OpKind, str] | None:
+        """``p.grad = None`` (zero_grad), ``p.grad /= k`` (grad_scale), DDP sync flags."""
+        if isinstance(stmt, ast.Assign):
+            for target in stmt.targets:
+                if isinstance(target, ast.Attribute):
+                    if target.attr == "grad" and isinstance(stmt.value, ast.Constant) and stmt.value.value is None:
+                        return ("zero_grad", self.module.segment(target.value))
+                    if target.attr == "require_backward_grad_sync":
+                        return ("sync_flag", self.module.segment(target.value))
+        if isinstance(stmt, ast.AugAssign) and isinstance(stmt.op, ast.Div | ast.Mult):
+            target = stmt.target
+            if isinstance(target, ast.Attribute) and target.attr == "grad":
+                return ("grad_scale", self.module.segment(target.value))
+        return None
+
+    # -- walking ----------------------------------------------------------------
+

@@ -1,0 +1,192 @@
+"""What a backward differentiates: the loss expression, and whether it is divided."""
+
+from __future__ import annotations
+
+import ast
+import re
+
+from trainaudit.model.loops.bindings import assignments, params_of
+from trainaudit.model.loops.classify import CallClassifier
+from trainaudit.model.loops.identity import made_by_class, origin
+from trainaudit.model.loops.patterns import first_line, names_in
+from trainaudit.model.loops.records import LossSite
+from trainaudit.model.module import keyword, walk_local
+
+
+class LossReader(CallClassifier):
+    """Reads loss expressions back through assignments and local helpers."""
+
+    def loss_site(self, expr: ast.expr | None, function: str) -> LossSite | None:
+        if expr is None:
+            return None
+        fn = self.module.functions.get(function)
+        body: list[ast.stmt] = fn.body if fn is not None else self.module.tree.body
+        params = params_of(fn) if fn is not None else set()
+        scaled, divisor = self._scaling(expr, body, params, depth=0)
+        reduction = self.reduction(expr, function)
+        return LossSite(first_line(self.module.segment(expr)), scaled, divisor, reduction)
+
+    def reduction(self, expr: ast.expr, function: str, depth: int = 0) -> str | None:
+        """How the loss ``expr`` is reduced over its elements: "mean", "sum" or "none", read
+        back through assignments, ``.sum()``/``.mean()``, criteria, local helpers and the
+        ``forward`` of a model class defined in this file; None when not visible. A sum
+        anywhere wins: such a loss is normalised by its author (by a token count, or summed
+        across ranks on purpose)."""
+        if depth > 6:
+            return None
+        module = self.module
+        found: list[str | None] = []
+        if isinstance(expr, ast.BinOp):
+            found = [self.reduction(expr.left, function, depth + 1),
+                     self.reduction(expr.right, function, depth + 1)]
+        elif isinstance(expr, ast.Tuple):
+            found = [self.reduction(e, function, depth + 1) for e in expr.elts]
+        elif isinstance(expr, ast.Subscript) or (isinstance(expr, ast.Attribute) and expr.attr == "loss"):
+            return self.reduction(expr.value, function, depth + 1)
+        elif isinstance(expr, ast.Name):
+            fn = module.functions.get(function)
+            body = fn.body if fn is not None else module.tree.body
+            found = [self.reduction(v, function, depth + 1) for v in assignments(body, expr.id)
+                     if v is not None]
+        elif isinstance(expr, ast.Call):
+            return self._call_reduction(expr, function, depth)
+        return merge_reductions(found)
+
+    def _call_reduction(self, call: ast.Call, function: str, depth: int) -> str | None:
+        module = self.module
+        func = call.func
+        name = module.call_name(call) or ""
+        if isinstance(func, ast.Attribute) and func.attr in ("sum", "mean") and not call.args \
+                and not name.startswith("torch."):
+            return func.attr
+        if isinstance(func, ast.Attribute) and func.attr in ("float", "contiguous", "squeeze", "to"):
+            return self.reduction(func.value, function, depth + 1)
+        if name.startswith("torch.nn.functional.") and name.rsplit(".", 1)[-1] in LOSS_FUNCTIONS:
+            return _reduction_keyword(call) or "mean"
+        if isinstance(func, ast.Name) and func.id in module.functions:
+            return self._returned_reduction(func.id, depth)
+        criterion = self._criterion(func, function)
+        if criterion is not None:
+            return _reduction_keyword(criterion) or "mean"
+        cls = made_by_class(module, func, function)
+        if cls is not None:
+            forward = f"{module.scope_name(cls)}.forward" if module.scope_name(cls) else f"{cls.name}.forward"
+            if forward in module.functions:
+                return self._returned_reduction(forward, depth)
+        return None
+
+    def _returned_reduction(self, function: str, depth: int) -> str | None:
+        fn = self.module.functions[function]
+        returns = [n.value for n in walk_local(fn.body) if isinstance(n, ast.Return) and n.value is not None]
+        return merge_reductions([self.reduction(r, function, depth + 1) for r in returns])
+
+    def _criterion(self, func: ast.expr, function: str) -> ast.Call | None:
+        """The ``nn.CrossEntropyLoss(...)`` call a criterion name was made by."""
+        made, _ = origin(self.module, func, function)
+        if isinstance(made, ast.Call) and (self.module.call_name(made) or "").rsplit(".", 1)[-1].endswith("Loss") \
+                and (self.module.call_name(made) or "").startswith("torch.nn."):
+            return made
+        return None
+
+    def _scaling(self, expr: ast.expr, body: list[ast.stmt], params: set[str],
+                 depth: int) -> tuple[bool | None, str | None]:
+        module = self.module
+        if depth > 4:
+            return None, None
+        if isinstance(expr, ast.BinOp):
+            if isinstance(expr.op, ast.Div | ast.FloorDiv):
+                return True, module.segment(expr.right)
+            if isinstance(expr.op, ast.Mult):
+                for side in (expr.left, expr.right):
+                    if isinstance(side, ast.BinOp) and isinstance(side.op, ast.Div):
+                        return True, module.segment(side.right)
+                    if any(re.search(r"accum|scale|inv|recip", n, re.I) for n in names_in(side)):
+                        return True, module.segment(side)
+            results = [self._scaling(side, body, params, depth + 1) for side in (expr.left, expr.right)]
+            if any(r[0] for r in results):
+                return next(r for r in results if r[0])
+            if all(r[0] is False for r in results):
+                return False, None
+            return None, None
+        if isinstance(expr, ast.Call) and isinstance(expr.func, ast.Attribute):
+            if expr.func.attr in ("div", "div_", "true_divide"):
+                return True, module.segment(expr.args[0]) if expr.args else None
+            if expr.func.attr in ("mean", "sum", "float", "contiguous", "squeeze", "to"):
+                return self._scaling(expr.func.value, body, params, depth + 1)
+        if isinstance(expr, ast.Name):
+            if expr.id in params:
+                return None, None
+            sources = list(assignments(body, expr.id))
+            if not sources:
+                return None, None
+            verdicts = []
+            for source in sources:
+                if source is None:  # an augmented division
+                    return True, None
+                verdicts.append(self._scaling(source, body, params, depth + 1))
+            if any(v[0] for v in verdicts):
+                return next(v for v in verdicts if v[0])
+            if all(v[0] is False for v in verdicts):
+                return False, None
+            return None, None
+        if isinstance(expr, ast.Subscript):
+            return self._scaling(expr.value, body, params, depth + 1)
+        if isinstance(expr, ast.Attribute) and expr.attr == "loss":
+            return self._scaling(expr.value, body, params, depth + 1)
+        if isinstance(expr, ast.Call):
+            return self._call_scaling(expr, params, depth)
+        return None, None
+
+    def _call_scaling(self, call: ast.Call, params: set[str], depth: int) -> tuple[bool | None, str | None]:
+        module = self.module
+        name = module.call_name(call) or ""
+        if name.startswith("torch.nn.functional.") or (name.startswith("torch.") and "loss" in name.lower()):
+            return False, None
+        if isinstance(call.func, ast.Name) and call.func.id in module.functions:
+            fn = module.functions[call.func.id]
+            returns = [n.value for n in walk_local(fn.body)
+                       if isinstance(n, ast.Return) and n.value is not None]
+            verdicts = [self._scaling(r, fn.body, params_of(fn), depth + 1) for r in returns]
+            if verdicts and any(v[0] for v in verdicts):
+                return next(v for v in verdicts if v[0])
+            if verdicts and all(v[0] is False for v in verdicts):
+                return False, None
+            return None, None
+        classified = self.classify(call, "")
+        if classified is not None and classified[0] == "forward":
+            return False, None
+        text = module.segment(call.func)
+        if text.split(".")[0] in params:
+            return None, None
+        made = self.bindings.made_by(text)
+        if made and all(m.rsplit(".", 1)[-1].endswith("Loss") or m.startswith("torch.nn.") for m in made):
+            return False, None
+        return None, None
+
+    # -- loops --------------------------------------------------------------------
+
+
+
+# torch.nn.functional losses (all reduce by "mean" unless told otherwise).
+LOSS_FUNCTIONS = frozenset({
+    "cross_entropy", "nll_loss", "mse_loss", "l1_loss", "smooth_l1_loss", "huber_loss",
+    "binary_cross_entropy", "binary_cross_entropy_with_logits", "kl_div", "poisson_nll_loss",
+    "gaussian_nll_loss", "margin_ranking_loss", "hinge_embedding_loss", "soft_margin_loss",
+    "multilabel_soft_margin_loss", "cosine_embedding_loss", "triplet_margin_loss", "ctc_loss",
+})
+
+
+def _reduction_keyword(call: ast.Call) -> str | None:
+    value = keyword(call, "reduction")
+    if isinstance(value, ast.Constant) and value.value in ("mean", "sum", "none", "batchmean"):
+        return "mean" if value.value == "batchmean" else str(value.value)
+    return "unknown" if value is not None else None
+
+
+def merge_reductions(found: list[str | None]) -> str | None:
+    """One verdict for several sources: a sum (or none, or a reduction set by a variable)
+    wins over a mean; None when nothing is known."""
+    for strong in ("sum", "none", "unknown"):
+        if strong in found:
+            return strong
+    return "mean" if "mean" in found else None

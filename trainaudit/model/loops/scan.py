@@ -1,0 +1,257 @@
+"""File-level facts of the loop model, computed once per file."""
+
+from __future__ import annotations
+
+import ast
+import re
+from functools import cached_property
+
+from trainaudit.diagnostics import Span
+from trainaudit.model.loops.bindings import Bindings
+from trainaudit.model.loops.patterns import BACKWARD_CALL_RE, TRAINY, first_line
+from trainaudit.model.loops.records import LoopNode, Site
+from trainaudit.model.module import ModuleFacts, walk_local
+
+# File names of throughput benchmarks and profiling scripts (``bench.py``, ``profile_step.py``).
+BENCHMARK_PATH = re.compile(r"(^|_)(bench|benchmark|profil\w*|throughput|speed\w*)(_|\.py$)", re.IGNORECASE)
+
+
+class FileScan:
+    """File-level facts of the loop model: bindings, delegation, DDP, model names, which
+    functions may reach a backward (the cheap tests before walking a loop)."""
+
+    def __init__(self, module: ModuleFacts) -> None:
+        self.module = module
+
+    # -- file-level facts ---------------------------------------------------------
+
+    @cached_property
+    def bindings(self) -> Bindings:
+        return Bindings(self.module)
+
+    @cached_property
+    def imports_deepspeed(self) -> bool:
+        return any(name == "deepspeed" or name.startswith("deepspeed.")
+                   for name in self.module.imports.modules)
+
+    @cached_property
+    def _scan(self) -> tuple[frozenset[str], bool, frozenset[str], frozenset[str]]:
+        """One pass over the tree: (file delegation, DDP used, defined names, model names)."""
+        module = self.module
+        delegation: set[str] = set()
+        ddp = False
+        defined: set[str] = set()
+        models: set[str] = set()
+        wrappers = ("DistributedDataParallel", "DDP", "FullyShardedDataParallel", "FSDP")
+        for node in module.nodes:
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                defined.add(node.name)
+            elif isinstance(node, ast.ClassDef):
+                defined.add(node.name)
+                for base in module.class_bases(node):
+                    if base.startswith("transformers") and base.endswith("Trainer"):
+                        delegation.add("hf-trainer")
+                    if "LightningModule" in base:
+                        delegation.add("lightning")
+            elif isinstance(node, ast.Call):
+                name = module.call_name(node) or ""
+                last = name.rsplit(".", 1)[-1]
+                if name.startswith("deepspeed.") and last == "initialize":
+                    delegation.add("deepspeed")
+                if last in wrappers:
+                    ddp = True
+                if isinstance(node.func, ast.Attribute) and node.func.attr in (
+                        "parameters", "named_parameters", "eval", "state_dict"):
+                    text = module.segment(node.func.value)
+                    if text and "optim" not in text.lower() and "(" not in text:
+                        models.add(text)
+            elif isinstance(node, ast.Assign) and isinstance(node.value, ast.Call):
+                maker = (module.call_name(node.value) or "").rsplit(".", 1)[-1]
+                if maker in (*wrappers, "compile", "DataParallel"):
+                    models.update(module.segment(target) for target in node.targets)
+        return frozenset(delegation), ddp, frozenset(defined), frozenset(models)
+
+    @cached_property
+    def traits(self) -> frozenset[str]:
+        """"gpu": the file can put work on a GPU (a ``cuda``/``nccl`` device or backend, a
+        ``.cuda()`` call, a framework that places models); "benchmark": a throughput or
+        profiling script; "adapters": PEFT / LoRA fine-tuning."""
+        module = self.module
+        found: set[str] = set()
+        stem = module.path.replace("\\", "/").rsplit("/", 1)[-1]
+        if BENCHMARK_PATH.search(stem) or any(m.startswith("torch.profiler") for m in module.imports.modules):
+            found.add("benchmark")
+        if any(m == "peft" or m.startswith("peft.") for m in module.imports.modules):
+            found.add("adapters")
+        if self.file_delegation or any(m.split(".")[0] in ("accelerate", "deepspeed", "lightning")
+                                       for m in module.imports.modules):
+            found.add("gpu")
+        for node in module.nodes:
+            if "gpu" in found:
+                break
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) \
+                    and node.value.startswith(("cuda", "nccl")):
+                found.add("gpu")
+            elif isinstance(node, ast.Attribute) and node.attr == "cuda":
+                found.add("gpu")  # torch.cuda.*, model.cuda()
+        return frozenset(found)
+
+    @property
+    def file_delegation(self) -> frozenset[str]:
+        """Frameworks the file hands training to (HF Trainer subclasses, Lightning, DeepSpeed)."""
+        return self._scan[0]
+
+    @property
+    def ddp(self) -> bool:
+        """The file wraps a model in DistributedDataParallel / FSDP."""
+        return self._scan[1]
+
+    @cached_property
+    def method_aliases(self) -> dict[str, str]:
+        """``self.fwd_bwd_fn = self._forward_backward_body`` (or ``= wrap(self.method)``):
+        ``Class.fwd_bwd_fn`` → ``Class._forward_backward_body``."""
+        aliases: dict[str, str] = {}
+        for name, fn in self.module.functions.items():
+            if "." not in name:
+                continue
+            owner = name.rsplit(".", 1)[0]
+            for node in walk_local(fn.body):
+                if not isinstance(node, ast.Assign) or len(node.targets) != 1:
+                    continue
+                target = node.targets[0]
+                if not (isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name)
+                        and target.value.id == "self"):
+                    continue
+                value = node.value
+                if isinstance(value, ast.Call) and value.args:
+                    value = value.args[0]
+                if (isinstance(value, ast.Attribute) and isinstance(value.value, ast.Name)
+                        and value.value.id == "self" and f"{owner}.{value.attr}" in self.module.functions):
+                    aliases.setdefault(f"{owner}.{target.attr}", f"{owner}.{value.attr}")
+        return aliases
+
+    @property
+    def defined_names(self) -> frozenset[str]:
+        """Functions and classes defined anywhere in the file, by their own name."""
+        return self._scan[2]
+
+    @property
+    def model_names(self) -> frozenset[str]:
+        """Source texts that name a model: receivers of .parameters()/.eval(), DDP(...) results."""
+        return self._scan[3]
+
+    # -- prefilter ------------------------------------------------------------------
+
+    def _text(self, node: ast.AST) -> str:
+        lines = self.module.lines
+        return "\n".join(lines[getattr(node, "lineno", 1) - 1: getattr(node, "end_lineno", 0) or 0])
+
+    @cached_property
+    def backward_functions(self) -> frozenset[str]:
+        """Functions whose call tree (in this file) may contain a backward: the text says so."""
+        module = self.module
+        if not BACKWARD_CALL_RE.search(module.source):
+            return frozenset()
+        found = {name for name, fn in module.functions.items()
+                 if BACKWARD_CALL_RE.search(self._text(fn))}
+        callers: dict[str, set[str]] = {}
+        for caller, callees in module.call_graph.items():
+            for callee in callees:
+                callers.setdefault(callee, set()).add(caller)
+        aliases = self.method_aliases
+        for alias, target in aliases.items():
+            callers.setdefault(target, set()).add(alias)
+        if aliases:  # ``self.fwd_bwd_fn(...)`` calls an alias of a method
+            for caller, calls in module.calls_by_function.items():
+                owner = caller.rsplit(".", 1)[0] if "." in caller else ""
+                for call in calls:
+                    func = call.func
+                    if (owner and isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name)
+                            and func.value.id == "self" and f"{owner}.{func.attr}" in aliases):
+                        callers.setdefault(f"{owner}.{func.attr}", set()).add(caller)
+        stack = list(found)
+        while stack:
+            for caller in callers.get(stack.pop(), ()):
+                if caller not in found:
+                    found.add(caller)
+                    stack.append(caller)
+        return frozenset(found)
+
+    @cached_property
+    def _trainy_imports(self) -> bool:
+        return any(TRAINY.search(name) for name in self.module.imports.aliases)
+
+    def may_train(self, function: str, loop: LoopNode) -> bool:
+        """Cheap test before walking a loop: backward in its text or in a local callee, or a
+        call to an imported function whose name suggests training."""
+        if BACKWARD_CALL_RE.search(self._text(loop)):
+            return True
+        module = self.module
+        if not self.backward_functions and not self._trainy_imports:
+            return False
+        owner = function.rsplit(".", 1)[0] if "." in function else ""
+        for node in ast.walk(loop):
+            if not isinstance(node, ast.Call):
+                continue
+            func = node.func
+            if isinstance(func, ast.Name):
+                if func.id in self.backward_functions:
+                    return True
+                if module.is_imported(func.id) and TRAINY.search(func.id):
+                    return True
+            elif (isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name)
+                    and func.value.id in ("self", "cls") and owner
+                    and f"{owner}.{func.attr}" in self.backward_functions):
+                return True
+        return False
+
+    # -- operations ---------------------------------------------------------------
+
+    def site(self, node: ast.AST, function: str) -> Site:
+        return Site(self.module.path, self.module.span(node), function,
+                    first_line(self.module.segment(node)))
+
+    def context_name(self, expr: ast.expr) -> str:
+        """A ``with`` item or decorator as a qualified name (``torch.autocast``,
+        ``model.no_sync``); a name bound to a context manager resolves to what made it."""
+        module = self.module
+        if isinstance(expr, ast.Call):
+            call, expr = expr, expr.func
+            name = module.qualname(expr)
+            if name is not None and name.endswith("set_grad_enabled"):
+                return _grad_switch(call)
+            if isinstance(expr, ast.Name | ast.Attribute):
+                chosen = [m for m in self.bindings.made_by(module.segment(expr)) if "|" in m]
+                if chosen:  # ``with sync():`` where ``sync = a if k else b``
+                    return "|".join(sorted(set(chosen)))
+            return name or first_line(module.segment(expr))
+        if isinstance(expr, ast.Name | ast.Attribute):
+            made = self.bindings.made_by(module.segment(expr))
+            if made:
+                return "|".join(sorted(set(made)))
+            return module.qualname(expr) or module.segment(expr)
+        if isinstance(expr, ast.IfExp):
+            return f"{self.context_name(expr.body)}|{self.context_name(expr.orelse)}"
+        return first_line(module.segment(expr))
+
+    def _loop_site(self, loop: LoopNode, function: str) -> Site:
+        """The loop's header: from ``for``/``while`` to the end of its iterable or test."""
+        module = self.module
+        head = loop.test if isinstance(loop, ast.While) else loop.iter
+        if isinstance(loop, ast.While):
+            header = f"while {module.segment(loop.test)}:"
+        else:
+            header = f"for {module.segment(loop.target)} in {module.segment(loop.iter)}:"
+        start, end = module.span(loop), module.span(head)
+        span = Span(start.line, start.column, end.end_line, end.end_column)
+        return Site(module.path, span, function, first_line(header))
+
+    # -- losses -------------------------------------------------------------------
+
+
+def _grad_switch(call: ast.Call) -> str:
+    """``torch.set_grad_enabled(flag)`` as the context it amounts to."""
+    flag = call.args[0] if call.args else None
+    if isinstance(flag, ast.Constant) and isinstance(flag.value, bool):
+        return "torch.enable_grad" if flag.value else "torch.no_grad"
+    return "torch.no_grad|torch.enable_grad"

@@ -1,0 +1,112 @@
+"""Per-file loop summaries, and training loops across files (imported helpers inlined)."""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass, replace
+
+from trainaudit.model.loops.analysis import _cached_loops, is_training_loop, loop_analysis
+from trainaudit.model.loops.ordering import Ordering, merged_ordering
+from trainaudit.model.loops.patterns import LOOP_REQUIRES, LOOP_TRIGGERS
+from trainaudit.model.loops.records import ExternalCall, FunctionOps, Operation, TrainingLoop
+from trainaudit.model.module import ModuleFacts
+from trainaudit.model.project import Project
+from trainaudit.registry import summarizer
+
+
+@dataclass(frozen=True)
+class LoopFileFacts:
+    """The loop facts of one file that other files' loops need (picklable)."""
+
+    training_loops: tuple[TrainingLoop, ...]
+    candidate_loops: tuple[TrainingLoop, ...]  # loops that may train through an imported helper
+    functions: dict[str, FunctionOps]  # top-level functions with training operations
+    targets_gpu: bool = False  # the file can put work on a GPU (see ``FileScan.traits``)
+
+
+def _strip_nodes(loop: TrainingLoop) -> TrainingLoop:
+    return replace(loop, node=None, operations=tuple(replace(op, node=None) for op in loop.operations))
+
+
+@summarizer("loops", triggers=LOOP_TRIGGERS, requires=LOOP_REQUIRES)
+def summarize_loops(module: ModuleFacts) -> LoopFileFacts:
+    """Per-file summary: training loops, candidate loops and helpers other files may import."""
+    training, candidates = _cached_loops(module)
+    analysis = loop_analysis(module)
+    functions: dict[str, FunctionOps] = {}
+    for name, fn in module.functions.items():
+        # Only what a loop in another file could call to train: top-level functions whose
+        # call tree has a backward or whose text steps something.
+        if "." in name or not (name in analysis.backward_functions or ".step(" in analysis._text(fn)):
+            continue
+        ops = analysis.function_ops(name)
+        if ops.operations or ops.external_calls:
+            functions[name] = replace(ops, operations=tuple(replace(op, node=None) for op in ops.operations))
+    return LoopFileFacts(tuple(_strip_nodes(loop) for loop in training),
+                         tuple(_strip_nodes(loop) for loop in candidates), functions,
+                         "gpu" in analysis.traits)
+
+
+def _merge_external(loop: TrainingLoop, project: Project) -> TrainingLoop:
+    """Inline imported helpers of a loop from their files' summaries."""
+    Event = Operation | ExternalCall
+    keyed: list[tuple[tuple[int, int], Event]] = [((op.order, 0), op) for op in loop.operations]
+    inlined: dict[int, Ordering] = {}
+    helpers = list(loop.helpers)
+    for call in loop.external_calls:
+        resolved = project.resolve_symbol(call.qualified)
+        facts = project.by_path[resolved[0].path].facts.get("loops") if resolved else None
+        helper = facts.functions.get(resolved[1]) if isinstance(facts, LoopFileFacts) and resolved else None
+        if helper is None or resolved is None:
+            keyed.append(((call.order, 0), call))
+            continue
+        helpers.append(f"{resolved[0].module_name}.{helper.name}")
+        inlined[call.order] = helper.ordering
+        for op in helper.operations:
+            keyed.append(((call.order, op.order), replace(
+                op, guards=(*call.guards, *op.guards),
+                contexts=(*call.contexts, *helper.decorators, *op.contexts),
+                loops=(*call.loops, *op.loops), via=(*call.via, call.site, *op.via))))
+    keyed.sort(key=lambda item: item[0])
+    renumber = {key: index + 1 for index, (key, _) in enumerate(keyed)}
+    events = [replace(event, order=renumber[key]) for key, event in keyed]
+    ordering = (merged_ordering(loop.ordering, inlined, renumber)
+                if loop.ordering is not None else None)
+    return replace(loop, operations=tuple(e for e in events if isinstance(e, Operation)),
+                   external_calls=tuple(e for e in events if isinstance(e, ExternalCall)),
+                   helpers=tuple(helpers), ordering=ordering)
+
+
+_PROJECT_CACHE: weakref.WeakKeyDictionary[Project, list[TrainingLoop]] = weakref.WeakKeyDictionary()
+
+
+def project_training_loops(project: Project) -> list[TrainingLoop]:
+    """Every training loop of the checked tree, imported helpers inlined (records, no nodes)."""
+    if project in _PROJECT_CACHE:
+        return _PROJECT_CACHE[project]
+    loops: list[TrainingLoop] = []
+    for _summary, facts in project.facts("loops"):
+        if not isinstance(facts, LoopFileFacts):
+            continue
+        for loop in facts.training_loops:
+            loops.append(_merge_external(loop, project) if loop.external_calls else loop)
+        for loop in facts.candidate_loops:
+            merged = _merge_external(loop, project)
+            if is_training_loop(merged):
+                loops.append(merged)
+    _PROJECT_CACHE[project] = loops
+    return loops
+
+
+def targets_gpu(project: Project, loop: TrainingLoop) -> bool:
+    """The loop's file, or a file whose helper it runs, can put work on a GPU (code that
+    only runs on a CPU gets no GPU advice)."""
+    if "gpu" in loop.traits:
+        return True
+    paths = {op.site.path for op in loop.operations} - {loop.path}
+    for path in paths:
+        summary = project.by_path.get(path)
+        facts = summary.facts.get("loops") if summary is not None else None
+        if isinstance(facts, LoopFileFacts) and facts.targets_gpu:
+            return True
+    return False
