@@ -14,6 +14,7 @@ from tests.helpers import check_tree, fix_tree, found
 from trainaudit.config import DEFAULT_FIX_OPTIONS
 from trainaudit.model.module import ModuleFacts
 from trainaudit.model.precision import PrecisionFacts, deprecated_amp_uses
+from trainaudit.payloads import AutocastWrap
 
 
 def facts_of(source: str) -> PrecisionFacts:
@@ -138,8 +139,8 @@ def test_ta301_reported_once_per_forward_with_its_wrap_range(tmp_path: Path) -> 
     result = check_tree(tmp_path, select=("TA301",))
     assert found(result) == {("train.py", 6, 15, "TA301")}
     (finding,) = result.findings
-    assert (finding.fix_data["first_line"], finding.fix_data["last_line"]) == (6, 7)
-    assert finding.fix_data["device_type"] == "x.device.type"
+    assert finding.payload == AutocastWrap(first_line=6, last_line=7, device_type="x.device.type",
+                                           torch_name="torch", add_import=False, function="train")
 
 
 # -- fixes ----------------------------------------------------------------------------------

@@ -54,7 +54,7 @@ def load_fixers() -> dict[str, Fixer]:
     """Import every fixer module of this package once."""
     if not FIXERS:
         for info in pkgutil.iter_modules(__path__):
-            if not info.name.startswith("_") and info.name not in ("apply", "cst"):
+            if not info.name.startswith("_") and info.name not in ("apply", "cst", "toolkit"):
                 importlib.import_module(f"{__name__}.{info.name}")
     return FIXERS
 

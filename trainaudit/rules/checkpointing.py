@@ -9,15 +9,23 @@ trainer usually live elsewhere.
 
 from __future__ import annotations
 
+import ast
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from trainaudit.diagnostics import Finding, Related, Span
-from trainaudit.model.checkpointing import LENGTH_TRIGGERS, CheckpointingFacts, SequenceLength
+from trainaudit.model.checkpointing import (
+    LENGTH_TRIGGERS,
+    BlockStack,
+    CheckpointingFacts,
+    SequenceLength,
+)
 from trainaudit.model.module import ModuleFacts
 from trainaudit.model.precision import related_paths
+from trainaudit.model.precision.scope import bound_names
 from trainaudit.model.project import Project
+from trainaudit.payloads import CheckpointStack
 from trainaudit.registry import ModuleRule, ProjectRule, RuleContext, register, summarizer
 
 FAMILY = "checkpointing"
@@ -40,6 +48,7 @@ class StackSummary:
     kind: str
     span: Span
     checkpointed: bool
+    payload: CheckpointStack
 
 
 @dataclass(frozen=True)
@@ -56,13 +65,51 @@ def summarize_checkpointing(module: ModuleFacts) -> CheckpointingSummary:
     stacks: dict[tuple[str, str], StackSummary] = {}
     for s in facts.block_stacks:  # one finding per stack: a second loop is often the KV-cache path
         stacks.setdefault((s.class_name, s.stack), StackSummary(
-            s.class_name, s.stack, s.kind, module.span(s.call), s.checkpointed))
+            s.class_name, s.stack, s.kind, module.span(s.call), s.checkpointed,
+            _stack_payload(module, s)))
     return CheckpointingSummary(
         stacks=tuple(stacks.values()),
         lengths=tuple(facts.sequence_lengths),
         enabled=tuple(getattr(n, "lineno", 1) for n in facts.checkpointing_enabled),
         use_cache=tuple(module.span(c) for c in facts.use_cache_true),
     )
+
+
+def _stack_payload(module: ModuleFacts, stack: BlockStack) -> CheckpointStack:
+    """What checkpointing a stack's blocks takes in its file."""
+    cls = module.classes[stack.class_name]
+    function, import_code, binds = _checkpoint_function(module)
+    return CheckpointStack(
+        class_name=stack.class_name, class_line=cls.lineno, stack=stack.stack, kind=stack.kind,
+        init_line=stack.init_assignment.lineno if stack.init_assignment is not None else None,
+        has_flag=_sets_flag(cls), checkpoint=function, checkpoint_import=import_code,
+        checkpoint_binds=binds)
+
+
+def _checkpoint_function(module: ModuleFacts) -> tuple[str, str | None, str]:
+    """How to spell ``checkpoint`` here: (expression, import to add, name the import binds)."""
+    aliases = module.imports.aliases
+    for local, target in aliases.items():
+        if target == "torch.utils.checkpoint.checkpoint":
+            return local, None, local
+    for local, target in aliases.items():
+        if target == "torch.utils.checkpoint" and local != "torch":
+            return f"{local}.checkpoint", None, local
+    if "checkpoint" not in bound_names(module.tree):
+        return "checkpoint", "from torch.utils.checkpoint import checkpoint", "checkpoint"
+    return "torch.utils.checkpoint.checkpoint", "import torch.utils.checkpoint", "torch.utils.checkpoint"
+
+
+def _sets_flag(cls: ast.ClassDef) -> bool:
+    """The class already sets ``gradient_checkpointing`` (an attribute or a class field)."""
+    for node in ast.walk(cls):
+        if isinstance(node, ast.Attribute) and node.attr == "gradient_checkpointing" \
+                and isinstance(node.ctx, ast.Store):
+            return True
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "gradient_checkpointing"
+                                                for t in node.targets):
+            return True
+    return False
 
 
 def _summaries(project: Project) -> dict[str, CheckpointingSummary]:
@@ -117,7 +164,7 @@ class NoActivationCheckpointing(ProjectRule):
                     "activations are kept for backward",
                     related=[Related(where, longest.line, longest.column,
                                      f"{longest.name} = {longest.value}")],
-                    fix_data={"class_name": stack.class_name, "kind": stack.kind})
+                    payload=stack.payload)
 
 
 @register

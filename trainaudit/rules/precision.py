@@ -10,7 +10,6 @@ from __future__ import annotations
 import ast
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 from trainaudit.diagnostics import Finding, Related, Span
 from trainaudit.model.loops import BACKWARD_CALL, find_training_loops
@@ -18,14 +17,21 @@ from trainaudit.model.module import ModuleFacts, walk_local
 from trainaudit.model.precision import (
     DELEGATING_CALLS,
     PrecisionFacts,
+    ScalerObject,
     TrainingStep,
-    deprecated_amp_uses,
     device_type_code,
     dotted,
     related_paths,
     torch_alias,
 )
+from trainaudit.model.precision.repairs import amp_renames, scaler_removal
 from trainaudit.model.project import Project
+from trainaudit.payloads import (
+    AutocastWrap,
+    ScalerInsertion,
+    ScalerRepair,
+    UnscaleBeforeClip,
+)
 from trainaudit.registry import ModuleRule, ProjectRule, RuleContext, register, summarizer
 
 FAMILY = "precision"
@@ -188,11 +194,9 @@ class NoMixedPrecision(ProjectRule):
                     f"training forward `{_short(forward.text)}` runs in float32: no autocast "
                     "covers it and no precision is delegated (Accelerator, Fabric, FSDP "
                     "MixedPrecision, bf16 weights)",
-                    fix_data={"first_line": forward.first_line, "last_line": forward.last_line,
-                              "device_type": forward.device_type,
-                              "torch_name": forward.torch_name,
-                              "add_import": forward.add_import,
-                              "function": forward.function})
+                    payload=AutocastWrap(forward.first_line, forward.last_line,
+                                         forward.device_type, forward.torch_name,
+                                         forward.add_import, forward.function))
 
 
 def _short(text: str, limit: int = 60) -> str:
@@ -216,12 +220,12 @@ class DeprecatedAmpApi(ModuleRule):
                 "import cpu")
 
     def check(self, module: ModuleFacts, ctx: RuleContext) -> Iterator[Finding]:
-        for use in deprecated_amp_uses(module):
+        for use, payload in amp_renames(module):
             yield self.report(
                 module, use.node,
                 f"`{use.qualname}` is deprecated since torch 2.4 (FutureWarning); "
                 f"use `{use.replacement}`",
-                fixable=use.fixable)
+                payload=payload, fixable=use.fixable)
 
 
 # -- TA303 / TA304: the scaler's protocol ---------------------------------------------------
@@ -339,8 +343,8 @@ class ClipBeforeUnscale(ModuleRule):
             module, clip,
             f"gradients are clipped while still scaled by `{scaler}`: call "
             f"`{scaler}.unscale_({optimizer or 'optimizer'})` before clipping",
-            fix_data={"scaler": scaler, "optimizer": optimizer,
-                      "anchor": (where.line, where.column, where.end_line, where.end_column)},
+            payload=UnscaleBeforeClip(scaler, optimizer, where)
+            if scaler is not None and optimizer is not None else None,
             fixable=fixable and scaler is not None and optimizer is not None)
 
 
@@ -360,51 +364,59 @@ class GradScalerBypassed(ModuleRule):
 
     def check(self, module: ModuleFacts, ctx: RuleContext) -> Iterator[Finding]:
         facts = PrecisionFacts.of(module)
-        scalers = facts.scalers
-        if not scalers.exists() or facts.scaler_always_disabled():
-            return
-        constructed = sorted(scalers.constructed)
-        if constructed and not scalers.uses("scale"):
-            spelled = constructed[0]
-            for step in facts.training_steps:
-                if step.delegated or module.call_name(step.backward) == "torch.autograd.backward":
-                    continue
-                yield self.report(
-                    module, step.backward,
-                    f"`backward()` bypasses the GradScaler `{spelled}`: the loss is never "
-                    f"scaled; use `{spelled}.scale(loss).backward()`",
-                    fix_data={"scaler": spelled, "kind": "backward"},
-                    fixable=_visible(facts, spelled, step.function))
-            return
-        scale_calls = scalers.uses("scale")
-        if scale_calls and not scalers.uses("step"):
-            spelled = _receiver(scale_calls[0]) or "scaler"
-            for node in module.nodes:
-                if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
-                        and node.func.attr == "step" and not node.args and not node.keywords \
-                        and facts.is_optimizer(_receiver(node)):
-                    function = _function_of(module, node)
+        for scaler in facts.scalers.objects:
+            if scaler.disabled:
+                continue
+            if scaler.constructions and not scaler.uses("scale"):
+                yield from self._unscaled_backwards(facts, scaler)
+            elif scaler.uses("scale") and not scaler.uses("step"):
+                yield from self._unscaled_steps(facts, scaler)
+            elif scaler.uses("step") and not scaler.uses("update"):
+                for use in scaler.uses("step"):
+                    spelled = _receiver(use.call) or "scaler"
                     yield self.report(
-                        module, node,
-                        f"`{module.segment(node)}` steps with gradients still scaled by "
-                        f"`{spelled}`; use `{spelled}.step({_receiver(node)})`",
-                        fix_data={"scaler": spelled, "kind": "step"},
-                        fixable=_visible(facts, spelled, function))
-            return
-        if scalers.uses("step") and not scalers.uses("update"):
-            for call in scalers.uses("step"):
-                spelled = _receiver(call) or "scaler"
+                        module, use.call,
+                        f"`{spelled}.step(...)` without `{spelled}.update()`: the loss scale "
+                        "never adapts",
+                        payload=ScalerRepair(spelled, "update"))
+
+    def _unscaled_backwards(self, facts: PrecisionFacts, scaler: ScalerObject) -> Iterator[Finding]:
+        """Backwards that can see a scaler never used for scaling."""
+        module = facts.module
+        for step in facts.training_steps:
+            if step.delegated or step.function not in scaler.reach \
+                    or module.call_name(step.backward) == "torch.autograd.backward" \
+                    or _scaled(step.backward):
+                continue
+            spelled = scaler.spelling_in(step.function)
+            named = spelled or sorted(r.spelled for r in scaler.refs)[0]
+            yield self.report(
+                module, step.backward,
+                f"`backward()` bypasses the GradScaler `{named}`: the loss is never "
+                f"scaled; use `{named}.scale(loss).backward()`",
+                payload=ScalerRepair(named, "backward") if spelled else None,
+                fixable=spelled is not None and _visible(facts, spelled, step.function))
+
+    def _unscaled_steps(self, facts: PrecisionFacts, scaler: ScalerObject) -> Iterator[Finding]:
+        """``optimizer.step()`` where this scaler's scaled gradients arrive."""
+        module = facts.module
+        scaling = {use.function for use in scaler.uses("scale")}
+        steps_in = {f for name in scaling for f in module.reachable_from(name)}
+        steps_in |= {caller for caller, callees in module.call_graph.items() if callees & scaling}
+        for function in sorted(steps_in):
+            for node in module.calls_by_function.get(function, []):
+                if not (isinstance(node.func, ast.Attribute) and node.func.attr == "step"
+                        and not node.args and not node.keywords
+                        and facts.is_optimizer(_receiver(node))):
+                    continue
+                spelled = scaler.spelling_in(function)
+                named = spelled or _receiver(scaler.uses("scale")[0].call) or "scaler"
                 yield self.report(
-                    module, call,
-                    f"`{spelled}.step(...)` without `{spelled}.update()`: the loss scale "
-                    "never adapts",
-                    fix_data={"scaler": spelled, "kind": "update"})
-
-
-def _where(module: ModuleFacts, node: ast.AST) -> tuple[int, int, int, int]:
-    """A node's span as plain numbers, for fix data."""
-    span = module.span(node)
-    return (span.line, span.column, span.end_line, span.end_column)
+                    module, node,
+                    f"`{module.segment(node)}` steps with gradients still scaled by "
+                    f"`{named}`; use `{named}.step({_receiver(node)})`",
+                    payload=ScalerRepair(named, "step") if spelled else None,
+                    fixable=spelled is not None and _visible(facts, spelled, function))
 
 
 def _function_of(module: ModuleFacts, node: ast.AST) -> str:
@@ -461,15 +473,15 @@ class Fp16WithoutGradScaler(ModuleRule):
             function = _function_of(module, site.call)
             if not _training_context(facts, function):
                 continue
-            fix_data = _scaler_fix(facts, site.call, function)
+            payload = _scaler_fix(facts, site.call, function)
             yield self.report(
                 module, site.call,
                 "float16 autocast in training without a GradScaler: small gradients underflow "
                 "to zero; add `torch.amp.GradScaler` (or use bfloat16)",
-                fix_data=fix_data, fixable=fix_data is not None)
+                payload=payload, fixable=payload is not None)
 
 
-def _scaler_fix(facts: PrecisionFacts, autocast: ast.Call, function: str) -> dict[str, Any] | None:
+def _scaler_fix(facts: PrecisionFacts, autocast: ast.Call, function: str) -> ScalerInsertion | None:
     """What adding a GradScaler takes: one function holding the loop, backward and step.
 
     The scaler is made before the outermost loop around ``backward()``; each
@@ -487,7 +499,7 @@ def _scaler_fix(facts: PrecisionFacts, autocast: ast.Call, function: str) -> dic
             continue
         calls = _scope_calls(facts, step.function)
         backwards = [c for c in calls if isinstance(c.func, ast.Attribute) and c.func.attr == "backward"
-                     and not facts._delegating_backward(c)]
+                     and not facts.steps.delegating_backward(c)]
         optimizer_steps = [c for c in calls if isinstance(c.func, ast.Attribute) and c.func.attr == "step"
                            and not c.args and facts.is_optimizer(_receiver(c))]
         if not backwards or not optimizer_steps:
@@ -499,12 +511,12 @@ def _scaler_fix(facts: PrecisionFacts, autocast: ast.Call, function: str) -> dic
             device = '"cuda"'
         bound = set(facts.names_in_scope(step.function))
         name = next(n for n in ("scaler", "grad_scaler", "amp_scaler") if n not in bound)
-        return {
-            "loop_line": loop.lineno,
-            "backwards": [_where(module, c) for c in backwards],
-            "clips": [_where(module, c) for c in calls if facts.is_clip_call(c)],
-            "steps": [(*_where(module, c), _receiver(c)) for c in optimizer_steps],
-            "device": device, "torch_name": torch_alias(module) or "torch", "scaler": name}
+        return ScalerInsertion(
+            loop_line=loop.lineno,
+            backwards=tuple(module.span(c) for c in backwards),
+            clips=tuple(module.span(c) for c in calls if facts.is_clip_call(c)),
+            steps=tuple((module.span(c), _receiver(c) or "optimizer") for c in optimizer_steps),
+            device=device, torch_name=torch_alias(module) or "torch", scaler=name)
     return None
 
 
@@ -535,4 +547,4 @@ class GradScalerWithBf16(ModuleRule):
                     "bfloat16 does not underflow; the scaler is not needed",
                     related=[Related(module.path, sites[0].call.lineno,
                                      sites[0].call.col_offset + 1, "bfloat16 autocast here")],
-                    fix_data={"scaler": spelled})
+                    payload=scaler_removal(facts, spelled))
