@@ -135,6 +135,8 @@ def test_ta301_reported_once_per_forward_with_its_wrap_range(tmp_path: Path) -> 
                 (loss * 2).backward()
                 opt.step()
                 opt.zero_grad()
+
+        DEVICE = "cuda"  # a GPU training script
     """))
     result = check_tree(tmp_path, select=("TA301",))
     assert found(result) == {("train.py", 6, 15, "TA301")}
@@ -187,6 +189,8 @@ def test_ta301_float16_option_adds_a_scaler_in_the_next_round(tmp_path: Path) ->
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 optimizer.step()
                 optimizer.zero_grad()
+
+        DEVICE = "cuda"  # a GPU training script
     """, select=("TA3",), fix_options={**DEFAULT_FIX_OPTIONS, "autocast-dtype": "float16"})
     assert out == textwrap.dedent("""
         import torch
@@ -202,6 +206,8 @@ def test_ta301_float16_option_adds_a_scaler_in_the_next_round(tmp_path: Path) ->
                 scaler.step(optimizer)
                 scaler.update()
                 optimizer.zero_grad()
+
+        DEVICE = "cuda"  # a GPU training script
     """)
     (tmp_path / "train.py").write_text(out)
     assert found(check_tree(tmp_path, select=("TA3",))) == set()
@@ -218,6 +224,8 @@ def test_ta301_adds_import_torch_when_missing(tmp_path: Path) -> None:
                 loss.backward()
                 opt.step()
                 opt.zero_grad()
+
+        DEVICE = "cuda"  # a GPU training script
     """, select=("TA301",))
     assert out.startswith("\nfrom torch import nn\nimport torch\n")
     assert "with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16):" in out
@@ -331,6 +339,9 @@ def main(device="cpu"):
     batch = {"input_ids": torch.randint(0, 32, (4, 8)), "labels": torch.randint(0, 32, (4, 8))}
     losses = [train_step(model, batch, optimizer, device) for _ in range(5)]
     return losses, seen
+
+
+DEVICE = "cuda"  # a GPU training script, run here on the CPU
 '''
 
 

@@ -8,10 +8,11 @@ and the training steps (a ``backward()``, its loss and the forward it comes from
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from trainaudit.diagnostics import Finding, Related, Span
+from trainaudit.diagnostics import Finding, Related, Severity, Span
 from trainaudit.model.loops import BACKWARD_CALL, find_training_loops
 from trainaudit.model.module import ModuleFacts, walk_local
 from trainaudit.model.precision import (
@@ -38,7 +39,7 @@ FAMILY = "precision"
 # A file with none of these can neither train nor delegate precision.
 SUMMARY_TRIGGERS = ("backward", "Accelerator", "Fabric", "MixedPrecision", "bfloat16", "half",
                     "autocast", "TrainingArguments", "deepspeed", "precision", "float16",
-                    "set_default_dtype")
+                    "set_default_dtype", "double", "dtype")
 _LOW = r"bfloat16|float16|half|bf16|fp16"
 # What the summary needs: a backward (training steps), autocast in a model, or one of the
 # delegations ``PrecisionFacts.delegations`` recognises.
@@ -46,7 +47,8 @@ SUMMARY_REQUIRES = (
     (BACKWARD_CALL,), ("autocast",), *((name,) for name in DELEGATING_CALLS),
     ("Trainer", r"precision\s*="), ("parallelize",), ("fully_shard",), ("mixed_precision",),
     ("mp_policy",), ("initialize", "deepspeed|amp"), ("set_default_dtype",),
-    (r"bfloat16(?<=\.bfloat16)\s*\(",), (r"half(?<=\.half)\s*\(",),
+    (r"bfloat16(?<=\.bfloat16)\s*\(",), (r"half(?<=\.half)\s*\(",), (r"double(?<=\.double)\s*\(",),
+    ("dtype", r"\.(?:to|type)\s*\("),
     (_LOW, r"\.to\s*\("), (_LOW, r"dtype\s*="),
 )
 
@@ -73,6 +75,18 @@ class PrecisionSummary:
     unguarded: tuple[UnguardedForward, ...]
     delegations: tuple[tuple[str, int], ...]  # (what, line)
     model_autocast: tuple[int, ...]  # lines where a model casts its own forward
+    device: str  # gpu (the file asks for one), portable (cuda if available), none
+
+
+# A file that names a GPU device (or a GPU-only backend), and one that falls back to the CPU.
+_GPU = re.compile(r"""\.cuda\s*\(|["']cuda|\bnccl\b|device_map|torch\.cuda\.set_device|LOCAL_RANK""")
+_PORTABLE = re.compile(r"""cuda\.is_available\s*\(|["']mps["']|backends\.mps""")
+
+
+def _device_targeted(text: str) -> str:
+    if not _GPU.search(text):
+        return "none"
+    return "portable" if _PORTABLE.search(text) else "gpu"
 
 
 def _wrap_range(facts: PrecisionFacts, step: TrainingStep, forward: ast.Call) -> tuple[int, int]:
@@ -157,6 +171,7 @@ def summarize_precision(module: ModuleFacts) -> PrecisionSummary:
         unguarded=tuple(unguarded),
         delegations=tuple((d.kind, getattr(d.node, "lineno", 1)) for d in facts.delegations),
         model_autocast=tuple(getattr(n, "lineno", 1) for n in facts.method_autocast),
+        device=_device_targeted(module.source),
     )
 
 
@@ -188,6 +203,12 @@ class NoMixedPrecision(ProjectRule):
             model_side = [p for p in linked if p in facts and facts[p].model_autocast]
             if delegated or model_side:
                 continue
+            # AMP is for GPUs: silent on CPU-only code, advice (info) on code that falls back
+            # to the CPU (tutorials that run anywhere), a warning where a GPU is required.
+            devices = {facts[p].device for p in linked if p in facts}
+            if devices <= {"none"}:
+                continue
+            severity = Severity.WARNING if "gpu" in devices else Severity.INFO
             for forward in summary.unguarded:
                 yield self.finding(
                     path, forward.span,
@@ -196,7 +217,8 @@ class NoMixedPrecision(ProjectRule):
                     "MixedPrecision, bf16 weights)",
                     payload=AutocastWrap(forward.first_line, forward.last_line,
                                          forward.device_type, forward.torch_name,
-                                         forward.add_import, forward.function))
+                                         forward.add_import, forward.function),
+                ).with_severity(severity)
 
 
 def _short(text: str, limit: int = 60) -> str:

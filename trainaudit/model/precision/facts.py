@@ -59,7 +59,8 @@ DELEGATING_CALLS = ("Accelerator", "Fabric", "MixedPrecision", "MixedPrecisionPo
                     "TrainingArguments", "Seq2SeqTrainingArguments", "SFTConfig", "DPOConfig",
                     "GRPOConfig")
 _DELEGATION_WORDS = ("Accelerator", "Fabric", "MixedPrecision", "TrainingArguments", "Config(",
-                     "Trainer", "initialize", "set_default_dtype", "bfloat16", "half", "float16",
+                     "Trainer", "initialize", "set_default_dtype", "bfloat16", "half", "float16", "dtype",
+                     "double",
                      "backward")
 _CONTEXT_NAME_HINTS = ("ctx", "context", "autocast", "amp", "precision", "cast")
 
@@ -316,14 +317,12 @@ class PrecisionFacts:
                     (last == "initialize" and "amp" in name):
                 kind = name
             elif name == "torch.set_default_dtype" and node.args and \
-                    low_dtype_of(module, node.args[0]) in ("bfloat16", "float16"):
+                    self.resolve_dtype(node.args[0]) != "float32":
                 kind = "set_default_dtype"
-            elif method in ("bfloat16", "half") and not node.args and self._model_receiver(node):
-                kind = f".{method}()"
-            elif method == "to" and self._model_receiver(node) and any(
-                    low_dtype_of(module, a) in ("bfloat16", "float16")
-                    for a in [*node.args, *(k.value for k in node.keywords)]):
-                kind = ".to(low precision)"
+            elif method in ("bfloat16", "half", "double") and not node.args:
+                kind = f".{method}()"  # manual low (or deliberately high) precision
+            elif method in ("to", "type") and self._chosen_dtype(node):
+                kind = ".to(dtype)"
             else:
                 for kw in node.keywords:
                     if kw.arg in ("torch_dtype", "param_dtype", "dtype") and \
@@ -337,18 +336,35 @@ class PrecisionFacts:
                 found.append(Delegation("backward", step))
         return found
 
-    def _model_receiver(self, call: ast.Call) -> bool:
-        """A cast applied to a model, not to a batch: ``model.to(torch.bfloat16)``."""
-        assert isinstance(call.func, ast.Attribute)
-        receiver = call.func.value
-        texts = [dotted(receiver) or ""]
-        if isinstance(receiver, ast.Call):
-            texts.append(dotted(receiver.func) or "")
-            statement = next((a for a in self.module.ancestors(call) if isinstance(a, ast.stmt)), None)
-            if isinstance(statement, ast.Assign):
-                texts.extend(dotted(t) or "" for t in statement.targets)
-        return any(any(h in t.lower() for h in ("model", "net", "policy", "llm", "module"))
-                   or (t and t[0].isupper()) for t in texts)
+    def _chosen_dtype(self, call: ast.Call) -> bool:
+        """``x.to(torch.bfloat16)``, ``model.to(dtype=ptdtype)``, ``x.to(COMPUTE_DTYPE)``:
+        a cast to a dtype other than float32 (or to one the script picks): manual precision."""
+        candidates = [k.value for k in call.keywords if k.arg == "dtype"]
+        candidates += [a for a in call.args if low_dtype_of(self.module, a) is not None
+                       or "dtype" in (dotted(a) or "").lower()
+                       or self.module.qualname(a) in ("torch.float64", "torch.double")]
+        return any(self._picked_dtype(value) for value in candidates)
+
+    def _picked_dtype(self, value: ast.expr) -> bool:
+        """A low or float64 dtype, or one the script picks (a config value, a parameter);
+        not float32, nor a dtype taken from a tensor (``promote_types(b.dtype, ...)``)."""
+        resolved = self.resolve_dtype(value)
+        if resolved is not None:
+            return resolved != "float32"
+        if self.module.qualname(value) in ("torch.float64", "torch.double"):
+            return True
+        spelled = dotted(value)
+        if spelled is None:
+            return False
+        root = spelled.split(".", 1)[0].lower()
+        if spelled.endswith(".dtype") and not any(h in root for h in ("arg", "config", "cfg", "self")):
+            return False  # ``x.to(y.dtype)``: matching a tensor, not choosing a precision
+        bound = self.bindings.get(spelled)
+        if not bound:
+            return True  # a parameter, a config field: chosen outside, unknown
+        return any(low_dtype_of(self.module, n) in ("bfloat16", "float16")
+                   or self.module.qualname(n) in ("torch.float64", "torch.double")
+                   for value in bound for n in ast.walk(value))
 
     @cached_property
     def scalers(self) -> ScalerFacts:
