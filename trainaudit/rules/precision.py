@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from trainaudit.diagnostics import Finding, Related, Severity, Span
 from trainaudit.model.loops import BACKWARD_CALL, find_training_loops
-from trainaudit.model.module import ModuleFacts, walk_local
+from trainaudit.model.module import ModuleFacts, keyword, walk_local
 from trainaudit.model.precision import (
     DELEGATING_CALLS,
     PrecisionFacts,
@@ -490,7 +490,7 @@ class Fp16WithoutGradScaler(ModuleRule):
                           "apex.amp.initialize", "TrainingArguments") for d in facts.delegations):
             return
         for site in facts.autocast_sites:
-            if site.dtype != "float16" or site.disabled:
+            if site.dtype != "float16" or site.disabled or _optimizer_scales(facts, site.call):
                 continue
             function = _function_of(module, site.call)
             if not _training_context(facts, function):
@@ -501,6 +501,20 @@ class Fp16WithoutGradScaler(ModuleRule):
                 "float16 autocast in training without a GradScaler: small gradients underflow "
                 "to zero; add `torch.amp.GradScaler` (or use bfloat16)",
                 payload=payload, fixable=payload is not None)
+
+
+def _optimizer_scales(facts: PrecisionFacts, autocast: ast.Call) -> bool:
+    """``autocast(enabled=isinstance(optimizer, AMPOptimizer))``: the region is on only
+    for an optimizer that scales the loss itself."""
+    enabled = keyword(autocast, "enabled")
+    if enabled is None:
+        return False
+    for node in ast.walk(enabled):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) \
+                and node.func.id == "isinstance" and node.args \
+                and facts.is_optimizer(dotted(node.args[0])):
+            return True
+    return False
 
 
 def _scaler_fix(facts: PrecisionFacts, autocast: ast.Call, function: str) -> ScalerInsertion | None:

@@ -161,6 +161,7 @@ def deprecated_amp_uses(module: ModuleFacts) -> list[DeprecatedAmpUse]:
     """Every reference to a deprecated AMP callable, in source order."""
     uses: list[DeprecatedAmpUse] = []
     parents = module.parents
+    guarded = _also_bound_to_new_api(module)
     index = nodes_by_type(module)
     for node in [*index.get(ast.Name, []), *index.get(ast.Attribute, [])]:
         if not isinstance(node, ast.Name | ast.Attribute) or not isinstance(node.ctx, ast.Load):
@@ -175,7 +176,7 @@ def deprecated_amp_uses(module: ModuleFacts) -> list[DeprecatedAmpUse]:
         bound = module.imports.aliases.get(root.id)
         if bound is None:
             continue  # a local variable that happens to share the name
-        if compatibility_fallback(module, node):
+        if compatibility_fallback(module, node) or root.id in guarded:
             continue
         if bound == "torch":
             spelling = "qualified"
@@ -195,6 +196,21 @@ def deprecated_amp_uses(module: ModuleFacts) -> list[DeprecatedAmpUse]:
         uses.append(DeprecatedAmpUse(target, name, DEPRECATED_AMP[name], form, spelling, root.id))
     uses.sort(key=lambda u: (u.node.lineno, u.node.col_offset))
     return uses
+
+
+def _also_bound_to_new_api(module: ModuleFacts) -> set[str]:
+    """Local names some import binds to a non-deprecated module (``from torch.amp import
+    GradScaler`` beside the ``torch.cuda.amp`` fallback): which one a use reads depends on
+    the torch version, so the use is not deprecated."""
+    bound: set[str] = set()
+    for node in nodes_by_type(module).get(ast.ImportFrom, []):
+        assert isinstance(node, ast.ImportFrom)
+        source = node.module or ""
+        if node.level or source in DEPRECATED_SUBMODULES:
+            continue
+        bound.update(alias.asname or alias.name for alias in node.names
+                     if f"{source}.{alias.name}" not in DEPRECATED_SUBMODULES)
+    return bound
 
 
 def compatibility_fallback(module: ModuleFacts, node: ast.AST) -> bool:
