@@ -52,11 +52,19 @@ class StackSummary:
 
 
 @dataclass(frozen=True)
+class KvCacheSummary:
+    span: Span  # the ``True``
+    receiver: str | None
+    returned: bool  # the model leaves its function (a loader another file calls)
+
+
+@dataclass(frozen=True)
 class CheckpointingSummary:
     stacks: tuple[StackSummary, ...]
     lengths: tuple[SequenceLength, ...]
     enabled: tuple[int, ...]  # lines that switch checkpointing on
-    use_cache: tuple[Span, ...]  # ``True`` of use_cache=True in training code
+    enabled_receivers: tuple[str | None, ...]  # the model each switch names, if any
+    use_cache: tuple[KvCacheSummary, ...]  # use_cache=True in training code
 
 
 @summarizer(FAMILY, triggers=SUMMARY_TRIGGERS, requires=SUMMARY_REQUIRES)
@@ -70,8 +78,10 @@ def summarize_checkpointing(module: ModuleFacts) -> CheckpointingSummary:
     return CheckpointingSummary(
         stacks=tuple(stacks.values()),
         lengths=tuple(facts.sequence_lengths),
-        enabled=tuple(getattr(n, "lineno", 1) for n in facts.checkpointing_enabled),
-        use_cache=tuple(module.span(c) for c in facts.use_cache_true),
+        enabled=tuple(getattr(s.node, "lineno", 1) for s in facts.checkpointing_enabled),
+        enabled_receivers=tuple(s.receiver for s in facts.checkpointing_enabled),
+        use_cache=tuple(KvCacheSummary(module.span(c.value), c.receiver, c.returned)
+                        for c in facts.use_cache_true),
     )
 
 
@@ -210,14 +220,21 @@ class CheckpointingWithKvCache(ProjectRule):
         for path, summary in sorted(summaries.items()):
             if not summary.use_cache:
                 continue
-            linked = [p for p in sorted(related_paths(project, path)) if p in summaries]
-            switched = [(p, line) for p in linked for line in summaries[p].enabled]
-            if not switched:
-                continue
-            where, line = switched[0]
-            for span in summary.use_cache:
+            here = list(zip(summary.enabled, summary.enabled_receivers, strict=True))
+            # Another file counts only when it imports this one and this file hands the model
+            # on (a loader returning it): a cache flag is about one model, not a neighbourhood.
+            importers = sorted(p for p in project.importers.get(path, ()) if p in summaries)
+            elsewhere = [(p, line) for p in importers for line in summaries[p].enabled]
+            for flag in summary.use_cache:
+                # A switch naming another model (the student) says nothing of this one (the teacher).
+                same_model = [line for line, receiver in here if receiver is None
+                              or flag.receiver is None or receiver == flag.receiver]
+                switched = [(path, line) for line in same_model] or (elsewhere if flag.returned else [])
+                if not switched:
+                    continue
+                where, line = switched[0]
                 yield self.finding(
-                    path, span,
+                    path, flag.span,
                     "`use_cache=True` with gradient checkpointing on: the cache is useless in "
                     "training and conflicts with recomputation; use `use_cache=False`",
                     related=[Related(where, line, 1, "gradient checkpointing switched on here")])
