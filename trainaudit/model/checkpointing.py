@@ -98,6 +98,9 @@ class SequenceLength:
     value: int
     line: int
     column: int
+    # ``argument``: a run-time setting (an argparse default), the length training uses;
+    # ``declared``: what a model or config declares it supports.
+    source: str = "declared"
 
 
 @dataclass(frozen=True)
@@ -157,13 +160,16 @@ class CheckpointingFacts:
         if not any(word in self.text for word in LENGTH_TRIGGERS):
             return found
 
-        def add(name: str | None, value_node: ast.AST | None, where: ast.AST) -> None:
-            if name is None:
+        capacities = self._rope_lengths
+
+        def add(name: str | None, value_node: ast.AST | None, where: ast.AST,
+                source: str = "declared") -> None:
+            if name is None or name in capacities or self._table_entry(where):
                 return
             value = const_int(value_node)
             if value is not None and value > 0:
                 span = module.span(where)
-                found.append(SequenceLength(name, value, span.line, span.column))
+                found.append(SequenceLength(name, value, span.line, span.column, source))
 
         for node in self._each(ast.Call, ast.Assign, ast.AnnAssign, ast.Dict, ast.arguments):
             if isinstance(node, ast.Call):
@@ -177,7 +183,7 @@ class CheckpointingFacts:
                     if isinstance(dest, ast.Constant) and isinstance(dest.value, str):
                         names.append(normalise_length_name(dest.value))
                     name = next((n for n in names if n), None)
-                    add(name, keyword(node, "default"), node)
+                    add(name, keyword(node, "default"), node, "argument")
                     continue
                 for kw in node.keywords:
                     if kw.arg is not None:
@@ -205,6 +211,37 @@ class CheckpointingFacts:
                         add(normalise_length_name(arg.arg), kw_default, kw_default)
         found.sort(key=lambda s: (s.line, s.column))
         return found
+
+    @cached_property
+    def _rope_lengths(self) -> frozenset[str]:
+        """Length names fed to rotary tables (``precompute_freqs_cis(d, cfg.max_seq_len * 2)``):
+        a maximum the positions support, not the length the model trains at."""
+        names: set[str] = set()
+        for node in self._each(ast.Call):
+            assert isinstance(node, ast.Call)
+            callee = (dotted(node.func) or "").rsplit(".", 1)[-1].lower()
+            if not any(h in callee for h in ("rope", "rotary", "freqs")):
+                continue
+            for arg in [*node.args, *(k.value for k in node.keywords)]:
+                for sub in ast.walk(arg):
+                    spelled = sub.attr if isinstance(sub, ast.Attribute) else \
+                        sub.id if isinstance(sub, ast.Name) else None
+                    if spelled is not None and (name := normalise_length_name(spelled)):
+                        names.add(name)
+        return frozenset(names)
+
+    def _table_entry(self, node: ast.AST) -> bool:
+        """Inside one entry of a table of configs (a list, tuple or ``append`` of dicts):
+        one model among many, not the one trained."""
+        for anc in self.module.ancestors(node):
+            if isinstance(anc, ast.List | ast.Tuple | ast.Set | ast.ListComp):
+                return True
+            if isinstance(anc, ast.Call) and isinstance(anc.func, ast.Attribute) \
+                    and anc.func.attr in ("append", "extend"):
+                return True
+            if isinstance(anc, ast.stmt):
+                return False
+        return False
 
     # -- checkpoint calls -----------------------------------------------------------------
 
@@ -294,8 +331,9 @@ class CheckpointingFacts:
         if assignment is None:
             return False
         for node in ast.walk(assignment):
-            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
-                cls = self.module.classes.get(node.func.id)
+            # ``Block(...)``, or a builder handed the class (``PipelineBlock(module_builder=Block)``).
+            if isinstance(node, ast.Name):
+                cls = self.module.classes.get(node.id)
                 if cls is None:
                     continue
                 forward = next((s for s in cls.body if isinstance(s, ast.FunctionDef)

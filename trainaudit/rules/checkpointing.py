@@ -65,6 +65,7 @@ class CheckpointingSummary:
     enabled: tuple[int, ...]  # lines that switch checkpointing on
     enabled_receivers: tuple[str | None, ...]  # the model each switch names, if any
     use_cache: tuple[KvCacheSummary, ...]  # use_cache=True in training code
+    trains: bool  # the file runs a backward or a trainer (its run-time lengths are training's)
 
 
 @summarizer(FAMILY, triggers=SUMMARY_TRIGGERS, requires=SUMMARY_REQUIRES)
@@ -77,11 +78,13 @@ def summarize_checkpointing(module: ModuleFacts) -> CheckpointingSummary:
             _stack_payload(module, s)))
     return CheckpointingSummary(
         stacks=tuple(stacks.values()),
-        lengths=tuple(facts.sequence_lengths),
+        # Lengths in tests are fixtures' inputs (a huge max_position_embeddings), not training's.
+        lengths=() if _is_test_file(module.path) else tuple(facts.sequence_lengths),
         enabled=tuple(getattr(s.node, "lineno", 1) for s in facts.checkpointing_enabled),
         enabled_receivers=tuple(s.receiver for s in facts.checkpointing_enabled),
         use_cache=tuple(KvCacheSummary(module.span(c.value), c.receiver, c.returned)
                         for c in facts.use_cache_true),
+        trains=bool(_TRAINS.search(module.source)),
     )
 
 
@@ -122,6 +125,16 @@ def _sets_flag(cls: ast.ClassDef) -> bool:
     return False
 
 
+_TRAINS = re.compile(r"\.backward\s*\(|Trainer\s*\(|\.fit\s*\(")
+
+
+def _is_test_file(path: str) -> bool:
+    parts = path.replace("\\", "/").split("/")
+    name = parts[-1]
+    return "tests" in parts[:-1] or "test" in parts[:-1] or name.startswith("test_") \
+        or name.endswith("_test.py") or name == "conftest.py"
+
+
 def _summaries(project: Project) -> dict[str, CheckpointingSummary]:
     return {s.path: f for s, f in project.facts(FAMILY) if isinstance(f, CheckpointingSummary)}
 
@@ -160,6 +173,10 @@ class NoActivationCheckpointing(ProjectRule):
             if path in enabling or project.component(path) in enabled_components:
                 continue
             lengths = [(p, length) for p in linked for length in summaries[p].lengths]
+            # A trainer's run-time setting (``--seq-len``) says what training uses; a model's
+            # declared maximum says only what it supports.
+            lengths = [(p, length) for p, length in lengths
+                       if length.source == "argument" and summaries[p].trains] or lengths
             if not lengths:
                 continue
             where, longest = max(lengths, key=lambda item: (item[1].value, item[0] == path))
