@@ -161,10 +161,14 @@ class CheckpointingFacts:
             return found
 
         capacities = self._rope_lengths
+        tabled: set[str] = set()  # names a table of configs sets per entry
 
         def add(name: str | None, value_node: ast.AST | None, where: ast.AST,
                 source: str = "declared") -> None:
-            if name is None or name in capacities or self._table_entry(where):
+            if name is None or name in capacities:
+                return
+            if self._table_entry(where):
+                tabled.add(name)
                 return
             value = const_int(value_node)
             if value is not None and value > 0:
@@ -209,6 +213,8 @@ class CheckpointingFacts:
                 for arg, kw_default in zip(node.kwonlyargs, node.kw_defaults, strict=True):
                     if kw_default is not None:
                         add(normalise_length_name(arg.arg), kw_default, kw_default)
+        # A config class's default is overridden by each entry of the table.
+        found = [s for s in found if s.name not in tabled or s.source == "argument"]
         found.sort(key=lambda s: (s.line, s.column))
         return found
 

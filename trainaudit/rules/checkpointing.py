@@ -23,7 +23,7 @@ from trainaudit.model.checkpointing import (
 )
 from trainaudit.model.module import ModuleFacts
 from trainaudit.model.precision import related_paths
-from trainaudit.model.precision.scope import bound_names
+from trainaudit.model.precision.scope import bound_names, is_test_file
 from trainaudit.model.project import Project
 from trainaudit.payloads import CheckpointStack
 from trainaudit.registry import ModuleRule, ProjectRule, RuleContext, register, summarizer
@@ -79,7 +79,7 @@ def summarize_checkpointing(module: ModuleFacts) -> CheckpointingSummary:
     return CheckpointingSummary(
         stacks=tuple(stacks.values()),
         # Lengths in tests are fixtures' inputs (a huge max_position_embeddings), not training's.
-        lengths=() if _is_test_file(module.path) else tuple(facts.sequence_lengths),
+        lengths=() if is_test_file(module.path) else tuple(facts.sequence_lengths),
         enabled=tuple(getattr(s.node, "lineno", 1) for s in facts.checkpointing_enabled),
         enabled_receivers=tuple(s.receiver for s in facts.checkpointing_enabled),
         use_cache=tuple(KvCacheSummary(module.span(c.value), c.receiver, c.returned)
@@ -126,13 +126,6 @@ def _sets_flag(cls: ast.ClassDef) -> bool:
 
 
 _TRAINS = re.compile(r"\.backward\s*\(|Trainer\s*\(|\.fit\s*\(")
-
-
-def _is_test_file(path: str) -> bool:
-    parts = path.replace("\\", "/").split("/")
-    name = parts[-1]
-    return "tests" in parts[:-1] or "test" in parts[:-1] or name.startswith("test_") \
-        or name.endswith("_test.py") or name == "conftest.py"
 
 
 def _summaries(project: Project) -> dict[str, CheckpointingSummary]:

@@ -22,10 +22,10 @@ from trainaudit.model.precision import (
     TrainingStep,
     device_type_code,
     dotted,
-    related_paths,
     torch_alias,
 )
 from trainaudit.model.precision.repairs import amp_renames, scaler_removal
+from trainaudit.model.precision.scope import is_test_file, trainer_neighbourhood
 from trainaudit.model.project import Project
 from trainaudit.payloads import (
     AutocastWrap,
@@ -107,14 +107,13 @@ def summarize_precision(module: ModuleFacts) -> PrecisionSummary:
     facts = PrecisionFacts.of(module)
     alias = torch_alias(module)
     unguarded: list[UnguardedForward] = []
-    name = module.path.rsplit("/", 1)[-1]
-    is_test_file = name.startswith("test_") or name.endswith("_test.py") or name == "conftest.py"
+    in_tests = is_test_file(module.path)
     seen: set[int] = set()
     traced: set[int] = set()
 
     def add(forward: ast.Call, function: str, lines: tuple[int, int]) -> None:
         # Unit tests compare float32 numbers on purpose; they are not training scripts.
-        if is_test_file or any(part.startswith("test") for part in function.split(".")):
+        if in_tests or any(part.startswith("test") for part in function.split(".")):
             return
         unguarded.append(UnguardedForward(
             span=module.span(forward),
@@ -197,7 +196,7 @@ class NoMixedPrecision(ProjectRule):
         for path, summary in sorted(facts.items()):
             if not summary.unguarded:
                 continue
-            linked = related_paths(project, path)
+            linked = trainer_neighbourhood(project, path)
             delegated = [(p, kind, line) for p in sorted(linked) if p in facts
                          for kind, line in facts[p].delegations]
             model_side = [p for p in linked if p in facts and facts[p].model_autocast]

@@ -75,18 +75,32 @@ def device_type_code(facts: PrecisionFacts, function: str, forward: ast.Call | N
     return '"cuda"'
 
 
+def _closure(edges: dict[str, set[str]], starts: set[str]) -> set[str]:
+    seen = set(starts)
+    stack = list(starts)
+    while stack:
+        for nxt in edges.get(stack.pop(), ()):
+            if nxt not in seen:
+                seen.add(nxt)
+                stack.append(nxt)
+    return seen
+
+
 def related_paths(project: Project, path: str) -> set[str]:
     """Files a file imports or is imported by, transitively (not mere siblings)."""
-    graph, reverse = project.import_graph, project.importers
-    found = {path}
-    for edges in (graph, reverse):
-        stack = [path]
-        seen = {path}
-        while stack:
-            current = stack.pop()
-            for nxt in edges.get(current, ()):
-                if nxt not in seen:
-                    seen.add(nxt)
-                    stack.append(nxt)
-        found |= seen
-    return found
+    return _closure(project.import_graph, {path}) | _closure(project.importers, {path})
+
+
+def trainer_neighbourhood(project: Project, path: str) -> set[str]:
+    """``related_paths`` plus what the files importing this one import: the trainer that
+    calls a training helper also builds its precision policy in a module of its own."""
+    importers = _closure(project.importers, {path})
+    return importers | _closure(project.import_graph, importers)
+
+
+def is_test_file(path: str) -> bool:
+    """A test module: under ``tests/`` or ``test/``, ``test_*.py``, ``*_test.py``, ``conftest.py``."""
+    parts = path.replace("\\", "/").split("/")
+    name = parts[-1]
+    return "tests" in parts[:-1] or "test" in parts[:-1] or name.startswith("test_") \
+        or name.endswith("_test.py") or name == "conftest.py"
