@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
+import io
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -10,11 +13,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import check_tree, fix_tree, found
+from tests.helpers import chdir, check_tree, config, fix_tree, found
+from trainaudit.cache import ResultCache, _SafeUnpickler
 from trainaudit.config import DEFAULT_FIX_OPTIONS
+from trainaudit.diagnostics import Span
+from trainaudit.discover import discover
+from trainaudit.engine import check_files
+from trainaudit.fixes import load_fixers
 from trainaudit.model.module import ModuleFacts
 from trainaudit.model.precision import PrecisionFacts, deprecated_amp_uses
-from trainaudit.payloads import AutocastWrap
+from trainaudit.payloads import AutocastWrap, CheckpointStack, ScalerInsertion, ScalerRepair
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "precision"
 
 
 def facts_of(source: str) -> PrecisionFacts:
@@ -357,3 +367,44 @@ def test_fixed_train_step_runs_on_cpu_under_bf16_autocast(tmp_path: Path) -> Non
     assert losses[-1] < losses[0]
     (tmp_path / "train.py").write_text(source)
     assert found(check_tree(tmp_path, select=("TA3",))) == set()
+
+
+# -- payloads: typed, picklable, read back from the cache --------------------------------
+
+
+def test_payloads_survive_the_cache_and_jobs(tmp_path: Path) -> None:
+    """Findings cross worker processes and the on-disk cache: their payloads with them."""
+    (tmp_path / "train.py").write_text((FIXTURES / "scaler_passed_to_step.py").read_text())
+    with chdir(tmp_path):
+        cfg = config(select=("TA304",))
+        files, _ = discover([Path(".")], cfg)
+        runs = []
+        for _ in range(2):  # cold, then warm (read back through the restricted unpickler)
+            cache = ResultCache(tmp_path, lazy_summaries=True)
+            runs.append(check_files(files, cfg, jobs=2, analyse=cache.analyse, project=cache.project))
+    assert cache.stats.hits == 1
+    cold, warm = (run.findings[0].payload for run in runs)
+    assert cold == warm == ScalerRepair(scaler="grad_scaler", kind="step")
+
+
+def test_fixer_reads_only_the_payload(tmp_path: Path) -> None:
+    """A finding without its payload gets no edit: the fixer does not re-analyse the file."""
+    source = (FIXTURES / "scaler_passed_to_step.py").read_text()
+    (tmp_path / "train.py").write_text(source)
+    (finding,) = check_tree(tmp_path, select=("TA304",)).findings
+    fixer = load_fixers()["TA304"]
+    assert fixer(source, [dataclasses.replace(finding, payload=None)], {}).source == source
+    assert "grad_scaler.step(optimizer)" in fixer(source, [finding], {}).source
+
+
+def test_payload_pickles_with_the_cache_unpickler() -> None:
+    stack = CheckpointStack(class_name="Model", class_line=3, stack="self.blocks", kind="loop",
+                            init_line=5, has_flag=False, checkpoint="checkpoint",
+                            checkpoint_import="from torch.utils.checkpoint import checkpoint",
+                            checkpoint_binds="checkpoint")
+    wrap = ScalerInsertion(loop_line=4, backwards=(Span(5, 9, 5, 25),), clips=(),
+                           steps=((Span(6, 9, 6, 25), "optimizer"),), device='"cuda"',
+                           torch_name="torch", scaler="scaler")
+    for payload in (stack, wrap):
+        loaded = _SafeUnpickler(io.BytesIO(pickle.dumps(payload))).load()
+        assert loaded == payload and type(loaded) is type(payload)
