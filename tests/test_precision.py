@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
+import io
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -10,10 +13,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import check_tree, fix_tree, found
+from tests.helpers import chdir, check_tree, config, fix_tree, found
+from trainaudit.cache import ResultCache, _SafeUnpickler
 from trainaudit.config import DEFAULT_FIX_OPTIONS
+from trainaudit.diagnostics import Span
+from trainaudit.discover import discover
+from trainaudit.engine import check_files
+from trainaudit.fixes import load_fixers
 from trainaudit.model.module import ModuleFacts
 from trainaudit.model.precision import PrecisionFacts, deprecated_amp_uses
+from trainaudit.payloads import AutocastWrap, CheckpointStack, ScalerInsertion, ScalerRepair
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "precision"
 
 
 def facts_of(source: str) -> PrecisionFacts:
@@ -134,12 +145,14 @@ def test_ta301_reported_once_per_forward_with_its_wrap_range(tmp_path: Path) -> 
                 (loss * 2).backward()
                 opt.step()
                 opt.zero_grad()
+
+        DEVICE = "cuda"  # a GPU training script
     """))
     result = check_tree(tmp_path, select=("TA301",))
     assert found(result) == {("train.py", 6, 15, "TA301")}
     (finding,) = result.findings
-    assert (finding.fix_data["first_line"], finding.fix_data["last_line"]) == (6, 7)
-    assert finding.fix_data["device_type"] == "x.device.type"
+    assert finding.payload == AutocastWrap(first_line=6, last_line=7, device_type="x.device.type",
+                                           torch_name="torch", add_import=False, function="train")
 
 
 # -- fixes ----------------------------------------------------------------------------------
@@ -186,6 +199,8 @@ def test_ta301_float16_option_adds_a_scaler_in_the_next_round(tmp_path: Path) ->
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 optimizer.step()
                 optimizer.zero_grad()
+
+        DEVICE = "cuda"  # a GPU training script
     """, select=("TA3",), fix_options={**DEFAULT_FIX_OPTIONS, "autocast-dtype": "float16"})
     assert out == textwrap.dedent("""
         import torch
@@ -201,6 +216,8 @@ def test_ta301_float16_option_adds_a_scaler_in_the_next_round(tmp_path: Path) ->
                 scaler.step(optimizer)
                 scaler.update()
                 optimizer.zero_grad()
+
+        DEVICE = "cuda"  # a GPU training script
     """)
     (tmp_path / "train.py").write_text(out)
     assert found(check_tree(tmp_path, select=("TA3",))) == set()
@@ -217,6 +234,8 @@ def test_ta301_adds_import_torch_when_missing(tmp_path: Path) -> None:
                 loss.backward()
                 opt.step()
                 opt.zero_grad()
+
+        DEVICE = "cuda"  # a GPU training script
     """, select=("TA301",))
     assert out.startswith("\nfrom torch import nn\nimport torch\n")
     assert "with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16):" in out
@@ -330,6 +349,9 @@ def main(device="cpu"):
     batch = {"input_ids": torch.randint(0, 32, (4, 8)), "labels": torch.randint(0, 32, (4, 8))}
     losses = [train_step(model, batch, optimizer, device) for _ in range(5)]
     return losses, seen
+
+
+DEVICE = "cuda"  # a GPU training script, run here on the CPU
 '''
 
 
@@ -345,3 +367,44 @@ def test_fixed_train_step_runs_on_cpu_under_bf16_autocast(tmp_path: Path) -> Non
     assert losses[-1] < losses[0]
     (tmp_path / "train.py").write_text(source)
     assert found(check_tree(tmp_path, select=("TA3",))) == set()
+
+
+# -- payloads: typed, picklable, read back from the cache --------------------------------
+
+
+def test_payloads_survive_the_cache_and_jobs(tmp_path: Path) -> None:
+    """Findings cross worker processes and the on-disk cache: their payloads with them."""
+    (tmp_path / "train.py").write_text((FIXTURES / "scaler_passed_to_step.py").read_text())
+    with chdir(tmp_path):
+        cfg = config(select=("TA304",))
+        files, _ = discover([Path(".")], cfg)
+        runs = []
+        for _ in range(2):  # cold, then warm (read back through the restricted unpickler)
+            cache = ResultCache(tmp_path, lazy_summaries=True)
+            runs.append(check_files(files, cfg, jobs=2, analyse=cache.analyse, project=cache.project))
+    assert cache.stats.hits == 1
+    cold, warm = (run.findings[0].payload for run in runs)
+    assert cold == warm == ScalerRepair(scaler="grad_scaler", kind="step")
+
+
+def test_fixer_reads_only_the_payload(tmp_path: Path) -> None:
+    """A finding without its payload gets no edit: the fixer does not re-analyse the file."""
+    source = (FIXTURES / "scaler_passed_to_step.py").read_text()
+    (tmp_path / "train.py").write_text(source)
+    (finding,) = check_tree(tmp_path, select=("TA304",)).findings
+    fixer = load_fixers()["TA304"]
+    assert fixer(source, [dataclasses.replace(finding, payload=None)], {}).source == source
+    assert "grad_scaler.step(optimizer)" in fixer(source, [finding], {}).source
+
+
+def test_payload_pickles_with_the_cache_unpickler() -> None:
+    stack = CheckpointStack(class_name="Model", class_line=3, stack="self.blocks", kind="loop",
+                            init_line=5, has_flag=False, checkpoint="checkpoint",
+                            checkpoint_import="from torch.utils.checkpoint import checkpoint",
+                            checkpoint_binds="checkpoint")
+    wrap = ScalerInsertion(loop_line=4, backwards=(Span(5, 9, 5, 25),), clips=(),
+                           steps=((Span(6, 9, 6, 25), "optimizer"),), device='"cuda"',
+                           torch_name="torch", scaler="scaler")
+    for payload in (stack, wrap):
+        loaded = _SafeUnpickler(io.BytesIO(pickle.dumps(payload))).load()
+        assert loaded == payload and type(loaded) is type(payload)

@@ -60,8 +60,14 @@ class Related:
 
 
 @dataclass(frozen=True)
+class FixPayload:
+    """Base of the typed facts a rule hands its fixer (see ``trainaudit.payloads``)."""
+
+
+@dataclass(frozen=True)
 class Finding:
-    """One problem at one place. ``fix_data`` carries what a fixer needs; it is never printed."""
+    """One problem at one place. ``payload`` (typed) or, for rules not migrated yet,
+    ``fix_data`` (a dict) carries what a fixer needs; neither is printed."""
 
     code: str
     name: str
@@ -72,6 +78,7 @@ class Finding:
     fix: FixClass | None = None
     related: tuple[Related, ...] = ()
     fix_data: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    payload: FixPayload | None = field(default=None, compare=False, hash=False)
 
     @property
     def line(self) -> int:

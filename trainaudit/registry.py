@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from trainaudit.catalogue import BY_CODE, RuleInfo
-from trainaudit.diagnostics import Finding, Related, Span
+from trainaudit.diagnostics import Finding, FixPayload, Related, Span
 
 if TYPE_CHECKING:
     from trainaudit.model.module import ModuleFacts
@@ -90,11 +90,12 @@ class Rule:
 
     def finding(self, path: str, span: Span, message: str, *,
                 related: Sequence[Related] = (), fix_data: Mapping[str, Any] | None = None,
-                fixable: bool = True) -> Finding:
+                payload: FixPayload | None = None, fixable: bool = True) -> Finding:
+        """A finding of this rule; ``payload`` is what its fixer needs (``trainaudit.payloads``)."""
         info = self.info
         return Finding(code=info.code, name=info.name, severity=info.severity, path=path,
                        span=span, message=message, fix=info.fix if fixable else None,
-                       related=tuple(related), fix_data=dict(fix_data or {}))
+                       related=tuple(related), fix_data=dict(fix_data or {}), payload=payload)
 
 
 class ModuleRule(Rule):
@@ -105,9 +106,9 @@ class ModuleRule(Rule):
 
     def report(self, module: ModuleFacts, node: ast.AST, message: str, *,
                related: Sequence[Related] = (), fix_data: Mapping[str, Any] | None = None,
-               fixable: bool = True) -> Finding:
+               payload: FixPayload | None = None, fixable: bool = True) -> Finding:
         return self.finding(module.path, module.span(node), message, related=related,
-                            fix_data=fix_data, fixable=fixable)
+                            fix_data=fix_data, payload=payload, fixable=fixable)
 
 
 class ProjectRule(Rule):

@@ -1,8 +1,11 @@
 """Fixes (LibCST codemods), one per fixable rule, keyed by rule code.
 
 A fixer takes a file's source and the findings of its code in that file and
-returns the new source plus short notes saying what changed. Fixers are
-imported lazily: ``check`` never loads LibCST.
+returns the new source plus short notes saying what changed. What it needs
+to know comes with each finding as a typed payload (``trainaudit.payloads``,
+read with ``payload_of``); rules not migrated yet still pass a ``fix_data``
+dict. Fixers share one toolkit (``toolkit.py``: ``Edits``, ``call_at``,
+``ensure_import``). Fixers are imported lazily: ``check`` never loads LibCST.
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ def load_fixers() -> dict[str, Fixer]:
     """Import every fixer module of this package once."""
     if not FIXERS:
         for info in pkgutil.iter_modules(__path__):
-            if not info.name.startswith("_") and info.name not in ("apply", "cst"):
+            if not info.name.startswith("_") and info.name not in ("apply", "cst", "toolkit"):
                 importlib.import_module(f"{__name__}.{info.name}")
     return FIXERS
 

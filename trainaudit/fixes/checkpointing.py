@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import ast
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -20,23 +19,22 @@ import libcst as cst
 
 from trainaudit.diagnostics import Finding
 from trainaudit.fixes import FixResult, fixer
-from trainaudit.fixes.cst import Located
-from trainaudit.fixes.precision import (
+from trainaudit.fixes.cst import Located, code_of
+from trainaudit.fixes.toolkit import (
     Edits,
     append_args,
     arg_with_comma,
     bound_names,
-    call_by_span,
+    call_at,
     ensure_import,
+    fresh_name,
     keyword_arg,
-    parse_facts,
     replace_with,
     simple_statement,
     statement,
     statement_at_line,
 )
-from trainaudit.model.checkpointing import BlockStack, CheckpointingFacts, block_stack_at
-from trainaudit.model.module import ModuleFacts
+from trainaudit.payloads import CheckpointStack, payload_of
 
 GUARD = "self.gradient_checkpointing and self.training"
 ENABLE_METHOD = '''
@@ -44,25 +42,6 @@ def gradient_checkpointing_enable(self, enable: bool = True) -> None:
     """Recompute each block's activations during backward instead of keeping them."""
     self.gradient_checkpointing = enable
 '''
-
-
-def _span(finding: Finding) -> tuple[int, int, int, int]:
-    s = finding.span
-    return (s.line, s.column, s.end_line, s.end_column)
-
-
-def _checkpoint_function(facts: ModuleFacts, source: str) -> tuple[str, str | None, str]:
-    """How to spell ``checkpoint`` here: (expression, import to add, name the import binds)."""
-    aliases = facts.imports.aliases
-    for local, target in aliases.items():
-        if target == "torch.utils.checkpoint.checkpoint":
-            return local, None, local
-    for local, target in aliases.items():
-        if target == "torch.utils.checkpoint" and local != "torch":
-            return f"{local}.checkpoint", None, local
-    if "checkpoint" not in bound_names(source):
-        return "checkpoint", "from torch.utils.checkpoint import checkpoint", "checkpoint"
-    return "torch.utils.checkpoint.checkpoint", "import torch.utils.checkpoint", "torch.utils.checkpoint"
 
 
 def _checkpointed_call(call: cst.Call, function: str) -> cst.Call:
@@ -95,9 +74,9 @@ def _sequential_branch(stmt: cst.SimpleStatementLine, call: cst.Call, stack: str
     """``x = self.blocks(h)`` → ``x = h`` + ``for block in self.blocks: x = checkpoint(block, x, ...)``."""
     if len(call.args) != 1 or call.args[0].keyword is not None or call.args[0].star:
         return None
-    argument = cst.Module([]).code_for_node(call.args[0].value)
+    argument = code_of(call.args[0].value)
     small = stmt.body[0] if len(stmt.body) == 1 else None
-    block = next(n for n in ("block", "layer", "module_", "block_") if n not in taken)
+    block = fresh_name(taken, "block", "layer", "module_", "block_")
     if isinstance(small, cst.Assign) and len(small.targets) == 1 and \
             isinstance(small.targets[0].target, cst.Name) and small.value is call:
         name = small.targets[0].target.value
@@ -112,119 +91,98 @@ def _sequential_branch(stmt: cst.SimpleStatementLine, call: cst.Call, stack: str
     return None
 
 
-def _class_node(located: Located, facts: ModuleFacts, class_name: str) -> cst.ClassDef | None:
-    node = facts.classes.get(class_name)
-    if node is None:
-        return None
-    stmt = statement_at_line(located, node.lineno)
+def _class_node(located: Located, stack: CheckpointStack) -> cst.ClassDef | None:
+    stmt = statement_at_line(located, stack.class_line)
     if isinstance(stmt, cst.ClassDef):
         return stmt
+    name = stack.class_name.rsplit(".", 1)[-1]
     for candidate, pos in located.positions.items():  # decorated classes start at the decorator
-        if isinstance(candidate, cst.ClassDef) and candidate.name.value == node.name \
-                and pos.start.line <= node.lineno <= pos.end.line:
+        if isinstance(candidate, cst.ClassDef) and candidate.name.value == name \
+                and pos.start.line <= stack.class_line <= pos.end.line:
             return candidate
     return None
 
 
-def _has_attribute(cls: ast.ClassDef) -> bool:
-    for node in ast.walk(cls):
-        if isinstance(node, ast.Attribute) and node.attr == "gradient_checkpointing" \
-                and isinstance(node.ctx, ast.Store):
-            return True
-        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "gradient_checkpointing"
-                                                for t in node.targets):
-            return True
-    return False
-
-
-def _plan_class(located: Located, facts: ModuleFacts, stack: BlockStack, edits: Edits,
-                default: bool) -> None:
+def _plan_class(located: Located, stack: CheckpointStack, edits: Edits, default: bool) -> None:
     """The attribute (after the stack is built) and the enable method (after ``__init__``)."""
-    cls_ast = facts.classes[stack.class_name]
-    cls = _class_node(located, facts, stack.class_name)
+    cls = _class_node(located, stack)
     if cls is None or not isinstance(cls.body, cst.IndentedBlock):
         return
     methods = {s.name.value: s for s in cls.body.body if isinstance(s, cst.FunctionDef)}
     init = methods.get("__init__")
-    if not _has_attribute(cls_ast):
+    if not stack.has_flag:
         attribute = statement(f"self.gradient_checkpointing = {default}")
         anchor: cst.CSTNode | None = None
-        if init is not None and stack.init_assignment is not None:
-            candidate = statement_at_line(located, stack.init_assignment.lineno)
+        if init is not None and stack.init_line is not None:
+            candidate = statement_at_line(located, stack.init_line)
             if candidate is not None and isinstance(init.body, cst.IndentedBlock) \
                     and candidate in init.body.body:
                 anchor = candidate
         if anchor is not None:
-            edits.after.setdefault(id(anchor), []).append(attribute)
+            edits.insert_after(anchor, attribute)
         elif init is not None and isinstance(init.body, cst.IndentedBlock):
-            edits.after.setdefault(id(init.body.body[-1]), []).append(attribute)
+            edits.insert_after(init.body.body[-1], attribute)
         else:  # no __init__: a class attribute, after the docstring
             body = list(cls.body.body)
             docstring = isinstance(body[0], cst.SimpleStatementLine) and isinstance(
                 body[0].body[0], cst.Expr) and isinstance(body[0].body[0].value, cst.SimpleString)
             if docstring and len(body) > 1:
-                edits.before.setdefault(id(body[1]), []).append(
-                    statement(f"gradient_checkpointing = {default}"))
+                edits.insert_before(body[1], statement(f"gradient_checkpointing = {default}"))
             else:
-                edits.after.setdefault(id(body[0]), []).append(
-                    statement(f"gradient_checkpointing = {default}"))
+                edits.insert_after(body[0], statement(f"gradient_checkpointing = {default}"))
     if "gradient_checkpointing_enable" not in methods:
         method = cst.parse_statement(ENABLE_METHOD.lstrip("\n"))
         assert isinstance(method, cst.FunctionDef)
         method = method.with_changes(leading_lines=[cst.EmptyLine(indent=False)])
         if init is not None:
-            edits.after.setdefault(id(init), []).append(method)
+            edits.insert_after(init, method)
         elif "forward" in methods:
-            forward = methods["forward"]
-            inner = edits.replace.get(id(forward))
-
             def before_forward(updated: cst.FunctionDef) -> cst.FlattenSentinel[cst.BaseStatement]:
-                if inner is not None:
-                    updated = inner(updated)
                 return cst.FlattenSentinel([
                     method.with_changes(leading_lines=updated.leading_lines),
                     updated.with_changes(leading_lines=[cst.EmptyLine(indent=False)])])
 
-            edits.replace[id(forward)] = before_forward
+            edits.replace(methods["forward"], before_forward)
 
 
 @fixer("TA401")
 def fix_no_activation_checkpointing(source: str, findings: Sequence[Finding],
                                     options: Mapping[str, Any]) -> FixResult:
-    facts = parse_facts(source)
-    checkpointing = CheckpointingFacts(facts)
     located = Located(source)
     edits = Edits()
     notes: list[str] = []
-    function, import_code, binds = _checkpoint_function(facts, source)
     default = bool(options.get("checkpointing-default", True))
     taken = bound_names(source)
     planned: set[str] = set()
+    imports: set[tuple[str, str]] = set()
     for finding in findings:
-        stack = block_stack_at(checkpointing, finding.span)
-        call = call_by_span(located, _span(finding))
+        stack = payload_of(finding, CheckpointStack)
+        call = call_at(located, finding.span) if stack is not None else None
         stmt = simple_statement(located, call) if call is not None else None
         if stack is None or call is None or stmt is None:
             continue
         if stack.kind == "sequential":
-            branch = _sequential_branch(stmt, call, stack.stack, function, taken)
+            branch = _sequential_branch(stmt, call, stack.stack, stack.checkpoint, taken)
             if branch is None:
                 continue
         else:
-            swapped = stmt.visit(_SwapCall(call, _checkpointed_call(call, function)))
+            swapped = stmt.visit(_SwapCall(call, _checkpointed_call(call, stack.checkpoint)))
             assert isinstance(swapped, cst.SimpleStatementLine)
             branch = [swapped.with_changes(leading_lines=())]
-        edits.replace[id(stmt)] = replace_with(_guarded(stmt, branch))
+        edits.replace(stmt, replace_with(_guarded(stmt, branch)))
         if stack.class_name not in planned:
-            _plan_class(located, facts, stack, edits, default)
+            _plan_class(located, stack, edits, default)
             planned.add(stack.class_name)
+        if stack.checkpoint_import is not None:
+            imports.add((stack.checkpoint_import, stack.checkpoint_binds))
         notes.append(f"line {finding.line}: {stack.class_name} checkpoints each block of "
                      f"{stack.stack} (self.gradient_checkpointing = {default})")
     if edits.empty:
         return FixResult(source)
-    module = located.module.visit(edits)
-    if import_code is not None and import_code not in source:
-        module = ensure_import(module, import_code, binds, set())
+    module = edits.apply(located.module)
+    for code, binds in sorted(imports):
+        if code not in source:
+            module = ensure_import(module, code, binds)
     return FixResult(module.code, notes)
 
 
@@ -233,13 +191,13 @@ def fix_use_reentrant(source: str, findings: Sequence[Finding], options: Mapping
     located = Located(source)
     edits = Edits()
     for finding in findings:
-        call = call_by_span(located, _span(finding))
+        call = call_at(located, finding.span)
         if call is not None:
-            edits.replace[id(call)] = lambda c: append_args(
-                c, [keyword_arg("use_reentrant", cst.Name("False"))])
+            edits.replace(call, lambda c: append_args(
+                c, [keyword_arg("use_reentrant", cst.Name("False"))]))
     if edits.empty:
         return FixResult(source)
-    return FixResult(located.module.visit(edits).code,
+    return FixResult(edits.apply(located.module).code,
                      [f"line {f.line}: use_reentrant=False" for f in findings])
 
 
@@ -250,8 +208,8 @@ def fix_use_cache(source: str, findings: Sequence[Finding], options: Mapping[str
     for finding in findings:
         for node in located.at(finding.line, finding.column, cst.Name):
             if isinstance(node, cst.Name) and node.value == "True":
-                edits.replace[id(node)] = lambda n: n.with_changes(value="False")
+                edits.replace(node, lambda n: n.with_changes(value="False"))
     if edits.empty:
         return FixResult(source)
-    return FixResult(located.module.visit(edits).code,
+    return FixResult(edits.apply(located.module).code,
                      [f"line {f.line}: use_cache=False" for f in findings])

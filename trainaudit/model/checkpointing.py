@@ -24,6 +24,13 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from trainaudit.diagnostics import Span
+from trainaudit.model.checkpointing_switches import (
+    NOT_TRAINING_CALLS,
+    CheckpointingSwitch,
+    KvCacheFlag,
+    checkpointing_switches,
+    kv_cache_flags,
+)
 from trainaudit.model.module import FunctionNode, ModuleFacts, keyword, walk_local
 from trainaudit.model.precision import dotted, nodes_by_type
 
@@ -33,8 +40,6 @@ SEQUENCE_LENGTH_NAMES = frozenset({
     "max_len", "context_len", "ctx_len", "max_sequence_length", "context_size", "seqlen",
     "max_seqlen", "max_context_length", "train_seq_len", "sequence_len", "max_tokens_per_sample",
 })
-# Calls whose length arguments are about generation or tokenising for inference.
-NOT_TRAINING_CALLS = ("generate", "pipeline", "GenerationConfig", "sample", "decode")
 STACK_NAMES = frozenset({"blocks", "layers", "h", "layer", "resblocks", "transformer_blocks",
                          "decoder_layers", "encoder_layers", "block", "stages"})
 CHECKPOINT_FUNCTIONS = {
@@ -44,15 +49,11 @@ CHECKPOINT_FUNCTIONS = {
 # Spellings that say a forward already checkpoints (its own flag or function).
 CHECKPOINT_HINTS = ("checkpoint", "gradient_checkpointing", "grad_checkpointing",
                     "activation_checkpointing", "use_checkpoint", "recompute")
-EXTERNAL_CHECKPOINTING = ("gradient_checkpointing_enable", "apply_activation_checkpointing",
-                          "checkpoint_wrapper", "set_grad_checkpointing", "enable_gradient_checkpointing",
-                          "set_gradient_checkpointing", "activation_checkpointing")
 # Substrings of every spelling of a length name (``--max-seq-len``, ``max_position_embeddings``).
 LENGTH_TRIGGERS = ("seq_len", "seq-len", "seq_length", "seq-length", "seqlen", "max_len", "max-len",
                    "max_length", "max-length", "block_size", "block-size", "context_len",
                    "context-len", "context_size", "position_embeddings", "n_positions", "n_ctx",
                    "ctx_len", "sequence_len", "max_tokens_per_sample")
-INFERENCE_FUNCTION_HINTS = ("eval", "generate", "sample", "predict", "infer", "decode", "valid", "test")
 
 
 def const_int(node: ast.AST | None, depth: int = 0) -> int | None:
@@ -97,6 +98,9 @@ class SequenceLength:
     value: int
     line: int
     column: int
+    # ``argument``: a run-time setting (an argparse default), the length training uses;
+    # ``declared``: what a model or config declares it supports.
+    source: str = "declared"
 
 
 @dataclass(frozen=True)
@@ -156,13 +160,20 @@ class CheckpointingFacts:
         if not any(word in self.text for word in LENGTH_TRIGGERS):
             return found
 
-        def add(name: str | None, value_node: ast.AST | None, where: ast.AST) -> None:
-            if name is None:
+        capacities = self._rope_lengths
+        tabled: set[str] = set()  # names a table of configs sets per entry
+
+        def add(name: str | None, value_node: ast.AST | None, where: ast.AST,
+                source: str = "declared") -> None:
+            if name is None or name in capacities:
+                return
+            if self._table_entry(where):
+                tabled.add(name)
                 return
             value = const_int(value_node)
             if value is not None and value > 0:
                 span = module.span(where)
-                found.append(SequenceLength(name, value, span.line, span.column))
+                found.append(SequenceLength(name, value, span.line, span.column, source))
 
         for node in self._each(ast.Call, ast.Assign, ast.AnnAssign, ast.Dict, ast.arguments):
             if isinstance(node, ast.Call):
@@ -176,7 +187,7 @@ class CheckpointingFacts:
                     if isinstance(dest, ast.Constant) and isinstance(dest.value, str):
                         names.append(normalise_length_name(dest.value))
                     name = next((n for n in names if n), None)
-                    add(name, keyword(node, "default"), node)
+                    add(name, keyword(node, "default"), node, "argument")
                     continue
                 for kw in node.keywords:
                     if kw.arg is not None:
@@ -202,8 +213,41 @@ class CheckpointingFacts:
                 for arg, kw_default in zip(node.kwonlyargs, node.kw_defaults, strict=True):
                     if kw_default is not None:
                         add(normalise_length_name(arg.arg), kw_default, kw_default)
+        # A config class's default is overridden by each entry of the table.
+        found = [s for s in found if s.name not in tabled or s.source == "argument"]
         found.sort(key=lambda s: (s.line, s.column))
         return found
+
+    @cached_property
+    def _rope_lengths(self) -> frozenset[str]:
+        """Length names fed to rotary tables (``precompute_freqs_cis(d, cfg.max_seq_len * 2)``):
+        a maximum the positions support, not the length the model trains at."""
+        names: set[str] = set()
+        for node in self._each(ast.Call):
+            assert isinstance(node, ast.Call)
+            callee = (dotted(node.func) or "").rsplit(".", 1)[-1].lower()
+            if not any(h in callee for h in ("rope", "rotary", "freqs")):
+                continue
+            for arg in [*node.args, *(k.value for k in node.keywords)]:
+                for sub in ast.walk(arg):
+                    spelled = sub.attr if isinstance(sub, ast.Attribute) else \
+                        sub.id if isinstance(sub, ast.Name) else None
+                    if spelled is not None and (name := normalise_length_name(spelled)):
+                        names.add(name)
+        return frozenset(names)
+
+    def _table_entry(self, node: ast.AST) -> bool:
+        """Inside one entry of a table of configs (a list, tuple or ``append`` of dicts):
+        one model among many, not the one trained."""
+        for anc in self.module.ancestors(node):
+            if isinstance(anc, ast.List | ast.Tuple | ast.Set | ast.ListComp):
+                return True
+            if isinstance(anc, ast.Call) and isinstance(anc.func, ast.Attribute) \
+                    and anc.func.attr in ("append", "extend"):
+                return True
+            if isinstance(anc, ast.stmt):
+                return False
+        return False
 
     # -- checkpoint calls -----------------------------------------------------------------
 
@@ -227,75 +271,12 @@ class CheckpointingFacts:
     # -- checkpointing switched on, and KV caches ------------------------------------------
 
     @cached_property
-    def checkpointing_enabled(self) -> list[ast.AST]:
-        """Places that turn checkpointing on for a model (not the model's own forward)."""
-        found: list[ast.AST] = []
-        if "checkpoint" not in self.text:
-            return found
-        for node in self._each(ast.Call, ast.Assign):
-            if isinstance(node, ast.Call):
-                names = {(dotted(node.func) or "").rsplit(".", 1)[-1],
-                         (self.module.call_name(node) or "").rsplit(".", 1)[-1]}
-                if names & set(EXTERNAL_CHECKPOINTING) or any(
-                        "checkpoint_wrapper" in n or n == "apply_ac" for n in names):
-                    found.append(node)
-                    continue
-                for kw in node.keywords:
-                    # ``gradient_checkpointing=True``, ``activation_checkpointing_policy={Block}``
-                    # (Lightning's FSDPStrategy), ``gradient_checkpointing=args.gc``.
-                    if kw.arg is not None and ("gradient_checkpointing" in kw.arg
-                                               or "activation_checkpointing" in kw.arg) \
-                            and not (isinstance(kw.value, ast.Constant)
-                                     and kw.value.value in (False, None)):
-                        found.append(kw.value)
-            elif isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant) \
-                    and node.value.value is True:
-                for target in node.targets:
-                    if (dotted(target) or "").endswith(("gradient_checkpointing",
-                                                        "activation_checkpointing")):
-                        found.append(node)
-        return found
-
-    def _inference_scope(self, node: ast.AST) -> bool:
-        fn = self.module.enclosing_function(node)
-        while fn is not None:
-            if any(h in fn.name.lower() for h in INFERENCE_FUNCTION_HINTS):
-                return True
-            for deco in fn.decorator_list:
-                target = deco.func if isinstance(deco, ast.Call) else deco
-                if (self.module.qualname(target) or "").endswith(("no_grad", "inference_mode")):
-                    return True
-            fn = self.module.enclosing_function(fn)
-        for anc in self.module.ancestors(node):
-            if isinstance(anc, ast.With) and any(
-                    isinstance(i.context_expr, ast.Call)
-                    and (self.module.call_name(i.context_expr) or "").endswith(("no_grad", "inference_mode"))
-                    for i in anc.items):
-                return True
-        return False
+    def checkpointing_enabled(self) -> list[CheckpointingSwitch]:
+        return checkpointing_switches(self.module)
 
     @cached_property
-    def use_cache_true(self) -> list[ast.Constant]:
-        """``use_cache=True`` (a keyword or ``config.use_cache = True``) in training code."""
-        found: list[ast.Constant] = []
-        if "use_cache" not in self.text:
-            return found
-        for node in self._each(ast.Call, ast.Assign):
-            if isinstance(node, ast.Call):
-                callee = (dotted(node.func) or "").rsplit(".", 1)[-1]
-                if callee in NOT_TRAINING_CALLS:
-                    continue
-                value = keyword(node, "use_cache")
-                if isinstance(value, ast.Constant) and value.value is True \
-                        and not self._inference_scope(node):
-                    found.append(value)
-            elif isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant) \
-                    and node.value.value is True \
-                    and any((dotted(t) or "").endswith(".use_cache") for t in node.targets) \
-                    and not self._inference_scope(node):
-                found.append(node.value)
-        found.sort(key=lambda c: (c.lineno, c.col_offset))
-        return found
+    def use_cache_true(self) -> list[KvCacheFlag]:
+        return kv_cache_flags(self.module)
 
     # -- block stacks ---------------------------------------------------------------------
 
@@ -356,8 +337,9 @@ class CheckpointingFacts:
         if assignment is None:
             return False
         for node in ast.walk(assignment):
-            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
-                cls = self.module.classes.get(node.func.id)
+            # ``Block(...)``, or a builder handed the class (``PipelineBlock(module_builder=Block)``).
+            if isinstance(node, ast.Name):
+                cls = self.module.classes.get(node.id)
                 if cls is None:
                     continue
                 forward = next((s for s in cls.body if isinstance(s, ast.FunctionDef)

@@ -9,15 +9,23 @@ trainer usually live elsewhere.
 
 from __future__ import annotations
 
+import ast
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from trainaudit.diagnostics import Finding, Related, Span
-from trainaudit.model.checkpointing import LENGTH_TRIGGERS, CheckpointingFacts, SequenceLength
+from trainaudit.model.checkpointing import (
+    LENGTH_TRIGGERS,
+    BlockStack,
+    CheckpointingFacts,
+    SequenceLength,
+)
 from trainaudit.model.module import ModuleFacts
 from trainaudit.model.precision import related_paths
+from trainaudit.model.precision.scope import bound_names, is_test_file
 from trainaudit.model.project import Project
+from trainaudit.payloads import CheckpointStack
 from trainaudit.registry import ModuleRule, ProjectRule, RuleContext, register, summarizer
 
 FAMILY = "checkpointing"
@@ -40,6 +48,14 @@ class StackSummary:
     kind: str
     span: Span
     checkpointed: bool
+    payload: CheckpointStack
+
+
+@dataclass(frozen=True)
+class KvCacheSummary:
+    span: Span  # the ``True``
+    receiver: str | None
+    returned: bool  # the model leaves its function (a loader another file calls)
 
 
 @dataclass(frozen=True)
@@ -47,7 +63,9 @@ class CheckpointingSummary:
     stacks: tuple[StackSummary, ...]
     lengths: tuple[SequenceLength, ...]
     enabled: tuple[int, ...]  # lines that switch checkpointing on
-    use_cache: tuple[Span, ...]  # ``True`` of use_cache=True in training code
+    enabled_receivers: tuple[str | None, ...]  # the model each switch names, if any
+    use_cache: tuple[KvCacheSummary, ...]  # use_cache=True in training code
+    trains: bool  # the file runs a backward or a trainer (its run-time lengths are training's)
 
 
 @summarizer(FAMILY, triggers=SUMMARY_TRIGGERS, requires=SUMMARY_REQUIRES)
@@ -56,13 +74,58 @@ def summarize_checkpointing(module: ModuleFacts) -> CheckpointingSummary:
     stacks: dict[tuple[str, str], StackSummary] = {}
     for s in facts.block_stacks:  # one finding per stack: a second loop is often the KV-cache path
         stacks.setdefault((s.class_name, s.stack), StackSummary(
-            s.class_name, s.stack, s.kind, module.span(s.call), s.checkpointed))
+            s.class_name, s.stack, s.kind, module.span(s.call), s.checkpointed,
+            _stack_payload(module, s)))
     return CheckpointingSummary(
         stacks=tuple(stacks.values()),
-        lengths=tuple(facts.sequence_lengths),
-        enabled=tuple(getattr(n, "lineno", 1) for n in facts.checkpointing_enabled),
-        use_cache=tuple(module.span(c) for c in facts.use_cache_true),
+        # Lengths in tests are fixtures' inputs (a huge max_position_embeddings), not training's.
+        lengths=() if is_test_file(module.path) else tuple(facts.sequence_lengths),
+        enabled=tuple(getattr(s.node, "lineno", 1) for s in facts.checkpointing_enabled),
+        enabled_receivers=tuple(s.receiver for s in facts.checkpointing_enabled),
+        use_cache=tuple(KvCacheSummary(module.span(c.value), c.receiver, c.returned)
+                        for c in facts.use_cache_true),
+        trains=bool(_TRAINS.search(module.source)),
     )
+
+
+def _stack_payload(module: ModuleFacts, stack: BlockStack) -> CheckpointStack:
+    """What checkpointing a stack's blocks takes in its file."""
+    cls = module.classes[stack.class_name]
+    function, import_code, binds = _checkpoint_function(module)
+    return CheckpointStack(
+        class_name=stack.class_name, class_line=cls.lineno, stack=stack.stack, kind=stack.kind,
+        init_line=stack.init_assignment.lineno if stack.init_assignment is not None else None,
+        has_flag=_sets_flag(cls), checkpoint=function, checkpoint_import=import_code,
+        checkpoint_binds=binds)
+
+
+def _checkpoint_function(module: ModuleFacts) -> tuple[str, str | None, str]:
+    """How to spell ``checkpoint`` here: (expression, import to add, name the import binds)."""
+    aliases = module.imports.aliases
+    for local, target in aliases.items():
+        if target == "torch.utils.checkpoint.checkpoint":
+            return local, None, local
+    for local, target in aliases.items():
+        if target == "torch.utils.checkpoint" and local != "torch":
+            return f"{local}.checkpoint", None, local
+    if "checkpoint" not in bound_names(module.tree):
+        return "checkpoint", "from torch.utils.checkpoint import checkpoint", "checkpoint"
+    return "torch.utils.checkpoint.checkpoint", "import torch.utils.checkpoint", "torch.utils.checkpoint"
+
+
+def _sets_flag(cls: ast.ClassDef) -> bool:
+    """The class already sets ``gradient_checkpointing`` (an attribute or a class field)."""
+    for node in ast.walk(cls):
+        if isinstance(node, ast.Attribute) and node.attr == "gradient_checkpointing" \
+                and isinstance(node.ctx, ast.Store):
+            return True
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "gradient_checkpointing"
+                                                for t in node.targets):
+            return True
+    return False
+
+
+_TRAINS = re.compile(r"\.backward\s*\(|Trainer\s*\(|\.fit\s*\(")
 
 
 def _summaries(project: Project) -> dict[str, CheckpointingSummary]:
@@ -103,6 +166,10 @@ class NoActivationCheckpointing(ProjectRule):
             if path in enabling or project.component(path) in enabled_components:
                 continue
             lengths = [(p, length) for p in linked for length in summaries[p].lengths]
+            # A trainer's run-time setting (``--seq-len``) says what training uses; a model's
+            # declared maximum says only what it supports.
+            lengths = [(p, length) for p, length in lengths
+                       if length.source == "argument" and summaries[p].trains] or lengths
             if not lengths:
                 continue
             where, longest = max(lengths, key=lambda item: (item[1].value, item[0] == path))
@@ -117,7 +184,7 @@ class NoActivationCheckpointing(ProjectRule):
                     "activations are kept for backward",
                     related=[Related(where, longest.line, longest.column,
                                      f"{longest.name} = {longest.value}")],
-                    fix_data={"class_name": stack.class_name, "kind": stack.kind})
+                    payload=stack.payload)
 
 
 @register
@@ -163,14 +230,21 @@ class CheckpointingWithKvCache(ProjectRule):
         for path, summary in sorted(summaries.items()):
             if not summary.use_cache:
                 continue
-            linked = [p for p in sorted(related_paths(project, path)) if p in summaries]
-            switched = [(p, line) for p in linked for line in summaries[p].enabled]
-            if not switched:
-                continue
-            where, line = switched[0]
-            for span in summary.use_cache:
+            here = list(zip(summary.enabled, summary.enabled_receivers, strict=True))
+            # Another file counts only when it imports this one and this file hands the model
+            # on (a loader returning it): a cache flag is about one model, not a neighbourhood.
+            importers = sorted(p for p in project.importers.get(path, ()) if p in summaries)
+            elsewhere = [(p, line) for p in importers for line in summaries[p].enabled]
+            for flag in summary.use_cache:
+                # A switch naming another model (the student) says nothing of this one (the teacher).
+                same_model = [line for line, receiver in here if receiver is None
+                              or flag.receiver is None or receiver == flag.receiver]
+                switched = [(path, line) for line in same_model] or (elsewhere if flag.returned else [])
+                if not switched:
+                    continue
+                where, line = switched[0]
                 yield self.finding(
-                    path, span,
+                    path, flag.span,
                     "`use_cache=True` with gradient checkpointing on: the cache is useless in "
                     "training and conflicts with recomputation; use `use_cache=False`",
                     related=[Related(where, line, 1, "gradient checkpointing switched on here")])

@@ -1,38 +1,41 @@
-"""Mixed-precision rules (TA301–TA306): autocast, GradScaler and the AMP API.
+"""Mixed-precision rules TA301 (no autocast) and TA302 (the deprecated AMP API); the
+GradScaler rules (TA303–TA306) are in ``grad_scaler.py``.
 
 They read ``PrecisionFacts``: autocast regions (through names, ``nullcontext``
-alternatives and callers), GradScalers and their calls, delegated precision,
-and the training steps (a ``backward()``, its loss and the forward it comes from).
+alternatives and callers), delegated or manual precision, and the training steps
+(a ``backward()``, its loss and the forward it comes from).
 """
 
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
-from trainaudit.diagnostics import Finding, Related, Span
+from trainaudit.diagnostics import Finding, Severity, Span
 from trainaudit.model.loops import BACKWARD_CALL, find_training_loops
-from trainaudit.model.module import ModuleFacts, walk_local
+from trainaudit.model.module import ModuleFacts
 from trainaudit.model.precision import (
     DELEGATING_CALLS,
     PrecisionFacts,
     TrainingStep,
-    deprecated_amp_uses,
     device_type_code,
-    dotted,
-    related_paths,
     torch_alias,
 )
+from trainaudit.model.precision.repairs import amp_renames
+from trainaudit.model.precision.scope import is_test_file, trainer_neighbourhood
 from trainaudit.model.project import Project
+from trainaudit.payloads import (
+    AutocastWrap,
+)
 from trainaudit.registry import ModuleRule, ProjectRule, RuleContext, register, summarizer
 
 FAMILY = "precision"
 # A file with none of these can neither train nor delegate precision.
 SUMMARY_TRIGGERS = ("backward", "Accelerator", "Fabric", "MixedPrecision", "bfloat16", "half",
                     "autocast", "TrainingArguments", "deepspeed", "precision", "float16",
-                    "set_default_dtype")
+                    "set_default_dtype", "double", "dtype")
 _LOW = r"bfloat16|float16|half|bf16|fp16"
 # What the summary needs: a backward (training steps), autocast in a model, or one of the
 # delegations ``PrecisionFacts.delegations`` recognises.
@@ -40,7 +43,8 @@ SUMMARY_REQUIRES = (
     (BACKWARD_CALL,), ("autocast",), *((name,) for name in DELEGATING_CALLS),
     ("Trainer", r"precision\s*="), ("parallelize",), ("fully_shard",), ("mixed_precision",),
     ("mp_policy",), ("initialize", "deepspeed|amp"), ("set_default_dtype",),
-    (r"bfloat16(?<=\.bfloat16)\s*\(",), (r"half(?<=\.half)\s*\(",),
+    (r"bfloat16(?<=\.bfloat16)\s*\(",), (r"half(?<=\.half)\s*\(",), (r"double(?<=\.double)\s*\(",),
+    ("dtype", r"\.(?:to|type)\s*\("),
     (_LOW, r"\.to\s*\("), (_LOW, r"dtype\s*="),
 )
 
@@ -67,6 +71,18 @@ class PrecisionSummary:
     unguarded: tuple[UnguardedForward, ...]
     delegations: tuple[tuple[str, int], ...]  # (what, line)
     model_autocast: tuple[int, ...]  # lines where a model casts its own forward
+    device: str  # gpu (the file asks for one), portable (cuda if available), none
+
+
+# A file that names a GPU device (or a GPU-only backend), and one that falls back to the CPU.
+_GPU = re.compile(r"""\.cuda\s*\(|["']cuda|\bnccl\b|device_map|torch\.cuda\.set_device|LOCAL_RANK""")
+_PORTABLE = re.compile(r"""cuda\.is_available\s*\(|["']mps["']|backends\.mps""")
+
+
+def _device_targeted(text: str) -> str:
+    if not _GPU.search(text):
+        return "none"
+    return "portable" if _PORTABLE.search(text) else "gpu"
 
 
 def _wrap_range(facts: PrecisionFacts, step: TrainingStep, forward: ast.Call) -> tuple[int, int]:
@@ -87,14 +103,13 @@ def summarize_precision(module: ModuleFacts) -> PrecisionSummary:
     facts = PrecisionFacts.of(module)
     alias = torch_alias(module)
     unguarded: list[UnguardedForward] = []
-    name = module.path.rsplit("/", 1)[-1]
-    is_test_file = name.startswith("test_") or name.endswith("_test.py") or name == "conftest.py"
+    in_tests = is_test_file(module.path)
     seen: set[int] = set()
     traced: set[int] = set()
 
     def add(forward: ast.Call, function: str, lines: tuple[int, int]) -> None:
         # Unit tests compare float32 numbers on purpose; they are not training scripts.
-        if is_test_file or any(part.startswith("test") for part in function.split(".")):
+        if in_tests or any(part.startswith("test") for part in function.split(".")):
             return
         unguarded.append(UnguardedForward(
             span=module.span(forward),
@@ -151,6 +166,7 @@ def summarize_precision(module: ModuleFacts) -> PrecisionSummary:
         unguarded=tuple(unguarded),
         delegations=tuple((d.kind, getattr(d.node, "lineno", 1)) for d in facts.delegations),
         model_autocast=tuple(getattr(n, "lineno", 1) for n in facts.method_autocast),
+        device=_device_targeted(module.source),
     )
 
 
@@ -176,23 +192,28 @@ class NoMixedPrecision(ProjectRule):
         for path, summary in sorted(facts.items()):
             if not summary.unguarded:
                 continue
-            linked = related_paths(project, path)
+            linked = trainer_neighbourhood(project, path)
             delegated = [(p, kind, line) for p in sorted(linked) if p in facts
                          for kind, line in facts[p].delegations]
             model_side = [p for p in linked if p in facts and facts[p].model_autocast]
             if delegated or model_side:
                 continue
+            # AMP is for GPUs: silent on CPU-only code, advice (info) on code that falls back
+            # to the CPU (tutorials that run anywhere), a warning where a GPU is required.
+            devices = {facts[p].device for p in linked if p in facts}
+            if devices <= {"none"}:
+                continue
+            severity = Severity.WARNING if "gpu" in devices else Severity.INFO
             for forward in summary.unguarded:
                 yield self.finding(
                     path, forward.span,
                     f"training forward `{_short(forward.text)}` runs in float32: no autocast "
                     "covers it and no precision is delegated (Accelerator, Fabric, FSDP "
                     "MixedPrecision, bf16 weights)",
-                    fix_data={"first_line": forward.first_line, "last_line": forward.last_line,
-                              "device_type": forward.device_type,
-                              "torch_name": forward.torch_name,
-                              "add_import": forward.add_import,
-                              "function": forward.function})
+                    payload=AutocastWrap(forward.first_line, forward.last_line,
+                                         forward.device_type, forward.torch_name,
+                                         forward.add_import, forward.function),
+                ).with_severity(severity)
 
 
 def _short(text: str, limit: int = 60) -> str:
@@ -216,323 +237,9 @@ class DeprecatedAmpApi(ModuleRule):
                 "import cpu")
 
     def check(self, module: ModuleFacts, ctx: RuleContext) -> Iterator[Finding]:
-        for use in deprecated_amp_uses(module):
+        for use, payload in amp_renames(module):
             yield self.report(
                 module, use.node,
                 f"`{use.qualname}` is deprecated since torch 2.4 (FutureWarning); "
                 f"use `{use.replacement}`",
-                fixable=use.fixable)
-
-
-# -- TA303 / TA304: the scaler's protocol ---------------------------------------------------
-
-
-def _scope_calls(facts: PrecisionFacts, function: str) -> list[ast.Call]:
-    fn = facts.scope_of(function)
-    body = fn.body if fn is not None else facts.module.tree.body
-    return [n for n in walk_local(body) if isinstance(n, ast.Call)]
-
-
-def _receiver(call: ast.Call) -> str | None:
-    return dotted(call.func.value) if isinstance(call.func, ast.Attribute) else None
-
-
-def _scaled(backward: ast.Call) -> bool:
-    """``scaler.scale(loss).backward()``."""
-    receiver = backward.func.value if isinstance(backward.func, ast.Attribute) else None
-    return isinstance(receiver, ast.Call) and isinstance(receiver.func, ast.Attribute) \
-        and receiver.func.attr == "scale"
-
-
-def _visible(facts: PrecisionFacts, spelled: str, function: str) -> bool:
-    """Whether a scaler spelling can be read from a function (a fix may write it there)."""
-    root = spelled.split(".", 1)[0]
-    if root == "self":
-        fn = facts.scope_of(function)
-        return fn is not None and "." in function
-    return root in facts.names_in_scope(function)
-
-
-@register
-class ClipBeforeUnscale(ModuleRule):
-    """TA303: clipping gradients that are still multiplied by the loss scale.
-
-    With a GradScaler, ``clip_grad_norm_(params, 1.0)`` before
-    ``scaler.unscale_(optimizer)`` compares the *scaled* norm (x65536) with 1.0:
-    every step is clipped to almost nothing. Clipping through
-    ``accelerator.clip_grad_norm_`` / ``fabric.clip_gradients`` unscales first.
-    """
-
-    code = "TA303"
-    triggers = ("clip_grad",)
-
-    def check(self, module: ModuleFacts, ctx: RuleContext) -> Iterator[Finding]:
-        facts = PrecisionFacts.of(module)
-        scalers = facts.scalers
-        if not scalers.uses("scale") or facts.scaler_always_disabled():
-            return
-        seen: set[int] = set()
-        # Training loops first: their operations are in execution order, helpers included.
-        for loop in find_training_loops(module):
-            unscale_orders = [op.order for op in loop.ops("unscale")]
-            scaler_steps = [op for op in loop.ops("optimizer_step") if "scaler" in op.site.text.lower()
-                            or any(r in op.site.text for r in scalers.receivers)]
-            if not scaler_steps:
-                continue
-            for clip in loop.ops("clip"):
-                if clip.framework or not isinstance(clip.node, ast.Call) \
-                        or not facts.is_clip_call(clip.node) or id(clip.node) in seen:
-                    continue
-                seen.add(id(clip.node))
-                if any(order < clip.order for order in unscale_orders):
-                    continue
-                # Only gradients of a scaled backward are scaled (not the plain branch of
-                # ``if use_amp: scaler.scale(loss).backward() ... else: loss.backward()``).
-                before = [b for b in loop.ops("backward") if b.order < clip.order]
-                if not before or "scale(" not in before[-1].site.text:
-                    continue
-                step = ([s for s in scaler_steps if s.order > clip.order] or scaler_steps)[0]
-                step_call = step.node
-                if not isinstance(step_call, ast.Call) or not step_call.args:
-                    continue
-                # The unscale goes where the step's names are visible: before the helper
-                # call that leads to the clip, when the clip is deeper than the step.
-                depth = len(step.via)
-                fixable = clip.via[:depth] == step.via
-                anchor = clip.via[depth].span if fixable and len(clip.via) > depth else None
-                yield self._finding(module, clip.node, _receiver(step_call),
-                                    module.segment(step_call.args[0]), fixable=fixable,
-                                    anchor=anchor)
-        # Steps outside any loop of this file (a helper called from elsewhere): lexical order.
-        in_loops = {name for loop in find_training_loops(module) for name in loop.helpers} | {
-            loop.header.function for loop in find_training_loops(module)}
-        for function in sorted({""} | set(module.functions)):
-            if function in in_loops:
-                continue
-            calls = _scope_calls(facts, function)
-            steps = [c for c in calls if isinstance(c.func, ast.Attribute)
-                     and c.func.attr == "step" and _receiver(c) in scalers.receivers and c.args]
-            scales = [c for c in calls if isinstance(c.func, ast.Attribute)
-                      and c.func.attr == "scale" and _receiver(c) in scalers.receivers]
-            if not steps and not scales:
-                continue
-            unscales = [c for c in calls if isinstance(c.func, ast.Attribute)
-                        and c.func.attr == "unscale_" and _receiver(c) in scalers.receivers]
-            backwards = [c for c in calls if isinstance(c.func, ast.Attribute)
-                         and c.func.attr == "backward"]
-            for clip_call in (c for c in calls if facts.is_clip_call(c)):
-                if id(clip_call) in seen or any(u.lineno < clip_call.lineno for u in unscales):
-                    continue
-                earlier = [b for b in backwards if b.lineno <= clip_call.lineno]
-                if earlier and not _scaled(earlier[-1]):
-                    continue
-                after = [s for s in steps if s.lineno > clip_call.lineno] or steps
-                scaler = _receiver(after[0]) if after else _receiver(scales[0])
-                optimizer = module.segment(after[0].args[0]) if after else None
-                yield self._finding(module, clip_call, scaler, optimizer)
-
-    def _finding(self, module: ModuleFacts, clip: ast.Call, scaler: str | None,
-                 optimizer: str | None, *, fixable: bool = True, anchor: Span | None = None
-                 ) -> Finding:
-        where = anchor or module.span(clip)
-        return self.report(
-            module, clip,
-            f"gradients are clipped while still scaled by `{scaler}`: call "
-            f"`{scaler}.unscale_({optimizer or 'optimizer'})` before clipping",
-            fix_data={"scaler": scaler, "optimizer": optimizer,
-                      "anchor": (where.line, where.column, where.end_line, where.end_column)},
-            fixable=fixable and scaler is not None and optimizer is not None)
-
-
-@register
-class GradScalerBypassed(ModuleRule):
-    """TA304: a GradScaler exists but backward or step go around it, or it never updates.
-
-    - ``loss.backward()`` with a scaler made and never ``scale``-d: nothing is scaled;
-    - ``scaler.scale(loss).backward()`` then ``optimizer.step()``: the optimizer
-      steps with gradients 65536x too large (and inf/NaN steps are not skipped);
-    - ``scaler.step(optimizer)`` without ``scaler.update()``: the scale never
-      adapts (it stays at its first value, or collapses after an overflow).
-    """
-
-    code = "TA304"
-    triggers = ("GradScaler", "scaler")
-
-    def check(self, module: ModuleFacts, ctx: RuleContext) -> Iterator[Finding]:
-        facts = PrecisionFacts.of(module)
-        scalers = facts.scalers
-        if not scalers.exists() or facts.scaler_always_disabled():
-            return
-        constructed = sorted(scalers.constructed)
-        if constructed and not scalers.uses("scale"):
-            spelled = constructed[0]
-            for step in facts.training_steps:
-                if step.delegated or module.call_name(step.backward) == "torch.autograd.backward":
-                    continue
-                yield self.report(
-                    module, step.backward,
-                    f"`backward()` bypasses the GradScaler `{spelled}`: the loss is never "
-                    f"scaled; use `{spelled}.scale(loss).backward()`",
-                    fix_data={"scaler": spelled, "kind": "backward"},
-                    fixable=_visible(facts, spelled, step.function))
-            return
-        scale_calls = scalers.uses("scale")
-        if scale_calls and not scalers.uses("step"):
-            spelled = _receiver(scale_calls[0]) or "scaler"
-            for node in module.nodes:
-                if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
-                        and node.func.attr == "step" and not node.args and not node.keywords \
-                        and facts.is_optimizer(_receiver(node)):
-                    function = _function_of(module, node)
-                    yield self.report(
-                        module, node,
-                        f"`{module.segment(node)}` steps with gradients still scaled by "
-                        f"`{spelled}`; use `{spelled}.step({_receiver(node)})`",
-                        fix_data={"scaler": spelled, "kind": "step"},
-                        fixable=_visible(facts, spelled, function))
-            return
-        if scalers.uses("step") and not scalers.uses("update"):
-            for call in scalers.uses("step"):
-                spelled = _receiver(call) or "scaler"
-                yield self.report(
-                    module, call,
-                    f"`{spelled}.step(...)` without `{spelled}.update()`: the loss scale "
-                    "never adapts",
-                    fix_data={"scaler": spelled, "kind": "update"})
-
-
-def _where(module: ModuleFacts, node: ast.AST) -> tuple[int, int, int, int]:
-    """A node's span as plain numbers, for fix data."""
-    span = module.span(node)
-    return (span.line, span.column, span.end_line, span.end_column)
-
-
-def _function_of(module: ModuleFacts, node: ast.AST) -> str:
-    fn = module.enclosing_function(node)
-    return module.scope_name(fn) if fn is not None else ""
-
-
-# -- TA305 / TA306: dtype against scaler -----------------------------------------------------
-
-
-def _training_context(facts: PrecisionFacts, function: str) -> bool:
-    """Whether code in ``function`` takes part in a training step."""
-    module = facts.module
-    training = facts.training_functions
-    if not training:
-        return False
-    if function in training or set(module.reachable_from(function)) & training:
-        return True
-    return any(function in module.call_graph.get(t, ()) for t in training)
-
-
-def _outer_loop(facts: PrecisionFacts, node: ast.AST) -> ast.stmt | None:
-    loop: ast.stmt | None = None
-    for anc in facts.module.ancestors(node):
-        if isinstance(anc, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
-            break
-        if isinstance(anc, ast.For | ast.While | ast.AsyncFor):
-            loop = anc
-    return loop
-
-
-@register
-class Fp16WithoutGradScaler(ModuleRule):
-    """TA305: float16 autocast in training with no GradScaler.
-
-    float16 has 5 exponent bits: small gradients underflow to zero without loss
-    scaling. bfloat16 (same range as float32) needs no scaler; neither does a
-    step whose backward is delegated (``accelerator.backward``).
-    """
-
-    code = "TA305"
-    triggers = ("autocast",)
-
-    def check(self, module: ModuleFacts, ctx: RuleContext) -> Iterator[Finding]:
-        facts = PrecisionFacts.of(module)
-        if not any(s.dtype == "float16" for s in facts.autocast_sites) or facts.scalers.exists():
-            return
-        if any(d.kind in ("backward", "Accelerator", "Fabric", "deepspeed.initialize",
-                          "apex.amp.initialize", "TrainingArguments") for d in facts.delegations):
-            return
-        for site in facts.autocast_sites:
-            if site.dtype != "float16" or site.disabled:
-                continue
-            function = _function_of(module, site.call)
-            if not _training_context(facts, function):
-                continue
-            fix_data = _scaler_fix(facts, site.call, function)
-            yield self.report(
-                module, site.call,
-                "float16 autocast in training without a GradScaler: small gradients underflow "
-                "to zero; add `torch.amp.GradScaler` (or use bfloat16)",
-                fix_data=fix_data, fixable=fix_data is not None)
-
-
-def _scaler_fix(facts: PrecisionFacts, autocast: ast.Call, function: str) -> dict[str, Any] | None:
-    """What adding a GradScaler takes: one function holding the loop, backward and step.
-
-    The scaler is made before the outermost loop around ``backward()``; each
-    backward goes through ``scaler.scale``, each clip gets ``unscale_`` first,
-    each ``optimizer.step()`` becomes ``scaler.step`` + ``scaler.update()``.
-    """
-    module = facts.module
-    for step in facts.training_steps:
-        if step.delegated or not (step.function == function
-                                  or function in module.reachable_from(step.function)
-                                  or step.function in module.reachable_from(function)):
-            continue
-        loop = _outer_loop(facts, step.backward)
-        if loop is None:
-            continue
-        calls = _scope_calls(facts, step.function)
-        backwards = [c for c in calls if isinstance(c.func, ast.Attribute) and c.func.attr == "backward"
-                     and not facts._delegating_backward(c)]
-        optimizer_steps = [c for c in calls if isinstance(c.func, ast.Attribute) and c.func.attr == "step"
-                           and not c.args and facts.is_optimizer(_receiver(c))]
-        if not backwards or not optimizer_steps:
-            continue
-        device_node = autocast.args[0] if autocast.args else next(
-            (k.value for k in autocast.keywords if k.arg == "device_type"), None)
-        device = module.segment(device_node) if device_node is not None else '"cuda"'
-        if (module.call_name(autocast) or "").startswith("torch.cuda.amp"):
-            device = '"cuda"'
-        bound = set(facts.names_in_scope(step.function))
-        name = next(n for n in ("scaler", "grad_scaler", "amp_scaler") if n not in bound)
-        return {
-            "loop_line": loop.lineno,
-            "backwards": [_where(module, c) for c in backwards],
-            "clips": [_where(module, c) for c in calls if facts.is_clip_call(c)],
-            "steps": [(*_where(module, c), _receiver(c)) for c in optimizer_steps],
-            "device": device, "torch_name": torch_alias(module) or "torch", "scaler": name}
-    return None
-
-
-@register
-class GradScalerWithBf16(ModuleRule):
-    """TA306: a GradScaler next to bfloat16 autocast: it only adds work.
-
-    bfloat16 has float32's exponent range, so gradients do not underflow. Not
-    flagged when the scaler is conditional (``enabled=(dtype == "float16")``)
-    or some autocast in the file may run in float16.
-    """
-
-    code = "TA306"
-    triggers = ("GradScaler",)
-
-    def check(self, module: ModuleFacts, ctx: RuleContext) -> Iterator[Finding]:
-        facts = PrecisionFacts.of(module)
-        sites = [s for s in facts.autocast_sites if not s.disabled]
-        if not sites or any(s.dtype != "bfloat16" for s in sites):
-            return
-        for spelled, calls in sorted(facts.scalers.constructed.items()):
-            for call in calls:
-                if facts.scaler_conditional(call):
-                    continue
-                yield self.report(
-                    module, call,
-                    f"GradScaler `{spelled}` with bfloat16 autocast (line {sites[0].call.lineno}): "
-                    "bfloat16 does not underflow; the scaler is not needed",
-                    related=[Related(module.path, sites[0].call.lineno,
-                                     sites[0].call.col_offset + 1, "bfloat16 autocast here")],
-                    fix_data={"scaler": spelled})
+                payload=payload, fixable=use.fixable)

@@ -1,0 +1,239 @@
+"""The fix toolkit: one edit collector, one call locator, one ``ensure_import``,
+and the small builders every codemod needs.
+
+A fixer reads its finding's typed payload (``trainaudit.payloads``), locates
+the nodes the finding names (``call_at``, ``statement_at_line``), plans edits
+on the original tree (``Edits``), applies them in one pass and, where it added
+a name, ``ensure_import``-s it. It never re-analyses the file: what it needs
+to know came with the finding.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import libcst as cst
+
+from trainaudit.diagnostics import Span
+from trainaudit.fixes.cst import Located, code_of
+from trainaudit.model.precision.scope import bound_names as names_bound_in
+
+Rewrite = Callable[[Any], Any]
+
+
+# -- the edit collector -------------------------------------------------------------------
+
+
+class Edits(cst.CSTTransformer):
+    """Edits planned on the original tree, applied in one pass (``apply``).
+
+    ``rewrite[node]`` gets the node with its children already edited; statements
+    can be removed or get statements inserted before/after them. Comments above
+    a statement stay above what is inserted before it; a block left empty gets
+    a ``pass``.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rewrite: dict[cst.CSTNode, Rewrite] = {}
+        self.before: dict[cst.CSTNode, list[cst.BaseStatement]] = {}
+        self.after: dict[cst.CSTNode, list[cst.BaseStatement]] = {}
+        self.remove: set[cst.CSTNode] = set()
+
+    def replace(self, node: cst.CSTNode, rewrite: Rewrite) -> None:
+        """Rewrite ``node``; a second rewrite of the same node runs after the first."""
+        first = self.rewrite.get(node)
+        self.rewrite[node] = rewrite if first is None else (lambda n: rewrite(first(n)))
+
+    def insert_before(self, stmt: cst.CSTNode, *new: cst.BaseStatement) -> None:
+        self.before.setdefault(stmt, []).extend(new)
+
+    def insert_after(self, stmt: cst.CSTNode, *new: cst.BaseStatement) -> None:
+        self.after.setdefault(stmt, []).extend(new)
+
+    def on_leave(self, original_node: Any, updated_node: Any) -> Any:
+        before = self.before.get(original_node, [])
+        after = self.after.get(original_node, [])
+        if original_node in self.remove:
+            if before or after:
+                return cst.FlattenSentinel([*before, *after])
+            return cst.RemovalSentinel.REMOVE
+        result = updated_node
+        if original_node in self.rewrite:
+            result = self.rewrite[original_node](updated_node)
+        if isinstance(result, cst.IndentedBlock) and not result.body:
+            result = result.with_changes(body=[cst.SimpleStatementLine([cst.Pass()])])
+        if not (before or after):
+            return result
+        if before and isinstance(result, cst.SimpleStatementLine | cst.BaseCompoundStatement):
+            first = before[0].with_changes(leading_lines=result.leading_lines)
+            before = [first, *before[1:]]
+            result = result.with_changes(leading_lines=())
+        return cst.FlattenSentinel([*before, result, *after])
+
+    @property
+    def empty(self) -> bool:
+        return not (self.rewrite or self.before or self.after or self.remove)
+
+    def apply(self, module: cst.Module) -> cst.Module:
+        result = module.visit(self)
+        assert isinstance(result, cst.Module)
+        return result
+
+
+def replace_with(node: cst.CSTNode) -> Rewrite:
+    """A rewrite that puts ``node`` in place of whatever is there."""
+    return lambda _: node
+
+
+# -- locating what a finding names --------------------------------------------------------
+
+
+def call_at(located: Located, where: Span | tuple[int, int]) -> cst.Call | None:
+    """The call a finding points at: the outermost call starting at a 1-based position,
+    or, given a ``Span``, the call with exactly that start and end."""
+    line, column = (where.line, where.column) if isinstance(where, Span) else where
+    for candidate in located.at(line, column, cst.Call):
+        assert isinstance(candidate, cst.Call)
+        if not isinstance(where, Span):
+            return candidate
+        end = located.range(candidate).end
+        if (end.line, end.column) == (where.end_line, where.end_column - 1):
+            return candidate
+    return None
+
+
+def simple_statement(located: Located, node: cst.CSTNode) -> cst.SimpleStatementLine | None:
+    """The simple statement holding a node, if it is one."""
+    stmt = located.statement_of(node)
+    return stmt if isinstance(stmt, cst.SimpleStatementLine) else None
+
+
+def statement_at_line(located: Located, line: int) -> cst.BaseStatement | None:
+    """The outermost statement that starts on a line."""
+    best: cst.BaseStatement | None = None
+    for node, pos in located.positions.items():
+        if not (isinstance(node, cst.SimpleStatementLine | cst.BaseCompoundStatement)
+                and pos.start.line == line):
+            continue
+        if best is None or located.range(best).end.line < pos.end.line or \
+                (located.range(best).end.line == pos.end.line and _contains(node, best)):
+            best = node
+    return best
+
+
+def _contains(outer: cst.CSTNode, inner: cst.CSTNode) -> bool:
+    return any(child is inner or _contains(child, inner) for child in outer.children)
+
+
+# -- imports and names --------------------------------------------------------------------
+
+
+def ensure_import(module: cst.Module, code: str, binds: str) -> cst.Module:
+    """Add an import statement unless the file already binds ``binds``: after the
+    top imports (after the torch imports, where there are some), else after the
+    docstring."""
+    if binds in bound_names(module.code):
+        return module
+    body = list(module.body)
+    index = 0
+    after_torch = None
+    for i, stmt in enumerate(body):
+        if isinstance(stmt, cst.SimpleStatementLine) and all(
+                isinstance(s, cst.Import | cst.ImportFrom) for s in stmt.body):
+            index = i + 1
+            if _imports_torch(stmt):
+                after_torch = i + 1
+        elif i == 0 and isinstance(stmt, cst.SimpleStatementLine) and isinstance(
+                stmt.body[0], cst.Expr) and isinstance(stmt.body[0].value, cst.SimpleString):
+            index = 1  # after the docstring
+        elif isinstance(stmt, cst.If | cst.Try) and index:
+            continue  # ``try: import x`` blocks inside the import section
+        elif index or not isinstance(stmt, cst.SimpleStatementLine):
+            break
+    body.insert(after_torch if after_torch is not None else index, statement(code))
+    return module.with_changes(body=body)
+
+
+def _imports_torch(stmt: cst.SimpleStatementLine) -> bool:
+    for small in stmt.body:
+        if isinstance(small, cst.Import):
+            names = [code_of(a.name) for a in small.names]
+        elif isinstance(small, cst.ImportFrom) and small.module is not None and not small.relative:
+            names = [code_of(small.module)]
+        else:
+            continue
+        if any(n == "torch" or n.startswith("torch.") for n in names):
+            return True
+    return False
+
+
+def bound_names(source: str) -> set[str]:
+    """Every name a file binds anywhere (imports, assignments, defs, parameters)."""
+    return names_bound_in(ast.parse(source))
+
+
+def fresh_name(taken: set[str], *candidates: str) -> str:
+    """The first candidate not taken, else the last one numbered."""
+    for candidate in candidates:
+        if candidate not in taken:
+            return candidate
+    base = candidates[-1]
+    index = 2
+    while f"{base}{index}" in taken:
+        index += 1
+    return f"{base}{index}"
+
+
+# -- building code -------------------------------------------------------------------------
+
+
+def statement(code: str) -> cst.SimpleStatementLine | cst.BaseCompoundStatement:
+    return cst.parse_statement(code if code.endswith("\n") else code + "\n")
+
+
+def string(value: str) -> cst.SimpleString:
+    return cst.SimpleString(f'"{value}"')
+
+
+def arg_with_comma(arg: cst.Arg) -> cst.Arg:
+    if isinstance(arg.comma, cst.Comma):
+        return arg
+    return arg.with_changes(comma=cst.Comma(whitespace_after=cst.SimpleWhitespace(" ")))
+
+
+def keyword_arg(name: str, value: cst.BaseExpression) -> cst.Arg:
+    return cst.Arg(value=value, keyword=cst.Name(name),
+                   equal=cst.AssignEqual(whitespace_before=cst.SimpleWhitespace(""),
+                                         whitespace_after=cst.SimpleWhitespace("")))
+
+
+def append_args(call: cst.Call, extra: Sequence[cst.Arg]) -> cst.Call:
+    """Add arguments at the end, keeping a trailing comma's layout."""
+    args = list(call.args)
+    if not args:
+        return call.with_changes(args=list(extra))
+    last = args[-1]
+    trailing = last.comma if isinstance(last.comma, cst.Comma) else None
+    args[-1] = arg_with_comma(last.with_changes(comma=cst.MaybeSentinel.DEFAULT))
+    if trailing is not None and "\n" in code_of(trailing):
+        args[-1] = last  # a multi-line call: put each new argument on its own line
+        new = [a.with_changes(comma=trailing) for a in extra]
+        return call.with_changes(args=[*args, *new])
+    new = [arg_with_comma(a) for a in extra[:-1]] + [extra[-1]]
+    return call.with_changes(args=[*args, *new])
+
+
+def unparenthesized(expr: cst.BaseExpression) -> cst.BaseExpression:
+    if getattr(expr, "lpar", None):
+        return expr.with_changes(lpar=[], rpar=[])
+    return expr
+
+
+def as_receiver(expr: cst.BaseExpression) -> cst.BaseExpression:
+    """An expression fit to have ``.attr`` after it (parenthesised when needed)."""
+    if isinstance(expr, cst.Name | cst.Attribute | cst.Call | cst.Subscript) or getattr(expr, "lpar", None):
+        return expr
+    return expr.with_changes(lpar=[cst.LeftParen()], rpar=[cst.RightParen()])

@@ -1,0 +1,353 @@
+"""GradScaler rules (TA303–TA306): the scaler's protocol, and dtype against scaler.
+
+They read ``PrecisionFacts``: GradScaler objects (each tied to the locals, ``self.``
+attributes and parameters that name it), autocast sites and the training steps.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+
+from trainaudit.diagnostics import Finding, Related, Span
+from trainaudit.model.loops import find_training_loops
+from trainaudit.model.module import ModuleFacts, keyword, walk_local
+from trainaudit.model.precision import PrecisionFacts, ScalerObject, dotted, torch_alias
+from trainaudit.model.precision.repairs import scaler_removal
+from trainaudit.payloads import ScalerInsertion, ScalerRepair, UnscaleBeforeClip
+from trainaudit.registry import ModuleRule, RuleContext, register
+
+# -- TA303 / TA304: the scaler's protocol ---------------------------------------------------
+
+
+def _scope_calls(facts: PrecisionFacts, function: str) -> list[ast.Call]:
+    fn = facts.scope_of(function)
+    body = fn.body if fn is not None else facts.module.tree.body
+    return [n for n in walk_local(body) if isinstance(n, ast.Call)]
+
+
+def _receiver(call: ast.Call) -> str | None:
+    return dotted(call.func.value) if isinstance(call.func, ast.Attribute) else None
+
+
+def _scaled(backward: ast.Call) -> bool:
+    """``scaler.scale(loss).backward()``."""
+    receiver = backward.func.value if isinstance(backward.func, ast.Attribute) else None
+    return isinstance(receiver, ast.Call) and isinstance(receiver.func, ast.Attribute) \
+        and receiver.func.attr == "scale"
+
+
+def _visible(facts: PrecisionFacts, spelled: str, function: str) -> bool:
+    """Whether a scaler spelling can be read from a function (a fix may write it there)."""
+    root = spelled.split(".", 1)[0]
+    if root == "self":
+        fn = facts.scope_of(function)
+        return fn is not None and "." in function
+    return root in facts.names_in_scope(function)
+
+
+@register
+class ClipBeforeUnscale(ModuleRule):
+    """TA303: clipping gradients that are still multiplied by the loss scale.
+
+    With a GradScaler, ``clip_grad_norm_(params, 1.0)`` before
+    ``scaler.unscale_(optimizer)`` compares the *scaled* norm (x65536) with 1.0:
+    every step is clipped to almost nothing. Clipping through
+    ``accelerator.clip_grad_norm_`` / ``fabric.clip_gradients`` unscales first.
+    """
+
+    code = "TA303"
+    triggers = ("clip_grad",)
+
+    def check(self, module: ModuleFacts, ctx: RuleContext) -> Iterator[Finding]:
+        facts = PrecisionFacts.of(module)
+        scalers = facts.scalers
+        if not scalers.uses("scale") or facts.scaler_always_disabled():
+            return
+        seen: set[int] = set()
+        # Training loops first: their operations are in execution order, helpers included.
+        for loop in find_training_loops(module):
+            unscale_orders = [op.order for op in loop.ops("unscale")]
+            scaler_steps = [op for op in loop.ops("optimizer_step") if "scaler" in op.site.text.lower()
+                            or any(r in op.site.text for r in scalers.receivers)]
+            if not scaler_steps:
+                continue
+            for clip in loop.ops("clip"):
+                if clip.framework or not isinstance(clip.node, ast.Call) \
+                        or not facts.is_clip_call(clip.node) or id(clip.node) in seen:
+                    continue
+                seen.add(id(clip.node))
+                if any(order < clip.order for order in unscale_orders):
+                    continue
+                # Only gradients of a scaled backward are scaled (not the plain branch of
+                # ``if use_amp: scaler.scale(loss).backward() ... else: loss.backward()``).
+                before = [b for b in loop.ops("backward") if b.order < clip.order]
+                if not before or "scale(" not in before[-1].site.text:
+                    continue
+                step = ([s for s in scaler_steps if s.order > clip.order] or scaler_steps)[0]
+                step_call = step.node
+                if not isinstance(step_call, ast.Call) or not step_call.args:
+                    continue
+                # The unscale goes where the step's names are visible: before the helper
+                # call that leads to the clip, when the clip is deeper than the step.
+                depth = len(step.via)
+                fixable = clip.via[:depth] == step.via
+                anchor = clip.via[depth].span if fixable and len(clip.via) > depth else None
+                yield self._finding(module, clip.node, _receiver(step_call),
+                                    module.segment(step_call.args[0]), fixable=fixable,
+                                    anchor=anchor)
+        # Steps outside any loop of this file (a helper called from elsewhere): lexical order.
+        in_loops = {name for loop in find_training_loops(module) for name in loop.helpers} | {
+            loop.header.function for loop in find_training_loops(module)}
+        for function in sorted({""} | set(module.functions)):
+            if function in in_loops:
+                continue
+            calls = _scope_calls(facts, function)
+            steps = [c for c in calls if isinstance(c.func, ast.Attribute)
+                     and c.func.attr == "step" and _receiver(c) in scalers.receivers and c.args]
+            scales = [c for c in calls if isinstance(c.func, ast.Attribute)
+                      and c.func.attr == "scale" and _receiver(c) in scalers.receivers]
+            if not steps and not scales:
+                continue
+            unscales = [c for c in calls if isinstance(c.func, ast.Attribute)
+                        and c.func.attr == "unscale_" and _receiver(c) in scalers.receivers]
+            backwards = [c for c in calls if isinstance(c.func, ast.Attribute)
+                         and c.func.attr == "backward"]
+            for clip_call in (c for c in calls if facts.is_clip_call(c)):
+                if id(clip_call) in seen or any(u.lineno < clip_call.lineno for u in unscales):
+                    continue
+                earlier = [b for b in backwards if b.lineno <= clip_call.lineno]
+                if earlier and not _scaled(earlier[-1]):
+                    continue
+                after = [s for s in steps if s.lineno > clip_call.lineno] or steps
+                scaler = _receiver(after[0]) if after else _receiver(scales[0])
+                optimizer = module.segment(after[0].args[0]) if after else None
+                yield self._finding(module, clip_call, scaler, optimizer)
+
+    def _finding(self, module: ModuleFacts, clip: ast.Call, scaler: str | None,
+                 optimizer: str | None, *, fixable: bool = True, anchor: Span | None = None
+                 ) -> Finding:
+        where = anchor or module.span(clip)
+        return self.report(
+            module, clip,
+            f"gradients are clipped while still scaled by `{scaler}`: call "
+            f"`{scaler}.unscale_({optimizer or 'optimizer'})` before clipping",
+            payload=UnscaleBeforeClip(scaler, optimizer, where)
+            if scaler is not None and optimizer is not None else None,
+            fixable=fixable and scaler is not None and optimizer is not None)
+
+
+@register
+class GradScalerBypassed(ModuleRule):
+    """TA304: a GradScaler exists but backward or step go around it, or it never updates.
+
+    - ``loss.backward()`` with a scaler made and never ``scale``-d: nothing is scaled;
+    - ``scaler.scale(loss).backward()`` then ``optimizer.step()``: the optimizer
+      steps with gradients 65536x too large (and inf/NaN steps are not skipped);
+    - ``scaler.step(optimizer)`` without ``scaler.update()``: the scale never
+      adapts (it stays at its first value, or collapses after an overflow).
+    """
+
+    code = "TA304"
+    triggers = ("GradScaler", "scaler")
+
+    def check(self, module: ModuleFacts, ctx: RuleContext) -> Iterator[Finding]:
+        facts = PrecisionFacts.of(module)
+        for scaler in facts.scalers.objects:
+            if scaler.disabled:
+                continue
+            if scaler.constructions and not scaler.uses("scale"):
+                yield from self._unscaled_backwards(facts, scaler)
+            elif scaler.uses("scale") and not scaler.uses("step"):
+                yield from self._unscaled_steps(facts, scaler)
+            elif scaler.uses("step") and not scaler.uses("update"):
+                for use in scaler.uses("step"):
+                    spelled = _receiver(use.call) or "scaler"
+                    yield self.report(
+                        module, use.call,
+                        f"`{spelled}.step(...)` without `{spelled}.update()`: the loss scale "
+                        "never adapts",
+                        payload=ScalerRepair(spelled, "update"))
+
+    def _unscaled_backwards(self, facts: PrecisionFacts, scaler: ScalerObject) -> Iterator[Finding]:
+        """Backwards that can see a scaler never used for scaling."""
+        module = facts.module
+        for step in facts.training_steps:
+            if step.delegated or step.function not in scaler.reach \
+                    or module.call_name(step.backward) == "torch.autograd.backward" \
+                    or _scaled(step.backward):
+                continue
+            spelled = scaler.spelling_in(step.function)
+            named = spelled or sorted(r.spelled for r in scaler.refs)[0]
+            yield self.report(
+                module, step.backward,
+                f"`backward()` bypasses the GradScaler `{named}`: the loss is never "
+                f"scaled; use `{named}.scale(loss).backward()`",
+                payload=ScalerRepair(named, "backward") if spelled else None,
+                fixable=spelled is not None and _visible(facts, spelled, step.function))
+
+    def _unscaled_steps(self, facts: PrecisionFacts, scaler: ScalerObject) -> Iterator[Finding]:
+        """``optimizer.step()`` where this scaler's scaled gradients arrive."""
+        module = facts.module
+        scaling = {use.function for use in scaler.uses("scale")}
+        steps_in = {f for name in scaling for f in module.reachable_from(name)}
+        steps_in |= {caller for caller, callees in module.call_graph.items() if callees & scaling}
+        for function in sorted(steps_in):
+            for node in module.calls_by_function.get(function, []):
+                if not (isinstance(node.func, ast.Attribute) and node.func.attr == "step"
+                        and not node.args and not node.keywords
+                        and facts.is_optimizer(_receiver(node))):
+                    continue
+                spelled = scaler.spelling_in(function)
+                named = spelled or _receiver(scaler.uses("scale")[0].call) or "scaler"
+                yield self.report(
+                    module, node,
+                    f"`{module.segment(node)}` steps with gradients still scaled by "
+                    f"`{named}`; use `{named}.step({_receiver(node)})`",
+                    payload=ScalerRepair(named, "step") if spelled else None,
+                    fixable=spelled is not None and _visible(facts, spelled, function))
+
+
+def _function_of(module: ModuleFacts, node: ast.AST) -> str:
+    fn = module.enclosing_function(node)
+    return module.scope_name(fn) if fn is not None else ""
+
+
+# -- TA305 / TA306: dtype against scaler -----------------------------------------------------
+
+
+def _training_context(facts: PrecisionFacts, function: str) -> bool:
+    """Whether code in ``function`` takes part in a training step."""
+    module = facts.module
+    training = facts.training_functions
+    if not training:
+        return False
+    if function in training or set(module.reachable_from(function)) & training:
+        return True
+    return any(function in module.call_graph.get(t, ()) for t in training)
+
+
+def _outer_loop(facts: PrecisionFacts, node: ast.AST) -> ast.stmt | None:
+    loop: ast.stmt | None = None
+    for anc in facts.module.ancestors(node):
+        if isinstance(anc, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            break
+        if isinstance(anc, ast.For | ast.While | ast.AsyncFor):
+            loop = anc
+    return loop
+
+
+@register
+class Fp16WithoutGradScaler(ModuleRule):
+    """TA305: float16 autocast in training with no GradScaler.
+
+    float16 has 5 exponent bits: small gradients underflow to zero without loss
+    scaling. bfloat16 (same range as float32) needs no scaler; neither does a
+    step whose backward is delegated (``accelerator.backward``).
+    """
+
+    code = "TA305"
+    triggers = ("autocast",)
+
+    def check(self, module: ModuleFacts, ctx: RuleContext) -> Iterator[Finding]:
+        facts = PrecisionFacts.of(module)
+        if not any(s.dtype == "float16" for s in facts.autocast_sites) or facts.scalers.exists():
+            return
+        if any(d.kind in ("backward", "Accelerator", "Fabric", "deepspeed.initialize",
+                          "apex.amp.initialize", "TrainingArguments") for d in facts.delegations):
+            return
+        for site in facts.autocast_sites:
+            if site.dtype != "float16" or site.disabled or _optimizer_scales(facts, site.call):
+                continue
+            function = _function_of(module, site.call)
+            if not _training_context(facts, function):
+                continue
+            payload = _scaler_fix(facts, site.call, function)
+            yield self.report(
+                module, site.call,
+                "float16 autocast in training without a GradScaler: small gradients underflow "
+                "to zero; add `torch.amp.GradScaler` (or use bfloat16)",
+                payload=payload, fixable=payload is not None)
+
+
+def _optimizer_scales(facts: PrecisionFacts, autocast: ast.Call) -> bool:
+    """``autocast(enabled=isinstance(optimizer, AMPOptimizer))``: the region is on only
+    for an optimizer that scales the loss itself."""
+    enabled = keyword(autocast, "enabled")
+    if enabled is None:
+        return False
+    for node in ast.walk(enabled):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) \
+                and node.func.id == "isinstance" and node.args \
+                and facts.is_optimizer(dotted(node.args[0])):
+            return True
+    return False
+
+
+def _scaler_fix(facts: PrecisionFacts, autocast: ast.Call, function: str) -> ScalerInsertion | None:
+    """What adding a GradScaler takes: one function holding the loop, backward and step.
+
+    The scaler is made before the outermost loop around ``backward()``; each
+    backward goes through ``scaler.scale``, each clip gets ``unscale_`` first,
+    each ``optimizer.step()`` becomes ``scaler.step`` + ``scaler.update()``.
+    """
+    module = facts.module
+    for step in facts.training_steps:
+        if step.delegated or not (step.function == function
+                                  or function in module.reachable_from(step.function)
+                                  or step.function in module.reachable_from(function)):
+            continue
+        loop = _outer_loop(facts, step.backward)
+        if loop is None:
+            continue
+        calls = _scope_calls(facts, step.function)
+        backwards = [c for c in calls if isinstance(c.func, ast.Attribute) and c.func.attr == "backward"
+                     and not facts.steps.delegating_backward(c)]
+        optimizer_steps = [c for c in calls if isinstance(c.func, ast.Attribute) and c.func.attr == "step"
+                           and not c.args and facts.is_optimizer(_receiver(c))]
+        if not backwards or not optimizer_steps:
+            continue
+        device_node = autocast.args[0] if autocast.args else next(
+            (k.value for k in autocast.keywords if k.arg == "device_type"), None)
+        device = module.segment(device_node) if device_node is not None else '"cuda"'
+        if (module.call_name(autocast) or "").startswith("torch.cuda.amp"):
+            device = '"cuda"'
+        bound = set(facts.names_in_scope(step.function))
+        name = next(n for n in ("scaler", "grad_scaler", "amp_scaler") if n not in bound)
+        return ScalerInsertion(
+            loop_line=loop.lineno,
+            backwards=tuple(module.span(c) for c in backwards),
+            clips=tuple(module.span(c) for c in calls if facts.is_clip_call(c)),
+            steps=tuple((module.span(c), _receiver(c) or "optimizer") for c in optimizer_steps),
+            device=device, torch_name=torch_alias(module) or "torch", scaler=name)
+    return None
+
+
+@register
+class GradScalerWithBf16(ModuleRule):
+    """TA306: a GradScaler next to bfloat16 autocast: it only adds work.
+
+    bfloat16 has float32's exponent range, so gradients do not underflow. Not
+    flagged when the scaler is conditional (``enabled=(dtype == "float16")``)
+    or some autocast in the file may run in float16.
+    """
+
+    code = "TA306"
+    triggers = ("GradScaler",)
+
+    def check(self, module: ModuleFacts, ctx: RuleContext) -> Iterator[Finding]:
+        facts = PrecisionFacts.of(module)
+        sites = [s for s in facts.autocast_sites if not s.disabled]
+        if not sites or any(s.dtype != "bfloat16" for s in sites):
+            return
+        for spelled, calls in sorted(facts.scalers.constructed.items()):
+            for call in calls:
+                if facts.scaler_conditional(call):
+                    continue
+                yield self.report(
+                    module, call,
+                    f"GradScaler `{spelled}` with bfloat16 autocast (line {sites[0].call.lineno}): "
+                    "bfloat16 does not underflow; the scaler is not needed",
+                    related=[Related(module.path, sites[0].call.lineno,
+                                     sites[0].call.col_offset + 1, "bfloat16 autocast here")],
+                    payload=scaler_removal(facts, spelled))
