@@ -178,8 +178,8 @@ def test_probe_diff_table(tmp_path: Path) -> None:
                           "tokens/s", "time per token"]
     assert (rows["label offset"].before, rows["label offset"].after) == ("1", "1")
     assert rows["label offset"].reading == "unchanged"
-    assert rows["autocast share"].before == "0% (no autocast)"
-    assert rows["autocast share"].after == "0% (autocast off on cpu)"
+    assert rows["autocast share"].before == "0%; no autocast"
+    assert rows["autocast share"].after == "0%; autocast present but disabled on this device (cpu)"
     assert rows["autocast share"].reading.startswith(
         "autocast is in the code but off on cpu, where it would only be emulated")
     assert rows["checkpointing"].reading == "unchanged"

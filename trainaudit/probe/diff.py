@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from rich.console import Console
 from rich.table import Table
 
-from trainaudit.probe.render import OFFSET_MEANING, format_bytes
+from trainaudit.probe.render import OFFSET_MEANING, describe_autocast, format_bytes
 from trainaudit.probe.report import ProbeReport
 
 
@@ -35,10 +35,7 @@ def _offset(report: ProbeReport) -> str:
 
 
 def _autocast(report: ProbeReport) -> str:
-    share = f"{report.autocast_fraction:.0%}"
-    if report.autocast_state == "disabled":
-        return f"{share} (autocast off on {', '.join(report.autocast_devices)})"
-    return share if report.autocast_state == "enabled" else f"{share} (no autocast)"
+    return f"{report.autocast_fraction:.0%}; {describe_autocast(report)}"
 
 
 def _per_token(report: ProbeReport) -> str:

@@ -91,28 +91,30 @@ def plan_launch(argv: list[str]) -> LaunchPlan:
 
 
 def _python_plan(interpreter: str | None, argv: list[str]) -> LaunchPlan:
+    """``python [flags] script ARGS`` or ``python [flags] -m module ARGS``."""
     flags: list[str] = []
     i = 0
     while i < len(argv):
         token = argv[i]
-        if token in ("-c", "-") or (token.startswith("-") and not token.startswith("--")
-                                    and "c" in token[1:] and token[1] not in "XW"):
+        if token in _VALUE_FLAGS:
+            flags += argv[i:i + 2]
+            i += 2
+            continue
+        # Single-letter options cluster (-uB); -X/-W carry their value inline (-Xdev).
+        letters = token[1:] if token.startswith("-") and not token.startswith("--") else ""
+        if token == "-" or (letters[:1] not in ("X", "W") and "c" in letters):
             raise ProbeError("the probe runs a script or a module (-m), not -c code or stdin")
-        if token == "-m" or (re.fullmatch(r"-[a-zA-Z]*m", token) and token[1] not in "XW"):
+        if letters.endswith("m") and letters[:1] not in ("X", "W"):
             if i + 1 >= len(argv):
                 raise ProbeError("-m needs a module name")
-            if len(token) > 2:
+            if len(letters) > 1:
                 flags.append(token[:-1])
             module, args = argv[i + 1], argv[i + 2:]
             if module in (TORCHRUN, ACCELERATE):
                 return _launcher_plan(module, interpreter, flags, args)
             return LaunchPlan(module, args, module=True, interpreter=interpreter,
                               interpreter_flags=flags)
-        if token in _VALUE_FLAGS:
-            flags += argv[i:i + 2]
-            i += 2
-            continue
-        if token.startswith("-") and token != "--":
+        if token.startswith("-"):
             flags.append(token)
             i += 1
             continue

@@ -23,16 +23,19 @@ def format_bytes(value: int | None) -> str:
     raise AssertionError("unreachable")
 
 
+def describe_autocast(report: ProbeReport) -> str:
+    """Whether autocast ran: absent, on (for which devices) or present but off here."""
+    devices = ", ".join(report.autocast_devices)
+    if report.autocast_state == "disabled":
+        return f"autocast present but disabled on this device ({devices})"
+    return f"autocast on {devices}" if report.autocast_state == "enabled" else "no autocast"
+
+
 def _autocast(report: ProbeReport) -> str:
     if not report.matmul_flops:
         return "no matmul-like calls seen"
     share = f"{report.autocast_fraction:.0%} of {report.matmul_flops:,} matmul FLOPs"
-    devices = ", ".join(report.autocast_devices)
-    if report.autocast_state == "disabled":
-        return f"{share}; autocast present but disabled on this device ({devices})"
-    if report.autocast_state == "enabled":
-        return f"{share}; autocast on {devices}"
-    return f"{share}; no autocast"
+    return f"{share}; {describe_autocast(report)}"
 
 
 def _clipping(report: ProbeReport) -> str:
