@@ -53,9 +53,10 @@ def _read_offset(before: ProbeReport, after: ProbeReport) -> str:
         return "unchanged"
     if after.label_offset is None:
         return "not measured after"
-    meaning = OFFSET_MEANING.get(after.label_offset, "shifted")
     was = "" if before.label_offset is None else f" (was t+{before.label_offset})"
-    return f"position t is now trained on token t+{after.label_offset}: {meaning}{was}"
+    meaning = {0: ": a copy of the input", 1: ": the next token, as intended"}.get(
+        after.label_offset, f": {OFFSET_MEANING.get(after.label_offset, 'shifted')}")
+    return f"position t is now trained on token t+{after.label_offset}{was}{meaning}"
 
 
 def _read_micro_batches(before: ProbeReport, after: ProbeReport) -> str:
