@@ -240,6 +240,13 @@ def test_loss_not_divided_over_the_window_is_ta202() -> None:
     assert wrong.window_grad_norms[-1] == pytest.approx(4 * right.window_grad_norms[-1], rel=1e-4)
 
 
+def test_two_losses_of_one_batch_are_not_a_window() -> None:
+    report = probe("two_losses.py", steps=2)
+    assert report.micro_batches_per_step == 2.0
+    assert report.loss_scale_at_backward is None
+    assert "TA202" not in codes(report)
+
+
 @pytest.mark.filterwarnings("ignore:Detected call of:UserWarning")
 def test_scheduler_stepped_every_micro_batch_is_ta203() -> None:
     wrong = probe("accumulate.py", "--scheduler-every-micro-batch", steps=3)

@@ -406,6 +406,7 @@ class ProbeSession:
             ids = next((a for a in args if is_token_tensor(a)), None)
             self.root_ids = ids
             if self.window.active:
+                self.window.on_forward()
                 self.window.parameters = _parameters_of(module)
             # Called with keywords (model(input_ids=...)): the first embedding lookup tells.
             self.embedding_pending = ids is None

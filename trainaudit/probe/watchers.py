@@ -118,16 +118,22 @@ class WindowWatch:
     For every micro-batch before the first optimizer step it records the value
     backpropagated divided by the loss function's output (times the GradScaler's
     scale), and the norm of the accumulated gradients afterwards. Averaged
-    gradients show a ratio of 1/k for k micro-batches; summed ones show 1.
+    gradients show a ratio of 1/k for k micro-batches; summed ones show 1. A
+    backward without a model forward of its own since the last one (two losses
+    of one batch) is no micro-batch: the window's scale is then unknown.
     """
 
     def __init__(self) -> None:
         self.active = True
         self.loss_value: float | None = None
+        self.forward_seen = False
         self.scale = 1.0
         self.ratios: list[float | None] = []
         self.grad_norms: list[float] = []
         self.parameters: Callable[[], list[Any]] = list
+
+    def on_forward(self) -> None:
+        self.forward_seen = True
 
     def on_loss(self, result: Any) -> None:
         if self.active and isinstance(result, torch.Tensor) and result.numel() == 1:
@@ -138,12 +144,13 @@ class WindowWatch:
             return
         tensor = args[0] if args else kwargs.get("tensors", kwargs.get("self"))
         ratio = None
-        if (isinstance(tensor, torch.Tensor) and tensor.numel() == 1
+        if (isinstance(tensor, torch.Tensor) and tensor.numel() == 1 and self.forward_seen
                 and self.loss_value not in (None, 0.0)):
             assert self.loss_value is not None
             ratio = float(tensor.detach()) / (self.loss_value * self.scale)
         self.ratios.append(ratio)
         self.loss_value = None
+        self.forward_seen = False
 
     def after_backward(self) -> None:
         if not self.active:
