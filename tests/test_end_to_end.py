@@ -8,6 +8,7 @@ Everything runs in subprocesses: each copy imports its own ``mm_rec``.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -26,8 +27,10 @@ TRAIN = ["mm_rec/scripts/train_base_model.py", "--steps", "50", "--seq-len", "12
 
 
 def trainaudit(cwd: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
+    # `probe -- python ...` runs the `python` on PATH: this interpreter, as when activated.
+    path = os.path.dirname(os.path.abspath(sys.executable)) + os.pathsep + os.environ["PATH"]
     return subprocess.run([sys.executable, "-m", "trainaudit", *args], cwd=cwd, text=True,
-                          capture_output=True, timeout=timeout)
+                          capture_output=True, timeout=timeout, env={**os.environ, "PATH": path})
 
 
 def copy_reference(folder: Path) -> Path:

@@ -220,6 +220,85 @@ def test_clip_before_unscale_is_ta303() -> None:
     assert "TA303" not in codes(right)
 
 
+# ------------------------------------------- accumulation measured at run time
+
+
+def test_loss_not_divided_over_the_window_is_ta202() -> None:
+    wrong = probe("accumulate.py", "--undivided", steps=3)
+    assert wrong.loss_scale_at_backward == pytest.approx(1.0)
+    assert len(wrong.window_grad_norms) == 4
+    assert wrong.window_grad_norms == sorted(wrong.window_grad_norms)  # summed: grows
+    assert codes(wrong) == {"TA202", "TA301"}
+    ta202 = next(f for f in wrong.findings if f.code == "TA202")
+    assert ta202.message.startswith("measured on the first window of 4 micro-batches: each "
+                                    "backward received the loss as the loss function returned "
+                                    "it (scale 1, not 1/4)")
+    right = probe("accumulate.py", steps=3)
+    assert right.loss_scale_at_backward == pytest.approx(0.25)
+    assert codes(right) == {"TA301"}
+    # the same data and weights: the summed window's gradient is 4x the averaged one
+    assert wrong.window_grad_norms[-1] == pytest.approx(4 * right.window_grad_norms[-1], rel=1e-4)
+
+
+def test_two_losses_of_one_batch_are_not_a_window() -> None:
+    report = probe("two_losses.py", steps=2)
+    assert report.micro_batches_per_step == 2.0
+    assert report.loss_scale_at_backward is None
+    assert "TA202" not in codes(report)
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of:UserWarning")
+def test_scheduler_stepped_every_micro_batch_is_ta203() -> None:
+    wrong = probe("accumulate.py", "--scheduler-every-micro-batch", steps=3)
+    assert (wrong.scheduler_steps, wrong.scheduler_steps_per_optimizer_step) == (8, 4.0)
+    assert codes(wrong) == {"TA203", "TA301"}
+    ta203 = next(f for f in wrong.findings if f.code == "TA203")
+    assert ta203.message.startswith("measured 4 scheduler steps per optimizer step (8 between "
+                                    "optimizer steps 1 and 3, 4 micro-batches per step)")
+    right = probe("accumulate.py", steps=3)
+    assert (right.scheduler_steps, right.scheduler_steps_per_optimizer_step) == (2, 1.0)
+
+
+def test_autocast_off_on_this_device_and_a_disabled_scaler() -> None:
+    report = probe("amp_off_on_cpu.py", steps=2)
+    assert (report.autocast_state, report.autocast_devices) == ("disabled", ["cpu"])
+    assert report.autocast_fraction == 0.0
+    assert (report.scaler_state, report.clip_calls) == ("disabled", 2)
+    assert not report.clipped_scaled_gradients
+    assert codes(report) == {"TA201"}  # no TA301: the autocast is there, off on a CPU
+    buffer = io.StringIO()
+    render_report(report, Console(file=buffer, width=200, color_system=None))
+    text = buffer.getvalue()
+    assert "autocast present but disabled on this device (cpu)" in text
+    assert "not measurable (GradScaler disabled: its scale is 1)" in text
+    absent = probe("correct_shift.py", "--steps", "50")
+    assert absent.autocast_state == "absent"
+
+
+def test_throughput_excludes_the_warm_up_step() -> None:
+    report = probe("grad_accum.py")
+    assert report.tokens_per_step == 4 * 4 * 32  # 4 micro-batches of 4 x 32 tokens
+    assert not report.timing_includes_warmup
+    assert report.tokens_per_second == pytest.approx(report.tokens_per_step / report.step_seconds)
+    assert report.seconds_per_token == pytest.approx(report.step_seconds / report.tokens_per_step)
+    assert probe("exits_early.py", steps=1).timing_includes_warmup
+
+
+def test_progress_lines_go_to_the_stream_given() -> None:
+    import time
+
+    from trainaudit.probe.watchers import ProgressLine
+
+    lines = io.StringIO()
+    ticker = ProgressLine(lines, 5, lambda: 2, first=0.0, every=3600)
+    ticker.start()
+    deadline = time.monotonic() + 30
+    while not lines.getvalue() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    ticker.stop()
+    assert lines.getvalue().startswith("trainaudit probe: 2/5 optimizer steps after ")
+
+
 # ------------------------------------------------------------ global state
 
 
@@ -315,4 +394,6 @@ def test_reference_trainer_measures_the_reviewed_bugs() -> None:
     assert report.autocast_fraction == 0.0
     assert report.checkpointing is False
     assert report.batch_size == 4
+    # SequentialLR.step calls its children's step: still one scheduler step per step
+    assert report.scheduler_steps_per_optimizer_step == 1.0
     assert codes(report) == {"TA102", "TA201", "TA301"}

@@ -320,30 +320,11 @@ def probe(
     steps: Annotated[int, typer.Option("--steps", min=1, help="Optimizer steps to run.")] = 5,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the report as JSON here.")] = None,
 ) -> None:
-    """Run a script for a few optimizer steps under runtime probes: trainaudit probe -- python train.py ARGS."""
-    argv = list(ctx.args)
-    if argv and argv[0] == "--":
-        argv = argv[1:]
-    if argv and Path(argv[0]).name.startswith("python"):
-        argv = argv[1:]
-    module = bool(argv) and argv[0] == "-m"
-    if module:
-        argv = argv[1:]
-    if not argv:
-        _fail("give the command to run: trainaudit probe -- python train.py ARGS...")
-    try:
-        from trainaudit.probe import ProbeError, render_report, run_probe
-    except ImportError as exc:  # pragma: no cover - broken install
-        _fail(f"probe unavailable: {exc}")
-    try:
-        report = run_probe(argv, steps=steps, module=module)
-    except ProbeError as exc:
-        _fail(str(exc))
-    render_report(report, out)
-    if json_path is not None:
-        json_path.write_text(json.dumps(report.to_json(), indent=2) + "\n", encoding="utf-8")
-    failing = any(f.severity in ("error", "warning") for f in report.findings)
-    raise typer.Exit(EXIT_FINDINGS if failing else EXIT_OK)
+    """Run a command for a few optimizer steps under runtime probes: trainaudit probe -- python train.py ARGS
+    (also torchrun / accelerate launch); trainaudit probe diff BEFORE.json AFTER.json compares two reports."""
+    from trainaudit.probe.command import probe_command
+
+    raise typer.Exit(probe_command(list(ctx.args), steps=steps, json_path=json_path, out=out, err=err))
 
 
 def _version(value: bool) -> None:

@@ -12,6 +12,8 @@ without it.
 
 from __future__ import annotations
 
+from typing import IO
+
 from trainaudit.probe.render import render_report
 from trainaudit.probe.report import ProbeError, ProbeFinding, ProbeReport
 
@@ -25,6 +27,7 @@ def run_probe(
     module: bool = False,
     cwd: str | None = None,
     sample_steps: int = 1,
+    progress: IO[str] | None = None,
 ) -> ProbeReport:
     """Run ``argv`` as ``python SCRIPT ARGS`` (or ``python -m MODULE ARGS`` with ``module``).
 
@@ -33,7 +36,8 @@ def run_probe(
     ``steps`` optimizer steps (or ends earlier by itself, by ``sys.exit`` or by
     an error, which ``ProbeReport.script_exit`` records). The per-call probes
     (FLOPs, precision, label shift) watch the first ``sample_steps`` steps; the
-    cheap ones watch all. Afterwards ``sys.argv``, ``sys.path``, the working
+    cheap ones watch all. With ``progress``, a line goes there every few seconds
+    of a long run. Afterwards ``sys.argv``, ``sys.path``, the working
     folder, environment variables, the script's own modules, RNG and grad-mode
     state and every patched torch function and hook are as they were.
 
@@ -45,4 +49,5 @@ def run_probe(
         raise ProbeError("trainaudit probe needs torch: pip install 'trainaudit[torch]'") from exc
     from trainaudit.probe.runner import run
 
-    return run(list(argv), steps=steps, module=module, cwd=cwd, sample_steps=sample_steps)
+    return run(list(argv), steps=steps, module=module, cwd=cwd, sample_steps=sample_steps,
+               progress=progress)

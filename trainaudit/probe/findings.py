@@ -7,6 +7,17 @@ from trainaudit.probe.report import ProbeFinding, ProbeReport
 
 # The SPEC §4 default for the rule option `min-effective-batch`.
 MIN_EFFECTIVE_BATCH = 32
+# Scheduler steps per optimizer step above this are per-micro-batch updates (TA203);
+# a second scheduler stepped once per step on the same optimizer is counted apart.
+MAX_SCHEDULER_STEPS_PER_STEP = 1.0
+# A measured ratio this close to 1 means "the loss went to backward as the loss function
+# returned it"; loss values are floats, so exact equality is not to be had.
+SAME_SCALE_TOLERANCE = 1e-3
+
+
+def is_unscaled(ratio: float | None) -> bool:
+    """Whether a measured loss scale says the loss reached backward undivided."""
+    return ratio is not None and abs(ratio - 1.0) <= SAME_SCALE_TOLERANCE
 
 
 def _finding(code: str, message: str) -> ProbeFinding:
@@ -68,10 +79,38 @@ def derive_findings(
             "clipping ran before scaler.unscale_(optimizer) in that step, so the threshold "
             "applied to scaled gradients",
         ))
-    if report.matmul_flops > 0 and report.low_precision_matmul_flops == 0:
+    found += _accumulation_findings(report)
+    if (report.matmul_flops > 0 and report.low_precision_matmul_flops == 0
+            and report.autocast_state == "absent"):
         found.append(_finding(
             "TA301",
             f"0% of {report.matmul_flops:,} matmul-like forward FLOPs ran in bfloat16/float16: "
             "the forward runs in full precision (no autocast)",
+        ))
+    return found
+
+
+def _accumulation_findings(report: ProbeReport) -> list[ProbeFinding]:
+    """TA202 and TA203 from the first window's loss scale and the scheduler's step count."""
+    found: list[ProbeFinding] = []
+    window = len(report.window_grad_norms)
+    if window >= 2 and is_unscaled(report.loss_scale_at_backward):
+        norms = ", ".join(f"{n:.3g}" for n in report.window_grad_norms)
+        found.append(_finding(
+            "TA202",
+            f"measured on the first window of {window} micro-batches: each backward received "
+            f"the loss as the loss function returned it (scale {report.loss_scale_at_backward:.3g}"
+            f", not 1/{window}), and the gradient norm after each micro-batch was {norms}: the "
+            f"gradients are summed over the window, {window}x their mean; divide the loss by "
+            "the accumulation steps",
+        ))
+    ratio = report.scheduler_steps_per_optimizer_step
+    if ratio is not None and ratio > MAX_SCHEDULER_STEPS_PER_STEP:
+        found.append(_finding(
+            "TA203",
+            f"measured {ratio:g} scheduler steps per optimizer step ({report.scheduler_steps} "
+            f"between optimizer steps 1 and {report.optimizer_steps}, "
+            f"{report.micro_batches_per_step:g} micro-batches per step): the learning-rate "
+            f"schedule runs {ratio:g}x too fast; step the scheduler once per optimizer step",
         ))
     return found

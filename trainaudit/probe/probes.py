@@ -37,6 +37,7 @@ from torch.overrides import TorchFunctionMode
 
 from trainaudit.probe.flops import FlopCounter, matmul_counters, runs_in_low_precision
 from trainaudit.probe.labels import LabelSample, compare_labels, is_token_tensor
+from trainaudit.probe.watchers import AutocastWatch, SchedulerWatch, WindowWatch
 
 # Label offsets are read from the first few training loss calls: enough to agree, cheap.
 MAX_LABEL_SAMPLES = 4
@@ -163,6 +164,11 @@ class ProbeSession:
         self.clipped_scaled = False
         self.clip_scale: float | None = None
         self.scalers: weakref.WeakSet[Any] = weakref.WeakSet()
+        self.scaler_enabled: set[bool] = set()
+        # autocast entries, scheduler steps, the first accumulation window
+        self.autocast = AutocastWatch()
+        self.schedulers = SchedulerWatch(lambda: self.optimizer_steps)
+        self.window = WindowWatch()
         self.unscaled: weakref.WeakKeyDictionary[Any, set[int]] = weakref.WeakKeyDictionary()
         # sampling-window instruments
         self.flop_counters: dict[Any, FlopCounter] = matmul_counters()
@@ -185,6 +191,8 @@ class ProbeSession:
         self._install_clipping(patches)
         self._install_scaler(patches)
         self._install_checkpoint(patches)
+        self.autocast.install(patches.replace)
+        self.schedulers.install(patches.replace)
         stack.callback(self.end_sampling)
         self._module_hooks = [
             module_hooks.register_module_forward_pre_hook(self.before_forward),
@@ -209,11 +217,14 @@ class ProbeSession:
             if self.in_backward:  # Tensor.backward calls torch.autograd.backward
                 return original(*args, **kwargs)
             self.on_backward()
+            self.window.before_backward(args, kwargs)
             self.in_backward += 1
             try:
-                return original(*args, **kwargs)
+                result = original(*args, **kwargs)
             finally:
                 self.in_backward -= 1
+            self.window.after_backward()
+            return result
 
         return backward
 
@@ -246,6 +257,9 @@ class ProbeSession:
 
         def watched_scale(scaler: Any, outputs: Any) -> Any:
             self.scalers.add(scaler)
+            self.scaler_enabled.add(bool(scaler.is_enabled()))
+            if self.window.active and scaler.is_enabled():
+                self.window.scale = float(scaler.get_scale())
             return scale(scaler, outputs)
 
         def watched_unscale(scaler: Any, optimizer: Any) -> Any:
@@ -338,6 +352,7 @@ class ProbeSession:
         self.module_depth = 0
         if self.backward_calls > self._backward_calls_at_step:
             self.trained_steps += 1
+            self.window.end_window()
             self._backward_calls_at_step = self.backward_calls
         # A step without a backward pass before it (an odd optimizer.step() at set-up)
         # has shown the per-call probes nothing yet, so it does not end their window.
@@ -390,6 +405,9 @@ class ProbeSession:
                 module, torch.nn.modules.loss._Loss):
             ids = next((a for a in args if is_token_tensor(a)), None)
             self.root_ids = ids
+            if self.window.active:
+                self.window.on_forward()
+                self.window.parameters = _parameters_of(module)
             # Called with keywords (model(input_ids=...)): the first embedding lookup tells.
             self.embedding_pending = ids is None
             if ids is not None:
@@ -416,6 +434,8 @@ class ProbeSession:
     def on_loss(self, func: Any, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Any:
         result = func(*args, **kwargs)
         logits = args[0] if args else kwargs.get("input")
+        if isinstance(logits, torch.Tensor) and logits.requires_grad and not self.in_backward:
+            self.window.on_loss(result)
         if (len(self.label_samples) < MAX_LABEL_SAMPLES and self.root_ids is not None
                 and not self.in_backward and isinstance(logits, torch.Tensor)
                 and logits.requires_grad):
@@ -454,3 +474,14 @@ class ProbeSession:
 
 def _unpack(tensor: Any) -> Any:
     return tensor
+
+
+def _parameters_of(module: Any) -> Callable[[], list[Any]]:
+    """The module's parameters, read later, without keeping the module alive."""
+    ref = weakref.ref(module)
+
+    def parameters() -> list[Any]:
+        alive = ref()
+        return list(alive.parameters()) if alive is not None else []
+
+    return parameters

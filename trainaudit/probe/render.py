@@ -9,10 +9,10 @@ from rich.text import Text
 from trainaudit.probe.report import ProbeReport
 
 _SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
-_OFFSET_MEANING = {0: "no shift", 1: "next token (correct)", 2: "double shift", 3: "triple shift"}
+OFFSET_MEANING = {0: "no shift", 1: "next token (correct)", 2: "double shift", 3: "triple shift"}
 
 
-def _bytes(value: int | None) -> str:
+def format_bytes(value: int | None) -> str:
     if value is None:
         return "-"
     size = float(value)
@@ -23,21 +23,61 @@ def _bytes(value: int | None) -> str:
     raise AssertionError("unreachable")
 
 
+def describe_autocast(report: ProbeReport) -> str:
+    """Whether autocast ran: absent, on (for which devices) or present but off here."""
+    devices = ", ".join(report.autocast_devices)
+    if report.autocast_state == "disabled":
+        return f"autocast present but disabled on this device ({devices})"
+    return f"autocast on {devices}" if report.autocast_state == "enabled" else "no autocast"
+
+
+def _autocast(report: ProbeReport) -> str:
+    if not report.matmul_flops:
+        return "no matmul-like calls seen"
+    share = f"{report.autocast_fraction:.0%} of {report.matmul_flops:,} matmul FLOPs"
+    return f"{share}; {describe_autocast(report)}"
+
+
+def _clipping(report: ProbeReport) -> str:
+    if not report.clip_calls:
+        return "-"
+    if report.clipped_scaled_gradients:
+        return "YES (before unscale_)"
+    if report.scaler_state == "disabled":
+        return "not measurable (GradScaler disabled: its scale is 1)"
+    return "no" if report.scaler_state == "enabled" else "no (no GradScaler)"
+
+
+def _accumulation(report: ProbeReport) -> str:
+    scale = report.loss_scale_at_backward
+    window = len(report.window_grad_norms)
+    if window < 2:
+        return "-"
+    if scale is None:
+        return f"{window} micro-batches; loss scale at backward not measurable"
+    return f"loss x {scale:.3g} at backward over {window} micro-batches"
+
+
+def _throughput(report: ProbeReport) -> str:
+    if report.tokens_per_second is None or report.seconds_per_token is None:
+        return "-"
+    warm = " (warm-up step included)" if report.timing_includes_warmup else ""
+    return (f"{report.tokens_per_second:,.0f} tokens/s, {report.seconds_per_token * 1e6:,.1f} "
+            f"µs per token{warm}")
+
+
 def _rows(report: ProbeReport) -> list[tuple[str, str]]:
     offset = report.label_offset
     if offset is None:
         label = "not measured"
     else:
-        label = (f"{offset} ({_OFFSET_MEANING.get(offset, 'shifted')}; "
+        label = (f"{offset} ({OFFSET_MEANING.get(offset, 'shifted')}; "
                  f"{report.label_positions_matched}/{report.label_positions_checked} positions)")
     batch = "-" if report.batch_size is None else (
         f"{report.batch_size} x {report.sequence_length} tokens x {report.world_size} process(es)")
-    autocast = (f"{report.autocast_fraction:.0%} of {report.matmul_flops:,} matmul FLOPs"
-                if report.matmul_flops else "no matmul-like calls seen")
     checkpointing = (f"yes ({report.checkpoint_regions} regions)" if report.checkpointing
                      else "no")
-    clipping = "-" if not report.clip_calls else (
-        "YES (before unscale_)" if report.clipped_scaled_gradients else "no")
+    schedule = report.scheduler_steps_per_optimizer_step
     return [
         ("script", report.script_exit),
         ("optimizer steps", str(report.optimizer_steps)),
@@ -46,25 +86,38 @@ def _rows(report: ProbeReport) -> list[tuple[str, str]]:
         ("batch", batch),
         ("label offset", label),
         ("wrapped label positions", str(report.wrapped_label_positions)),
-        ("autocast share", autocast),
+        ("accumulation", _accumulation(report)),
+        ("scheduler steps per step", "-" if schedule is None else f"{schedule:g}"),
+        ("autocast share", _autocast(report)),
         ("checkpointing", checkpointing),
-        ("activation memory per step", _bytes(report.activation_bytes_per_step)),
-        ("clipping on scaled gradients", clipping),
+        ("activation memory per step", format_bytes(report.activation_bytes_per_step)),
+        ("clipping on scaled gradients", _clipping(report)),
         ("step time", f"{report.step_seconds * 1000:,.1f} ms"),
-        ("peak CUDA memory", _bytes(report.peak_cuda_memory_bytes)),
+        ("throughput", _throughput(report)),
+        ("peak CUDA memory", format_bytes(report.peak_cuda_memory_bytes)),
     ]
 
 
 def render_report(report: ProbeReport, console: Console) -> None:
-    """Print the measurements, then one line per finding (or that there are none)."""
+    """Print the measurements (each rank's beside the merged ones), then the findings."""
     table = Table(title="trainaudit probe", show_header=True, header_style="bold")
     table.add_column("measured")
-    table.add_column("value")
-    for name, value in _rows(report):
-        table.add_row(name, value)
+    columns = [_rows(report)]
+    if report.ranks:
+        table.add_column(f"merged ({len(report.ranks)} ranks)")
+        columns += [_rows(rank) for rank in report.ranks]
+        for rank in report.ranks:
+            table.add_column(f"rank {rank.rank}", overflow="fold")
+    else:
+        table.add_column("value")
+    for i, (name, _) in enumerate(columns[0]):
+        table.add_row(name, *(column[i][1] for column in columns))
     console.print(table)
-    if report.script_error:
-        console.print(Text(report.script_error.rstrip(), style="red"))
+    for source in [report, *report.ranks]:
+        if source.script_error:
+            prefix = "" if source.rank is None else f"rank {source.rank}: "
+            console.print(Text(prefix + source.script_error.rstrip(), style="red"))
+            break
     if not report.findings:
         console.print("no findings")
         return

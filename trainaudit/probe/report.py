@@ -6,7 +6,8 @@ without it.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from typing import Any
 
 
 class ProbeError(Exception):
@@ -71,12 +72,45 @@ class ProbeReport:
     clip_calls: int = 0
     clip_scale: float | None = None
     script_error: str | None = None
+    # Autocast as entered by the script: "absent", "disabled" (entered, but off on this
+    # device or by enabled=False) or "enabled"; the devices it was entered for.
+    autocast_state: str = "absent"
+    autocast_devices: list[str] = field(default_factory=list)
+    # GradScaler as used: "none", "disabled" (scale 1, clipping order not measurable), "enabled".
+    scaler_state: str = "none"
+    # Throughput over the timed steps (the first, warm-up step excluded when there are two).
+    tokens_per_step: int | None = None
+    tokens_per_second: float | None = None
+    seconds_per_token: float | None = None
+    timing_includes_warmup: bool = False
+    # Accumulation, measured on the first window of micro-batches (SPEC TA202 / TA203).
+    scheduler_steps: int = 0
+    scheduler_steps_per_optimizer_step: float | None = None
+    loss_scale_at_backward: float | None = None
+    window_grad_norms: list[float] = field(default_factory=list)
+    rank: int | None = None
+    ranks: list[ProbeReport] = field(default_factory=list)
 
     def to_json(self) -> dict[str, object]:
         """All fields, SPEC §3 keys first, findings as a list of objects."""
         data: dict[str, object] = {"version": 1}
         for key, value in asdict(self).items():
-            if key != "findings":
+            if key not in ("findings", "ranks"):
                 data[key] = value
         data["findings"] = [finding.to_json() for finding in self.findings]
+        data["ranks"] = [rank.to_json() for rank in self.ranks]
         return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ProbeReport:
+        """A report from :meth:`to_json`'s output; keys it does not know are ignored."""
+        known = {f.name for f in fields(cls)}
+        values = {key: value for key, value in data.items() if key in known}
+        values["findings"] = [ProbeFinding(f["code"], f["name"], f["severity"], f["message"])
+                              for f in data.get("findings", [])]
+        values["ranks"] = [cls.from_json(rank) for rank in data.get("ranks", [])]
+        required = {f.name for f in fields(cls)
+                    if f.default is MISSING and f.default_factory is MISSING}
+        if missing := sorted(required - set(values)):
+            raise ProbeError(f"not a trainaudit probe report (no {', '.join(missing)})")
+        return cls(**values)

@@ -14,7 +14,7 @@ import warnings
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
@@ -22,6 +22,7 @@ from trainaudit.probe.findings import derive_findings
 from trainaudit.probe.labels import summarise
 from trainaudit.probe.probes import ProbeSession, StopProbe, world_size
 from trainaudit.probe.report import ProbeError, ProbeReport
+from trainaudit.probe.watchers import ProgressLine
 
 
 @dataclass
@@ -99,6 +100,9 @@ def _installed_roots() -> tuple[str, ...]:
     user_site = site.getusersitepackages()
     if isinstance(user_site, str):
         roots.add(user_site)
+    # Package folders added by a .pth file or PYTHONPATH (another environment's) count too:
+    # taking torch's own modules out of sys.modules would load torch twice.
+    roots |= {p for p in sys.path if os.path.basename(p) in ("site-packages", "dist-packages")}
     both = {os.path.abspath(root) for root in roots} | {os.path.realpath(root) for root in roots}
     return tuple(root.rstrip(os.sep) + os.sep for root in both)
 
@@ -184,7 +188,7 @@ def _check_target(target: str, module: bool) -> None:
 
 
 def run(argv: list[str], *, steps: int, module: bool, cwd: str | None,
-        sample_steps: int) -> ProbeReport:
+        sample_steps: int, progress: IO[str] | None = None) -> ProbeReport:
     """Run the script ``argv`` under the probes; see :func:`trainaudit.probe.run_probe`."""
     if not argv:
         raise ProbeError("nothing to run: give a script path (or -m module) and its arguments")
@@ -203,6 +207,10 @@ def run(argv: list[str], *, steps: int, module: bool, cwd: str | None,
                 sys.path[0:1] = [os.getcwd()]
             _check_target(target, module)
             with ExitStack() as stack:
+                if progress is not None:
+                    ticker = ProgressLine(progress, steps, lambda: session.optimizer_steps)
+                    ticker.start()
+                    stack.callback(ticker.stop)
                 session.install(stack)
                 outcome = _run_guarded(session, target, args, module)
     finally:
@@ -270,5 +278,25 @@ def _report(session: ProbeSession, outcome: _Outcome) -> ProbeReport:
         clip_scale=session.clip_scale,
         script_error=outcome.error,
     )
+    _add_throughput(report, session)
     report.findings = derive_findings(report)
     return report
+
+
+def _add_throughput(report: ProbeReport, session: ProbeSession) -> None:
+    """Readings derived from the counts: throughput, autocast and scaler states, accumulation."""
+    report.autocast_state = session.autocast.state
+    report.autocast_devices = sorted(session.autocast.devices)
+    enabled = session.scaler_enabled
+    report.scaler_state = "enabled" if True in enabled else "disabled" if enabled else "none"
+    report.timing_includes_warmup = len(session.step_ends) < 2
+    if report.batch_size is not None and report.sequence_length is not None and session.trained_steps:
+        tokens = round(report.batch_size * report.sequence_length * report.micro_batches_per_step)
+        report.tokens_per_step = tokens
+        if report.step_seconds > 0 and tokens:
+            report.tokens_per_second = tokens / report.step_seconds
+            report.seconds_per_token = report.step_seconds / tokens
+    report.scheduler_steps, report.scheduler_steps_per_optimizer_step = (
+        session.schedulers.measured(session.optimizer_steps))
+    report.loss_scale_at_backward = session.window.loss_scale()
+    report.window_grad_norms = [round(n, 6) for n in session.window.grad_norms]
