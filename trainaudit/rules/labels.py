@@ -131,7 +131,10 @@ class DoubleLabelShift(_LabelRule):
                                                                               producer)],
                           "notes": f"removed the label shift at {site.path}:{site.span.line}; "
                                    f"the loss at {loss.path}:{loss.span.line} already shifts"},
+                # Inputs cut to T-1 beside the shifted labels (a collator that shifts both):
+                # dropping only the label shift would leave them of different lengths.
                 fixable=all(r.offset == 2 for r in every) and producer.input_text is not None
+                and not any(r.logits is not None and r.logits.inputs.trimmed for r in every)
                 and producer.kind in ("slice", "pad", "cat", "slice-assign", "roll")
                 and (producer.kind != "roll" or producer.fix_form == "assign-roll"))
 

@@ -122,6 +122,8 @@ def slice_tokens(tokens: Tokens, node: ast.Subscript, module: FlowModule) -> Val
         producer = Producer("slice", module.site(node),
                             module.text(node.value) if simple else None)
         result = replace(result, steps=(*result.steps, ShiftStep(amount, module.site(node), producer)))
+    if is_drop_last(element):
+        result = replace(result, trimmed=True)
     if is_drop_last(element) and result.wrap is not None and result.wrap.neutralizer is None:
         result = replace(result, wrap=replace(result.wrap, neutralizer=Neutralizer(
             "slice", module.site(node))))

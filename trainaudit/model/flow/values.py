@@ -159,6 +159,7 @@ class Tokens(Value):
     trail: tuple[Site, ...] = ()  # the way the value went: returns, keys, loaders, calls
     tail_zeroed: bool = False  # a 0/1 loss mask whose last position is zeroed
     made: Site | None = None  # the copy (``ids.clone()``) this tensor was made by, if one
+    trimmed: bool = False  # its last position was sliced off (``ids[:, :-1]``)
 
     @property
     def shift(self) -> int:
