@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from trainaudit import __version__
 from trainaudit.catalogue import CATALOGUE, lookup
@@ -43,7 +44,7 @@ class OutputFormat(str, Enum):
 
 
 def _fail(message: str) -> NoReturn:
-    err.print(f"[bold red]error:[/] {message}")
+    err.print(f"[bold red]error:[/] {escape(message)}")
     raise typer.Exit(EXIT_ERROR)
 
 
@@ -102,7 +103,7 @@ def _gather(targets: list[str], config: Config, stdin_filename: str | None
     files, problems = discover([Path(t) for t in targets], config)
     if problems:
         for problem in problems:
-            err.print(f"[bold red]error:[/] {problem}")
+            err.print(f"[bold red]error:[/] {escape(problem)}")
         raise typer.Exit(EXIT_ERROR)
     return files, {}
 
@@ -116,7 +117,7 @@ def _exit_code(result: CheckResult, config: Config) -> int:
 
 def _report_errors(result_errors: list[str]) -> None:
     for message in result_errors:
-        err.print(f"[bold red]error:[/] {message}")
+        err.print(f"[bold red]error:[/] {escape(message)}")
 
 
 # Trees smaller than this finish before a progress bar is worth drawing.
