@@ -18,6 +18,10 @@ class SourceFile:
 
     path: Path
     display: str
+    # Named on the command line (or stdin), not found by walking a folder: such a file is
+    # always parsed (a syntax error in it is reported even without training words), and
+    # it may lack the other files that cross-file findings need.
+    explicit: bool = False
 
 
 def display_path(path: Path) -> str:
@@ -77,20 +81,21 @@ def discover(paths: list[Path], config: Config) -> tuple[list[SourceFile], list[
     files: dict[str, SourceFile] = {}
     problems: list[str] = []
 
-    def add(path: Path, real: str | None = None, display: str | None = None) -> None:
+    def add(path: Path, real: str | None = None, display: str | None = None,
+            explicit: bool = False) -> None:
         try:
             real = real or os.path.realpath(path)
         except OSError:
             return
-        if real not in files:
-            files[real] = SourceFile(path, display or display_path(path))
+        if real not in files or explicit:
+            files[real] = SourceFile(path, display or display_path(path), explicit)
 
     for root in paths:
         if not root.exists():
             problems.append(f"{root}: no such file or directory")
             continue
         if root.is_file():
-            add(root)  # given explicitly: checked whatever its name or the excludes
+            add(root, explicit=True)  # checked whatever its name or the excludes
             continue
         ignores: list[_GitIgnore] = []
         if config.respect_gitignore:

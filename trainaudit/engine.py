@@ -111,6 +111,39 @@ def _syntax_finding(path: str, message: str, line: int = 1, column: int = 1) -> 
                    Span(line, max(column, 1), line, max(column, 1)), message, None)
 
 
+def parse_or_report(path: str, text: str) -> ast.Module | Finding:
+    """The module's tree, or the TA001 finding that says why it does not parse."""
+    try:
+        return ast.parse(text, filename=path)
+    except SyntaxError as exc:
+        return _syntax_finding(path, f"syntax error: {exc.msg}", exc.lineno or 1, exc.offset or 1)
+    except (ValueError, RecursionError, MemoryError) as exc:
+        return _syntax_finding(path, f"cannot parse: {exc}")
+
+
+def syntax_check(file: SourceFile, text: str | None = None, digest: str | None = None
+                 ) -> FileResult:
+    """TA001 alone, for a file given explicitly that the prefilter skipped: a file named on
+    the command line that does not parse is reported whatever it contains. ``digest``
+    (the skipped result's) keeps the cache's phase-2 memo valid."""
+    result = FileResult(file.display, checked=True, digest=digest)
+    if text is None:
+        try:
+            text, _ = read_source(file.path.read_bytes())
+        except OSError as exc:
+            result.errors.append(f"{file.display}: cannot read: {exc.strerror or exc}")
+            return result
+        except DecodeError as exc:
+            result.findings.append(_syntax_finding(file.display, f"file cannot be read: {exc}"))
+            return result
+    parsed = parse_or_report(file.display, text)
+    if isinstance(parsed, Finding):
+        result.findings.append(parsed)
+    # A file that parses had nothing for the rules: it counts as skipped, not checked.
+    result.checked = bool(result.findings)
+    return result
+
+
 class Analyzer:
     """Phase 1 for one process: the rules and summarizers, instantiated once."""
 
@@ -192,16 +225,10 @@ class Analyzer:
         result = result or FileResult(file.display)
         result.checked = True
         result.suppressions = parse_suppressions(text)
-        try:
-            tree = ast.parse(text, filename=file.display)
-        except SyntaxError as exc:
+        tree = parse_or_report(file.display, text)
+        if isinstance(tree, Finding):
             if "TA001" in self.settings.enabled:
-                result.findings.append(_syntax_finding(
-                    file.display, f"syntax error: {exc.msg}", exc.lineno or 1, exc.offset or 1))
-            return result
-        except (ValueError, RecursionError, MemoryError) as exc:
-            if "TA001" in self.settings.enabled:
-                result.findings.append(_syntax_finding(file.display, f"cannot parse: {exc}"))
+                result.findings.append(tree)
             return result
         name, is_package = module_name_for(file.display)
         module = ModuleFacts(file.display, name, text, tree, is_package)
@@ -361,6 +388,10 @@ def check_files(files: Sequence[SourceFile], config: Config, *,
     with _fewer_collections():
         results: list[FileResult] = run(files, settings, overlay=overlay, jobs=jobs,
                                         progress=progress)
+        if "TA001" in settings.enabled:
+            results = [syntax_check(file, (overlay or {}).get(file.display), result.digest)
+                       if file.explicit and not result.checked else result
+                       for file, result in zip(files, results, strict=True)]
         project_findings, errors = (project or run_project_rules)(results, settings)
     by_path = {r.path: r for r in results}
     ignored: dict[str, tuple[str, ...]] = {}

@@ -7,14 +7,21 @@ import difflib
 import os
 import tempfile
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from trainaudit.config import Config
 from trainaudit.diagnostics import Finding, FixClass
 from trainaudit.discover import SourceFile
-from trainaudit.engine import CheckResult, DecodeError, check_files, read_source
+from trainaudit.engine import (
+    CheckResult,
+    DecodeError,
+    FileResult,
+    ProjectPhase,
+    check_files,
+    read_source,
+)
 from trainaudit.fixes import fix_priority, load_fixers
 
 MAX_ROUNDS = 12
@@ -51,8 +58,13 @@ def allowed_classes(unsafe_fixes: bool) -> frozenset[FixClass]:
 
 
 def fix_files(files: Sequence[SourceFile], config: Config, *, unsafe_fixes: bool,
-              overlay: Mapping[str, str] | None = None) -> FixRun:
-    """Apply fixes in rounds (one rule code per file per round), re-checking after each."""
+              overlay: Mapping[str, str] | None = None,
+              analyse: Callable[..., list[FileResult]] | None = None,
+              project: ProjectPhase | None = None) -> FixRun:
+    """Apply fixes in rounds (one rule code per file per round), re-checking after each.
+
+    ``analyse`` and ``project`` (the cache's phases) serve the first check only: later
+    rounds check edited text, which is not on disk."""
     fixers = load_fixers()
     allowed = allowed_classes(unsafe_fixes)
     by_display = {f.display: f for f in files}
@@ -74,7 +86,7 @@ def fix_files(files: Sequence[SourceFile], config: Config, *, unsafe_fixes: bool
             originals[display] = (texts[display], "utf-8")
         return texts[display]
 
-    result = check_files(files, config, overlay=texts)
+    result = check_files(files, config, overlay=texts, analyse=analyse, project=project)
     for _ in range(MAX_ROUNDS):
         todo: dict[str, list[Finding]] = defaultdict(list)
         for finding in result.findings:

@@ -23,7 +23,15 @@ def _source_line(path: str, line: int, cache: dict[str, list[str]]) -> str | Non
         except OSError:
             cache[path] = []
     lines = cache[path]
-    return lines[line - 1] if 0 < line <= len(lines) else None
+    text = lines[line - 1] if 0 < line <= len(lines) else None
+    return text if text is not None and _printable(text) else None
+
+
+def _printable(text: str) -> bool:
+    """Whether a line is text a terminal can show: binary content (control bytes, bytes
+    that did not decode) is never printed in a frame."""
+    return "\ufffd" not in text and not any(
+        (ord(c) < 32 and c != "\t") or 0x7F <= ord(c) < 0xA0 for c in text)
 
 
 def render_text(result: CheckResult, console: Console, *, quiet: bool = False,
