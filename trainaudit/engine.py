@@ -30,7 +30,13 @@ from trainaudit.discover import SourceFile
 from trainaudit.model.module import ModuleFacts, clear_walk_cache
 from trainaudit.model.project import ModuleSummary, Project
 from trainaudit.registry import SUMMARIZERS, Gate, ModuleRule, ProjectRule, RuleContext, load_rules
-from trainaudit.suppression import Suppressions, is_suppressed, parse_suppressions
+from trainaudit.suppression import (
+    SuppressionComment,
+    Suppressions,
+    parse_suppressions,
+    suppressing_line,
+    suppression_comments,
+)
 
 # Below this many files, processes cost more than they save.
 PARALLEL_THRESHOLD = 48
@@ -42,9 +48,12 @@ class FileResult:
 
     path: str
     checked: bool = False
+    parsed: bool = False  # the rules ran on it (it decoded and parsed)
     findings: list[Finding] = field(default_factory=list)
     summary: ModuleSummary | None = None
     suppressions: Suppressions = field(default_factory=dict)
+    # Directives with codes, where they are (read when TA002 is selected).
+    comments: tuple[SuppressionComment, ...] = ()
     errors: list[str] = field(default_factory=list)
     cached: bool = False
     # Hash of the bytes analysed (set when ``Settings.hash_sources``); the cache's key.
@@ -225,11 +234,14 @@ class Analyzer:
         result = result or FileResult(file.display)
         result.checked = True
         result.suppressions = parse_suppressions(text)
+        if "TA002" in self.settings.enabled:
+            result.comments = suppression_comments(text)
         tree = parse_or_report(file.display, text)
         if isinstance(tree, Finding):
             if "TA001" in self.settings.enabled:
                 result.findings.append(tree)
             return result
+        result.parsed = True
         name, is_package = module_name_for(file.display)
         module = ModuleFacts(file.display, name, text, tree, is_package)
         for rule in self.module_rules:
@@ -372,6 +384,32 @@ def settings_for(config: Config) -> Settings:
     return Settings(config.enabled_codes(), dict(config.options), prefilter=prefilter)
 
 
+def _unused_suppressions(files: Sequence[SourceFile], by_path: Mapping[str, FileResult],
+                         used: Mapping[str, set[tuple[int, str]]], settings: Settings,
+                         ignored: Callable[[str, str], bool]) -> list[Finding]:
+    """TA002 over the files that parsed (rules/suppression.py says which codes it judges)."""
+    from trainaudit.rules.suppression import unused_suppressions
+
+    rules = load_rules()
+    found: list[Finding] = []
+    for file in files:
+        result = by_path.get(file.display)
+        if result is None or not result.parsed or not result.comments:
+            continue
+        path = file.display
+
+        def judged(code: str, path: str = path, walked: bool = not file.explicit) -> bool:
+            rule = rules.get(code)
+            return (rule is not None and code != "TA002" and code in settings.enabled
+                    and not ignored(code, path) and (walked or issubclass(rule, ModuleRule)))
+
+        found += [f for f in unused_suppressions(path, result.comments, used.get(path, set()),
+                                                 judged)
+                  if not ignored("TA002", path)
+                  and suppressing_line("TA002", (f.line,), result.suppressions) is None]
+    return found
+
+
 def check_files(files: Sequence[SourceFile], config: Config, *,
                 overlay: Mapping[str, str] | None = None, jobs: int | None = None,
                 progress: Callable[[int], None] | None = None,
@@ -395,19 +433,26 @@ def check_files(files: Sequence[SourceFile], config: Config, *,
         project_findings, errors = (project or run_project_rules)(results, settings)
     by_path = {r.path: r for r in results}
     ignored: dict[str, tuple[str, ...]] = {}
+
+    def ignored_here(code: str, path: str) -> bool:
+        if path not in ignored:
+            ignored[path] = config.ignored_for(path)
+        return any(code.startswith(c) for c in ignored[path])
+
+    used: dict[str, set[tuple[int, str]]] = {}  # path -> (line of the comment, code)
     findings: list[Finding] = []
     for finding in [f for r in results for f in r.findings] + project_findings:
-        if finding.code not in settings.enabled:
-            continue
-        if finding.path not in ignored:
-            ignored[finding.path] = config.ignored_for(finding.path)
-        if any(finding.code.startswith(c) for c in ignored[finding.path]):
+        if finding.code not in settings.enabled or ignored_here(finding.code, finding.path):
             continue
         owner = by_path.get(finding.path)
         lines = (finding.span.line, finding.span.end_line)
-        if owner is not None and is_suppressed(finding.code, lines, owner.suppressions):
+        line = suppressing_line(finding.code, lines, owner.suppressions) if owner else None
+        if line is not None:
+            used.setdefault(finding.path, set()).add((line, finding.code))
             continue
         findings.append(finding)
+    if "TA002" in settings.enabled:
+        findings += _unused_suppressions(files, by_path, used, settings, ignored_here)
     findings = sorted(set(findings), key=Finding.sort_key)
     return CheckResult(
         findings=findings,
