@@ -20,6 +20,7 @@ from trainaudit.config import Config, ConfigError, load_config, validate_selecto
 from trainaudit.diagnostics import Severity
 from trainaudit.discover import SourceFile, discover, display_path
 from trainaudit.engine import CheckResult, FileResult, ProjectPhase, check_files
+from trainaudit.notebook import is_notebook
 from trainaudit.registry import all_options, load_rules
 
 if TYPE_CHECKING:
@@ -105,6 +106,8 @@ def _gather(targets: list[str], config: Config, stdin_filename: str | None
         if len(targets) > 1:
             _fail("'-' (stdin) cannot be combined with other paths")
         name = stdin_filename or "stdin.py"
+        if is_notebook(name):
+            _fail("notebooks are read from their files, not from stdin")
         file = SourceFile(Path(name), display_path(Path(name)), explicit=True)
         return [file], {file.display: sys.stdin.read()}
     files, problems = discover([Path(t) for t in targets], config)
@@ -182,7 +185,7 @@ def _fix_and_write(files: list[SourceFile], config: Config, overlay: dict[str, s
     run = fix_files(files, config, unsafe_fixes=config.unsafe_fixes, overlay=overlay,
                     analyse=analyse, project=project)
     if overlay:
-        sys.stdout.write(run.changes[0].fixed if run.changes else next(iter(overlay.values())))
+        sys.stdout.write(run.changes[0].output() if run.changes else next(iter(overlay.values())))
     else:
         for change in run.changes:
             write_atomically(change)
@@ -303,7 +306,7 @@ def fix(
         raise typer.Exit(EXIT_OK if exit_zero and code == EXIT_FINDINGS else code)
 
     if overlay and not diff:  # stdin: the fixed source goes to stdout
-        sys.stdout.write(run.changes[0].fixed if run.changes else next(iter(overlay.values())))
+        sys.stdout.write(run.changes[0].output() if run.changes else next(iter(overlay.values())))
         finish(EXIT_OK)
     if diff or not apply:
         for change in run.changes:

@@ -11,6 +11,9 @@ from pathlib import Path
 
 from trainaudit.config import DEFAULT_EXCLUDE, Config
 
+# What a folder walk checks: Python files and Jupyter notebooks.
+SOURCE_SUFFIXES = (".py", ".pyi", ".ipynb")
+
 
 @dataclass(frozen=True)
 class SourceFile:
@@ -158,7 +161,7 @@ def _walk(root: Path, config: Config, ignores: list[_GitIgnore],
             name = entry.name
             try:
                 is_dir = entry.is_dir()
-                is_file = not is_dir and name.endswith((".py", ".pyi")) and entry.is_file()
+                is_file = not is_dir and name.endswith(SOURCE_SUFFIXES) and entry.is_file()
             except OSError:
                 continue
             if not (is_dir or is_file):

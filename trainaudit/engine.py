@@ -29,6 +29,14 @@ from trainaudit.diagnostics import Finding, Span
 from trainaudit.discover import SourceFile
 from trainaudit.model.module import ModuleFacts, clear_walk_cache
 from trainaudit.model.project import ModuleSummary, Project
+from trainaudit.notebook import (
+    CellStarts,
+    Notebook,
+    NotebookError,
+    cell_starts,
+    in_cells,
+    is_notebook,
+)
 from trainaudit.registry import SUMMARIZERS, Gate, ModuleRule, ProjectRule, RuleContext, load_rules
 from trainaudit.suppression import (
     SuppressionComment,
@@ -54,6 +62,8 @@ class FileResult:
     suppressions: Suppressions = field(default_factory=dict)
     # Directives with codes, where they are (read when TA002 is selected).
     comments: tuple[SuppressionComment, ...] = ()
+    # A notebook's cells in the analysed source (see trainaudit/notebook.py).
+    cells: CellStarts = ()
     errors: list[str] = field(default_factory=list)
     cached: bool = False
     # Hash of the bytes analysed (set when ``Settings.hash_sources``); the cache's key.
@@ -101,6 +111,17 @@ def read_source(data: bytes) -> tuple[str, str]:
         raise DecodeError(f"cannot decode as {encoding}: {exc}") from None
 
 
+def source_of(display: str, data: bytes) -> str:
+    """The analysed source of a file's bytes: Python decoded with its PEP 263 encoding,
+    or a notebook's code cells (trainaudit/notebook.py)."""
+    if not is_notebook(display):
+        return read_source(data)[0]
+    try:
+        return Notebook.parse(data.decode("utf-8")).source
+    except (UnicodeDecodeError, NotebookError) as exc:
+        raise DecodeError(str(exc)) from None
+
+
 def module_name_for(display: str) -> tuple[str, bool]:
     """A dotted module name guessed from a path (``pkg/data/x.py`` → ``pkg.data.x``)."""
     parts = [p for p in PurePosixPath(display).parts if p not in ("/", ".")]
@@ -138,7 +159,7 @@ def syntax_check(file: SourceFile, text: str | None = None, digest: str | None =
     result = FileResult(file.display, checked=True, digest=digest)
     if text is None:
         try:
-            text, _ = read_source(file.path.read_bytes())
+            text = source_of(file.display, file.path.read_bytes())
         except OSError as exc:
             result.errors.append(f"{file.display}: cannot read: {exc.strerror or exc}")
             return result
@@ -221,7 +242,7 @@ class Analyzer:
         if readers is not None and not readers:
             return result
         try:
-            text, _ = read_source(data)
+            text = source_of(file.display, data)
         except DecodeError as exc:
             result.checked = True
             if "TA001" in self.settings.enabled:
@@ -234,6 +255,8 @@ class Analyzer:
         result = result or FileResult(file.display)
         result.checked = True
         result.suppressions = parse_suppressions(text)
+        if is_notebook(file.display):
+            result.cells = cell_starts(text)
         if "TA002" in self.settings.enabled:
             result.comments = suppression_comments(text)
         tree = parse_or_report(file.display, text)
@@ -414,10 +437,13 @@ def check_files(files: Sequence[SourceFile], config: Config, *,
                 overlay: Mapping[str, str] | None = None, jobs: int | None = None,
                 progress: Callable[[int], None] | None = None,
                 analyse: Callable[..., list[FileResult]] | None = None,
-                project: ProjectPhase | None = None) -> CheckResult:
+                project: ProjectPhase | None = None, place_in_cells: bool = True
+                ) -> CheckResult:
     """Check files and return the findings that survive selection and suppression.
 
     ``analyse`` replaces phase 1 and ``project`` phase 2 (the cache passes both).
+    Findings in notebooks are placed in their cells unless ``place_in_cells`` is false
+    (the fixer works on the analysed source's lines).
     """
     started = time.perf_counter()
     settings = settings_for(config)
@@ -453,6 +479,9 @@ def check_files(files: Sequence[SourceFile], config: Config, *,
         findings.append(finding)
     if "TA002" in settings.enabled:
         findings += _unused_suppressions(files, by_path, used, settings, ignored_here)
+    if place_in_cells and any(r.cells for r in results):
+        findings = [in_cells(f, lambda path: by_path[path].cells if path in by_path else ())
+                    for f in findings]
     findings = sorted(set(findings), key=Finding.sort_key)
     return CheckResult(
         findings=findings,
