@@ -163,9 +163,51 @@ def _read_table(path: Path) -> dict[str, Any] | None:
 _LIST_KEYS = {"select", "extend-select", "ignore", "exclude", "extend-exclude"}
 
 
+# Where a fix's generated lines must fit when the project's formatter does not say.
+DEFAULT_LINE_LENGTH = 88
+
+
+def project_line_length(start: Path) -> int:
+    """``line-length`` of ruff or black in the nearest ``pyproject.toml`` (``ruff.toml``)
+    at or above ``start``, else 88: generated code is written to fit it."""
+    directory = start.resolve()
+    if directory.is_file():
+        directory = directory.parent
+    for folder in (directory, *directory.parents):
+        for name, tables in (("ruff.toml", ((),)), (".ruff.toml", ((),)),
+                             ("pyproject.toml", (("tool", "ruff"), ("tool", "black")))):
+            candidate = folder / name
+            if not candidate.is_file():
+                continue
+            try:
+                data = tomllib.loads(candidate.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+                continue
+            for keys in tables:
+                table: Any = data
+                for key in keys:
+                    table = table.get(key) if isinstance(table, dict) else None
+                value = table.get("line-length") if isinstance(table, dict) else None
+                if type(value) is int and value > 0:
+                    return value
+            if name == "pyproject.toml":
+                return DEFAULT_LINE_LENGTH  # the project's root, which sets no length
+    return DEFAULT_LINE_LENGTH
+
+
 def load_config(path: Path | None, *, start: Path, rule_options: Mapping[str, Any],
                 no_config: bool = False) -> Config:
-    """Load the config file (explicit ``path`` or the nearest one) over the defaults."""
+    """Load the config file (explicit ``path`` or the nearest one) over the defaults; the
+    fixes also get the project's ``line-length`` (``project_line_length``)."""
+    config = _load_config(path, start=start, rule_options=rule_options, no_config=no_config)
+    if "line-length" in config.fix_options:
+        return config
+    length = project_line_length(config.source or start)
+    return replace(config, fix_options={**config.fix_options, "line-length": length})
+
+
+def _load_config(path: Path | None, *, start: Path, rule_options: Mapping[str, Any],
+                 no_config: bool = False) -> Config:
     defaults = Config(options=dict(rule_options), root=Path.cwd())
     if no_config:
         return defaults
