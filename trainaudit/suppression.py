@@ -39,12 +39,7 @@ def parse_suppressions(source: str) -> Suppressions:
 
 def is_suppressed(code: str, lines: tuple[int, ...], suppressions: Suppressions) -> bool:
     """Whether a comment on any of ``lines`` suppresses ``code``."""
-    for line in lines:
-        if line in suppressions:
-            codes = suppressions[line]
-            if codes is None or code in codes:
-                return True
-    return False
+    return suppressing_line(code, lines, suppressions) is not None
 
 
 def suppressing_line(code: str, lines: tuple[int, ...], suppressions: Suppressions) -> int | None:
