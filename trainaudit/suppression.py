@@ -37,11 +37,6 @@ def parse_suppressions(source: str) -> Suppressions:
     return result
 
 
-def is_suppressed(code: str, lines: tuple[int, ...], suppressions: Suppressions) -> bool:
-    """Whether a comment on any of ``lines`` suppresses ``code``."""
-    return suppressing_line(code, lines, suppressions) is not None
-
-
 def suppressing_line(code: str, lines: tuple[int, ...], suppressions: Suppressions) -> int | None:
     """The line of the comment that suppresses ``code`` on one of ``lines``, if any."""
     for line in lines:
