@@ -327,7 +327,7 @@ def test_reference_trainer_has_ta201_only_and_fixes_clean(tmp_path: Path) -> Non
     assert "4 samples" in result.findings[0].message
 
     fixed = fix_tree(tmp_path, select=("TA2",))[TRAINER]
-    assert '"--accumulation-steps", type=int, default=8' in fixed
+    assert '"--accumulation-steps",\n        type=int,\n        default=8,' in fixed
     assert "(loss / accumulation_steps).backward()" in fixed
     assert "for window in accumulation_windows(train_loader, args.accumulation_steps):" in fixed
     assert "if sync_gradients:" in fixed

@@ -9,6 +9,7 @@ import pickle
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import pytest
@@ -208,7 +209,9 @@ def test_ta301_float16_option_adds_a_scaler_in_the_next_round(tmp_path: Path) ->
         def train(model, loader, optimizer, device_type):
             scaler = torch.amp.GradScaler(device_type, enabled=device_type == "cuda")
             for x, y in loader:
-                with torch.autocast(device_type=device_type, dtype=torch.float16, enabled=device_type == "cuda"):
+                with torch.autocast(
+                    device_type=device_type, dtype=torch.float16, enabled=device_type == "cuda"
+                ):
                     loss = torch.nn.functional.cross_entropy(model(x), y)
                 scaler.scale(loss).backward()
                 scaler.unscale_(optimizer)
@@ -238,7 +241,11 @@ def test_ta301_adds_import_torch_when_missing(tmp_path: Path) -> None:
         DEVICE = "cuda"  # a GPU training script
     """, select=("TA301",))
     assert out.startswith("\nfrom torch import nn\nimport torch\n")
-    assert "with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16):" in out
+    assert ("        with torch.autocast(\n"
+            "            device_type=torch.device(device).type,\n"
+            "            dtype=torch.bfloat16,\n"
+            "            enabled=torch.device(device).type == \"cuda\",\n"
+            "        ):\n") in out
 
 
 # -- the fixed code at run time -----------------------------------------------------------
@@ -355,15 +362,17 @@ DEVICE = "cuda"  # a GPU training script, run here on the CPU
 '''
 
 
-def test_fixed_train_step_runs_on_cpu_under_bf16_autocast(tmp_path: Path) -> None:
+def test_fixed_train_step_keeps_full_precision_on_cpu_without_a_warning(tmp_path: Path) -> None:
     (tmp_path / "train.py").write_text(STEP_TRAINER)
     assert {f.code for f in check_tree(tmp_path, select=("TA3",)).findings} == {"TA301"}
     source = fix_tree(tmp_path, select=("TA3",))["train.py"]
-    assert "with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16):" in source
+    assert 'enabled=torch.device(device).type == "cuda",' in source
     namespace: dict[str, object] = {}
     exec(compile(source, "train.py", "exec"), namespace)
-    losses, seen = namespace["main"]()  # type: ignore[operator]
-    assert set(seen) == {torch.bfloat16}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "CUDA is not available. Disabling" would raise
+        losses, seen = namespace["main"]()  # type: ignore[operator]
+    assert set(seen) == {torch.float32}  # autocast is on where the device is CUDA only
     assert losses[-1] < losses[0]
     (tmp_path / "train.py").write_text(source)
     assert found(check_tree(tmp_path, select=("TA3",))) == set()

@@ -8,6 +8,7 @@ come from the package index; torch must not be installed).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -151,3 +152,14 @@ def test_fix_hook_never_applies_feature_fixes(project: Path, hook_repo: Path,
     assert check.returncode == 1 and "TA301" in check.stdout, check.stdout  # a feature finding
     result = run_hook(project, hook_repo, pre_commit_home, "trainaudit-fix", "loop.py")
     assert (project / "loop.py").read_text() == loop, result.stdout  # none of them applied
+
+
+def test_check_hook_runs_on_notebooks(project: Path, hook_repo: Path, pre_commit_home: Path) -> None:
+    cell = {"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": [],
+            "source": BUGGY.splitlines(keepends=True)}
+    notebook = {"cells": [cell], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+    (project / "train.ipynb").write_text(json.dumps(notebook, indent=1) + "\n")
+    git(project, "add", "-A")
+    result = run_hook(project, hook_repo, pre_commit_home, "trainaudit", "train.ipynb")
+    assert result.returncode == 1, result.stdout + result.stderr  # types_or: jupyter
+    assert "train.ipynb:cell 1:6:14: TA101" in result.stdout

@@ -1,3 +1,3 @@
 """trainaudit: find, fix and prove the silent bugs of PyTorch training scripts."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trainaudit.diagnostics import Finding
+from trainaudit.notebook import notebook_cell_lines
 
 BASELINE_VERSION = 1
 
@@ -37,11 +38,12 @@ def read_lines_from_disk(overlay: dict[str, str] | None = None) -> LinesOf:
 
     def lines_of(path: str) -> Sequence[str]:
         if path not in cache:
+            file, _, cell = path.partition(":cell ")  # a notebook cell: train.ipynb:cell 3
             try:
-                text = Path(path).read_text(encoding="utf-8", errors="replace")
+                text = Path(file).read_text(encoding="utf-8", errors="replace")
             except OSError:
                 text = ""
-            cache[path] = text.splitlines()
+            cache[path] = notebook_cell_lines(text, int(cell)) if cell else text.splitlines()
         return cache[path]
 
     return lines_of
@@ -58,7 +60,7 @@ def fingerprints(findings: Iterable[Finding], lines_of: LinesOf) -> list[str]:
     prints: dict[int, str] = {}
     for index in sorted(range(len(ordered)), key=lambda i: ordered[i].sort_key()):
         finding = ordered[index]
-        lines = lines_of(finding.path)
+        lines = lines_of(finding.location)
         line = finding.span.line
         content = _normalise(lines[line - 1]) if 0 < line <= len(lines) else ""
         key = (finding.path, finding.code, content)

@@ -30,6 +30,8 @@ SAFE, CORR, FEAT = FixClass.SAFE, FixClass.CORRECTIVE, FixClass.FEATURE
 
 CATALOGUE: tuple[RuleInfo, ...] = (
     RuleInfo("TA001", "syntax-error", E, None, "file does not parse"),
+    RuleInfo("TA002", "unused-suppression", I, SAFE,
+             "a `# trainaudit: ignore[...]` / `# noqa: TA...` that suppresses nothing"),
     RuleInfo("TA101", "circular-label-shift", E, CORR,
              "roll-made labels/targets whose wrapped position is trained on"),
     RuleInfo("TA102", "double-label-shift", E, CORR,

@@ -5,19 +5,22 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from trainaudit import __version__
 from trainaudit.catalogue import CATALOGUE, lookup
 from trainaudit.config import Config, ConfigError, load_config, validate_selectors
 from trainaudit.diagnostics import Severity
 from trainaudit.discover import SourceFile, discover, display_path
-from trainaudit.engine import CheckResult, check_files
+from trainaudit.engine import CheckResult, FileResult, ProjectPhase, check_files
+from trainaudit.notebook import is_notebook
 from trainaudit.registry import all_options, load_rules
 
 if TYPE_CHECKING:
@@ -43,7 +46,7 @@ class OutputFormat(str, Enum):
 
 
 def _fail(message: str) -> NoReturn:
-    err.print(f"[bold red]error:[/] {message}")
+    err.print(f"[bold red]error:[/] {escape(message)}")
     raise typer.Exit(EXIT_ERROR)
 
 
@@ -67,6 +70,12 @@ ConfigOpt = Annotated[Path | None, typer.Option(
 NoConfigOpt = Annotated[bool, typer.Option("--no-config", help="Ignore every config file.")]
 StdinNameOpt = Annotated[str | None, typer.Option(
     "--stdin-filename", help="The path to report for source read from stdin ('-').")]
+ExitZeroOpt = Annotated[bool, typer.Option("--exit-zero", help="Exit 0 even with findings.")]
+NoCacheOpt = Annotated[bool, typer.Option(
+    "--no-cache", help="Neither read nor write .trainaudit_cache/.")]
+UnsafeFixesOpt = Annotated[bool | None, typer.Option(
+    "--unsafe-fixes/--no-unsafe-fixes",
+    help="Also apply feature fixes (accumulation, autocast, checkpointing, clipping).")]
 
 
 def _configure(paths: list[str] | None, select: list[str] | None, extend_select: list[str] | None,
@@ -97,12 +106,14 @@ def _gather(targets: list[str], config: Config, stdin_filename: str | None
         if len(targets) > 1:
             _fail("'-' (stdin) cannot be combined with other paths")
         name = stdin_filename or "stdin.py"
-        file = SourceFile(Path(name), display_path(Path(name)))
+        if is_notebook(name):
+            _fail("notebooks are read from their files, not from stdin")
+        file = SourceFile(Path(name), display_path(Path(name)), explicit=True)
         return [file], {file.display: sys.stdin.read()}
     files, problems = discover([Path(t) for t in targets], config)
     if problems:
         for problem in problems:
-            err.print(f"[bold red]error:[/] {problem}")
+            err.print(f"[bold red]error:[/] {escape(problem)}")
         raise typer.Exit(EXIT_ERROR)
     return files, {}
 
@@ -116,7 +127,7 @@ def _exit_code(result: CheckResult, config: Config) -> int:
 
 def _report_errors(result_errors: list[str]) -> None:
     for message in result_errors:
-        err.print(f"[bold red]error:[/] {message}")
+        err.print(f"[bold red]error:[/] {escape(message)}")
 
 
 # Trees smaller than this finish before a progress bar is worth drawing.
@@ -132,15 +143,21 @@ def _load_baseline(path: Path) -> Baseline:
         _fail(str(exc))
 
 
+def _cache_phases(config: Config, *, cache: bool, overlay: dict[str, str]
+                  ) -> tuple[Callable[..., list[FileResult]] | None, ProjectPhase | None]:
+    """The cache's phase 1 and phase 2, or (None, None) when it is off or for stdin."""
+    if not cache or overlay:
+        return None, None
+    from trainaudit.cache import ResultCache
+
+    cached = ResultCache(config.root, lazy_summaries=True)
+    return cached.analyse, cached.project
+
+
 def _run_check(files: list[SourceFile], config: Config, overlay: dict[str, str], *,
                cache: bool, progress: bool) -> CheckResult:
     """Phase 1 through the cache unless disabled; a progress bar on a terminal for big trees."""
-    analyse = project = None
-    if cache and not overlay:
-        from trainaudit.cache import ResultCache
-
-        cached = ResultCache(config.root, lazy_summaries=True)
-        analyse, project = cached.analyse, cached.project
+    analyse, project = _cache_phases(config, cache=cache, overlay=overlay)
     if not (progress and err.is_terminal and len(files) > PROGRESS_THRESHOLD):
         return check_files(files, config, overlay=overlay, analyse=analyse, project=project)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
@@ -150,6 +167,32 @@ def _run_check(files: list[SourceFile], config: Config, overlay: dict[str, str],
         task = bar.add_task("check", total=len(files))
         return check_files(files, config, overlay=overlay, analyse=analyse, project=project,
                            progress=lambda n: bar.advance(task, n))
+
+
+def _warn_if_empty(files: list[SourceFile], targets: list[str]) -> None:
+    if not files:
+        where = ", ".join(targets)
+        err.print(f"[yellow]warning:[/] no Python files or notebooks found under {escape(where)}")
+
+
+def _fix_and_write(files: list[SourceFile], config: Config, overlay: dict[str, str], *,
+                   cache: bool, quiet: bool) -> CheckResult:
+    """``check --fix``: write the fixes (stdin: the fixed source to stdout), then return
+    what remains, with the fixer's errors among the result's."""
+    from trainaudit.fixes.apply import fix_files, write_atomically
+
+    analyse, project = _cache_phases(config, cache=cache, overlay=overlay)
+    run = fix_files(files, config, unsafe_fixes=config.unsafe_fixes, overlay=overlay,
+                    analyse=analyse, project=project)
+    if overlay:
+        sys.stdout.write(run.changes[0].output() if run.changes else next(iter(overlay.values())))
+    else:
+        for change in run.changes:
+            write_atomically(change)
+    if not quiet and run.changes:
+        err.print(f"Fixed {len(run.changes)} file{'s' if len(run.changes) != 1 else ''}.")
+    run.remaining.errors = [*run.errors, *run.remaining.errors]
+    return run.remaining
 
 
 @app.command()
@@ -166,22 +209,31 @@ def check(
     no_config: NoConfigOpt = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the findings, no summary.")] = False,
     statistics: Annotated[bool, typer.Option("--statistics", help="Count findings per rule.")] = False,
-    exit_zero: Annotated[bool, typer.Option("--exit-zero", help="Exit 0 even with findings.")] = False,
+    exit_zero: ExitZeroOpt = False,
     stdin_filename: StdinNameOpt = None,
-    no_cache: Annotated[bool, typer.Option(
-        "--no-cache", help="Neither read nor write .trainaudit_cache/.")] = False,
+    no_cache: NoCacheOpt = False,
     baseline: Annotated[Path | None, typer.Option(
         "--baseline", dir_okay=False,
         help="Only report findings not recorded in this baseline file.")] = None,
     write_baseline: Annotated[Path | None, typer.Option(
         "--write-baseline", dir_okay=False,
         help="Record every current finding in this file and exit 0.")] = None,
+    apply_fixes: Annotated[bool, typer.Option(
+        "--fix", help="Write safe and corrective fixes, then report what remains "
+                      "(as `fix --apply`).")] = False,
+    unsafe_fixes: UnsafeFixesOpt = None,
 ) -> None:
     """Lint training scripts. Exit 0: clean; 1: findings at or above --fail-on; 2: error."""
     config, targets = _configure(paths, select, extend_select, ignore, config_path, no_config, fail_on)
+    if unsafe_fixes is not None:
+        config = config.with_overrides(unsafe_fixes=unsafe_fixes)
     files, overlay = _gather(targets, config, stdin_filename)
+    _warn_if_empty(files, targets)
     accepted = _load_baseline(baseline) if baseline is not None and write_baseline is None else None
-    result = _run_check(files, config, overlay, cache=not no_cache, progress=not quiet)
+    if apply_fixes:
+        result = _fix_and_write(files, config, overlay, cache=not no_cache, quiet=quiet)
+    else:
+        result = _run_check(files, config, overlay, cache=not no_cache, progress=not quiet)
     _report_errors(result.errors)
     if write_baseline is not None or accepted is not None:
         from trainaudit.baseline import read_lines_from_disk
@@ -196,10 +248,12 @@ def check(
         result.findings, known = accepted.split(result.findings, lines_of)
         if known and not quiet:
             err.print(f"{known} finding(s) already in the baseline {baseline} were not reported.")
+    # With --fix on stdin, stdout carries the fixed source: the findings go to stderr.
+    console = err if apply_fixes and overlay else out
     if output_format is OutputFormat.text:
         from trainaudit.report.text import render_text
 
-        render_text(result, out, quiet=quiet, statistics=statistics,
+        render_text(result, console, quiet=quiet, statistics=statistics,
                     unsafe_fixes=config.unsafe_fixes,
                     overlay={k: v.splitlines() for k, v in overlay.items()})
     else:
@@ -207,7 +261,7 @@ def check(
 
         text = render(output_format.value, result)
         if text:
-            sys.stdout.write(text + "\n")
+            console.file.write(text + "\n")
         if err.is_terminal and not quiet:  # people watching; pipes and files get data only
             from trainaudit.report.text import summary_line
 
@@ -221,77 +275,94 @@ def fix(
     paths: PathsArg = None,
     apply: Annotated[bool, typer.Option("--apply", help="Write the fixes (default: show a diff).")] = False,
     diff: Annotated[bool, typer.Option("--diff", help="Show the diff (the default without --apply).")] = False,
-    unsafe_fixes: Annotated[bool | None, typer.Option(
-        "--unsafe-fixes/--no-unsafe-fixes",
-        help="Also apply feature fixes (accumulation, autocast, checkpointing, clipping).")] = None,
+    unsafe_fixes: UnsafeFixesOpt = None,
     select: SelectOpt = None,
     extend_select: ExtendOpt = None,
     ignore: IgnoreOpt = None,
     config_path: ConfigOpt = None,
     no_config: NoConfigOpt = False,
     stdin_filename: StdinNameOpt = None,
+    quiet: Annotated[bool, typer.Option(
+        "--quiet", "-q", help="Only diffs and findings; no notes or counts.")] = False,
+    exit_zero: ExitZeroOpt = False,
+    no_cache: NoCacheOpt = False,
 ) -> None:
-    """Fix findings: show the diff, or write it with --apply (safe and corrective fixes)."""
+    """Fix findings: show the diff, or write it with --apply (safe and corrective fixes).
+    Exit 1 when something would change (or, with --apply, findings remain)."""
     from trainaudit.fixes.apply import fix_files, write_atomically
 
     config, targets = _configure(paths, select, extend_select, ignore, config_path, no_config)
     if unsafe_fixes is not None:
         config = config.with_overrides(unsafe_fixes=unsafe_fixes)
     files, overlay = _gather(targets, config, stdin_filename)
-    run = fix_files(files, config, unsafe_fixes=config.unsafe_fixes, overlay=overlay)
+    _warn_if_empty(files, targets)
+    analyse, project = _cache_phases(config, cache=not no_cache, overlay=overlay)
+    run = fix_files(files, config, unsafe_fixes=config.unsafe_fixes, overlay=overlay,
+                    analyse=analyse, project=project)
     _report_errors(run.errors)
-    if overlay:  # stdin: the fixed source goes to stdout
-        for change in run.changes:
-            sys.stdout.write(change.fixed)
-        if not run.changes:
-            sys.stdout.write(next(iter(overlay.values())))
-        raise typer.Exit(EXIT_ERROR if run.errors else EXIT_OK)
+
+    def finish(code: int) -> NoReturn:
+        code = EXIT_ERROR if run.errors else code
+        raise typer.Exit(EXIT_OK if exit_zero and code == EXIT_FINDINGS else code)
+
+    if overlay and not diff:  # stdin: the fixed source goes to stdout
+        sys.stdout.write(run.changes[0].output() if run.changes else next(iter(overlay.values())))
+        finish(EXIT_OK)
     if diff or not apply:
         for change in run.changes:
-            for note in change.notes:
-                out.print(f"# {change.file.display}: {note}", style="bold", soft_wrap=True)
+            if not quiet:
+                for note in change.notes:
+                    out.print(f"# {change.file.display}: {note}", style="bold", soft_wrap=True,
+                              markup=False)
             sys.stdout.flush()
             sys.stdout.write(change.diff())
             sys.stdout.flush()
-    if apply:
+    if apply and not overlay:
         for change in run.changes:
             write_atomically(change)
-        noun = "file" if len(run.changes) == 1 else "files"
-        err.print(f"Fixed {len(run.changes)} {noun}.")
+        if not quiet:
+            noun = "file" if len(run.changes) == 1 else "files"
+            err.print(f"Fixed {len(run.changes)} {noun}.")
         remaining = run.remaining
         if remaining.findings:
             from trainaudit.report.text import render_text
 
-            err.print(f"{len(remaining.findings)} finding(s) remain:")
+            if not quiet:
+                err.print(f"{len(remaining.findings)} finding(s) remain:")
             render_text(remaining, err, quiet=True)
-        raise typer.Exit(EXIT_ERROR if run.errors else _exit_code(remaining, config))
-    if not run.changes:
+        finish(_exit_code(remaining, config))
+    if not run.changes and not quiet:
         err.print("Nothing to fix.")
-    raise typer.Exit(EXIT_ERROR if run.errors else (EXIT_FINDINGS if run.changes else EXIT_OK))
+    finish(EXIT_FINDINGS if run.changes else EXIT_OK)
+
+
+class RulesFormat(str, Enum):
+    text = "text"
+    json = "json"
 
 
 @app.command("rules")
 def rules_command(
-    output_format: Annotated[str, typer.Option("--format", help="text or json")] = "text",
+    prefix: Annotated[str | None, typer.Argument(
+        help="Only the rules whose code starts with this (TA2).", show_default=False)] = None,
+    output_format: Annotated[RulesFormat, typer.Option("--format", help="Output format.")
+                             ] = RulesFormat.text,
 ) -> None:
-    """List every rule: code, name, severity, fix class."""
-    from rich.table import Table
-
+    """List the rules: code, name, severity, fix class, what each finds."""
     implemented = load_rules()
-    if output_format == "json":
+    chosen = [i for i in CATALOGUE if prefix is None or i.code.startswith(prefix.strip().upper())]
+    if not chosen:
+        _fail(f"{prefix!r} matches no rule code; `trainaudit rules` lists them")
+    if output_format is RulesFormat.json:
         rows = [{"code": i.code, "name": i.name, "severity": i.severity.value,
                  "fix": i.fix.value if i.fix else None, "summary": i.summary,
-                 "implemented": i.code in implemented} for i in CATALOGUE]
+                 "implemented": i.code in implemented} for i in chosen]
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
         return
-    table = Table(show_edge=False, header_style="bold")
-    for column in ("code", "name", "severity", "fix", "finds"):
-        table.add_column(column)
-    for info in CATALOGUE:
-        status = "" if info.code in implemented else " [dim](planned)[/]"
-        table.add_row(info.code, info.name + status, info.severity.value,
-                      info.fix.value if info.fix else "-", info.summary)
-    out.print(table)
+    from trainaudit.report.catalogue import print_rules
+
+    print_rules([(i.code, i.name + ("" if i.code in implemented else " (planned)"),
+                  i.severity.value, i.fix.value if i.fix else "-", i.summary) for i in chosen], out)
 
 
 RULE_PAGES = Path(__file__).resolve().parent.parent / "rules"
@@ -299,19 +370,19 @@ RULE_PAGES = Path(__file__).resolve().parent.parent / "rules"
 
 @app.command()
 def explain(code: Annotated[str, typer.Argument(help="A rule code (TA102) or name.")]) -> None:
-    """Show one rule's documentation page."""
-    from rich.markdown import Markdown
+    """Show one rule's documentation page (its Markdown when piped)."""
+    from trainaudit.report.catalogue import print_page
 
     info = lookup(code)
     if info is None:
         _fail(f"unknown rule {code!r}; `trainaudit rules` lists them")
     page = RULE_PAGES / f"{info.slug}.md"
     if page.is_file():
-        out.print(Markdown(page.read_text(encoding="utf-8")))
+        print_page(page.read_text(encoding="utf-8"), out)
     else:
         fix = info.fix.value if info.fix else "none"
-        out.print(Markdown(f"# {info.code} {info.name}\n\n{info.summary}.\n\n"
-                           f"Severity: {info.severity.value}. Fix: {fix}."))
+        print_page(f"# {info.code} {info.name}\n\n{info.summary}.\n\n"
+                   f"Severity: {info.severity.value}. Fix: {fix}.\n", out)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -177,9 +177,51 @@ def _read_table(path: Path) -> dict[str, Any] | None:
 _LIST_KEYS = {"select", "extend-select", "ignore", "exclude", "extend-exclude"}
 
 
+# Where a fix's generated lines must fit when the project's formatter does not say.
+DEFAULT_LINE_LENGTH = 88
+
+
+def project_line_length(start: Path) -> int:
+    """``line-length`` of ruff or black in the nearest ``pyproject.toml`` (``ruff.toml``)
+    at or above ``start``, else 88: generated code is written to fit it."""
+    directory = start.resolve()
+    if directory.is_file():
+        directory = directory.parent
+    for folder in (directory, *directory.parents):
+        for name, tables in (("ruff.toml", ((),)), (".ruff.toml", ((),)),
+                             ("pyproject.toml", (("tool", "ruff"), ("tool", "black")))):
+            candidate = folder / name
+            if not candidate.is_file():
+                continue
+            try:
+                data = tomllib.loads(candidate.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+                continue
+            for keys in tables:
+                table: Any = data
+                for key in keys:
+                    table = table.get(key) if isinstance(table, dict) else None
+                value = table.get("line-length") if isinstance(table, dict) else None
+                if type(value) is int and value > 0:
+                    return value
+            if name == "pyproject.toml":
+                return DEFAULT_LINE_LENGTH  # the project's root, which sets no length
+    return DEFAULT_LINE_LENGTH
+
+
 def load_config(path: Path | None, *, start: Path, rule_options: Mapping[str, Any],
                 no_config: bool = False) -> Config:
-    """Load the config file (explicit ``path`` or the nearest one) over the defaults."""
+    """Load the config file (explicit ``path`` or the nearest one) over the defaults; the
+    fixes also get the project's ``line-length`` (``project_line_length``)."""
+    config = _load_config(path, start=start, rule_options=rule_options, no_config=no_config)
+    if "line-length" in config.fix_options:
+        return config
+    length = project_line_length(config.source or start)
+    return replace(config, fix_options={**config.fix_options, "line-length": length})
+
+
+def _load_config(path: Path | None, *, start: Path, rule_options: Mapping[str, Any],
+                 no_config: bool = False) -> Config:
     defaults = Config(options=dict(rule_options), root=Path.cwd())
     if no_config:
         return defaults
@@ -220,10 +262,13 @@ def _from_table(table: Mapping[str, Any], file: Path, defaults: Config,
     pfi = table.get("per-file-ignores", {})
     if not isinstance(pfi, dict):
         raise ConfigError(f"{where}: `per-file-ignores` must be a table of glob = [codes]")
-    changes["per_file_ignores"] = {
-        str(glob): validate_selectors(codes if isinstance(codes, list) else [codes], where)
-        for glob, codes in pfi.items()
-    }
+    per_file: dict[str, tuple[str, ...]] = {}
+    for glob, codes in pfi.items():
+        listed = codes if isinstance(codes, list) else [codes]
+        if not all(isinstance(c, str) for c in listed):
+            raise ConfigError(f"{where}: `per-file-ignores` {glob!r} must be a code or a list of codes")
+        per_file[str(glob)] = validate_selectors(listed, f"{where}: per-file-ignores {glob!r}")
+    changes["per_file_ignores"] = per_file
     if "fail-on" in table:
         try:
             changes["fail_on"] = Severity.parse(str(table["fail-on"]))
@@ -236,11 +281,8 @@ def _from_table(table: Mapping[str, Any], file: Path, defaults: Config,
                 raise ConfigError(f"{where}: `{key}` must be true or false")
             changes[attr] = table[key]
     options = dict(rule_options)
-    for key in set(table) & set(rule_options):
-        default = rule_options[key]
-        if type(table[key]) is not type(default):
-            raise ConfigError(f"{where}: `{key}` must be a {type(default).__name__}")
-        options[key] = table[key]
+    for key in sorted(set(table) & set(rule_options)):
+        options[key] = _checked_option(key, table[key], rule_options[key], f"{where}: `{key}`")
     changes["options"] = options
     fix_table = table.get("fix", {})
     if not isinstance(fix_table, dict):
@@ -248,5 +290,32 @@ def _from_table(table: Mapping[str, Any], file: Path, defaults: Config,
     unknown_fix = sorted(set(fix_table) - set(DEFAULT_FIX_OPTIONS))
     if unknown_fix:
         raise ConfigError(f"{where}: unknown [fix] option(s): {', '.join(unknown_fix)}")
-    changes["fix_options"] = {**DEFAULT_FIX_OPTIONS, **fix_table}
+    changes["fix_options"] = {
+        **DEFAULT_FIX_OPTIONS,
+        **{key: _checked_option(key, value, DEFAULT_FIX_OPTIONS[key], f"{where}: [fix] `{key}`")
+           for key, value in sorted(fix_table.items())},
+    }
     return replace(defaults, **changes)
+
+
+# Limits of the options whose type alone does not say what is valid (rules and fixes
+# declare only defaults). An integer option not listed here takes any integer.
+POSITIVE_OPTIONS = frozenset({"min-effective-batch", "long-sequence-threshold",
+                              "accumulation-steps"})
+OPTION_CHOICES: dict[str, tuple[str, ...]] = {"autocast-dtype": ("bfloat16", "float16")}
+
+
+def _checked_option(key: str, value: Any, default: Any, where: str) -> Any:
+    """``value`` if it has the default's type and is in range; else a ConfigError that
+    starts with ``where`` (the file and the key)."""
+    kind = type(default)
+    names = {bool: "true or false", int: "an integer", str: "a string"}
+    # bool is an int to Python, and 8.0 is not a count: the exact type is required.
+    if type(value) is not kind:
+        raise ConfigError(f"{where} must be {names.get(kind, kind.__name__)} (got {value!r})")
+    if key in POSITIVE_OPTIONS and value < 1:
+        raise ConfigError(f"{where} must be an integer >= 1 (got {value!r})")
+    choices = OPTION_CHOICES.get(key)
+    if choices is not None and value not in choices:
+        raise ConfigError(f"{where} must be one of {', '.join(map(repr, choices))} (got {value!r})")
+    return value

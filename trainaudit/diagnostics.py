@@ -57,6 +57,7 @@ class Related:
     line: int
     column: int
     message: str
+    cell: int | None = None  # in a notebook: the cell, and ``line`` is within it
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,9 @@ class Finding:
     related: tuple[Related, ...] = ()
     fix_data: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
     payload: FixPayload | None = field(default=None, compare=False, hash=False)
+    # In a notebook (once placed for output): the cell, 1-based among all the notebook's
+    # cells, and ``span`` is within that cell.
+    cell: int | None = None
 
     @property
     def line(self) -> int:
@@ -88,8 +92,13 @@ class Finding:
     def column(self) -> int:
         return self.span.column
 
-    def sort_key(self) -> tuple[str, int, int, str]:
-        return (self.path, self.span.line, self.span.column, self.code)
+    @property
+    def location(self) -> str:
+        """The path as printed: ``train.py``, or ``train.ipynb:cell 3`` in a notebook."""
+        return self.path if self.cell is None else f"{self.path}:cell {self.cell}"
+
+    def sort_key(self) -> tuple[str, int, int, int, str]:
+        return (self.path, self.cell or 0, self.span.line, self.span.column, self.code)
 
     def with_severity(self, severity: Severity) -> Finding:
         return replace(self, severity=severity)

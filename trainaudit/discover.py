@@ -11,6 +11,9 @@ from pathlib import Path
 
 from trainaudit.config import DEFAULT_EXCLUDE, Config
 
+# What a folder walk checks: Python files and Jupyter notebooks.
+SOURCE_SUFFIXES = (".py", ".pyi", ".ipynb")
+
 
 @dataclass(frozen=True)
 class SourceFile:
@@ -18,6 +21,10 @@ class SourceFile:
 
     path: Path
     display: str
+    # Named on the command line (or stdin), not found by walking a folder: such a file is
+    # always parsed (a syntax error in it is reported even without training words), and
+    # it may lack the other files that cross-file findings need.
+    explicit: bool = False
 
 
 def display_path(path: Path) -> str:
@@ -77,20 +84,21 @@ def discover(paths: list[Path], config: Config) -> tuple[list[SourceFile], list[
     files: dict[str, SourceFile] = {}
     problems: list[str] = []
 
-    def add(path: Path, real: str | None = None, display: str | None = None) -> None:
+    def add(path: Path, real: str | None = None, display: str | None = None,
+            explicit: bool = False) -> None:
         try:
             real = real or os.path.realpath(path)
         except OSError:
             return
-        if real not in files:
-            files[real] = SourceFile(path, display or display_path(path))
+        if real not in files or explicit:
+            files[real] = SourceFile(path, display or display_path(path), explicit)
 
     for root in paths:
         if not root.exists():
             problems.append(f"{root}: no such file or directory")
             continue
         if root.is_file():
-            add(root)  # given explicitly: checked whatever its name or the excludes
+            add(root, explicit=True)  # checked whatever its name or the excludes
             continue
         ignores: list[_GitIgnore] = []
         if config.respect_gitignore:
@@ -153,7 +161,7 @@ def _walk(root: Path, config: Config, ignores: list[_GitIgnore],
             name = entry.name
             try:
                 is_dir = entry.is_dir()
-                is_file = not is_dir and name.endswith((".py", ".pyi")) and entry.is_file()
+                is_file = not is_dir and name.endswith(SOURCE_SUFFIXES) and entry.is_file()
             except OSError:
                 continue
             if not (is_dir or is_file):

@@ -29,6 +29,14 @@ from trainaudit.diagnostics import Finding, Span
 from trainaudit.discover import SourceFile
 from trainaudit.model.module import ModuleFacts, clear_walk_cache
 from trainaudit.model.project import ModuleSummary, Project
+from trainaudit.notebook import (
+    CellStarts,
+    Notebook,
+    NotebookError,
+    cell_starts,
+    in_cells,
+    is_notebook,
+)
 from trainaudit.registry import (
     SUMMARIZERS,
     Gate,
@@ -38,7 +46,13 @@ from trainaudit.registry import (
     applies_to_tests,
     load_rules,
 )
-from trainaudit.suppression import Suppressions, is_suppressed, parse_suppressions
+from trainaudit.suppression import (
+    SuppressionComment,
+    Suppressions,
+    parse_suppressions,
+    suppressing_line,
+    suppression_comments,
+)
 
 # Below this many files, processes cost more than they save.
 PARALLEL_THRESHOLD = 48
@@ -50,9 +64,14 @@ class FileResult:
 
     path: str
     checked: bool = False
+    parsed: bool = False  # the rules ran on it (it decoded and parsed)
     findings: list[Finding] = field(default_factory=list)
     summary: ModuleSummary | None = None
     suppressions: Suppressions = field(default_factory=dict)
+    # Directives with codes, where they are (read when TA002 is selected).
+    comments: tuple[SuppressionComment, ...] = ()
+    # A notebook's cells in the analysed source (see trainaudit/notebook.py).
+    cells: CellStarts = ()
     errors: list[str] = field(default_factory=list)
     cached: bool = False
     # Hash of the bytes analysed (set when ``Settings.hash_sources``); the cache's key.
@@ -100,6 +119,17 @@ def read_source(data: bytes) -> tuple[str, str]:
         raise DecodeError(f"cannot decode as {encoding}: {exc}") from None
 
 
+def source_of(display: str, data: bytes) -> str:
+    """The analysed source of a file's bytes: Python decoded with its PEP 263 encoding,
+    or a notebook's code cells (trainaudit/notebook.py)."""
+    if not is_notebook(display):
+        return read_source(data)[0]
+    try:
+        return Notebook.parse(data.decode("utf-8")).source
+    except (UnicodeDecodeError, NotebookError) as exc:
+        raise DecodeError(str(exc)) from None
+
+
 def module_name_for(display: str) -> tuple[str, bool]:
     """A dotted module name guessed from a path (``pkg/data/x.py`` → ``pkg.data.x``)."""
     parts = [p for p in PurePosixPath(display).parts if p not in ("/", ".")]
@@ -117,6 +147,39 @@ def _syntax_finding(path: str, message: str, line: int = 1, column: int = 1) -> 
     info = BY_CODE["TA001"]
     return Finding(info.code, info.name, info.severity, path,
                    Span(line, max(column, 1), line, max(column, 1)), message, None)
+
+
+def parse_or_report(path: str, text: str) -> ast.Module | Finding:
+    """The module's tree, or the TA001 finding that says why it does not parse."""
+    try:
+        return ast.parse(text, filename=path)
+    except SyntaxError as exc:
+        return _syntax_finding(path, f"syntax error: {exc.msg}", exc.lineno or 1, exc.offset or 1)
+    except (ValueError, RecursionError, MemoryError) as exc:
+        return _syntax_finding(path, f"cannot parse: {exc}")
+
+
+def syntax_check(file: SourceFile, text: str | None = None, digest: str | None = None
+                 ) -> FileResult:
+    """TA001 alone, for a file given explicitly that the prefilter skipped: a file named on
+    the command line that does not parse is reported whatever it contains. ``digest``
+    (the skipped result's) keeps the cache's phase-2 memo valid."""
+    result = FileResult(file.display, checked=True, digest=digest)
+    if text is None:
+        try:
+            text = source_of(file.display, file.path.read_bytes())
+        except OSError as exc:
+            result.errors.append(f"{file.display}: cannot read: {exc.strerror or exc}")
+            return result
+        except DecodeError as exc:
+            result.findings.append(_syntax_finding(file.display, f"file cannot be read: {exc}"))
+            return result
+    parsed = parse_or_report(file.display, text)
+    if isinstance(parsed, Finding):
+        result.findings.append(parsed)
+    # A file that parses had nothing for the rules: it counts as skipped, not checked.
+    result.checked = bool(result.findings)
+    return result
 
 
 class Analyzer:
@@ -187,7 +250,7 @@ class Analyzer:
         if readers is not None and not readers:
             return result
         try:
-            text, _ = read_source(data)
+            text = source_of(file.display, data)
         except DecodeError as exc:
             result.checked = True
             if "TA001" in self.settings.enabled:
@@ -200,17 +263,16 @@ class Analyzer:
         result = result or FileResult(file.display)
         result.checked = True
         result.suppressions = parse_suppressions(text)
-        try:
-            tree = ast.parse(text, filename=file.display)
-        except SyntaxError as exc:
+        if is_notebook(file.display):
+            result.cells = cell_starts(text)
+        if "TA002" in self.settings.enabled:
+            result.comments = suppression_comments(text)
+        tree = parse_or_report(file.display, text)
+        if isinstance(tree, Finding):
             if "TA001" in self.settings.enabled:
-                result.findings.append(_syntax_finding(
-                    file.display, f"syntax error: {exc.msg}", exc.lineno or 1, exc.offset or 1))
+                result.findings.append(tree)
             return result
-        except (ValueError, RecursionError, MemoryError) as exc:
-            if "TA001" in self.settings.enabled:
-                result.findings.append(_syntax_finding(file.display, f"cannot parse: {exc}"))
-            return result
+        result.parsed = True
         name, is_package = module_name_for(file.display)
         module = ModuleFacts(file.display, name, text, tree, is_package)
         for rule in self.module_rules:
@@ -353,14 +415,43 @@ def settings_for(config: Config) -> Settings:
     return Settings(config.enabled_codes(), dict(config.options), prefilter=prefilter)
 
 
+def _unused_suppressions(files: Sequence[SourceFile], by_path: Mapping[str, FileResult],
+                         used: Mapping[str, set[tuple[int, str]]], settings: Settings,
+                         ignored: Callable[[str, str], bool]) -> list[Finding]:
+    """TA002 over the files that parsed (rules/suppression.py says which codes it judges)."""
+    from trainaudit.rules.suppression import unused_suppressions
+
+    rules = load_rules()
+    found: list[Finding] = []
+    for file in files:
+        result = by_path.get(file.display)
+        if result is None or not result.parsed or not result.comments:
+            continue
+        path = file.display
+
+        def judged(code: str, path: str = path, walked: bool = not file.explicit) -> bool:
+            rule = rules.get(code)
+            return (rule is not None and code != "TA002" and code in settings.enabled
+                    and not ignored(code, path) and (walked or issubclass(rule, ModuleRule)))
+
+        found += [f for f in unused_suppressions(path, result.comments, used.get(path, set()),
+                                                 judged)
+                  if not ignored("TA002", path)
+                  and suppressing_line("TA002", (f.line,), result.suppressions) is None]
+    return found
+
+
 def check_files(files: Sequence[SourceFile], config: Config, *,
                 overlay: Mapping[str, str] | None = None, jobs: int | None = None,
                 progress: Callable[[int], None] | None = None,
                 analyse: Callable[..., list[FileResult]] | None = None,
-                project: ProjectPhase | None = None) -> CheckResult:
+                project: ProjectPhase | None = None, place_in_cells: bool = True
+                ) -> CheckResult:
     """Check files and return the findings that survive selection and suppression.
 
     ``analyse`` replaces phase 1 and ``project`` phase 2 (the cache passes both).
+    Findings in notebooks are placed in their cells unless ``place_in_cells`` is false
+    (the fixer works on the analysed source's lines).
     """
     started = time.perf_counter()
     settings = settings_for(config)
@@ -369,28 +460,42 @@ def check_files(files: Sequence[SourceFile], config: Config, *,
     with _fewer_collections():
         results: list[FileResult] = run(files, settings, overlay=overlay, jobs=jobs,
                                         progress=progress)
+        if "TA001" in settings.enabled:
+            results = [syntax_check(file, (overlay or {}).get(file.display), result.digest)
+                       if file.explicit and not result.checked else result
+                       for file, result in zip(files, results, strict=True)]
         project_findings, errors = (project or run_project_rules)(results, settings)
     by_path = {r.path: r for r in results}
     ignored: dict[str, tuple[str, ...]] = {}
+
+    def ignored_here(code: str, path: str) -> bool:
+        if path not in ignored:
+            ignored[path] = config.ignored_for(path)
+        return any(code.startswith(c) for c in ignored[path])
+
     tests: dict[str, bool] = {}
+    used: dict[str, set[tuple[int, str]]] = {}  # path -> (line of the comment, code)
     findings: list[Finding] = []
     for finding in [f for r in results for f in r.findings] + project_findings:
-        if finding.code not in settings.enabled:
+        if finding.code not in settings.enabled or ignored_here(finding.code, finding.path):
             continue
         if not config.check_tests and not applies_to_tests(finding.code):
             if finding.path not in tests:
                 tests[finding.path] = is_test_path(finding.path)
             if tests[finding.path]:
                 continue
-        if finding.path not in ignored:
-            ignored[finding.path] = config.ignored_for(finding.path)
-        if any(finding.code.startswith(c) for c in ignored[finding.path]):
-            continue
         owner = by_path.get(finding.path)
         lines = (finding.span.line, finding.span.end_line)
-        if owner is not None and is_suppressed(finding.code, lines, owner.suppressions):
+        line = suppressing_line(finding.code, lines, owner.suppressions) if owner else None
+        if line is not None:
+            used.setdefault(finding.path, set()).add((line, finding.code))
             continue
         findings.append(finding)
+    if "TA002" in settings.enabled:
+        findings += _unused_suppressions(files, by_path, used, settings, ignored_here)
+    if place_in_cells and any(r.cells for r in results):
+        findings = [in_cells(f, lambda path: by_path[path].cells if path in by_path else ())
+                    for f in findings]
     findings = sorted(set(findings), key=Finding.sort_key)
     return CheckResult(
         findings=findings,

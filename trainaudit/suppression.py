@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import re
+import tokenize
+from dataclasses import dataclass
 
 # Codes may be separated by commas and/or spaces; no codes means "everything".
 _PATTERN = re.compile(
@@ -34,11 +37,64 @@ def parse_suppressions(source: str) -> Suppressions:
     return result
 
 
-def is_suppressed(code: str, lines: tuple[int, ...], suppressions: Suppressions) -> bool:
-    """Whether a comment on any of ``lines`` suppresses ``code``."""
+def suppressing_line(code: str, lines: tuple[int, ...], suppressions: Suppressions) -> int | None:
+    """The line of the comment that suppresses ``code`` on one of ``lines``, if any."""
     for line in lines:
         if line in suppressions:
             codes = suppressions[line]
             if codes is None or code in codes:
-                return True
-    return False
+                return line
+    return None
+
+
+# A directive with codes, exactly as far as its last code (for TA002, which rewrites it).
+_DIRECTIVE = re.compile(
+    r"#\s*(?:(?P<tool>trainaudit)\s*:\s*ignore\[(?P<bracket>[^\]]*)\]"
+    r"|noqa\s*:\s*(?P<noqa>[A-Z]+[0-9]+(?:[,\s]+[A-Z]+[0-9]+)*))",
+    re.IGNORECASE,
+)
+
+
+@dataclass(frozen=True)
+class SuppressionComment:
+    """One suppression directive that names codes, where it is in the file."""
+
+    line: int
+    column: int      # 1-based, the directive's ``#``
+    end_column: int  # 1-based, just past its last code (or ``]``)
+    text: str        # the directive as written
+    trainaudit: bool  # the trainaudit spelling, else the noqa one
+    codes: tuple[str, ...]  # every code it lists, upper-case, ours or not
+    starts_comment: bool  # its ``#`` begins the comment (text may follow it)
+
+
+def suppression_comments(source: str) -> tuple[SuppressionComment, ...]:
+    """Directives with codes in real comments (not in strings); () if it does not tokenize."""
+    if "noqa" not in source and "trainaudit" not in source:
+        return ()
+    found: list[SuppressionComment] = []
+    try:
+        for token in tokenize.generate_tokens(io.StringIO(source).readline):
+            if token.type != tokenize.COMMENT:
+                continue
+            for match in _DIRECTIVE.finditer(token.string):
+                listed = match.group("bracket") if match.group("tool") else match.group("noqa")
+                codes = tuple(c.upper() for c in _CODE.findall(listed or ""))
+                if codes:
+                    row, col = token.start
+                    found.append(SuppressionComment(
+                        row, col + match.start() + 1, col + match.end() + 1, match.group(0),
+                        bool(match.group("tool")), codes, match.start() == 0))
+    except (tokenize.TokenError, SyntaxError):
+        return ()
+    return tuple(found)
+
+
+def without_codes(comment: SuppressionComment, dropped: frozenset[str]) -> str:
+    """The directive with ``dropped`` removed from its codes; "" when none is left."""
+    kept = [c for c in comment.codes if c not in dropped]
+    if not kept:
+        return ""
+    if comment.trainaudit:
+        return f"# trainaudit: ignore[{', '.join(kept)}]"
+    return f"# noqa: {', '.join(kept)}"

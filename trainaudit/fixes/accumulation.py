@@ -23,10 +23,13 @@ import libcst as cst
 
 from trainaudit.diagnostics import Finding
 from trainaudit.fixes import FixResult, fixer
-from trainaudit.fixes.cst import Located, code_of
+from trainaudit.fixes.cst import Located, code_of, fit_new_lines, line_length
 
 WINDOWS_HELPER = '''def accumulation_windows(iterable, size):
-    """Group micro-batches into lists of `size` (gradient accumulation); the last may be shorter."""
+    """Group micro-batches into lists of `size` (gradient accumulation).
+
+    The last list may be shorter.
+    """
     window = []
     for item in iterable:
         window.append(item)
@@ -754,7 +757,13 @@ def add_accumulation(source: str, finding: Finding, steps: int) -> FixResult | N
         seeds = _target_names(loop.target.elements[1].value)
     start, end = _inner_range(stmts, anchor, seeds)
     hoisted = [i for i in range(start, end + 1) if only_call(stmts[i], "zero_grad")]
-    is_for = isinstance(loop, cst.For)
+    # What the loop bound counts is kept. A loop over data (or over indices the micro-step
+    # reads) counts micro-batches: it is cut into windows. A counter loop (``range(max_iters)``
+    # whose index the micro-step ignores) or a ``while`` counts optimizer steps: each step
+    # runs the micro-step ``k`` times.
+    counter = isinstance(loop, cst.For) and _is_range(loop.iter) and not any(
+        names(stmts[i]).used & _target_names(loop.target) for i in range(start, end + 1))
+    is_for = isinstance(loop, cst.For) and not counter
     divisor = f"len({window})" if is_for else setting
     if helper is None:
         edits.rewrite[backward] = lambda call: divide_backward(call, divisor)
@@ -763,18 +772,25 @@ def add_accumulation(source: str, finding: Finding, steps: int) -> FixResult | N
         edits.rewrite[helper_call] = _chain(edits.rewrite.get(helper_call), lambda call: add_keywords(
             call, [("accumulation_steps", divisor), ("sync_gradients", "sync_gradients")]))
 
+    mean = _window_mean(stmts, anchor, end, backward, helper_call, taken, divisor)
+
     def rewrite_loop(updated: cst.For | cst.While) -> cst.BaseStatement:
         body: list[Any] = list(updated.body.body)
         inner = [body[i] for i in range(start, end + 1) if i not in hoisted]
         lifted = [body[i] for i in hoisted]
         inner, leading = first_without_leading_lines(inner)
+        if mean is not None:  # what is logged after the step is the window's mean loss
+            name, total, add = mean
+            lifted.append(statement(f"{total} = 0.0\n"))
+            inner.append(statement(add))
+            body[end + 1:] = [_renamed(s, name, total) for s in body[end + 1:]]
         if helper is not None:
             inner = [statement(f"sync_gradients = {sync}\n"), *inner]
         if ddp and model is not None:
             sync_expr = "sync_gradients" if helper is not None else sync
             split = 1 if helper is not None else 0
             inner = [*inner[:split], _no_sync_statement(model, sync_expr, inner[split:])]
-        if isinstance(updated, cst.For):
+        if isinstance(updated, cst.For) and is_for:
             outer_iter, outer_target, inner_target, inner_iter = _split_for(updated, window, micro)
             outer_iter = _replace_steps(outer_iter, setting)
             micro_loop: cst.BaseStatement = cst.For(target=inner_target, iter=inner_iter,
@@ -796,7 +812,57 @@ def add_accumulation(source: str, finding: Finding, steps: int) -> FixResult | N
     if ddp and model is not None:
         ensure_import(edits, module, "contextlib")
     fixed = edits.apply(module).code
-    return FixResult(fixed, [f"accumulate `{setting}` micro-batches per optimizer step ({note})", *notes])
+    bound = code_of(loop.iter) if isinstance(loop, cst.For) else code_of(loop.test)
+    if is_for:
+        meaning = (f"the loop bound `{bound}` counts micro-batches and still takes each once: "
+                   f"it now makes 1/{setting} as many optimizer steps (a last, shorter window "
+                   "is stepped too)")
+    else:
+        meaning = (f"the loop bound `{bound}` counts optimizer steps and still does: each step "
+                   f"now takes `{setting}` micro-batches, so the run reads `{setting}` times the data")
+    if mean is not None:
+        notes.append(f"`{mean[0]}` after the step is now the window's mean loss `{mean[1]}`")
+    return FixResult(fixed, [f"accumulate `{setting}` micro-batches per optimizer step ({note})",
+                             meaning, *notes])
+
+
+def _is_range(iterable: cst.BaseExpression) -> bool:
+    return (isinstance(iterable, cst.Call) and isinstance(iterable.func, cst.Name)
+            and iterable.func.value == "range")
+
+
+def _window_mean(stmts: Sequence[cst.BaseStatement], anchor: int, end: int, backward: cst.Call,
+                 helper_call: cst.Call | None, taken: set[str], divisor: str
+                 ) -> tuple[str, str, str] | None:
+    """(loss name, total name, statement adding to it) when the loss of a micro-step is read
+    after the step (logged, returned): it then reads the mean over the window instead of
+    the last micro-batch's loss. None when nothing reads it there."""
+    if helper_call is not None:  # ``loss = train_step(...)``: the helper's return value
+        anchor_stmt = stmts[anchor]
+        small = anchor_stmt.body[0] if isinstance(anchor_stmt, cst.SimpleStatementLine) else None
+        if not (isinstance(small, cst.Assign) and len(small.targets) == 1
+                and isinstance(small.targets[0].target, cst.Name)):
+            return None
+        loss, value = small.targets[0].target.value, f"{small.targets[0].target.value}"
+    else:
+        receiver = backward.func.value if isinstance(backward.func, cst.Attribute) else None
+        if not isinstance(receiver, cst.Name):
+            return None
+        loss, value = receiver.value, f"{receiver.value}.detach()"
+    after = stmts[end + 1:]
+    if not any(loss in names(s).used for s in after) or any(loss in names(s).assigned for s in after):
+        return None
+    total = fresh_name(taken, "window_loss", "mean_loss")
+    return loss, total, f"{total} += {value} / {divisor}\n"
+
+
+def _renamed(stmt: cst.CSTNode, old: str, new: str) -> Any:
+    """A statement with every read of the name ``old`` reading ``new``."""
+    class Rename(cst.CSTTransformer):
+        def leave_Name(self, original_node: cst.Name, updated_node: cst.Name) -> cst.Name:
+            return updated_node.with_changes(value=new) if updated_node.value == old else updated_node
+
+    return stmt.visit(Rename())
 
 
 _PER_STEP = re.compile(r"per_(step|iter|update|optimizer_step)s?$")
@@ -850,6 +916,7 @@ def fix_no_accumulation(source: str, findings: Sequence[Finding], options: Mappi
     for finding in findings:
         result = add_accumulation(source, finding, steps)
         if result is not None:
+            result.source = fit_new_lines(result.source, source, line_length(options))
             return result
     return FixResult(source)
 

@@ -7,15 +7,31 @@ import difflib
 import os
 import tempfile
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from trainaudit.config import Config
 from trainaudit.diagnostics import Finding, FixClass
 from trainaudit.discover import SourceFile
-from trainaudit.engine import CheckResult, DecodeError, check_files, read_source
+from trainaudit.engine import (
+    CheckResult,
+    DecodeError,
+    FileResult,
+    ProjectPhase,
+    check_files,
+    read_source,
+    source_of,
+)
 from trainaudit.fixes import fix_priority, load_fixers
+from trainaudit.notebook import (
+    CellStarts,
+    Notebook,
+    cell_note,
+    cell_starts,
+    in_cells,
+    is_notebook,
+)
 
 MAX_ROUNDS = 12
 
@@ -29,11 +45,22 @@ class FileChange:
     encoding: str
     fixed: str
     notes: list[str] = field(default_factory=list)
+    # A notebook's JSON text as read; ``original`` and ``fixed`` are analysed sources.
+    notebook: str | None = None
 
     def diff(self) -> str:
+        if self.notebook is not None:
+            return Notebook.parse(self.notebook).cell_diff(self.file.display, self.original,
+                                                           self.fixed)
         return "".join(difflib.unified_diff(
             self.original.splitlines(keepends=True), self.fixed.splitlines(keepends=True),
             fromfile=f"a/{self.file.display}", tofile=f"b/{self.file.display}"))
+
+    def output(self) -> str:
+        """The fixed file's text: the source, or the notebook with its cells fixed."""
+        if self.notebook is None:
+            return self.fixed
+        return Notebook.parse(self.notebook).with_source(self.fixed)
 
 
 @dataclass
@@ -51,8 +78,13 @@ def allowed_classes(unsafe_fixes: bool) -> frozenset[FixClass]:
 
 
 def fix_files(files: Sequence[SourceFile], config: Config, *, unsafe_fixes: bool,
-              overlay: Mapping[str, str] | None = None) -> FixRun:
-    """Apply fixes in rounds (one rule code per file per round), re-checking after each."""
+              overlay: Mapping[str, str] | None = None,
+              analyse: Callable[..., list[FileResult]] | None = None,
+              project: ProjectPhase | None = None) -> FixRun:
+    """Apply fixes in rounds (one rule code per file per round), re-checking after each.
+
+    ``analyse`` and ``project`` (the cache's phases) serve the first check only: later
+    rounds check edited text, which is not on disk."""
     fixers = load_fixers()
     allowed = allowed_classes(unsafe_fixes)
     by_display = {f.display: f for f in files}
@@ -62,11 +94,18 @@ def fix_files(files: Sequence[SourceFile], config: Config, *, unsafe_fixes: bool
     errors: list[str] = []
     failed: set[tuple[str, str]] = set()
 
+    notebooks: dict[str, str] = {}  # display -> the notebook's JSON text
+
     def load(display: str) -> str | None:
         if display not in texts:
             try:
-                texts[display], encoding = read_source(by_display[display].path.read_bytes())
-            except (OSError, DecodeError) as exc:
+                data = by_display[display].path.read_bytes()
+                if is_notebook(display):
+                    notebooks[display] = data.decode("utf-8")
+                    texts[display], encoding = source_of(display, data), "utf-8"
+                else:
+                    texts[display], encoding = read_source(data)
+            except (OSError, DecodeError, UnicodeDecodeError) as exc:
                 errors.append(f"{display}: cannot read: {exc}")
                 return None
             originals[display] = (texts[display], encoding)
@@ -74,7 +113,8 @@ def fix_files(files: Sequence[SourceFile], config: Config, *, unsafe_fixes: bool
             originals[display] = (texts[display], "utf-8")
         return texts[display]
 
-    result = check_files(files, config, overlay=texts)
+    result = check_files(files, config, overlay=texts, analyse=analyse, project=project,
+                         place_in_cells=False)
     for _ in range(MAX_ROUNDS):
         todo: dict[str, list[Finding]] = defaultdict(list)
         for finding in result.findings:
@@ -103,23 +143,56 @@ def fix_files(files: Sequence[SourceFile], config: Config, *, unsafe_fixes: bool
                               f"({exc.msg}, line {exc.lineno}); not applied")
                 failed.add((display, code))
                 continue
+            if display in notebooks and _cells(outcome.source) != _cells(source):
+                errors.append(f"{display}: fix {code} moved code across notebook cells; "
+                              "not applied")
+                failed.add((display, code))
+                continue
+            if display in notebooks:  # say where in the notebook, as findings do
+                starts = cell_starts(source)
+                outcome.notes = [cell_note(n, starts) for n in outcome.notes]
             texts[display] = outcome.source
             notes[display].extend(f"{code}: {n}" for n in outcome.notes)
             changed = True
         if not changed:
             break
-        result = check_files(files, config, overlay=texts)
+        result = check_files(files, config, overlay=texts, place_in_cells=False)
     changes = [
-        FileChange(by_display[d], originals[d][0], originals[d][1], texts[d], notes[d])
+        FileChange(by_display[d], originals[d][0], originals[d][1], texts[d], notes[d],
+                   notebooks.get(d))
         for d in sorted(originals) if texts[d] != originals[d][0]
     ]
-    return FixRun(changes, result, errors)
+    return FixRun(changes, _placed_in_cells(result, by_display, texts), errors)
+
+
+def _cells(source: str) -> list[int]:
+    return [number for _, number in cell_starts(source)]
+
+
+def _placed_in_cells(result: CheckResult, files: Mapping[str, SourceFile],
+                     texts: Mapping[str, str]) -> CheckResult:
+    """The remaining findings with notebook positions in cells (as ``check`` prints them)."""
+    if not any(is_notebook(f.path) for f in result.findings):
+        return result
+
+    def starts_of(path: str) -> CellStarts:
+        if not is_notebook(path) or path not in files:
+            return ()
+        try:
+            source = texts.get(path) or source_of(path, files[path].path.read_bytes())
+        except (OSError, DecodeError):
+            return ()
+        return cell_starts(source)
+
+    result.findings = sorted((in_cells(f, starts_of) for f in result.findings),
+                             key=Finding.sort_key)
+    return result
 
 
 def write_atomically(change: FileChange) -> None:
     """Replace the file in one step, keeping its encoding, line endings and mode."""
     path = Path(os.path.realpath(change.file.path))  # a symlink keeps pointing at the fixed file
-    data = change.fixed.encode(change.encoding)
+    data = change.output().encode(change.encoding)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".trainaudit", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import libcst as cst
 from libcst.metadata import CodeRange, MetadataWrapper, ParentNodeProvider, PositionProvider
@@ -49,3 +50,93 @@ def code_of(node: cst.CSTNode) -> str:
 
 def findings_for(findings: Sequence[Finding], code: str) -> list[Finding]:
     return [f for f in findings if f.code == code]
+
+
+def fitted_call(func: str, args: Sequence[str], *, column: int, limit: int,
+                prefix: str = "", suffix: str = "", tail: int = 0) -> str:
+    """``prefix func(args) suffix`` as black would lay it out in ``limit`` columns when it
+    starts at ``column``: on one line if it fits, else the arguments on one indented line,
+    else one per line. Continuation lines are indented relative to the statement (LibCST
+    adds the block's own indentation)."""
+    one = f"{prefix}{func}({', '.join(args)}){suffix}"
+    if column + len(one) + tail <= limit or not args:
+        return one
+    joined = ", ".join(args)
+    if column + 4 + len(joined) <= limit:
+        return f"{prefix}{func}(\n    {joined}\n){suffix}"
+    return f"{prefix}{func}(\n" + "".join(f"    {a},\n" for a in args) + f"){suffix}"
+
+
+def line_length(options: Mapping[str, Any]) -> int:
+    """The project's line length (config.project_line_length), 88 when not given."""
+    value = options.get("line-length", 88)
+    return value if isinstance(value, int) and value > 0 else 88
+
+
+def fit_new_lines(source: str, original: str, limit: int) -> str:
+    """Lay out, as black would, what a fix wrote on lines longer than ``limit`` that were
+    not in ``original``: per line, its outermost call (arguments wrapped), conditional
+    expression (one clause a line, in parentheses) or function header (parameters)."""
+    old = set(original.splitlines())
+    lines = source.splitlines()
+    if all(len(line) <= limit or line in old for line in lines):
+        return source
+    wrapper = MetadataWrapper(cst.parse_module(source))
+    positions = wrapper.resolve(PositionProvider)
+    outermost: dict[int, cst.CSTNode] = {}
+    for node, pos in positions.items():
+        line = lines[pos.start.line - 1]
+        if (not isinstance(node, cst.Call | cst.IfExp | cst.FunctionDef) or len(line) <= limit
+                or line in old or (pos.start.line != pos.end.line
+                                   and not isinstance(node, cst.FunctionDef))):
+            continue
+        best = outermost.get(pos.start.line)
+        if best is None or _width(positions[best]) < _width(pos):
+            outermost[pos.start.line] = node
+    layouts: dict[cst.CSTNode, Callable[[Any], cst.CSTNode]] = {}
+    for number, node in outermost.items():
+        pos = positions[node]
+        if isinstance(node, cst.FunctionDef):
+            plain = node.params.with_changes(params=())
+            if plain.deep_equals(cst.Parameters()) and node.returns is None:
+                params = [code_of(p.with_changes(comma=cst.MaybeSentinel.DEFAULT))
+                          for p in node.params.params]
+                header = fitted_call(f"def {node.name.value}", params, column=pos.start.column,
+                                     limit=limit, suffix=":")
+                parsed = cst.parse_statement(header + "\n    pass\n")
+                assert isinstance(parsed, cst.FunctionDef)
+                layouts[node] = _header_from(parsed)
+            continue
+        tail = len(lines[number - 1]) - pos.end.column
+        if isinstance(node, cst.Call):
+            args = [code_of(a.with_changes(comma=cst.MaybeSentinel.DEFAULT)) for a in node.args]
+            text = fitted_call(code_of(node.func), args, column=pos.start.column, limit=limit,
+                               tail=tail)
+        else:
+            assert isinstance(node, cst.IfExp)
+            text = (f"(\n    {code_of(node.body)}\n    if {code_of(node.test)}\n"
+                    f"    else {code_of(node.orelse)}\n)")
+        if "\n" in text:
+            layouts[node] = _replaced_by(cst.parse_expression(text))
+
+    class Layout(cst.CSTTransformer):
+        def on_leave(self, original_node: cst.CSTNode, updated_node: cst.CSTNode) -> Any:
+            layout = layouts.get(original_node)
+            return updated_node if layout is None else layout(updated_node)
+
+    return wrapper.module.visit(Layout()).code if layouts else source
+
+
+def _header_from(parsed: cst.FunctionDef) -> Callable[[Any], cst.CSTNode]:
+    def layout(fn: Any) -> cst.CSTNode:
+        return fn.with_changes(params=parsed.params,  # type: ignore[no-any-return]
+                               whitespace_before_params=parsed.whitespace_before_params)
+    return layout
+
+
+def _replaced_by(new: cst.CSTNode) -> Callable[[Any], cst.CSTNode]:
+    return lambda _: new
+
+
+def _width(pos: CodeRange) -> tuple[int, int]:
+    return (pos.end.line - pos.start.line, pos.end.column - pos.start.column)

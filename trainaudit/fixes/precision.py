@@ -24,7 +24,7 @@ import libcst as cst
 
 from trainaudit.diagnostics import Finding
 from trainaudit.fixes import FixResult, fixer
-from trainaudit.fixes.cst import Located, code_of
+from trainaudit.fixes.cst import Located, code_of, fitted_call, line_length
 from trainaudit.fixes.toolkit import (
     Edits,
     append_args,
@@ -271,10 +271,19 @@ def fix_no_mixed_precision(source: str, findings: Sequence[Finding],
             end += 1
         torch_name = data.torch_name
         device = data.device_type
-        enabled = f", enabled={device} == \"cuda\"" if dtype == "float16" else ""
-        context = cst.parse_expression(
-            f"{torch_name}.autocast(device_type={device}, dtype={torch_name}.{dtype}{enabled})")
+        literal = device[:1] in ("'", '"')
+        if literal and (device.strip("'\"") != "cuda" or not uses_cuda(source)):
+            notes.append(f"line {finding.line}: not fixed: the script never uses a GPU, and "
+                         "autocast on a CPU is emulated (slower) or off")
+            continue
+        arguments = [f"device_type={device}", f"dtype={torch_name}.{dtype}"]
+        if not literal:  # the script picks its device: autocast only where it runs on CUDA
+            arguments.append(f'enabled={device} == "cuda"')
         head = body[start]
+        laid_out = fitted_call(f"{torch_name}.autocast", arguments, prefix="with ", suffix=":",
+                               column=located.range(head).start.column,
+                               limit=line_length(options))
+        context = cst.parse_expression(laid_out[len("with "):-1])
         assert isinstance(head, cst.SimpleStatementLine | cst.BaseCompoundStatement)
         wrapped = [head.with_changes(leading_lines=()), *body[start + 1 : end + 1]]
         block = cst.With(items=[cst.WithItem(context)], body=cst.IndentedBlock(body=wrapped),
@@ -283,13 +292,26 @@ def fix_no_mixed_precision(source: str, findings: Sequence[Finding],
         edits.remove |= set(body[start + 1 : end + 1])
         add_import = add_import or data.add_import
         notes.append(f"line {finding.line}: forward and loss run under "
-                     f"torch.autocast(device_type={device}, dtype=torch.{dtype})")
+                     f"torch.autocast({', '.join(arguments)})")
     if edits.empty:
         return FixResult(source)
     module = edits.apply(located.module)
     if add_import:
         module = ensure_import(module, "import torch", "torch")
     return FixResult(module.code, notes)
+
+
+def uses_cuda(source: str) -> bool:
+    """Whether a script names CUDA anywhere (``"cuda"``, ``.cuda()``, ``torch.cuda``): a
+    script that never does runs on the CPU, where a ``"cuda"`` autocast is a no-op."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return False
+    return any((isinstance(node, ast.Constant) and isinstance(node.value, str)
+                and node.value.startswith("cuda"))
+               or (isinstance(node, ast.Attribute) and node.attr == "cuda")
+               for node in ast.walk(tree))
 
 
 # -- TA303: unscale before clipping ---------------------------------------------------------

@@ -15,11 +15,13 @@ from trainaudit.engine import CheckResult
 def finding_to_json(finding: Finding) -> dict[str, Any]:
     """One finding in the SPEC §3 shape."""
     span = finding.span
+    cell = {} if finding.cell is None else {"cell": finding.cell}  # notebooks only
     return {
         "code": finding.code,
         "name": finding.name,
         "severity": finding.severity.value,
         "path": finding.path,
+        **cell,
         "line": span.line,
         "column": span.column,
         "end_line": span.end_line,
@@ -27,7 +29,8 @@ def finding_to_json(finding: Finding) -> dict[str, Any]:
         "message": finding.message,
         "fix": finding.fix.value if finding.fix else None,
         "related": [
-            {"path": r.path, "line": r.line, "column": r.column, "message": r.message}
+            {"path": r.path, **({} if r.cell is None else {"cell": r.cell}), "line": r.line,
+             "column": r.column, "message": r.message}
             for r in finding.related
         ],
     }
@@ -63,9 +66,15 @@ def render_github(result: CheckResult) -> str:
     for f in result.findings:
         props = (f"file={_escape_property(f.path)},line={f.span.line},col={f.span.column},"
                  f"endLine={f.span.end_line},endColumn={f.span.end_column},"
-                 f"title={_escape_property(f'{f.code} {f.name}')}")
+                 f"title={_escape_property(f'{f.code} {f.name}' + _in_cell(f))}")
         lines.append(f"::{_GITHUB_LEVEL[f.severity]} {props}::{_escape_data(f'{f.code} {f.message}')}")
     return "\n".join(lines)
+
+
+def _in_cell(finding: Finding) -> str:
+    """Annotations and SARIF regions count lines in the file; in a notebook they count
+    within the cell this names."""
+    return "" if finding.cell is None else f" (cell {finding.cell})"
 
 
 _SARIF_LEVEL = {Severity.ERROR: "error", Severity.WARNING: "warning", Severity.INFO: "note"}
@@ -96,7 +105,7 @@ def render_sarif(result: CheckResult) -> str:
             "ruleId": f.code,
             "ruleIndex": rule_index[f.code],
             "level": _SARIF_LEVEL[f.severity],
-            "message": {"text": f.message},
+            "message": {"text": f.message + _in_cell(f)},
             "locations": [_location(f.path, f.span.line, f.span.column,
                                     f.span.end_line, f.span.end_column)],
         }

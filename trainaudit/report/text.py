@@ -12,18 +12,33 @@ from rich.table import Table
 from trainaudit.catalogue import BY_CODE
 from trainaudit.diagnostics import FixClass, Severity
 from trainaudit.engine import CheckResult
+from trainaudit.notebook import notebook_cell_lines
 
 _STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
 
 
-def _source_line(path: str, line: int, cache: dict[str, list[str]]) -> str | None:
+def _source_line(path: str, cell: int | None, line: int, cache: dict[str, list[str]]
+                 ) -> str | None:
     if path not in cache:
         try:
             cache[path] = Path(path).read_text(encoding="utf-8", errors="replace").splitlines()
         except OSError:
             cache[path] = []
+    if cell is not None:  # the cell's lines, as the finding counts them
+        key = f"{path}:cell {cell}"
+        if key not in cache:
+            cache[key] = notebook_cell_lines("\n".join(cache[path]), cell)
+        path = key
     lines = cache[path]
-    return lines[line - 1] if 0 < line <= len(lines) else None
+    text = lines[line - 1] if 0 < line <= len(lines) else None
+    return text if text is not None and _printable(text) else None
+
+
+def _printable(text: str) -> bool:
+    """Whether a line is text a terminal can show: binary content (control bytes, bytes
+    that did not decode) is never printed in a frame."""
+    return "\ufffd" not in text and not any(
+        (ord(c) < 32 and c != "\t") or 0x7F <= ord(c) < 0xA0 for c in text)
 
 
 def render_text(result: CheckResult, console: Console, *, quiet: bool = False,
@@ -34,11 +49,11 @@ def render_text(result: CheckResult, console: Console, *, quiet: bool = False,
     for f in result.findings:
         style = _STYLE[f.severity]
         console.print(
-            f"[bold]{escape(f.path)}[/]:{f.line}:{f.column}: [{style}]{f.code}[/] "
+            f"[bold]{escape(f.location)}[/]:{f.line}:{f.column}: [{style}]{f.code}[/] "
             f"[dim]\\[{f.severity.value}][/] {escape(f.message)}", highlight=False, soft_wrap=True)
         if quiet:
             continue
-        text = _source_line(f.path, f.line, cache)
+        text = _source_line(f.path, f.cell, f.line, cache)
         if text is not None:
             gutter = f"{f.line:>5} | "
             console.print(f"[dim]{gutter}[/]{escape(text.rstrip())}", highlight=False, soft_wrap=True)
@@ -46,7 +61,8 @@ def render_text(result: CheckResult, console: Console, *, quiet: bool = False,
             console.print(" " * (len(gutter) - 2) + "| " + " " * (f.column - 1)
                           + f"[{style}]" + "^" * max(1, width) + "[/]", highlight=False)
         for rel in f.related:
-            console.print(f"      [dim]= related:[/] {escape(rel.path)}:{rel.line}:{rel.column}: "
+            where = rel.path if rel.cell is None else f"{rel.path}:cell {rel.cell}"
+            console.print(f"      [dim]= related:[/] {escape(where)}:{rel.line}:{rel.column}: "
                           f"{escape(rel.message)}", highlight=False, soft_wrap=True)
         if f.fix is not None:
             how = "--apply --unsafe-fixes" if f.fix is FixClass.FEATURE else "--apply"
