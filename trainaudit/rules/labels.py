@@ -109,12 +109,13 @@ class DoubleLabelShift(_LabelRule):
             producer = first.first.producer
             assert producer is not None
             every = analysis.producer_readings(site)
-            how = ("the model shifts again internally" if first.second is None
+            internal = first.second is None or first.second.internal
+            how = ("the model shifts again internally" if internal or first.second is None
                    else f"the loss shifts again (`{first.second.site.text}`)")
             loss = first.reading.site
             related = _trail(first.reading)
             for shift in shifts[:5]:
-                if shift.second is not None:
+                if shift.second is not None and not shift.second.internal:
                     related.append(_related(shift.second.site, "second shift here"))
                 else:
                     related.append(_related(shift.reading.site, "the model shifts the labels "

@@ -140,7 +140,9 @@ def call(interp: Interpreter, qualname: str, args: list[Value], kwargs: dict[str
         return Loader(dataset, kwargs.get("collate_fn"), site, node)
     if qualname in SPLITS:
         dataset = _arg(args, kwargs, 0, "dataset") or UNKNOWN
-        return ListOf(dataset) if short == "random_split" else dataset
+        if short == "random_split":  # each part yields the data set's items
+            return Record("list", tuple((i, dataset) for i in range(4)))
+        return dataset
     if qualname == "functools.partial" and args:
         return Partial(args[0], tuple(args[1:]), tuple(sorted(kwargs.items())))
     if _is_causal_lm(qualname):
@@ -287,7 +289,7 @@ def tensor_method(interp: Interpreter, receiver: Value, name: str, args: list[Va
             interp.bind(node.func.value, result, frame)
         return result
     if isinstance(receiver, Opaque) and name not in KEEP:
-        return receiver.child("call", name)
+        return receiver.child("call", name, node.lineno, node.col_offset)
     tokens = as_tokens(receiver)
     if tokens is None or name not in KEEP:
         return Opaque(("tensor-call", name, node.lineno))

@@ -199,16 +199,19 @@ class Record(Value):
 
     kind: str  # dict | tuple | list | object
     items: tuple[tuple[object, Value], ...]
+    # An unknown record some keys were written into (``batch = tokenizer.pad(...)``;
+    # ``batch["labels"] = ...``): the other keys are still the unknown's.
+    base: Opaque | None = None
 
     def get(self, key: object) -> Value | None:
         for k, v in self.items:
             if k == key:
                 return v
-        return None
+        return self.base.child("key", key) if self.base is not None else None
 
     def set(self, key: object, value: Value) -> Record:
         kept = tuple((k, v) for k, v in self.items if k != key)
-        return Record(self.kind, (*kept, (key, value)))
+        return Record(self.kind, (*kept, (key, value)), self.base)
 
     def values(self) -> list[Value]:
         return [v for _, v in self.items]
