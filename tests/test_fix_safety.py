@@ -41,6 +41,8 @@ RUNS: dict[str, str] = {
     "loops/ta201_while_max_iters": ("max_iters = 3; block_size = 8; m = TinyLM(); "
                                     "train(m, torch.randint(0, 16, (64,))); observed = m"),
     "loops/ta201_ddp_helper": "m = classifier(); main(m, dataset()); observed = m",
+    "loops/ta201_for_range_max_iters": ("max_iters = 3; block_size = 8; m = TinyLM(); "
+                                        "train(m, torch.randint(0, 16, (64,))); observed = m"),
     "loops/ta202_divide_loss": "m = classifier(); train(m, dataset(), grad_accum=2); observed = m",
     "loops/ta203_move_under_gate": "m = classifier(); train(m, dataset(), accumulation_steps=2); observed = m",
     "loops/ta204_add_zero_grad": "m = classifier(); train(m, dataset()); observed = m",
@@ -100,6 +102,8 @@ CANNOT_RUN: dict[str, str] = {
     "loops/ta205_other_model_no_sync": "DistributedDataParallel needs an initialised process group",
     "loops/ta503_all_reduce_detach": "`dist.all_reduce` needs an initialised process group",
     "loops/ta504_scaler_clip": "moves its batches to CUDA (`x.cuda()`)",
+    "precision/scaler_parameter": "float16 autocast with a CUDA GradScaler (`GradScaler(\"cuda\")`)",
+    "precision/version_guard_kept": "a CUDA GradScaler at import time",
 }
 # Corrective pairs whose input is the bug and crashes with it; only the fixed code must run.
 BROKEN_BEFORE: dict[str, str] = {

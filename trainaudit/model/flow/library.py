@@ -211,7 +211,16 @@ def _rolled(value: Value | None, source: ast.expr | None, shift_node: ast.expr |
     dims = int_value(dims_node) if dims_node is not None else None
     if tokens is None or source is None or shift is None or (dims_node is not None and dims is None):
         return Opaque(("roll", frame.module.name, node.lineno, node.col_offset))
-    return roll(tokens, shift, dims, node, source, frame.module, _whole_value(node, frame), lib)
+    return roll(tokens, shift, dims, node, source, frame.module, _whole_value(node, frame), lib,
+                _assigned_name(node, frame))
+
+
+def _assigned_name(node: ast.Call, frame: Frame) -> str | None:
+    """``labels`` in ``labels = torch.roll(...)`` (the statement being interpreted)."""
+    stmt = frame.statement
+    if isinstance(stmt, ast.Assign) and stmt.value is node and len(stmt.targets) == 1:
+        return frame.module.text(stmt.targets[0])
+    return None
 
 
 def _to_tensor(value: Value | None) -> Value:

@@ -99,6 +99,11 @@ class Producer:
     roll_dims: int | None = None
     fix_form: str = ""  # "assign-roll": the roll is a whole right-hand side
     helper_lines: tuple[tuple[int, int], ...] = ()  # statements that complete the shift
+    var: str | None = None  # the name the labels are assigned to, where one is
+
+    def named(self) -> str:
+        """How a message names the labels: their variable, else the expression."""
+        return self.var or self.site.text
 
 
 @dataclass(frozen=True)
