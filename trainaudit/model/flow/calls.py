@@ -14,6 +14,7 @@ from trainaudit.model.flow import library
 from trainaudit.model.flow.tensors import as_tokens, condition_mask
 from trainaudit.model.flow.values import (
     UNKNOWN,
+    Arguments,
     BoundMethod,
     CausalLM,
     ClassValue,
@@ -366,6 +367,8 @@ def method_call(interp: Interpreter, receiver: Value, name: str, args: list[Valu
             found = receiver.get(key)
             return found if found is not None else Opaque(("get", frame.module.name, node.lineno))
         return Opaque(("record-call", frame.module.name, node.lineno, node.col_offset))
+    if isinstance(receiver, Arguments):
+        return library.parser_method(interp, receiver, name, args, kwargs, node, frame)
     if isinstance(receiver, LossValue):
         return receiver if name in library.KEEP else Opaque(("loss-call", name, node.lineno))
     if name in PASS_ARGUMENTS and args:  # accelerator.prepare(model, opt, loader, ...)
@@ -478,6 +481,12 @@ def augmented(current: Value | None, op: ast.operator, added: Value, otherwise: 
                 joined = join(joined, part)
             return ListOf(joined)
     return otherwise
+
+
+def iterated_source(value: Value) -> Value:
+    """What a loop really draws from: ``enumerate(loader)`` and ``tqdm(loader)`` draw from
+    the loader (kept on the enumerated list as its origin)."""
+    return value.origin if isinstance(value, ListOf) and value.origin is not None else value
 
 
 def unpack(value: Value, index: int) -> Value:

@@ -67,6 +67,8 @@ class Listener(Protocol):
 
     def masked(self, loss: LossValue, mask: Value) -> None: ...
 
+    def iterated(self, site: Site, value: Value) -> None: ...
+
 
 @dataclass
 class Frame:
@@ -216,7 +218,9 @@ class Interpreter:
             self.eval(stmt.test, frame)
             self._branches([stmt.body, stmt.orelse], frame)
         elif isinstance(stmt, ast.For | ast.AsyncFor):
-            element = calls.element_of(self, self.eval(stmt.iter, frame), stmt.iter, frame)
+            iterable = self.eval(stmt.iter, frame)
+            self.listener.iterated(frame.module.site(stmt), calls.iterated_source(iterable))
+            element = calls.element_of(self, iterable, stmt.iter, frame)
             before = dict(frame.env)
             self.bind(stmt.target, element, frame)
             self.exec_block(stmt.body, frame)

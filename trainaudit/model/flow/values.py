@@ -227,6 +227,7 @@ class ListOf(Value):
     """A homogeneous sequence of ``element`` (a comprehension, a batch of items)."""
 
     element: Value
+    origin: Value | None = None  # what it enumerates (``enumerate(loader)``)
 
 
 @dataclass(frozen=True)
@@ -293,6 +294,13 @@ class Library(Value):
 
 
 @dataclass(frozen=True)
+class Arguments(Value):
+    """An ``argparse`` parser and the defaults of the options added so far."""
+
+    defaults: tuple[tuple[object, Value], ...]
+
+
+@dataclass(frozen=True)
 class LossFunction(Value):
     """A cross-entropy / NLL criterion: ``nn.CrossEntropyLoss(ignore_index=...)``."""
 
@@ -316,6 +324,7 @@ class Loader(Value):
     collate: Value | None
     site: Site
     call: ast.Call | None = field(default=None, compare=False, hash=False)
+    batch_size: Value | None = None
 
 
 def join(a: Value, b: Value) -> Value:
