@@ -340,7 +340,7 @@ def method_call(interp: Interpreter, receiver: Value, name: str, args: list[Valu
             result = got if result is None else join(result, got)
         return result if result is not None else UNKNOWN
     if isinstance(receiver, Library):
-        return apply(interp, interp.resolve_qualified(f"{receiver.qualname}.{name}"), args,
+        return apply(interp, interp.resolve_qualified(f"{receiver.qualname}.{name}", frame.module.path), args,
                      kwargs, node, frame)
     if isinstance(receiver, Instance):
         method = interp.program.method(receiver.cls, name)
@@ -387,7 +387,7 @@ def attribute(interp: Interpreter, value: Value, name: str, node: ast.Attribute,
             result = got if result is None else join(result, got)
         return result if result is not None else UNKNOWN
     if isinstance(value, Library):
-        return interp.resolve_qualified(f"{value.qualname}.{name}")
+        return interp.resolve_qualified(f"{value.qualname}.{name}", frame.module.path)
     if isinstance(value, Instance):
         held = value.attr(name)
         if held is not None:

@@ -158,7 +158,7 @@ class Interpreter:
             return self._definition(module, name)
         qualified = module.facts.imports.aliases.get(name)
         if qualified is not None:
-            return self.resolve_qualified(qualified)
+            return self.resolve_qualified(qualified, module.path)
         if env is None:
             env = self.module_env(module)
             if name in env:
@@ -170,9 +170,9 @@ class Interpreter:
         ref = Ref(module.name, qualname)
         return ClassValue(ref) if module.class_node(qualname) is not None else FunctionValue(ref)
 
-    def resolve_qualified(self, qualified: str) -> Value:
+    def resolve_qualified(self, qualified: str, importer: str | None = None) -> Value:
         """A dotted name: a checked definition where the tree has it, else a library name."""
-        found = self.program.resolve(qualified)
+        found = self.program.resolve(qualified, importer)
         if found is not None:
             module, name = found
             if name in module.definitions:
