@@ -400,7 +400,7 @@ class Interpreter:
         if isinstance(value, ListOf):
             return value.element if not isinstance(node.slice, ast.Slice) else value
         if isinstance(value, Tokens):
-            return slice_tokens(value, node, frame.module)
+            return slice_tokens(value, node, frame.module, _whole_value(node, frame))
         if isinstance(value, Logits):
             return slice_logits(value, node, frame.module)
         if isinstance(value, LossValue):
@@ -421,7 +421,7 @@ class Interpreter:
             if isinstance(node.slice, ast.Slice | ast.Tuple):
                 tokens = as_tokens(value)
                 assert tokens is not None
-                return slice_tokens(tokens, node, frame.module)
+                return slice_tokens(tokens, node, frame.module, _whole_value(node, frame))
             return value.child("sub", frame.module.text(node.slice))
         if isinstance(value, CausalLM | Loader | Library | ClassValue | FunctionValue
                       | BoundMethod | Const):
@@ -454,6 +454,12 @@ class Interpreter:
         element = self.eval(node.elt, frame)
         frame.env = saved
         return ListOf(element)
+
+
+def _whole_value(node: ast.expr, frame: Frame) -> bool:
+    """The expression is the whole right-hand side of ``name = ...`` (a fix may rewrite it)."""
+    stmt = frame.statement
+    return isinstance(stmt, ast.Assign) and stmt.value is node and len(stmt.targets) == 1
 
 
 def _is_static(node: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
