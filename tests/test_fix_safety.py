@@ -34,6 +34,8 @@ _TAGGER_STEP = ("m = TinyTagger(); o = torch.optim.SGD(m.parameters(), lr=0.1); 
 RUNS: dict[str, str] = {
     "loops/ta201_inline_enumerate": "m = classifier(); train(m, dataset(), epochs=1); observed = m",
     "loops/ta201_module_script": "observed = model",
+    "loops/ta201_for_range_max_iters": ("max_iters = 3; block_size = 8; m = TinyLM(); "
+                                        "train(m, torch.randint(0, 16, (64,))); observed = m"),
     "loops/ta201_seed_train_step": ("m = TinyTagger(); main(m, token_dataset(), token_dataset(8)); "
                                     "observed = m"),
     "loops/ta201_trainer_method": ("m = classifier(); t = Trainer(m, torch.optim.SGD(m.parameters(), lr=0.1)); "
@@ -82,6 +84,9 @@ RUNS: dict[str, str] = {
                               "train(m, torch.utils.data.DataLoader(token_dataset(), batch_size=4), o, "
                               "torch.optim.lr_scheduler.LinearLR(o), 'cpu'); observed = m"),
     "precision/scaler_bypassed": _CLASSIFIER_STEP.format(call="train(m, loader(), o)"),
+    "precision/scaler_parameter": _CLASSIFIER_STEP.format(call="train(m, loader(), o)"),
+    "precision/version_guard_kept": ("m = classifier(); observed = (forward(m, torch.randn(3, 4)), "
+                                     "scaler.is_enabled())"),
     "precision/bf16_scaler": ("m = classifier(); o = torch.optim.SGD(m.parameters(), lr=0.1); "
                               "train(m, loader(), o); observed = m"),
     "precision/bf16_scaler_kept": ("m = classifier(); t = Trainer(m, torch.optim.SGD(m.parameters(), lr=0.1)); "
