@@ -34,8 +34,6 @@ _TAGGER_STEP = ("m = TinyTagger(); o = torch.optim.SGD(m.parameters(), lr=0.1); 
 RUNS: dict[str, str] = {
     "loops/ta201_inline_enumerate": "m = classifier(); train(m, dataset(), epochs=1); observed = m",
     "loops/ta201_module_script": "observed = model",
-    "loops/ta201_for_range_max_iters": ("max_iters = 3; block_size = 8; m = TinyLM(); "
-                                        "train(m, torch.randint(0, 16, (64,))); observed = m"),
     "loops/ta201_seed_train_step": ("m = TinyTagger(); main(m, token_dataset(), token_dataset(8)); "
                                     "observed = m"),
     "loops/ta201_trainer_method": ("m = classifier(); t = Trainer(m, torch.optim.SGD(m.parameters(), lr=0.1)); "
@@ -43,6 +41,8 @@ RUNS: dict[str, str] = {
     "loops/ta201_while_max_iters": ("max_iters = 3; block_size = 8; m = TinyLM(); "
                                     "train(m, torch.randint(0, 16, (64,))); observed = m"),
     "loops/ta201_ddp_helper": "m = classifier(); main(m, dataset()); observed = m",
+    "loops/ta201_for_range_max_iters": ("max_iters = 3; block_size = 8; m = TinyLM(); "
+                                        "train(m, torch.randint(0, 16, (64,))); observed = m"),
     "loops/ta202_divide_loss": "m = classifier(); train(m, dataset(), grad_accum=2); observed = m",
     "loops/ta203_move_under_gate": "m = classifier(); train(m, dataset(), accumulation_steps=2); observed = m",
     "loops/ta204_add_zero_grad": "m = classifier(); train(m, dataset()); observed = m",
@@ -84,9 +84,6 @@ RUNS: dict[str, str] = {
                               "train(m, torch.utils.data.DataLoader(token_dataset(), batch_size=4), o, "
                               "torch.optim.lr_scheduler.LinearLR(o), 'cpu'); observed = m"),
     "precision/scaler_bypassed": _CLASSIFIER_STEP.format(call="train(m, loader(), o)"),
-    "precision/scaler_parameter": _CLASSIFIER_STEP.format(call="train(m, loader(), o)"),
-    "precision/version_guard_kept": ("m = classifier(); observed = (forward(m, torch.randn(3, 4)), "
-                                     "scaler.is_enabled())"),
     "precision/bf16_scaler": ("m = classifier(); o = torch.optim.SGD(m.parameters(), lr=0.1); "
                               "train(m, loader(), o); observed = m"),
     "precision/bf16_scaler_kept": ("m = classifier(); t = Trainer(m, torch.optim.SGD(m.parameters(), lr=0.1)); "
@@ -105,6 +102,8 @@ CANNOT_RUN: dict[str, str] = {
     "loops/ta205_other_model_no_sync": "DistributedDataParallel needs an initialised process group",
     "loops/ta503_all_reduce_detach": "`dist.all_reduce` needs an initialised process group",
     "loops/ta504_scaler_clip": "moves its batches to CUDA (`x.cuda()`)",
+    "precision/scaler_parameter": "float16 autocast with a CUDA GradScaler (`GradScaler(\"cuda\")`)",
+    "precision/version_guard_kept": "a CUDA GradScaler at import time",
 }
 # Corrective pairs whose input is the bug and crashes with it; only the fixed code must run.
 BROKEN_BEFORE: dict[str, str] = {

@@ -17,7 +17,15 @@ from typing import Protocol
 
 from trainaudit.model.flow import calls
 from trainaudit.model.flow.program import FlowModule, Program
-from trainaudit.model.flow.tensors import as_tokens, slice_logits, slice_tokens, write_into
+from trainaudit.model.flow.tensors import (
+    as_tokens,
+    elements,
+    is_drop_last,
+    is_last,
+    slice_logits,
+    slice_tokens,
+    write_into,
+)
 from trainaudit.model.flow.values import (
     UNKNOWN,
     BoundMethod,
@@ -58,6 +66,8 @@ class Listener(Protocol):
     def record(self, value: Value, site: Site) -> None: ...
 
     def masked(self, loss: LossValue, mask: Value) -> None: ...
+
+    def iterated(self, site: Site, value: Value) -> None: ...
 
 
 @dataclass
@@ -194,10 +204,11 @@ class Interpreter:
             if stmt.value is not None:
                 self.bind(stmt.target, self.eval(stmt.value, frame), frame)
         elif isinstance(stmt, ast.AugAssign):
-            self.eval(stmt.value, frame)
+            added = self.eval(stmt.value, frame)
             if isinstance(stmt.target, ast.Name):
-                frame.env[stmt.target.id] = Opaque(("aug", frame.module.name, stmt.lineno,
-                                                    stmt.col_offset))
+                frame.env[stmt.target.id] = calls.augmented(
+                    frame.env.get(stmt.target.id), stmt.op, added,
+                    Opaque(("aug", frame.module.name, stmt.lineno, stmt.col_offset)))
         elif isinstance(stmt, ast.Expr):
             self.eval(stmt.value, frame)
         elif isinstance(stmt, ast.Return):
@@ -207,7 +218,9 @@ class Interpreter:
             self.eval(stmt.test, frame)
             self._branches([stmt.body, stmt.orelse], frame)
         elif isinstance(stmt, ast.For | ast.AsyncFor):
-            element = calls.element_of(self, self.eval(stmt.iter, frame), stmt.iter, frame)
+            iterable = self.eval(stmt.iter, frame)
+            self.listener.iterated(frame.module.site(stmt), calls.iterated_source(iterable))
+            element = calls.element_of(self, iterable, stmt.iter, frame)
             before = dict(frame.env)
             self.bind(stmt.target, element, frame)
             self.exec_block(stmt.body, frame)
@@ -230,7 +243,6 @@ class Interpreter:
             self.exec_block(stmt.finalbody, frame)
         elif isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
             qualname = frame.module.facts.scope_name(stmt)
-            qualname = f"{qualname}.{stmt.name}" if qualname else stmt.name
             if qualname in frame.module.definitions:
                 frame.env[stmt.name] = self._definition(frame.module, qualname)
 
@@ -289,9 +301,18 @@ class Interpreter:
 
     def _stored(self, container: Value, target: ast.Subscript, value: Value,
                 frame: Frame) -> Value | None:
-        if isinstance(container, Record):
+        if isinstance(container, Record | Opaque):
             key = calls.constant_key(target.slice)
-            return container.set(key, value) if key is not None else None
+            if key is None:
+                return None
+            record = container if isinstance(container, Record) else Record("dict", (), container)
+            return record.set(key, value)
+        if isinstance(container, LossValue):
+            # Per-token losses with the last position overwritten (``losses[:, -1] = nan``):
+            # whatever that position's label was, it does not count.
+            if any(is_last(e) for e in elements(target)):
+                self.listener.masked(container, value)
+            return None
         tokens = container if isinstance(container, Tokens) else None
         if tokens is None:
             return None
@@ -382,6 +403,10 @@ class Interpreter:
             return slice_tokens(value, node, frame.module)
         if isinstance(value, Logits):
             return slice_logits(value, node, frame.module)
+        if isinstance(value, LossValue):
+            if any(is_drop_last(e) for e in elements(node)):
+                self.listener.masked(value, UNKNOWN)  # the last position's loss is dropped
+            return value
         if isinstance(value, Instance):
             method = self.program.method(value.cls, "__getitem__")
             if method is not None:
@@ -399,7 +424,7 @@ class Interpreter:
                 return slice_tokens(tokens, node, frame.module)
             return value.child("sub", frame.module.text(node.slice))
         if isinstance(value, CausalLM | Loader | Library | ClassValue | FunctionValue
-                      | BoundMethod | LossValue | Const):
+                      | BoundMethod | Const):
             return Opaque(("item", frame.module.name, node.lineno, node.col_offset))
         return UNKNOWN
 

@@ -48,8 +48,7 @@ class FlowModule:
             for stmt in body:
                 if isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
                     found[prefix + stmt.name] = stmt  # the last definition wins, as at run time
-                    if isinstance(stmt, ast.ClassDef):
-                        visit(stmt.body, f"{prefix}{stmt.name}.")
+                    visit(stmt.body, f"{prefix}{stmt.name}.")  # methods, nested functions
                 elif isinstance(stmt, ast.If | ast.Try):
                     for block in (stmt.body, stmt.orelse, *[h.body for h in getattr(stmt, "handlers", [])]):
                         visit(block, prefix)

@@ -145,7 +145,7 @@ def slice_logits(logits: Logits, node: ast.Subscript, module: FlowModule) -> Val
 
 
 def roll(tokens: Tokens, shift: int, dims: int | None, call: ast.Call, source: ast.expr,
-         module: FlowModule, whole_value: bool, lib: str) -> Value:
+         module: FlowModule, whole_value: bool, lib: str, var: str | None = None) -> Value:
     """``roll(x, -1, dims)`` along the sequence axis: a left shift whose last position
     wraps around to the first token."""
     if dims is not None:
@@ -155,7 +155,7 @@ def roll(tokens: Tokens, shift: int, dims: int | None, call: ast.Call, source: a
             return Opaque(("roll", tokens.stream.key, module.text(call)))
     site = module.site(call)
     producer = Producer("roll", site, module.text(source), lib=lib, roll_shift=shift,
-                        roll_dims=dims, fix_form="assign-roll" if whole_value else "")
+                        roll_dims=dims, fix_form="assign-roll" if whole_value else "", var=var)
     head = next((m for m in tokens.masks if m.kind == "head"), None)
     wrap = None
     if shift == -1:
