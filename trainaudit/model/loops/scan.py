@@ -14,6 +14,8 @@ from trainaudit.model.module import ModuleFacts, walk_local
 
 # File names of throughput benchmarks and profiling scripts (``bench.py``, ``profile_step.py``).
 BENCHMARK_PATH = re.compile(r"(^|_)(bench|benchmark|profil\w*|throughput|speed\w*)(_|\.py$)", re.IGNORECASE)
+# Folders that hold only benchmarks (``benchmarks/fp8/ddp.py``).
+BENCHMARK_FOLDERS = frozenset({"bench", "benchmark", "benchmarks"})
 
 
 def _falls_back_to_cpu(module: ModuleFacts) -> bool:
@@ -87,11 +89,13 @@ class FileScan:
         """"gpu": the file can put work on a GPU (a ``cuda``/``nccl`` device or backend, a
         ``.cuda()`` call, a framework that places models); "cpu-fallback": it runs on the
         CPU when no accelerator is there (``... if torch.cuda.is_available() else "cpu"``);
-        "benchmark": a throughput or profiling script; "adapters": PEFT / LoRA fine-tuning."""
+        "benchmark": a throughput or profiling script, or any script under ``benchmarks/``;
+        "adapters": PEFT / LoRA fine-tuning."""
         module = self.module
         found: set[str] = set()
-        stem = module.path.replace("\\", "/").rsplit("/", 1)[-1]
-        if BENCHMARK_PATH.search(stem) or any(m.startswith("torch.profiler") for m in module.imports.modules):
+        *folders, stem = module.path.replace("\\", "/").split("/")
+        if BENCHMARK_PATH.search(stem) or BENCHMARK_FOLDERS & {f.lower() for f in folders} \
+                or any(m.startswith("torch.profiler") for m in module.imports.modules):
             found.add("benchmark")
         if any(m == "peft" or m.startswith("peft.") for m in module.imports.modules):
             found.add("adapters")
