@@ -64,6 +64,8 @@ RUNS: dict[str, str] = {
                                   "observed = [d[i] for i in range(len(d))]"),
     "labels/ta101_numpy_roll": "observed = make_example(list(range(8)))",
     "labels/ta101_roll_batch": _TAGGER_STEP.format(call="train_step(m, ids, o)"),
+    "labels/ta102_trainer_class_roll": ("d = Windows(torch.arange(64), 8); "
+                                        "observed = [d[i] for i in range(len(d))]"),
     "labels/ta102_pad": ("m = TinyTagger(); d = PaddedShift(torch.randint(0, 16, (4, 6))); "
                          "batch = torch.utils.data.default_collate([d[i] for i in range(len(d))]); "
                          "observed = loss_fn(m, batch)"),
@@ -96,6 +98,7 @@ RUNS: dict[str, str] = {
 
 CANNOT_RUN: dict[str, str] = {
     "labels/ta102_hf_preshifted": "downloads a Hugging Face model (`from_pretrained(\"gpt2\")`)",
+    "labels/ta102_hf_slice_assign": "downloads a Hugging Face model (`from_pretrained(\"tiny-gpt\")`)",
     "loops/ta202_micro_step": "a nanoGPT-shaped module script on `torch.nn.Module()`, which has no forward",
     "loops/ta205_gated_no_sync": "DistributedDataParallel on CUDA devices (`model.cuda()`, NCCL)",
     "loops/ta205_micro_loop_no_sync": "DistributedDataParallel needs an initialised process group",

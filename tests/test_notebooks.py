@@ -122,22 +122,6 @@ def test_ipython_lines_become_placeholders_keeping_line_numbers() -> None:
     assert json.loads(nb.with_source(nb.source)) == json.loads(notebook())
 
 
-def test_a_shell_escape_continued_with_backslashes_is_hidden_whole() -> None:
-    cells: list[dict[str, Any]] = [
-        {"cell_type": "code", "execution_count": 1, "metadata": {}, "outputs": [],
-         "source": ["!python prepare.py --data_dir data \\\n",
-                    "                  --split train \\\n",
-                    "                  --out data\n",
-                    "import torch"]},
-    ]
-    nb = Notebook.parse(notebook(cells))
-    assert nb.source.splitlines() == [
-        "# trainaudit: cell 1", "# trainaudit: ipython 0", "# trainaudit: ipython 1",
-        "# trainaudit: ipython 2", "import torch",
-    ]
-    assert json.loads(nb.with_source(nb.source)) == json.loads(notebook(cells))
-
-
 def test_not_a_python_notebook_is_skipped(tree: Path) -> None:
     r_kernel = {"kernelspec": {"display_name": "R", "language": "R", "name": "ir"}}
     (tree / "train.ipynb").write_text(notebook(metadata=r_kernel), encoding="utf-8")
@@ -156,3 +140,17 @@ def test_notebooks_are_found_in_folders_and_cached(tree: Path) -> None:
         status, out, _ = invoke("check", ".", "--format", "json")
         assert status == 1
         assert [f["cell"] for f in json.loads(out)["findings"]] == [3, 4]
+
+
+def test_shell_lines_continued_with_a_backslash_are_skipped(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    cells = [{"cell_type": "code", "execution_count": 1, "metadata": {}, "outputs": [],
+              "source": ["! python prepare.py --data_dir data \\\n",
+                         "                     --split train \\\n",
+                         "                     --max_len 512\n",
+                         "import torch\n"]}]
+    (tmp_path / "prep.ipynb").write_text(notebook(cells))
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["check", "prep.ipynb", "--format", "json", "--no-cache"])
+    assert json.loads(result.stdout)["findings"] == []
+    assert result.exit_code == 0

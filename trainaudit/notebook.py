@@ -153,15 +153,13 @@ def _analysable(text: str, hidden: list[str]) -> list[str]:
     first = next((line for line in lines if line.strip()), "")
     whole_cell = first.lstrip().startswith("%%")
     result = []
-    continued: str | None = None  # the indent of an IPython line that ended in a backslash
+    continued = False  # the previous IPython line ended with a backslash
     for line in lines:
-        if whole_cell or continued is not None or _IPYTHON_LINE.match(line):
-            # A continuation line keeps its IPython line's indent (its own would be Python's
-            # "unexpected indent").
-            indent = continued if continued is not None else line[: len(line) - len(line.lstrip(" \t"))]
+        if whole_cell or continued or _IPYTHON_LINE.match(line):
+            continued = line.rstrip("\r\n").endswith("\\")
+            indent = line[: len(line) - len(line.lstrip(" \t"))]
             result.append(indent + _PLACEHOLDER.format(len(hidden)) + "\n")
             hidden.append(line.rstrip("\r\n"))
-            continued = indent if not whole_cell and line.rstrip("\r\n").endswith("\\") else None
         else:
             result.append(line)
     return result

@@ -136,8 +136,10 @@ class DoubleLabelShift(_LabelRule):
                 # dropping only the label shift would leave them of different lengths.
                 fixable=all(r.offset == 2 for r in every) and producer.input_text is not None
                 and not any(r.logits is not None and r.logits.inputs.trimmed for r in every)
-                and producer.kind in ("slice", "pad", "cat", "slice-assign", "roll")
-                and (producer.kind != "roll" or producer.fix_form == "assign-roll"))
+                # The fixer rewrites ``labels = <shift>`` (or deletes a slice assignment):
+                # a shift inside a larger expression gets no fix.
+                and (producer.kind == "slice-assign"
+                     or producer.fix_form in ("assign", "assign-roll")))
 
 
 @register

@@ -175,7 +175,11 @@ def apply(interp: Interpreter, callee: Value, args: list[Value], kwargs: dict[st
 
 def model_output(args: list[Value], kwargs: dict[str, Value], callee: Value, node: ast.Call,
                  frame: Frame) -> Value:
-    """An unknown callable applied to token ids: outputs aligned with them (a model)."""
+    """An unknown callable applied to token ids: outputs aligned with them (a model).
+    A tokenizer or processor (made by a ``*Tokenizer`` / ``*Processor`` class) is no
+    model: what it returns is an unknown record of its own."""
+    if isinstance(callee, Opaque) and _made_by_tokenizer(callee):
+        return Opaque(("encoded", frame.module.name, node.lineno, node.col_offset))
     first = args[0] if args else next((kwargs[k] for k in INPUT_KEYWORDS if k in kwargs), None)
     if isinstance(first, Logits):
         return first
@@ -184,6 +188,12 @@ def model_output(args: list[Value], kwargs: dict[str, Value], callee: Value, nod
         ndim = tokens.ndim + 1 if tokens.ndim is not None else None
         return Logits(tokens, 0, ndim)
     return Opaque(("called", frame.module.name, node.lineno, node.col_offset))
+
+
+def _made_by_tokenizer(value: Opaque) -> bool:
+    key = value.key
+    return len(key) > 1 and key[0] == "lib" and isinstance(key[1], str) and any(
+        word in key[1] for word in ("Tokenizer", "Processor", "tokenizer"))
 
 
 def causal_call(interp: Interpreter, model: CausalLM, args: list[Value],
@@ -340,7 +350,7 @@ def method_call(interp: Interpreter, receiver: Value, name: str, args: list[Valu
             result = got if result is None else join(result, got)
         return result if result is not None else UNKNOWN
     if isinstance(receiver, Library):
-        return apply(interp, interp.resolve_qualified(f"{receiver.qualname}.{name}"), args,
+        return apply(interp, interp.resolve_qualified(f"{receiver.qualname}.{name}", frame.module.path), args,
                      kwargs, node, frame)
     if isinstance(receiver, Instance):
         method = interp.program.method(receiver.cls, name)
@@ -387,7 +397,7 @@ def attribute(interp: Interpreter, value: Value, name: str, node: ast.Attribute,
             result = got if result is None else join(result, got)
         return result if result is not None else UNKNOWN
     if isinstance(value, Library):
-        return interp.resolve_qualified(f"{value.qualname}.{name}")
+        return interp.resolve_qualified(f"{value.qualname}.{name}", frame.module.path)
     if isinstance(value, Instance):
         held = value.attr(name)
         if held is not None:

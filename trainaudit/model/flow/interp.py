@@ -158,7 +158,7 @@ class Interpreter:
             return self._definition(module, name)
         qualified = module.facts.imports.aliases.get(name)
         if qualified is not None:
-            return self.resolve_qualified(qualified)
+            return self.resolve_qualified(qualified, module.path)
         if env is None:
             env = self.module_env(module)
             if name in env:
@@ -170,9 +170,9 @@ class Interpreter:
         ref = Ref(module.name, qualname)
         return ClassValue(ref) if module.class_node(qualname) is not None else FunctionValue(ref)
 
-    def resolve_qualified(self, qualified: str) -> Value:
+    def resolve_qualified(self, qualified: str, importer: str | None = None) -> Value:
         """A dotted name: a checked definition where the tree has it, else a library name."""
-        found = self.program.resolve(qualified)
+        found = self.program.resolve(qualified, importer)
         if found is not None:
             module, name = found
             if name in module.definitions:
@@ -400,7 +400,7 @@ class Interpreter:
         if isinstance(value, ListOf):
             return value.element if not isinstance(node.slice, ast.Slice) else value
         if isinstance(value, Tokens):
-            return slice_tokens(value, node, frame.module)
+            return slice_tokens(value, node, frame.module, _whole_value(node, frame))
         if isinstance(value, Logits):
             return slice_logits(value, node, frame.module)
         if isinstance(value, LossValue):
@@ -421,7 +421,7 @@ class Interpreter:
             if isinstance(node.slice, ast.Slice | ast.Tuple):
                 tokens = as_tokens(value)
                 assert tokens is not None
-                return slice_tokens(tokens, node, frame.module)
+                return slice_tokens(tokens, node, frame.module, _whole_value(node, frame))
             return value.child("sub", frame.module.text(node.slice))
         if isinstance(value, CausalLM | Loader | Library | ClassValue | FunctionValue
                       | BoundMethod | Const):
@@ -454,6 +454,12 @@ class Interpreter:
         element = self.eval(node.elt, frame)
         frame.env = saved
         return ListOf(element)
+
+
+def _whole_value(node: ast.expr, frame: Frame) -> bool:
+    """The expression is the whole right-hand side of ``name = ...`` (a fix may rewrite it)."""
+    stmt = frame.statement
+    return isinstance(stmt, ast.Assign) and stmt.value is node and len(stmt.targets) == 1
 
 
 def _is_static(node: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:

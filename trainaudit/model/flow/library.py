@@ -263,7 +263,7 @@ def _pad(args: list[Value], kwargs: dict[str, Value], node: ast.Call, frame: Fra
         return Opaque(("pad", frame.module.name, node.lineno))
     fill = kwargs.get("value", args[3] if len(args) > 3 else Const(0))
     tail = MaskValue(fill.value) if isinstance(fill, Const) and type(fill.value) is int else None
-    return reproduce(value, "pad", node, frame.module, inner, tail)
+    return reproduce(value, "pad", node, frame.module, inner, tail, _whole_value(node, frame))
 
 
 def _cat(args: list[Value], node: ast.Call, frame: Frame) -> Value:
@@ -280,7 +280,7 @@ def _cat(args: list[Value], node: ast.Call, frame: Frame) -> Value:
         fill = _node_arg(tail_node, 1, "fill_value")
         number = int_value(fill)
         tail = MaskValue(number) if number is not None else None
-    return reproduce(first, "cat", node, frame.module, elts[0], tail)
+    return reproduce(first, "cat", node, frame.module, elts[0], tail, _whole_value(node, frame))
 
 
 def parser_method(interp: Interpreter, parser: Arguments, name: str, args: list[Value],

@@ -14,8 +14,6 @@ from trainaudit.model.module import ModuleFacts, walk_local
 
 # File names of throughput benchmarks and profiling scripts (``bench.py``, ``profile_step.py``).
 BENCHMARK_PATH = re.compile(r"(^|_)(bench|benchmark|profil\w*|throughput|speed\w*)(_|\.py$)", re.IGNORECASE)
-# Folders that hold only benchmarks (``benchmarks/fp8/ddp.py``).
-BENCHMARK_FOLDERS = frozenset({"bench", "benchmark", "benchmarks"})
 
 
 def _falls_back_to_cpu(module: ModuleFacts) -> bool:
@@ -93,8 +91,10 @@ class FileScan:
         "adapters": PEFT / LoRA fine-tuning."""
         module = self.module
         found: set[str] = set()
-        *folders, stem = module.path.replace("\\", "/").split("/")
-        if BENCHMARK_PATH.search(stem) or BENCHMARK_FOLDERS & {f.lower() for f in folders} \
+        parts = module.path.replace("\\", "/").split("/")
+        stem = parts[-1]
+        in_benchmarks = any(part in ("benchmark", "benchmarks") for part in parts[:-1])
+        if BENCHMARK_PATH.search(stem) or in_benchmarks \
                 or any(m.startswith("torch.profiler") for m in module.imports.modules):
             found.add("benchmark")
         if any(m == "peft" or m.startswith("peft.") for m in module.imports.modules):
