@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
-from trainaudit.diagnostics import Finding, Related
+from trainaudit.diagnostics import Finding, Related, Severity
 from trainaudit.model.flow.program import FAMILY as FLOW_FAMILY
 from trainaudit.model.flow.run import FlowRun
 from trainaudit.model.loops import (
@@ -133,8 +133,12 @@ class NoGradientAccumulation(ProjectRule):
             data = _loop_fix_data(loop)
             data.update(_accumulation_fix_data(loop, step))
             fixable = _same_file(loop, *loop.operations) and data["backward"] is not None
-            yield self.finding(loop.path, loop.header.span, message, fix_data=data, fixable=fixable,
-                               related=[_related(step, "optimizer step on every micro-batch")])
+            finding = self.finding(loop.path, loop.header.span, message, fix_data=data,
+                                   fixable=fixable,
+                                   related=[_related(step, "optimizer step on every micro-batch")])
+            # Code that also runs on the CPU (a tutorial that runs anywhere) chose its batch
+            # for the small case: advice there, a warning where a GPU is required.
+            yield finding.with_severity(Severity.INFO) if "cpu-fallback" in loop.traits else finding
 
 
 @register
