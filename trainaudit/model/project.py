@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -34,6 +36,7 @@ class Project:
         for summary in self.modules:
             self._by_name.setdefault(summary.module_name, summary)
         self._resolved_symbols: dict[str, tuple[ModuleSummary, str] | None] = {}
+        self._cache: dict[str, Any] = {}
         for summary in self.modules:
             parts = summary.module_name.split(".")
             for start in range(len(parts)):
@@ -126,6 +129,12 @@ class Project:
             return True
         comps = self._components
         return path_a in comps and comps.get(path_a) == comps.get(path_b)
+
+    def cached(self, name: str, make: Callable[[], T]) -> T:
+        """A value computed once per project (a family's analysis), kept on it."""
+        if name not in self._cache:
+            self._cache[name] = make()
+        return self._cache[name]  # type: ignore[no-any-return]
 
     def facts(self, family: str) -> Iterator[tuple[ModuleSummary, Any]]:
         """Each module's summary for one rule family, where it has one."""

@@ -36,6 +36,7 @@ from trainaudit.model.flow.values import (
     Tokens,
     Value,
     join,
+    join_all,
 )
 
 if TYPE_CHECKING:
@@ -138,11 +139,7 @@ def apply(interp: Interpreter, callee: Value, args: list[Value], kwargs: dict[st
           node: ast.Call, frame: Frame) -> Value:
     depth = frame.depth + 1
     if isinstance(callee, OneOf):
-        result: Value | None = None
-        for option in callee.options:
-            got = apply(interp, option, args, kwargs, node, frame)
-            result = got if result is None else join(result, got)
-        return result if result is not None else UNKNOWN
+        return join_all(apply(interp, option, args, kwargs, node, frame) for option in callee.options)
     if isinstance(callee, FunctionValue):
         return call_function(interp, callee.ref, None, args, kwargs, node, depth)
     if isinstance(callee, BoundMethod):
@@ -350,11 +347,7 @@ def method_call(interp: Interpreter, receiver: Value, name: str, args: list[Valu
                 kwargs: dict[str, Value], node: ast.Call, frame: Frame) -> Value:
     depth = frame.depth + 1
     if isinstance(receiver, OneOf):
-        result: Value | None = None
-        for option in receiver.options:
-            got = method_call(interp, option, name, args, kwargs, node, frame)
-            result = got if result is None else join(result, got)
-        return result if result is not None else UNKNOWN
+        return join_all(method_call(interp, option, name, args, kwargs, node, frame) for option in receiver.options)
     if isinstance(receiver, Library):
         return apply(interp, interp.resolve_qualified(f"{receiver.qualname}.{name}", frame.module.path), args,
                      kwargs, node, frame)
@@ -397,11 +390,7 @@ def method_call(interp: Interpreter, receiver: Value, name: str, args: list[Valu
 def attribute(interp: Interpreter, value: Value, name: str, node: ast.Attribute,
               frame: Frame) -> Value:
     if isinstance(value, OneOf):
-        result: Value | None = None
-        for option in value.options:
-            got = attribute(interp, option, name, node, frame)
-            result = got if result is None else join(result, got)
-        return result if result is not None else UNKNOWN
+        return join_all(attribute(interp, option, name, node, frame) for option in value.options)
     if isinstance(value, Library):
         return interp.resolve_qualified(f"{value.qualname}.{name}", frame.module.path)
     if isinstance(value, Instance):
@@ -516,11 +505,7 @@ def unpack(value: Value, index: int) -> Value:
         element = value.element
         return element.child("unpack", index) if isinstance(element, Opaque) else UNKNOWN
     if isinstance(value, OneOf):
-        result: Value | None = None
-        for option in value.options:
-            got = unpack(option, index)
-            result = got if result is None else join(result, got)
-        return result if result is not None else UNKNOWN
+        return join_all(unpack(option, index) for option in value.options)
     if isinstance(value, Opaque):
         return value.child("unpack", index)
     return UNKNOWN

@@ -48,6 +48,7 @@ from trainaudit.model.flow.values import (
     Tokens,
     Value,
     join,
+    join_all,
     options_of,
 )
 
@@ -388,11 +389,7 @@ class Interpreter:
 
     def subscript(self, value: Value, node: ast.Subscript, frame: Frame) -> Value:
         if isinstance(value, OneOf):
-            result: Value | None = None
-            for option in value.options:
-                got = self.subscript(option, node, frame)
-                result = got if result is None else join(result, got)
-            return result if result is not None else UNKNOWN
+            return join_all(self.subscript(option, node, frame) for option in value.options)
         if isinstance(value, Record):
             key = calls.constant_key(node.slice)
             item = value.get(key) if key is not None else None

@@ -30,7 +30,7 @@ from trainaudit.model.flow.values import (
     Site,
     Tokens,
     Value,
-    join,
+    join_all,
 )
 from trainaudit.model.module import int_value
 
@@ -351,11 +351,7 @@ def dataset_item(interp: Interpreter, dataset: Value, frame: Frame) -> Value:
     from trainaudit.model.flow.interp import mark
 
     if isinstance(dataset, OneOf):
-        result: Value | None = None
-        for option in dataset.options:
-            got = dataset_item(interp, option, frame)
-            result = got if result is None else join(result, got)
-        return result or UNKNOWN
+        return join_all(dataset_item(interp, option, frame) for option in dataset.options)
     if isinstance(dataset, Instance):
         method = interp.program.method(dataset.cls, "__getitem__")
         if method is None:

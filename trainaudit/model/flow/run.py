@@ -21,11 +21,7 @@ class FlowRun:
 
     @classmethod
     def of(cls, project: Project) -> FlowRun:
-        cached = getattr(project, "_flow_run", None)
-        if cached is None:
-            cached = cls(project)
-            project._flow_run = cached  # type: ignore[attr-defined]
-        return cached
+        return project.cached("flow-run", lambda: cls(project))
 
     def batch_size(self, path: str, line: int) -> tuple[int, Site] | None:
         """The batch size of the loader a ``for`` loop at ``path:line`` iterates, where

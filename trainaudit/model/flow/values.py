@@ -12,6 +12,7 @@ unknown value *with an identity* (two reads of the same unknown are the same str
 from __future__ import annotations
 
 import ast
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
 from trainaudit.diagnostics import Span
@@ -339,6 +340,14 @@ def join(a: Value, b: Value) -> Value:
     if any(isinstance(o, Unknown) for o in options) or len(options) > MAX_OPTIONS:
         return UNKNOWN
     return OneOf(tuple(options))
+
+
+def join_all(values: Iterable[Value]) -> Value:
+    """The join of several values (UNKNOWN for none)."""
+    result: Value | None = None
+    for value in values:
+        result = value if result is None else join(result, value)
+    return result if result is not None else UNKNOWN
 
 
 def options_of(value: Value) -> tuple[Value, ...]:

@@ -45,11 +45,7 @@ class LabelAnalysis:
 
     @classmethod
     def of(cls, project: Project) -> LabelAnalysis:
-        cached = getattr(project, "_label_analysis", None)
-        if cached is None:
-            cached = cls(project)
-            project._label_analysis = cached  # type: ignore[attr-defined]
-        return cached
+        return project.cached("label-analysis", lambda: cls(project))
 
     @cached_property
     def definite(self) -> dict[Site, list[LossReading]]:
