@@ -10,19 +10,23 @@ import libcst as cst
 
 from trainaudit.diagnostics import Finding
 from trainaudit.fixes import FixResult, fixer
-from trainaudit.fixes.accumulation import (
+from trainaudit.fixes.cst import Located, all_names, block_of, code_of, function_by_name, names
+from trainaudit.fixes.toolkit import (
     Edits,
-    all_names,
-    block_of,
+    as_receiver,
     call_at,
     ensure_import,
     expression,
     fresh_name,
-    function_by_name,
-    names,
     statement,
 )
-from trainaudit.fixes.cst import Located, code_of
+from trainaudit.payloads import (
+    ClipBeforeStep,
+    DetachAccumulated,
+    NoGradFunction,
+    RestoreTrainMode,
+    payload_of,
+)
 
 
 def _decorate(node: Any) -> Any:
@@ -35,16 +39,15 @@ def fix_eval_without_no_grad(source: str, findings: Sequence[Finding], options: 
     edits = Edits()
     notes = []
     for finding in findings:
-        name = finding.fix_data.get("function")
-        fn = function_by_name(located.module, name) if isinstance(name, str) else None
-        if fn is None or fn in edits.rewrite:
+        payload = payload_of(finding, NoGradFunction)
+        fn = function_by_name(located.module, payload.function) if payload else None
+        if payload is None or fn is None or fn in edits.rewrite:
             continue
-        edits.rewrite[fn] = _decorate
-        notes.append(f"run `{name}` under @torch.no_grad()")
+        edits.replace(fn, _decorate)
+        notes.append(f"run `{payload.function}` under @torch.no_grad()")
     if not notes:
         return FixResult(source)
-    ensure_import(edits, located.module, "torch")
-    return FixResult(edits.apply(located.module).code, notes)
+    return FixResult(ensure_import(edits.apply(located.module), "import torch", "torch").code, notes)
 
 
 def _leaves_block(stmt: cst.CSTNode) -> bool:
@@ -71,10 +74,11 @@ def fix_eval_mode_not_restored(source: str, findings: Sequence[Finding], options
     edits = Edits()
     notes = []
     for finding in findings:
-        receiver = finding.fix_data.get("receiver")
-        call = call_at(located, finding.span.line, finding.span.column)
-        if not receiver or call is None:
+        payload = payload_of(finding, RestoreTrainMode)
+        call = call_at(located, (finding.span.line, finding.span.column))
+        if payload is None or call is None:
             continue
+        receiver = payload.receiver
         stmt = located.statement_of(call)
         _, stmts = block_of(located, stmt)
         restore = statement(f"{receiver}.train()\n")
@@ -139,10 +143,11 @@ def fix_loss_tensor_accumulated(source: str, findings: Sequence[Finding], option
     edits = Edits()
     notes = []
     for finding in findings:
-        accumulator = finding.fix_data.get("accumulator")
+        payload = payload_of(finding, DetachAccumulated)
         nodes = located.at(finding.span.line, finding.span.column, cst.BaseExpression)
-        if not isinstance(accumulator, str) or not nodes:
+        if payload is None or not nodes:
             continue
+        accumulator = payload.accumulator
         value = nodes[0]
         uses = _Uses(accumulator)
         located.module.visit(uses)
@@ -151,11 +156,9 @@ def fix_loss_tensor_accumulated(source: str, findings: Sequence[Finding], option
         method = "item" if uses.number_init and not uses.tensor_use and not appended else "detach"
 
         def converted(node: Any, m: str = method) -> Any:
-            target = node if isinstance(node, cst.Name | cst.Attribute | cst.Call | cst.Subscript) \
-                else node.with_changes(lpar=[cst.LeftParen()], rpar=[cst.RightParen()])
-            return cst.Call(func=cst.Attribute(value=target, attr=cst.Name(m)))
+            return cst.Call(func=cst.Attribute(value=as_receiver(node), attr=cst.Name(m)))
 
-        edits.rewrite[value] = converted
+        edits.replace(value, converted)
         notes.append(f"accumulate `{code_of(value)}.{method}()` into `{accumulator}`")
     if not notes:
         return FixResult(source)
@@ -168,24 +171,16 @@ def fix_no_gradient_clipping(source: str, findings: Sequence[Finding], options: 
     edits = Edits()
     notes = []
     for finding in findings:
-        data = finding.fix_data
-        model, optimizer, scaler = data.get("model"), data.get("optimizer"), data.get("scaler")
-        call = call_at(located, finding.span.line, finding.span.column)
-        if not model or call is None:
+        payload = payload_of(finding, ClipBeforeStep)
+        call = call_at(located, (finding.span.line, finding.span.column))
+        if payload is None or call is None:
             continue
-        step_stmt = located.statement_of(call)
         new = []
-        if scaler and not data.get("unscaled"):
-            new.append(statement(f"{scaler}.unscale_({optimizer})\n"))
-        new.append(statement(f"torch.nn.utils.clip_grad_norm_({model}.parameters(), 1.0)\n"))
-        edits.insert_before(step_stmt, *new)
-        edits.rewrite[step_stmt] = lambda node: node.with_changes(leading_lines=[])
-        first = new[0]
-        leading = getattr(step_stmt, "leading_lines", [])
-        new[0] = first.with_changes(leading_lines=leading)
-        edits.before[step_stmt] = new
-        notes.append(f"clip the gradient norm of `{model}` to 1.0 before the step")
+        if payload.scaler and not payload.unscaled:
+            new.append(statement(f"{payload.scaler}.unscale_({payload.optimizer})"))
+        new.append(statement(f"torch.nn.utils.clip_grad_norm_({payload.model}.parameters(), 1.0)"))
+        edits.insert_before(located.statement_of(call), *new)
+        notes.append(f"clip the gradient norm of `{payload.model}` to 1.0 before the step")
     if not notes:
         return FixResult(source)
-    ensure_import(edits, located.module, "torch")
-    return FixResult(edits.apply(located.module).code, notes)
+    return FixResult(ensure_import(edits.apply(located.module), "import torch", "torch").code, notes)

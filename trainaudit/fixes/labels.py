@@ -10,41 +10,23 @@ import libcst as cst
 from trainaudit.diagnostics import Finding
 from trainaudit.fixes import FixResult, fixer
 from trainaudit.fixes.cst import Located, code_of
+from trainaudit.fixes.toolkit import Edits, call_at, replace_with, statement
+from trainaudit.payloads import IgnoreValue, LossShift, RollToSlice, ShiftRemoval, payload_of
 
 
-class _StatementEdits(cst.CSTTransformer):
-    """Replace or delete whole simple statements, keeping their comments."""
-
-    def __init__(self, replace: dict[cst.SimpleStatementLine, list[str]],
-                 delete: set[cst.SimpleStatementLine]) -> None:
-        self.replace = replace
-        self.delete = delete
-
-    def leave_SimpleStatementLine(
-        self, original: cst.SimpleStatementLine, updated: cst.SimpleStatementLine
-    ) -> cst.SimpleStatementLine | cst.FlattenSentinel[cst.SimpleStatementLine] | cst.RemovalSentinel:
-        if original in self.delete:
-            return cst.RemoveFromParent()
-        if original in self.replace:
-            lines = []
-            for i, code in enumerate(self.replace[original]):
-                statement = cst.parse_statement(code)
-                assert isinstance(statement, cst.SimpleStatementLine)
-                if i == 0:
-                    statement = statement.with_changes(
-                        leading_lines=original.leading_lines,
-                        trailing_whitespace=original.trailing_whitespace)
-                lines.append(statement)
-            return cst.FlattenSentinel(lines)
-        return updated
+def _replace_statement(edits: Edits, original: cst.SimpleStatementLine, codes: Sequence[str]) -> None:
+    """Put statements in place of a simple statement, keeping its comments."""
+    new = [statement(code) for code in codes]
+    new[0] = new[0].with_changes(leading_lines=original.leading_lines,
+                                 trailing_whitespace=original.trailing_whitespace)
+    edits.remove.add(original)
+    edits.insert_after(original, *new)
 
 
 def _roll_call(located: Located, finding: Finding) -> tuple[cst.Call, cst.SimpleStatementLine] | None:
-    calls = located.at(finding.span.line, finding.span.column, cst.Call)
-    if not calls:
+    call = call_at(located, (finding.span.line, finding.span.column))
+    if call is None:
         return None
-    call = calls[0]
-    assert isinstance(call, cst.Call)
     statement = located.statement_of(call)
     if not isinstance(statement, cst.SimpleStatementLine) or len(statement.body) != 1:
         return None
@@ -100,9 +82,9 @@ def _target_code(statement: cst.SimpleStatementLine) -> str:
     return code_of(assign.targets[0].target)
 
 
-def _lines(located: Located, spans: Sequence[Sequence[int]]) -> set[cst.SimpleStatementLine]:
-    wanted = {(int(a), int(b)) for a, b in spans}
-    found = set()
+def _lines(located: Located, spans: Sequence[tuple[int, int]]) -> set[cst.CSTNode]:
+    wanted = set(spans)
+    found: set[cst.CSTNode] = set()
     for node, pos in located.positions.items():
         if isinstance(node, cst.SimpleStatementLine) and (pos.start.line, pos.end.line) in wanted:
             found.add(node)
@@ -111,11 +93,12 @@ def _lines(located: Located, spans: Sequence[Sequence[int]]) -> set[cst.SimpleSt
 
 def _rewrite_rolls(source: str, findings: Sequence[Finding], keep_tail: bool) -> FixResult:
     located = Located(source)
-    replace: dict[cst.SimpleStatementLine, list[str]] = {}
+    edits = Edits()
     notes = []
     for finding in findings:
+        payload = payload_of(finding, RollToSlice)
         found = _roll_call(located, finding)
-        if found is None:
+        if payload is None or found is None or (payload.ignore is None) != keep_tail:
             continue
         call, statement = found
         parts = _roll_parts(call)
@@ -124,14 +107,14 @@ def _rewrite_rolls(source: str, findings: Sequence[Finding], keep_tail: bool) ->
         src, copy, prefix, _ = parts
         target = _target_code(statement)
         lines = [f"{target} = {src}.{copy}()", f"{target}[{prefix}:-1] = {src}[{prefix}1:]"]
-        if not keep_tail:
-            lines.append(f"{target}[{prefix}-1] = {finding.fix_data.get('ignore', '-100')}")
-        replace[statement] = lines
+        if payload.ignore is not None:
+            lines.append(f"{target}[{prefix}-1] = {payload.ignore}")
+        _replace_statement(edits, statement, lines)
         notes.append(f"line {finding.span.line}: roll → slicing"
                      + ("" if keep_tail else " with the ignore value on the tail"))
-    if not replace:
+    if edits.empty:
         return FixResult(source)
-    return FixResult(located.module.visit(_StatementEdits(replace, set())).code, notes)
+    return FixResult(edits.apply(located.module).code, notes)
 
 
 @fixer("TA101")
@@ -153,38 +136,27 @@ def fix_double_shift(source: str, findings: Sequence[Finding],
                      options: Mapping[str, Any]) -> FixResult:
     """Remove the shift where the labels are made, so the loss-side shift is the only one."""
     located = Located(source)
-    replace: dict[cst.SimpleStatementLine, list[str]] = {}
-    delete: set[cst.SimpleStatementLine] = set()
+    edits = Edits()
     notes = []
     for finding in findings:
-        data = finding.fix_data
+        payload = payload_of(finding, ShiftRemoval)
         nodes = located.at(finding.span.line, finding.span.column, cst.BaseExpression)
-        if not nodes:
+        if payload is None or not nodes:
             continue
         statement = located.statement_of(nodes[0])
         if not isinstance(statement, cst.SimpleStatementLine):
             continue
-        replacement = data.get("replacement")
-        if replacement:
+        if payload.replacement:
             assign = statement.body[0]
             if not isinstance(assign, cst.Assign) or len(statement.body) != 1:
                 continue
-            replace[statement] = [f"{code_of(assign.targets[0].target)} = {replacement}"]
-        delete |= _lines(located, data.get("delete", ()))
-        notes.append(str(data.get("notes", "removed the data-side label shift")))
-    if not replace and not delete:
+            _replace_statement(edits, statement,
+                               [f"{code_of(assign.targets[0].target)} = {payload.replacement}"])
+        edits.remove |= _lines(located, payload.delete)
+        notes.append(payload.note)
+    if edits.empty:
         return FixResult(source)
-    return FixResult(located.module.visit(_StatementEdits(replace, delete)).code, notes)
-
-
-class _ReplaceValue(cst.CSTTransformer):
-    def __init__(self, targets: dict[cst.CSTNode, str]) -> None:
-        self.targets = targets
-
-    def on_leave(self, original: cst.CSTNode, updated: cst.CSTNode) -> Any:
-        if original in self.targets:
-            return cst.parse_expression(self.targets[original])
-        return updated
+    return FixResult(edits.apply(located.module).code, notes)
 
 
 @fixer("TA104")
@@ -192,10 +164,13 @@ def fix_ignore_mismatch(source: str, findings: Sequence[Finding],
                         options: Mapping[str, Any]) -> FixResult:
     """Write the loss's ignore value where the labels are masked."""
     located = Located(source)
-    targets: dict[cst.CSTNode, str] = {}
+    edits = Edits()
     notes = []
     for finding in findings:
-        value = str(finding.fix_data.get("value", options.get("ignore-index", -100)))
+        payload = payload_of(finding, IgnoreValue)
+        if payload is None:
+            continue
+        value = payload.value
         lines = [n for n in located.at(finding.span.line, finding.span.column, cst.SimpleStatementLine)]
         statement = lines[0] if lines else None
         if not isinstance(statement, cst.SimpleStatementLine) or len(statement.body) != 1:
@@ -218,11 +193,11 @@ def fix_ignore_mismatch(source: str, findings: Sequence[Finding],
             if arg is None:
                 continue
             node = arg.value
-        targets[node] = value
+        edits.replace(node, replace_with(cst.parse_expression(value)))
         notes.append(f"line {finding.span.line}: mask value → {value}")
-    if not targets:
+    if edits.empty:
         return FixResult(source)
-    return FixResult(located.module.visit(_ReplaceValue(targets)).code, notes)
+    return FixResult(edits.apply(located.module).code, notes)
 
 
 @fixer("TA105")
@@ -230,13 +205,13 @@ def fix_missing_shift(source: str, findings: Sequence[Finding],
                       options: Mapping[str, Any]) -> FixResult:
     """Shift at the loss: ``logits[..., :-1, :]`` against ``labels[..., 1:]``."""
     located = Located(source)
-    targets: dict[cst.CSTNode, str] = {}
+    edits = Edits()
     notes = []
     for finding in findings:
-        logits_at = finding.fix_data.get("logits")
-        labels_at = finding.fix_data.get("labels")
-        if not logits_at or not labels_at:
+        payload = payload_of(finding, LossShift)
+        if payload is None:
             continue
+        logits_at, labels_at = payload.logits, payload.labels
         kinds = (cst.Name, cst.Attribute, cst.Subscript)
         logits = [n for n in located.at(logits_at[0], logits_at[1], kinds)
                   if code_of(n) == logits_at[2]]
@@ -248,9 +223,10 @@ def fix_missing_shift(source: str, findings: Sequence[Finding],
         parent = located.parent(logits[0])
         if not (isinstance(parent, cst.Attribute) and parent.attr.value in ("view", "reshape", "flatten")):
             continue
-        targets[logits[0]] = f"{code_of(logits[0])}[..., :-1, :].contiguous()"
-        targets[labels[0]] = f"{code_of(labels[0])}[..., 1:].contiguous()"
+        for root, shifted in ((logits[0], "[..., :-1, :]"), (labels[0], "[..., 1:]")):
+            edits.replace(root, replace_with(
+                cst.parse_expression(f"{code_of(root)}{shifted}.contiguous()")))
         notes.append(f"line {finding.span.line}: shift at the loss")
-    if not targets:
+    if edits.empty:
         return FixResult(source)
-    return FixResult(located.module.visit(_ReplaceValue(targets)).code, notes)
+    return FixResult(edits.apply(located.module).code, notes)

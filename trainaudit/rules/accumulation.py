@@ -21,6 +21,13 @@ from trainaudit.model.loops import (
 )
 from trainaudit.model.loops.identity import DDP_WRAPPERS, FSDP_WRAPPERS
 from trainaudit.model.project import Project
+from trainaudit.payloads import (
+    AccumulationRewrite,
+    DivideLoss,
+    MoveToStep,
+    NoSyncWrap,
+    ZeroGradAfterStep,
+)
 from trainaudit.registry import ProjectRule, RuleContext, register
 
 # Frameworks that run the optimizer step, accumulation and gradient clearing themselves.
@@ -50,27 +57,21 @@ def _manual_accumulation(loop: TrainingLoop) -> Accumulation | None:
     return accumulation
 
 
-def _loop_fix_data(loop: TrainingLoop) -> dict[str, object]:
-    return {"loop": [loop.header.line, loop.header.column], "function": loop.header.function}
-
-
-def _accumulation_fix_data(loop: TrainingLoop, step: Operation) -> dict[str, object]:
-    """What the TA201 fix needs: where the backward is, and the helper call if the step is in one."""
+def _accumulation_payload(loop: TrainingLoop, step: Operation) -> AccumulationRewrite | None:
+    """What the TA201 fix needs: where the backward is, and the helper call if the step is
+    in one; None when the backward and the step are not reached the same way."""
     backward = loop.first("backward")
-    data: dict[str, object] = {"backward": None, "helper": None, "call": None, "ddp": loop.ddp,
-                               "batch_source": loop.batch_size.source if loop.batch_size else None,
-                               "batch_expr": loop.batch_size.expression if loop.batch_size else None,
-                               "model": None}
     if backward is None or backward.via != step.via or len(step.via) > 1:
-        return data
-    data["backward"] = [backward.site.line, backward.site.column]
-    if step.via:
-        data["helper"] = step.site.function
-        data["call"] = [step.via[0].line, step.via[0].column]
-    forward = next((op for op in loop.forwards if op.via == step.via and op.order < backward.order), None)
-    if forward is not None:
-        data["model"] = forward.receiver
-    return data
+        return None
+    forward = next((op for op in loop.forwards if op.via == step.via and op.order < backward.order),
+                   None)
+    size = loop.batch_size
+    return AccumulationRewrite(
+        backward=(backward.site.line, backward.site.column),
+        helper=step.site.function if step.via else None,
+        call=(step.via[0].line, step.via[0].column) if step.via else None,
+        ddp=loop.ddp, model=forward.receiver if forward is not None else None,
+        batch_source=size.source if size else None, batch_expr=size.expression if size else None)
 
 
 @register
@@ -117,10 +118,11 @@ class NoGradientAccumulation(ProjectRule):
                 effective = f"{tokens} tokens < {minimum_tokens} (min-effective-tokens)"
             message = (f"the optimizer steps on every micro-batch of {what} with no gradient "
                        f"accumulation: the effective batch is {effective}")
-            data = _loop_fix_data(loop)
-            data.update(_accumulation_fix_data(loop, step))
-            fixable = _same_file(loop, *loop.operations) and data["backward"] is not None
-            yield self.finding(loop.path, loop.header.span, message, fix_data=data, fixable=fixable,
+            payload = _accumulation_payload(loop, step)
+            if not _same_file(loop, *loop.operations):
+                payload = None
+            yield self.finding(loop.path, loop.header.span, message, payload=payload,
+                               fixable=payload is not None,
                                related=[_related(step, "optimizer step on every micro-batch")])
 
 
@@ -150,7 +152,8 @@ class AccumulatedLossNotScaled(ProjectRule):
                 if steps is None:
                     message += "; no automatic fix: the number of micro-batches is not visible"
                 yield self.finding(backward.site.path, backward.site.span, message,
-                                   fix_data={"divisor": steps}, fixable=steps is not None,
+                                   payload=DivideLoss(steps) if steps is not None else None,
+                                   fixable=steps is not None,
                                    related=[_related(loop.ops("optimizer_step")[0],
                                                      "gated optimizer step")])
 
@@ -189,13 +192,10 @@ class PerMicroBatchUpdate(ProjectRule):
                     continue
                 message = (f"`{op.site.text}` runs on every micro-batch while the optimizer "
                            f"steps once per accumulation window: {self._WHAT[op.kind]}")
-                data = {"step": [step.site.line, step.site.column], "kind": op.kind,
-                        "accumulation": accumulation.kind,
-                        "gate": ([accumulation.gate.site.line, accumulation.gate.site.column]
-                                 if accumulation.gate else None)}
                 fixable = _same_file(loop, op, step) and op.site.function == step.site.function
-                yield self.finding(op.site.path, op.site.span, message, fix_data=data,
-                                   fixable=fixable, related=[_related(step, "gated optimizer step")])
+                payload = MoveToStep((step.site.line, step.site.column), op.kind)
+                yield self.finding(op.site.path, op.site.span, message,
+                                   payload=payload if fixable else None, fixable=fixable, related=[_related(step, "gated optimizer step")])
 
 
 @register
@@ -219,7 +219,7 @@ class MissingZeroGrad(ProjectRule):
             message = (f"`{step.site.text}` applies gradients that are never cleared: each "
                        "backward adds to all earlier ones (no zero_grad in the loop)")
             yield self.finding(step.site.path, step.site.span, message,
-                               fix_data={"optimizer": step.receiver},
+                               payload=ZeroGradAfterStep(step.receiver),
                                related=[Related(loop.path, loop.header.line, loop.header.column,
                                                 "training loop")])
 
@@ -270,17 +270,13 @@ class DdpAccumulationWithoutNoSync(ProjectRule):
             message = ("DistributedDataParallel all-reduces the gradients on every micro-batch's "
                        "backward while accumulating; run the non-boundary micro-batches under "
                        "`model.no_sync()`")
-            data: dict[str, object] = {
-                "accumulation": accumulation.kind,
-                "model": forward.receiver if forward else None,
-                "forward": [forward.site.line, forward.site.column] if forward else None,
-                "gate": ([accumulation.gate.site.line, accumulation.gate.site.column,
-                          accumulation.gate.negated] if accumulation.gate else None),
-                "steps": accumulation.steps,
-            }
-            fixable = forward is not None and _same_file(loop, backward, forward)
-            yield self.finding(backward.site.path, backward.site.span, message, fix_data=data,
-                               fixable=fixable)
+            gate = accumulation.gate if accumulation.kind == "gated" else None
+            payload = NoSyncWrap(
+                model=forward.receiver, forward=(forward.site.line, forward.site.column),
+                gate=(gate.site.line, gate.site.column, gate.negated) if gate else None,
+            ) if forward is not None and _same_file(loop, backward, forward) else None
+            yield self.finding(backward.site.path, backward.site.span, message, payload=payload,
+                               fixable=payload is not None)
 
 
 def _clears_for(zero: Operation, step: Operation, loop: TrainingLoop) -> bool:
@@ -344,7 +340,7 @@ class ZeroGradBeforeStep(ProjectRule):
                 if not fixable:
                     message += ("; no automatic fix: the two are not in one block, so moving "
                                 "the zero_grad would change another path")
+                payload = MoveToStep((step.site.line, step.site.column), zero.kind)
                 yield self.finding(zero.site.path, zero.site.span, message,
-                                   fix_data={"step": [step.site.line, step.site.column]},
-                                   fixable=fixable,
+                                   payload=payload if fixable else None, fixable=fixable,
                                    related=[_related(backward, "backward"), _related(step, "step")])
