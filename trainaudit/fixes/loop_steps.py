@@ -117,6 +117,15 @@ def _moved(stmt: cst.SimpleStatementLine) -> cst.SimpleStatementLine:
     return stmt.with_changes(leading_lines=[line for line in stmt.leading_lines if line.comment])
 
 
+def _drop_if_emptied(located: Located, edits: Edits, stmt: cst.CSTNode) -> None:
+    """An ``else:`` left empty by moving its only statement goes (not a ``pass``)."""
+    block = located.parent(stmt)
+    holder = located.parent(block)
+    if isinstance(holder, cst.Else) and isinstance(block, cst.IndentedBlock) \
+            and len(block.body) == 1 and isinstance(located.parent(holder), cst.If):
+        edits.replace(located.parent(holder), lambda node: node.with_changes(orelse=None))
+
+
 def _move_to_step(source: str, findings: Sequence[Finding], note: Callable[[str], str]
                   ) -> FixResult:
     """Move each finding's statement next to its optimizer step (``MoveToStep``): a clip
@@ -132,6 +141,7 @@ def _move_to_step(source: str, findings: Sequence[Finding], note: Callable[[str]
                 or op_stmt in edits.remove or len(op_stmt.body) != 1:
             continue
         edits.remove.add(op_stmt)
+        _drop_if_emptied(located, edits, op_stmt)
         if payload.kind == "clip":
             edits.insert_before(step_stmt, _moved(op_stmt))
         else:

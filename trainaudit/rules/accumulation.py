@@ -14,6 +14,7 @@ from trainaudit.model.loops import (
     LOOP_TRIGGERS,
     Accumulation,
     Operation,
+    Site,
     TrainingLoop,
     may_train,
     project_training_loops,
@@ -159,10 +160,20 @@ class AccumulatedLossNotScaled(ProjectRule):
 
 
 def _per_micro_batch(loop: TrainingLoop, accumulation: Accumulation, op: Operation) -> bool:
+    """Whether ``op`` runs on the micro-batches where the optimizer does not step."""
+    step = loop.ops("optimizer_step")[0]
     if accumulation.kind == "gated":
-        return not op.accumulation_guards
+        gate = accumulation.gate
+        if gate is not None and any(g.site == gate.site and g.negated != gate.negated
+                                    for g in op.guards):
+            return True  # the other side of the step's own gate: every non-boundary batch
+        if op.accumulation_guards:
+            return False
+        # A path the step cannot share (``if not finite: zero_grad(); continue``) runs on the
+        # batches it skips, not on every micro-batch.
+        return loop.may_follow(op, step) or loop.may_follow(step, op)
     backward = loop.ops("backward")[0]
-    inner = [site for site in backward.loops if site not in loop.ops("optimizer_step")[0].loops]
+    inner = [site for site in backward.loops if site not in step.loops]
     return bool(inner) and inner[0] in op.loops
 
 
@@ -198,10 +209,57 @@ class PerMicroBatchUpdate(ProjectRule):
                                    payload=payload if fixable else None, fixable=fixable, related=[_related(step, "gated optimizer step")])
 
 
+def _extra_guards(op: Operation, step: Operation) -> set[tuple[Site, bool]]:
+    """The ``if`` tests (and polarities) ``op`` runs under that the step does not."""
+    return {(g.site, g.negated) for g in op.guards} - {(g.site, g.negated) for g in step.guards}
+
+
+def _clears_each_step(loop: TrainingLoop, zero: Operation, step: Operation) -> bool:
+    """Whether this ``zero_grad`` runs between any two runs of the step, on the graph: it
+    runs whenever the step does (no test the step lacks), on a path the step shares, or
+    under an accumulation test on the other micro-batches of a gated step's window."""
+    if zero.loops != step.loops:
+        return True  # one of them is in a loop the other is not: how often is not known
+    extra = _extra_guards(zero, step)
+    accumulation = {(g.site, g.negated) for g in zero.accumulation_guards}
+    if extra - accumulation:
+        return False  # only when a test the step does not need holds (a log line, a skip)
+    if extra:
+        return bool(step.accumulation_guards)  # another micro-batch of the step's window
+    return loop.may_follow(step, zero) or loop.may_follow(zero, step)
+
+
+def _uncleared(loop: TrainingLoop, step: Operation) -> list[Operation] | None:
+    """None when some pass of the loop clears the step's gradients before the next step;
+    else the ``zero_grad`` calls that do not (each under a test the step lacks, or on a
+    branch the step never takes), possibly none."""
+    others = {op.receiver for op in loop.ops("optimizer_step")} - {step.receiver}
+    zeros = [z for z in loop.ops("zero_grad") if z.receiver not in others]
+    if loop.ordering is None:
+        return None if zeros else []
+    if any(_clears_each_step(loop, z, step) for z in zeros):
+        return None
+    # ``if a: zero_grad() else: zero_grad()``: the two arms together run every time.
+    extras = [_extra_guards(z, step) for z in zeros]
+    for extra in extras:
+        if len(extra) == 1:
+            (site, negated), = extra
+            if {(site, not negated)} in extras:
+                return None
+    return zeros
+
+
 @register
 class MissingZeroGrad(ProjectRule):
-    """TA204: backward and step in a loop, and the gradients are never cleared: every
-    step applies the sum of all gradients so far."""
+    """TA204: backward and step in a loop, and the gradients are not cleared between two
+    steps on every path: each step applies the sum of the gradients so far.
+
+    Decided on the loop's control-flow graph: a ``zero_grad`` only on a branch the step
+    never takes (``if not finite: zero_grad() else: step()``), after a ``continue`` the
+    step does not pass, or only under a test the step does not run under (a logging
+    block) does not clear what the step applies. Under an accumulation gate, a
+    ``zero_grad`` at the start of a window counts.
+    """
 
     code = "TA204"
     families = ("loops",)
@@ -209,19 +267,32 @@ class MissingZeroGrad(ProjectRule):
 
     def check(self, project: Project, ctx: RuleContext) -> Iterable[Finding]:
         for loop in project_training_loops(project):
-            if loop.ops("zero_grad") or loop.delegation & (SELF_STEPPING | FOREIGN_GRADIENTS):
+            if loop.delegation & (SELF_STEPPING | FOREIGN_GRADIENTS):
                 continue
             if any(may_train(call) for call in loop.external_calls):  # an unseen helper may clear them
                 continue
             step = loop.first("optimizer_step")
             if step is None or step.framework:
                 continue
-            message = (f"`{step.site.text}` applies gradients that are never cleared: each "
-                       "backward adds to all earlier ones (no zero_grad in the loop)")
+            zeros = _uncleared(loop, step)
+            if zeros is None:
+                continue
+            if zeros:
+                zero = zeros[0]
+                tests = sorted(_extra_guards(zero, step), key=lambda g: g[0].line)
+                where = " and ".join(f"`{site.text}` {'does not hold' if negated else 'holds'}"
+                                     for site, negated in tests)
+                message = (f"`{step.site.text}` applies gradients that are not cleared on every "
+                           f"path: `{zero.site.text}` (line {zero.site.line}) runs only "
+                           + (f"when {where}" if where else "on a branch the step never takes")
+                           + "; on the other paths each backward adds to all earlier ones")
+            else:
+                message = (f"`{step.site.text}` applies gradients that are never cleared: each "
+                           "backward adds to all earlier ones (no zero_grad in the loop)")
+            related = [Related(loop.path, loop.header.line, loop.header.column, "training loop")]
+            related += [_related(z, "clears the gradients on some paths only") for z in zeros[:2]]
             yield self.finding(step.site.path, step.site.span, message,
-                               payload=ZeroGradAfterStep(step.receiver),
-                               related=[Related(loop.path, loop.header.line, loop.header.column,
-                                                "training loop")])
+                               payload=ZeroGradAfterStep(step.receiver), related=related)
 
 
 def _ddp_model(loop: TrainingLoop) -> bool:
