@@ -15,7 +15,7 @@ from trainaudit.fixes.toolkit import (
     Edits,
     as_receiver,
     call_at,
-    ensure_import,
+    edit_each,
     expression,
     fresh_name,
     statement,
@@ -25,7 +25,6 @@ from trainaudit.payloads import (
     DetachAccumulated,
     NoGradFunction,
     RestoreTrainMode,
-    payload_of,
 )
 
 
@@ -35,19 +34,14 @@ def _decorate(node: Any) -> Any:
 
 @fixer("TA501")
 def fix_eval_without_no_grad(source: str, findings: Sequence[Finding], options: Mapping[str, Any]) -> FixResult:
-    located = Located(source)
-    edits = Edits()
-    notes = []
-    for finding in findings:
-        payload = payload_of(finding, NoGradFunction)
-        fn = function_by_name(located.module, payload.function) if payload else None
-        if payload is None or fn is None or fn in edits.rewrite:
-            continue
+    def edit(located: Located, edits: Edits, finding: Finding, payload: NoGradFunction) -> str | None:
+        fn = function_by_name(located.module, payload.function)
+        if fn is None or fn in edits.rewrite:
+            return None
         edits.replace(fn, _decorate)
-        notes.append(f"run `{payload.function}` under @torch.no_grad()")
-    if not notes:
-        return FixResult(source)
-    return FixResult(ensure_import(edits.apply(located.module), "import torch", "torch").code, notes)
+        return f"run `{payload.function}` under @torch.no_grad()"
+
+    return edit_each(source, findings, NoGradFunction, edit, ("import torch", "torch"))
 
 
 def _leaves_block(stmt: cst.CSTNode) -> bool:
@@ -70,36 +64,29 @@ def _returned_computation(stmt: cst.CSTNode) -> cst.BaseExpression | None:
 
 @fixer("TA502")
 def fix_eval_mode_not_restored(source: str, findings: Sequence[Finding], options: Mapping[str, Any]) -> FixResult:
-    located = Located(source)
-    edits = Edits()
-    notes = []
-    for finding in findings:
-        payload = payload_of(finding, RestoreTrainMode)
+    def edit(located: Located, edits: Edits, finding: Finding, payload: RestoreTrainMode) -> str | None:
         call = call_at(located, (finding.span.line, finding.span.column))
-        if payload is None or call is None:
-            continue
-        receiver = payload.receiver
+        if call is None:
+            return None
         stmt = located.statement_of(call)
         _, stmts = block_of(located, stmt)
-        restore = statement(f"{receiver}.train()\n")
+        restore = statement(f"{payload.receiver}.train()")
         last = stmts[-1]
         if _leaves_block(last) and last is not stmt:
             value = _returned_computation(last)
             if value is not None:
                 # ``return f(model(x))`` must still run in eval mode: compute, restore, return.
-                taken = all_names(located.module)
-                name = fresh_name(taken, "result", "eval_result")
+                name = fresh_name(all_names(located.module), "result", "eval_result")
                 edits.remove.add(last)
-                edits.insert_after(last, statement(f"{name} = {code_of(value)}\n"), restore,
-                                   statement(f"return {name}\n"))
+                edits.insert_after(last, statement(f"{name} = {code_of(value)}"), restore,
+                                   statement(f"return {name}"))
             else:
                 edits.insert_before(last, restore)
         else:
             edits.insert_after(last, restore)
-        notes.append(f"put `{receiver}` back in train mode after evaluating")
-    if not notes:
-        return FixResult(source)
-    return FixResult(edits.apply(located.module).code, notes)
+        return f"put `{payload.receiver}` back in train mode after evaluating"
+
+    return edit_each(source, findings, RestoreTrainMode, edit)
 
 
 # Calls that take a Python number as well as a 0-d tensor.
@@ -139,48 +126,33 @@ class _Uses(cst.CSTVisitor):
 
 @fixer("TA503")
 def fix_loss_tensor_accumulated(source: str, findings: Sequence[Finding], options: Mapping[str, Any]) -> FixResult:
-    located = Located(source)
-    edits = Edits()
-    notes = []
-    for finding in findings:
-        payload = payload_of(finding, DetachAccumulated)
+    def edit(located: Located, edits: Edits, finding: Finding, payload: DetachAccumulated) -> str | None:
         nodes = located.at(finding.span.line, finding.span.column, cst.BaseExpression)
-        if payload is None or not nodes:
-            continue
-        accumulator = payload.accumulator
+        if not nodes:
+            return None
         value = nodes[0]
-        uses = _Uses(accumulator)
+        uses = _Uses(payload.accumulator)
         located.module.visit(uses)
-        parent = located.parent(value)
-        appended = isinstance(parent, cst.Arg)
+        appended = isinstance(located.parent(value), cst.Arg)
         method = "item" if uses.number_init and not uses.tensor_use and not appended else "detach"
+        edits.replace(value, lambda node: cst.Call(
+            func=cst.Attribute(value=as_receiver(node), attr=cst.Name(method))))
+        return f"accumulate `{code_of(value)}.{method}()` into `{payload.accumulator}`"
 
-        def converted(node: Any, m: str = method) -> Any:
-            return cst.Call(func=cst.Attribute(value=as_receiver(node), attr=cst.Name(m)))
-
-        edits.replace(value, converted)
-        notes.append(f"accumulate `{code_of(value)}.{method}()` into `{accumulator}`")
-    if not notes:
-        return FixResult(source)
-    return FixResult(edits.apply(located.module).code, notes)
+    return edit_each(source, findings, DetachAccumulated, edit)
 
 
 @fixer("TA504")
 def fix_no_gradient_clipping(source: str, findings: Sequence[Finding], options: Mapping[str, Any]) -> FixResult:
-    located = Located(source)
-    edits = Edits()
-    notes = []
-    for finding in findings:
-        payload = payload_of(finding, ClipBeforeStep)
+    def edit(located: Located, edits: Edits, finding: Finding, payload: ClipBeforeStep) -> str | None:
         call = call_at(located, (finding.span.line, finding.span.column))
-        if payload is None or call is None:
-            continue
+        if call is None:
+            return None
         new = []
         if payload.scaler and not payload.unscaled:
             new.append(statement(f"{payload.scaler}.unscale_({payload.optimizer})"))
         new.append(statement(f"torch.nn.utils.clip_grad_norm_({payload.model}.parameters(), 1.0)"))
         edits.insert_before(located.statement_of(call), *new)
-        notes.append(f"clip the gradient norm of `{payload.model}` to 1.0 before the step")
-    if not notes:
-        return FixResult(source)
-    return FixResult(ensure_import(edits.apply(located.module), "import torch", "torch").code, notes)
+        return f"clip the gradient norm of `{payload.model}` to 1.0 before the step"
+
+    return edit_each(source, findings, ClipBeforeStep, edit, ("import torch", "torch"))

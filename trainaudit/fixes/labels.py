@@ -10,8 +10,8 @@ import libcst as cst
 from trainaudit.diagnostics import Finding
 from trainaudit.fixes import FixResult, fixer
 from trainaudit.fixes.cst import Located, code_of
-from trainaudit.fixes.toolkit import Edits, call_at, replace_with, statement
-from trainaudit.payloads import IgnoreValue, LossShift, RollToSlice, ShiftRemoval, payload_of
+from trainaudit.fixes.toolkit import Edits, call_at, edit_each, replace_with, statement
+from trainaudit.payloads import IgnoreValue, LossShift, RollToSlice, ShiftRemoval
 
 
 def _replace_statement(edits: Edits, original: cst.SimpleStatementLine, codes: Sequence[str]) -> None:
@@ -92,29 +92,24 @@ def _lines(located: Located, spans: Sequence[tuple[int, int]]) -> set[cst.CSTNod
 
 
 def _rewrite_rolls(source: str, findings: Sequence[Finding], keep_tail: bool) -> FixResult:
-    located = Located(source)
-    edits = Edits()
-    notes = []
-    for finding in findings:
-        payload = payload_of(finding, RollToSlice)
+    def edit(located: Located, edits: Edits, finding: Finding, payload: RollToSlice) -> str | None:
         found = _roll_call(located, finding)
-        if payload is None or found is None or (payload.ignore is None) != keep_tail:
-            continue
+        if found is None or (payload.ignore is None) != keep_tail:
+            return None
         call, statement = found
         parts = _roll_parts(call)
         if parts is None:
-            continue
+            return None
         src, copy, prefix, _ = parts
         target = _target_code(statement)
         lines = [f"{target} = {src}.{copy}()", f"{target}[{prefix}:-1] = {src}[{prefix}1:]"]
         if payload.ignore is not None:
             lines.append(f"{target}[{prefix}-1] = {payload.ignore}")
         _replace_statement(edits, statement, lines)
-        notes.append(f"line {finding.span.line}: roll → slicing"
-                     + ("" if keep_tail else " with the ignore value on the tail"))
-    if edits.empty:
-        return FixResult(source)
-    return FixResult(edits.apply(located.module).code, notes)
+        return (f"line {finding.span.line}: roll → slicing"
+                + ("" if keep_tail else " with the ignore value on the tail"))
+
+    return edit_each(source, findings, RollToSlice, edit)
 
 
 @fixer("TA101")
@@ -135,49 +130,38 @@ def fix_roll_shift(source: str, findings: Sequence[Finding],
 def fix_double_shift(source: str, findings: Sequence[Finding],
                      options: Mapping[str, Any]) -> FixResult:
     """Remove the shift where the labels are made, so the loss-side shift is the only one."""
-    located = Located(source)
-    edits = Edits()
-    notes = []
-    for finding in findings:
-        payload = payload_of(finding, ShiftRemoval)
+    def edit(located: Located, edits: Edits, finding: Finding, payload: ShiftRemoval) -> str | None:
         nodes = located.at(finding.span.line, finding.span.column, cst.BaseExpression)
-        if payload is None or not nodes:
-            continue
+        if not nodes:
+            return None
         statement = located.statement_of(nodes[0])
         if not isinstance(statement, cst.SimpleStatementLine):
-            continue
+            return None
         if payload.replacement:
             assign = statement.body[0]
             if not isinstance(assign, cst.Assign) or len(statement.body) != 1:
-                continue
+                return None
             _replace_statement(edits, statement,
                                [f"{code_of(assign.targets[0].target)} = {payload.replacement}"])
         edits.remove |= _lines(located, payload.delete)
-        notes.append(payload.note)
-    if edits.empty:
-        return FixResult(source)
-    return FixResult(edits.apply(located.module).code, notes)
+        return payload.note
+
+    return edit_each(source, findings, ShiftRemoval, edit)
 
 
 @fixer("TA104")
 def fix_ignore_mismatch(source: str, findings: Sequence[Finding],
                         options: Mapping[str, Any]) -> FixResult:
     """Write the loss's ignore value where the labels are masked."""
-    located = Located(source)
-    edits = Edits()
-    notes = []
-    for finding in findings:
-        payload = payload_of(finding, IgnoreValue)
-        if payload is None:
-            continue
+    def edit(located: Located, edits: Edits, finding: Finding, payload: IgnoreValue) -> str | None:
         value = payload.value
         lines = [n for n in located.at(finding.span.line, finding.span.column, cst.SimpleStatementLine)]
         statement = lines[0] if lines else None
         if not isinstance(statement, cst.SimpleStatementLine) or len(statement.body) != 1:
-            continue
+            return None
         assign = statement.body[0]
         if not isinstance(assign, cst.Assign):
-            continue
+            return None
         node: cst.CSTNode = assign.value
         if isinstance(assign.value, cst.Call):
             call = assign.value
@@ -191,26 +175,19 @@ def fix_ignore_mismatch(source: str, findings: Sequence[Finding],
             elif name == "where" and len(call.args) == 3:
                 arg = call.args[1]
             if arg is None:
-                continue
+                return None
             node = arg.value
         edits.replace(node, replace_with(cst.parse_expression(value)))
-        notes.append(f"line {finding.span.line}: mask value → {value}")
-    if edits.empty:
-        return FixResult(source)
-    return FixResult(edits.apply(located.module).code, notes)
+        return f"line {finding.span.line}: mask value → {value}"
+
+    return edit_each(source, findings, IgnoreValue, edit)
 
 
 @fixer("TA105")
 def fix_missing_shift(source: str, findings: Sequence[Finding],
                       options: Mapping[str, Any]) -> FixResult:
     """Shift at the loss: ``logits[..., :-1, :]`` against ``labels[..., 1:]``."""
-    located = Located(source)
-    edits = Edits()
-    notes = []
-    for finding in findings:
-        payload = payload_of(finding, LossShift)
-        if payload is None:
-            continue
+    def edit(located: Located, edits: Edits, finding: Finding, payload: LossShift) -> str | None:
         logits_at, labels_at = payload.logits, payload.labels
         kinds = (cst.Name, cst.Attribute, cst.Subscript)
         logits = [n for n in located.at(logits_at[0], logits_at[1], kinds)
@@ -218,15 +195,14 @@ def fix_missing_shift(source: str, findings: Sequence[Finding],
         labels = [n for n in located.at(labels_at[0], labels_at[1], kinds)
                   if code_of(n) == labels_at[2]]
         if not logits or not labels:
-            continue
+            return None
         # Only where the loss flattens the logits itself, so the root is still (B, T, V).
         parent = located.parent(logits[0])
         if not (isinstance(parent, cst.Attribute) and parent.attr.value in ("view", "reshape", "flatten")):
-            continue
+            return None
         for root, shifted in ((logits[0], "[..., :-1, :]"), (labels[0], "[..., 1:]")):
             edits.replace(root, replace_with(
                 cst.parse_expression(f"{code_of(root)}{shifted}.contiguous()")))
-        notes.append(f"line {finding.span.line}: shift at the loss")
-    if edits.empty:
-        return FixResult(source)
-    return FixResult(edits.apply(located.module).code, notes)
+        return f"line {finding.span.line}: shift at the loss"
+
+    return edit_each(source, findings, LossShift, edit)

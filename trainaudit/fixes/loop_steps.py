@@ -18,6 +18,7 @@ from trainaudit.fixes.toolkit import (
     Edits,
     as_receiver,
     call_at,
+    edit_each,
     ensure_import,
     expression,
     first_without_leading_lines,
@@ -76,19 +77,14 @@ def _divider(divisor: str) -> Rewrite:
 
 @fixer("TA202")
 def fix_unscaled_loss(source: str, findings: Sequence[Finding], options: Mapping[str, Any]) -> FixResult:
-    located = Located(source)
-    edits = Edits()
-    notes = []
-    for finding in findings:
-        payload = payload_of(finding, DivideLoss)
+    def edit(located: Located, edits: Edits, finding: Finding, payload: DivideLoss) -> str | None:
         call = call_at(located, finding.span)
-        if payload is None or call is None:
-            continue
+        if call is None:
+            return None
         edits.replace(call, _divider(payload.divisor))
-        notes.append(f"divide the loss by {payload.divisor} (line {finding.line})")
-    if not notes:
-        return FixResult(source)
-    return FixResult(edits.apply(located.module).code, notes)
+        return f"divide the loss by {payload.divisor} (line {finding.line})"
+
+    return edit_each(source, findings, DivideLoss, edit)
 
 
 def _call_statement(located: Located, where: tuple[int, int]) -> cst.SimpleStatementLine | None:
@@ -130,26 +126,22 @@ def _move_to_step(source: str, findings: Sequence[Finding], note: Callable[[str]
                   ) -> FixResult:
     """Move each finding's statement next to its optimizer step (``MoveToStep``): a clip
     just before the step, anything else after the step's run."""
-    located = Located(source)
-    edits = Edits()
-    notes = []
-    for finding in findings:
-        payload = payload_of(finding, MoveToStep)
+
+    def edit(located: Located, edits: Edits, finding: Finding, payload: MoveToStep) -> str | None:
         op_stmt = _call_statement(located, (finding.span.line, finding.span.column))
-        step_stmt = _call_statement(located, payload.step) if payload else None
-        if payload is None or op_stmt is None or step_stmt is None or op_stmt is step_stmt \
+        step_stmt = _call_statement(located, payload.step)
+        if op_stmt is None or step_stmt is None or op_stmt is step_stmt \
                 or op_stmt in edits.remove or len(op_stmt.body) != 1:
-            continue
+            return None
         edits.remove.add(op_stmt)
         _drop_if_emptied(located, edits, op_stmt)
         if payload.kind == "clip":
             edits.insert_before(step_stmt, _moved(op_stmt))
         else:
             edits.insert_after(_after_step(located, step_stmt), _moved(op_stmt))
-        notes.append(note(code_of(op_stmt.body[0]).strip()))
-    if not notes:
-        return FixResult(source)
-    return FixResult(edits.apply(located.module).code, notes)
+        return note(code_of(op_stmt.body[0]).strip())
+
+    return edit_each(source, findings, MoveToStep, edit)
 
 
 @fixer("TA203")
@@ -159,21 +151,16 @@ def fix_per_micro_batch_update(source: str, findings: Sequence[Finding], options
 
 @fixer("TA204")
 def fix_missing_zero_grad(source: str, findings: Sequence[Finding], options: Mapping[str, Any]) -> FixResult:
-    located = Located(source)
-    edits = Edits()
-    notes = []
-    for finding in findings:
-        payload = payload_of(finding, ZeroGradAfterStep)
+    def edit(located: Located, edits: Edits, finding: Finding,
+             payload: ZeroGradAfterStep) -> str | None:
         step_stmt = _call_statement(located, (finding.span.line, finding.span.column))
-        if payload is None or step_stmt is None:
-            continue
-        optimizer = payload.optimizer
+        if step_stmt is None:
+            return None
         edits.insert_after(_after_step(located, step_stmt),
-                           statement(f"{optimizer}.zero_grad(set_to_none=True)\n"))
-        notes.append(f"clear gradients after each step ({optimizer}.zero_grad)")
-    if not notes:
-        return FixResult(source)
-    return FixResult(edits.apply(located.module).code, notes)
+                           statement(f"{payload.optimizer}.zero_grad(set_to_none=True)"))
+        return f"clear gradients after each step ({payload.optimizer}.zero_grad)"
+
+    return edit_each(source, findings, ZeroGradAfterStep, edit)
 
 
 def _sync_expression(located: Located, payload: NoSyncWrap, backward: cst.Call) -> str | None:

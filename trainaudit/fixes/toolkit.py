@@ -16,9 +16,11 @@ from typing import Any
 
 import libcst as cst
 
-from trainaudit.diagnostics import Span
+from trainaudit.diagnostics import Finding, Span
+from trainaudit.fixes import FixResult
 from trainaudit.fixes.cst import Located, code_of
 from trainaudit.model.precision.scope import bound_names as names_bound_in
+from trainaudit.payloads import Payload, payload_of
 
 Rewrite = Callable[[Any], Any]
 
@@ -83,6 +85,28 @@ class Edits(cst.CSTTransformer):
         result = module.visit(self)
         assert isinstance(result, cst.Module)
         return result
+
+
+def edit_each(source: str, findings: Sequence[Finding], kind: type[Payload],
+              edit: Callable[[Located, Edits, Finding, Payload], str | None],
+              imports: tuple[str, str] | None = None) -> FixResult:
+    """The loop most fixers are: for each finding carrying a payload of ``kind``, ``edit``
+    plans its edits and returns a note (None: nothing it can do there); the edits are
+    applied in one pass, then ``imports`` (statement, name it binds) is ensured."""
+    located = Located(source)
+    edits = Edits()
+    notes = []
+    for finding in findings:
+        payload = payload_of(finding, kind)
+        note = None if payload is None else edit(located, edits, finding, payload)
+        if note is not None:
+            notes.append(note)
+    if not notes:
+        return FixResult(source)
+    module = edits.apply(located.module)
+    if imports is not None:
+        module = ensure_import(module, *imports)
+    return FixResult(module.code, notes)
 
 
 def replace_with(node: cst.CSTNode) -> Rewrite:
