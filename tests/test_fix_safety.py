@@ -41,6 +41,8 @@ RUNS: dict[str, str] = {
     "loops/ta201_while_max_iters": ("max_iters = 3; block_size = 8; m = TinyLM(); "
                                     "train(m, torch.randint(0, 16, (64,))); observed = m"),
     "loops/ta201_ddp_helper": "m = classifier(); main(m, dataset()); observed = m",
+    "loops/ta201_for_range_max_iters": ("max_iters = 3; block_size = 8; m = TinyLM(); "
+                                        "train(m, torch.randint(0, 16, (64,))); observed = m"),
     "loops/ta202_divide_loss": "m = classifier(); train(m, dataset(), grad_accum=2); observed = m",
     "loops/ta203_move_under_gate": "m = classifier(); train(m, dataset(), accumulation_steps=2); observed = m",
     "loops/ta203_zero_grad_out_of_else": (
@@ -69,6 +71,8 @@ RUNS: dict[str, str] = {
                                   "observed = [d[i] for i in range(len(d))]"),
     "labels/ta101_numpy_roll": "observed = make_example(list(range(8)))",
     "labels/ta101_roll_batch": _TAGGER_STEP.format(call="train_step(m, ids, o)"),
+    "labels/ta102_trainer_class_roll": ("d = Windows(torch.arange(64), 8); "
+                                        "observed = [d[i] for i in range(len(d))]"),
     "labels/ta102_pad": ("m = TinyTagger(); d = PaddedShift(torch.randint(0, 16, (4, 6))); "
                          "batch = torch.utils.data.default_collate([d[i] for i in range(len(d))]); "
                          "observed = loss_fn(m, batch)"),
@@ -101,12 +105,15 @@ RUNS: dict[str, str] = {
 
 CANNOT_RUN: dict[str, str] = {
     "labels/ta102_hf_preshifted": "downloads a Hugging Face model (`from_pretrained(\"gpt2\")`)",
+    "labels/ta102_hf_slice_assign": "downloads a Hugging Face model (`from_pretrained(\"tiny-gpt\")`)",
     "loops/ta202_micro_step": "a nanoGPT-shaped module script on `torch.nn.Module()`, which has no forward",
     "loops/ta205_gated_no_sync": "DistributedDataParallel on CUDA devices (`model.cuda()`, NCCL)",
     "loops/ta205_micro_loop_no_sync": "DistributedDataParallel needs an initialised process group",
     "loops/ta205_other_model_no_sync": "DistributedDataParallel needs an initialised process group",
     "loops/ta503_all_reduce_detach": "`dist.all_reduce` needs an initialised process group",
     "loops/ta504_scaler_clip": "moves its batches to CUDA (`x.cuda()`)",
+    "precision/scaler_parameter": "float16 autocast with a CUDA GradScaler (`GradScaler(\"cuda\")`)",
+    "precision/version_guard_kept": "a CUDA GradScaler at import time",
 }
 # Corrective pairs whose input is the bug and crashes with it; only the fixed code must run.
 BROKEN_BEFORE: dict[str, str] = {

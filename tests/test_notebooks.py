@@ -140,3 +140,17 @@ def test_notebooks_are_found_in_folders_and_cached(tree: Path) -> None:
         status, out, _ = invoke("check", ".", "--format", "json")
         assert status == 1
         assert [f["cell"] for f in json.loads(out)["findings"]] == [3, 4]
+
+
+def test_shell_lines_continued_with_a_backslash_are_skipped(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    cells = [{"cell_type": "code", "execution_count": 1, "metadata": {}, "outputs": [],
+              "source": ["! python prepare.py --data_dir data \\\n",
+                         "                     --split train \\\n",
+                         "                     --max_len 512\n",
+                         "import torch\n"]}]
+    (tmp_path / "prep.ipynb").write_text(notebook(cells))
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["check", "prep.ipynb", "--format", "json", "--no-cache"])
+    assert json.loads(result.stdout)["findings"] == []
+    assert result.exit_code == 0

@@ -70,6 +70,10 @@ def test_output_has_the_findings_we_expect(sarif: dict[str, Any]) -> None:
     assert {"TA001", "TA102", "TA302"} <= set(codes)
     related = [r for r in results if r.get("relatedLocations")]
     assert related, "a cross-file finding must carry its related locations"
+    double = next(r for r in results if r["ruleId"] == "TA102")
+    flow = double["codeFlows"][0]["threadFlows"][0]["locations"]
+    files = [step["location"]["physicalLocation"]["artifactLocation"]["uri"] for step in flow]
+    assert files[0].endswith("pkg/data.py") and files[-1].endswith("pkg/train.py")
     rules = sarif["runs"][0]["tool"]["driver"]["rules"]
     assert [r["id"] for r in rules] == [info.code for info in CATALOGUE]
     for r in results:

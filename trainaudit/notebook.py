@@ -153,8 +153,10 @@ def _analysable(text: str, hidden: list[str]) -> list[str]:
     first = next((line for line in lines if line.strip()), "")
     whole_cell = first.lstrip().startswith("%%")
     result = []
+    continued = False  # the previous IPython line ended with a backslash
     for line in lines:
-        if whole_cell or _IPYTHON_LINE.match(line):
+        if whole_cell or continued or _IPYTHON_LINE.match(line):
+            continued = line.rstrip("\r\n").endswith("\\")
             indent = line[: len(line) - len(line.lstrip(" \t"))]
             result.append(indent + _PLACEHOLDER.format(len(hidden)) + "\n")
             hidden.append(line.rstrip("\r\n"))

@@ -56,6 +56,10 @@ class Project:
         exact = self._by_name.get(dotted)
         return exact if exact is not None else (candidates[0] if candidates else None)
 
+    def module_candidates(self, dotted: str) -> list[ModuleSummary]:
+        """Every checked module whose name ends with ``dotted``."""
+        return list(self._by_suffix.get(dotted, []))
+
     def resolve_symbol(self, qualified: str) -> tuple[ModuleSummary, str] | None:
         """Split ``pkg.data.TextDataset`` into the checked module and the name in it."""
         if qualified in self._resolved_symbols:

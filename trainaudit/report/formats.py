@@ -114,6 +114,13 @@ def render_sarif(result: CheckResult) -> str:
                 {**_location(r.path, r.line, r.column), "id": i, "message": {"text": r.message}}
                 for i, r in enumerate(f.related)
             ]
+            # The way the value went (where it was made, the files it passed, the sink), in
+            # order, as code scanning shows a data flow.
+            steps = [{"location": {**_location(f.path, f.span.line, f.span.column),
+                                   "message": {"text": "made here"}}}]
+            steps += [{"location": {**_location(r.path, r.line, r.column),
+                                    "message": {"text": r.message}}} for r in f.related]
+            entry["codeFlows"] = [{"threadFlows": [{"locations": steps}]}]
         results.append(entry)
     sarif = {
         "$schema": SARIF_SCHEMA,

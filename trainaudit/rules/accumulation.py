@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 
 from trainaudit.diagnostics import Finding, Related
+from trainaudit.model.flow.program import FAMILY as FLOW_FAMILY
+from trainaudit.model.flow.run import FlowRun
 from trainaudit.model.loops import (
     LOOP_TRIGGERS,
     Accumulation,
@@ -21,6 +23,7 @@ from trainaudit.model.loops import (
     targets_gpu,
 )
 from trainaudit.model.loops.identity import DDP_WRAPPERS, FSDP_WRAPPERS
+from trainaudit.model.loops.records import BatchSize
 from trainaudit.model.project import Project
 from trainaudit.payloads import (
     AccumulationRewrite,
@@ -75,6 +78,16 @@ def _accumulation_payload(loop: TrainingLoop, step: Operation) -> AccumulationRe
         batch_source=size.source if size else None, batch_expr=size.expression if size else None)
 
 
+def _flow_batch_size(project: Project, loop: TrainingLoop) -> BatchSize | None:
+    """The batch size of the loader the loop draws from, followed as a value (a config
+    dataclass default, an argparse default passed down into a trainer class...)."""
+    found = FlowRun.of(project).batch_size(loop.header.path, loop.header.span.line)
+    if found is None:
+        return None
+    size, site = found
+    return BatchSize(size, f"the DataLoader at {site.path}:{site.span.line}", site.text)
+
+
 @register
 class NoGradientAccumulation(ProjectRule):
     """TA201: the optimizer steps on every micro-batch and the batch is small.
@@ -89,7 +102,7 @@ class NoGradientAccumulation(ProjectRule):
     """
 
     code = "TA201"
-    families = ("loops",)
+    families = ("loops", FLOW_FAMILY)
     triggers = LOOP_TRIGGERS
     options = {"min-effective-batch": 32, "min-effective-tokens": 16384}
 
@@ -97,7 +110,7 @@ class NoGradientAccumulation(ProjectRule):
         minimum = int(ctx.option("min-effective-batch"))
         minimum_tokens = int(ctx.option("min-effective-tokens"))
         for loop in project_training_loops(project):
-            size = loop.batch_size
+            size = loop.batch_size or _flow_batch_size(project, loop)
             if size is None or loop.accumulation is not None or not _manual(loop):
                 continue
             if loop.traits & {"benchmark", "adapters"}:

@@ -83,10 +83,10 @@ class CircularLabelShift(_LabelRule):
                        for r in trained[:3]]
             yield self.finding(
                 site.path, site.span,
-                f"`{site.text}` is a circular roll (shift {producer.roll_shift}{dim}): its last "
-                f"position wraps around to the first token of `{producer.input_text}` and "
-                f"nothing masks it, so the model is trained to predict it. Slice instead and "
-                f"set the tail to the ignore index.",
+                f"`{producer.named()}` is made with a circular roll (shift "
+                f"{producer.roll_shift}{dim}) and its last position wraps around to the first "
+                f"token of `{producer.input_text}`; nothing masks it, so the model is trained "
+                f"to predict it. Slice instead and set the tail to the ignore index.",
                 related=related,
                 payload=RollToSlice(_ignore_text(fate.readings, site.path)),
                 fixable=producer.fix_form == "assign-roll" and producer.roll_shift == -1)
@@ -110,12 +110,13 @@ class DoubleLabelShift(_LabelRule):
             producer = first.first.producer
             assert producer is not None
             every = analysis.producer_readings(site)
-            how = ("the model shifts again internally" if first.second is None
+            internal = first.second is None or first.second.internal
+            how = ("the model shifts again internally" if internal or first.second is None
                    else f"the loss shifts again (`{first.second.site.text}`)")
             loss = first.reading.site
             related = _trail(first.reading)
             for shift in shifts[:5]:
-                if shift.second is not None:
+                if shift.second is not None and not shift.second.internal:
                     related.append(_related(shift.second.site, "second shift here"))
                 else:
                     related.append(_related(shift.reading.site, "the model shifts the labels "
@@ -136,8 +137,10 @@ class DoubleLabelShift(_LabelRule):
                 # dropping only the label shift would leave them of different lengths.
                 fixable=all(r.offset == 2 for r in every) and producer.input_text is not None
                 and not any(r.logits is not None and r.logits.inputs.trimmed for r in every)
-                and producer.kind in ("slice", "pad", "cat", "slice-assign", "roll")
-                and (producer.kind != "roll" or producer.fix_form == "assign-roll"))
+                # The fixer rewrites ``labels = <shift>`` (or deletes a slice assignment):
+                # a shift inside a larger expression gets no fix.
+                and (producer.kind == "slice-assign"
+                     or producer.fix_form in ("assign", "assign-roll")))
 
 
 @register
@@ -177,7 +180,8 @@ class RollLabelShift(_LabelRule):
             producer = fate.producer
             yield self.finding(
                 site.path, site.span,
-                f"`{site.text}` is a circular roll; the wrapped position is neutralised "
+                f"`{producer.named()}` is made with a circular roll; the wrapped position is "
+                f"neutralised "
                 f"({how_text}), so it works, but slicing says the same without the trap.",
                 payload=RollToSlice(None),
                 fixable=producer.fix_form == "assign-roll" and producer.roll_shift == -1)

@@ -14,6 +14,7 @@ from trainaudit.model.flow import library
 from trainaudit.model.flow.tensors import as_tokens, condition_mask
 from trainaudit.model.flow.values import (
     UNKNOWN,
+    Arguments,
     BoundMethod,
     CausalLM,
     ClassValue,
@@ -46,6 +47,8 @@ BUILTINS = {"enumerate", "zip", "iter", "next", "list", "tuple", "dict", "len", 
 # Methods of a model / module / loader that return the object itself.
 SELF_METHODS = {"to", "cuda", "cpu", "train", "eval", "half", "float", "bfloat16", "double",
                 "requires_grad_", "share_memory", "type", "apply", "compile"}
+# Methods of framework objects that hand their arguments back, prepared.
+PASS_ARGUMENTS = {"prepare", "prepare_model", "prepare_data_loader", "setup", "setup_dataloaders"}
 # A keyword that passes the token ids to a model.
 INPUT_KEYWORDS = ("input_ids", "idx", "input", "inputs", "x", "tokens", "src")
 
@@ -92,19 +95,41 @@ def call(interp: Interpreter, node: ast.Call, frame: Frame) -> Value:
             args.append(UNKNOWN)
         else:
             args.append(interp.eval(arg, frame))
-    kwargs: dict[str, Value] = {}
+    # ``**batch`` with a batch of several alternatives: one call per alternative.
+    variants: list[dict[str, Value]] = [{}]
     for kw in node.keywords:
         value = interp.eval(kw.value, frame)
         if kw.arg is not None:
-            kwargs[kw.arg] = value
-        elif isinstance(value, Record):
-            kwargs.update((str(k), v) for k, v in value.items)
-        else:
-            kwargs["**"] = value
+            for kwargs in variants:
+                kwargs[kw.arg] = value
+            continue
+        options = value.options if isinstance(value, OneOf) else (value,)
+        variants = [_spread(dict(kwargs), option) for kwargs in variants for option in options]
+    callee: Value
+    receiver: Value | None = None
     if isinstance(node.func, ast.Attribute):
         receiver = interp.eval(node.func.value, frame)
-        return method_call(interp, receiver, node.func.attr, args, kwargs, node, frame)
-    return apply(interp, interp.eval(node.func, frame), args, kwargs, node, frame)
+    else:
+        callee = interp.eval(node.func, frame)
+    result: Value | None = None
+    for kwargs in variants:
+        if receiver is not None:
+            assert isinstance(node.func, ast.Attribute)
+            got = method_call(interp, receiver, node.func.attr, args, kwargs, node, frame)
+        else:
+            got = apply(interp, callee, args, kwargs, node, frame)
+        result = got if result is None else join(result, got)
+    return result if result is not None else UNKNOWN
+
+
+def _spread(kwargs: dict[str, Value], value: Value) -> dict[str, Value]:
+    if isinstance(value, Record):
+        kwargs.update((str(k), v) for k, v in value.items)
+        if value.base is not None:
+            kwargs["**"] = value.base
+    else:
+        kwargs["**"] = value
+    return kwargs
 
 
 def apply(interp: Interpreter, callee: Value, args: list[Value], kwargs: dict[str, Value],
@@ -150,7 +175,11 @@ def apply(interp: Interpreter, callee: Value, args: list[Value], kwargs: dict[st
 
 def model_output(args: list[Value], kwargs: dict[str, Value], callee: Value, node: ast.Call,
                  frame: Frame) -> Value:
-    """An unknown callable applied to token ids: outputs aligned with them (a model)."""
+    """An unknown callable applied to token ids: outputs aligned with them (a model).
+    A tokenizer or processor (made by a ``*Tokenizer`` / ``*Processor`` class) is no
+    model: what it returns is an unknown record of its own."""
+    if isinstance(callee, Opaque) and _made_by_tokenizer(callee):
+        return Opaque(("encoded", frame.module.name, node.lineno, node.col_offset))
     first = args[0] if args else next((kwargs[k] for k in INPUT_KEYWORDS if k in kwargs), None)
     if isinstance(first, Logits):
         return first
@@ -159,6 +188,12 @@ def model_output(args: list[Value], kwargs: dict[str, Value], callee: Value, nod
         ndim = tokens.ndim + 1 if tokens.ndim is not None else None
         return Logits(tokens, 0, ndim)
     return Opaque(("called", frame.module.name, node.lineno, node.col_offset))
+
+
+def _made_by_tokenizer(value: Opaque) -> bool:
+    key = value.key
+    return len(key) > 1 and key[0] == "lib" and isinstance(key[1], str) and any(
+        word in key[1] for word in ("Tokenizer", "Processor", "tokenizer"))
 
 
 def causal_call(interp: Interpreter, model: CausalLM, args: list[Value],
@@ -315,7 +350,7 @@ def method_call(interp: Interpreter, receiver: Value, name: str, args: list[Valu
             result = got if result is None else join(result, got)
         return result if result is not None else UNKNOWN
     if isinstance(receiver, Library):
-        return apply(interp, interp.resolve_qualified(f"{receiver.qualname}.{name}"), args,
+        return apply(interp, interp.resolve_qualified(f"{receiver.qualname}.{name}", frame.module.path), args,
                      kwargs, node, frame)
     if isinstance(receiver, Instance):
         method = interp.program.method(receiver.cls, name)
@@ -342,6 +377,12 @@ def method_call(interp: Interpreter, receiver: Value, name: str, args: list[Valu
             found = receiver.get(key)
             return found if found is not None else Opaque(("get", frame.module.name, node.lineno))
         return Opaque(("record-call", frame.module.name, node.lineno, node.col_offset))
+    if isinstance(receiver, Arguments):
+        return library.parser_method(interp, receiver, name, args, kwargs, node, frame)
+    if isinstance(receiver, LossValue):
+        return receiver if name in library.KEEP else Opaque(("loss-call", name, node.lineno))
+    if name in PASS_ARGUMENTS and args:  # accelerator.prepare(model, opt, loader, ...)
+        return args[0] if len(args) == 1 else Record("tuple", tuple(enumerate(args)))
     if isinstance(receiver, Tokens | Logits | Opaque):
         return library.tensor_method(interp, receiver, name, args, kwargs, node, frame)
     return Opaque(("method", frame.module.name, node.lineno, node.col_offset))
@@ -356,7 +397,7 @@ def attribute(interp: Interpreter, value: Value, name: str, node: ast.Attribute,
             result = got if result is None else join(result, got)
         return result if result is not None else UNKNOWN
     if isinstance(value, Library):
-        return interp.resolve_qualified(f"{value.qualname}.{name}")
+        return interp.resolve_qualified(f"{value.qualname}.{name}", frame.module.path)
     if isinstance(value, Instance):
         held = value.attr(name)
         if held is not None:
@@ -414,6 +455,8 @@ def element_of(interp: Interpreter, value: Value, node: ast.expr, frame: Frame) 
     if isinstance(value, OneOf):
         result: Value | None = None
         for option in value.options:
+            if isinstance(option, Record) and not option.items and option.base is None:
+                continue  # an empty list (before a loop filled it) yields nothing
             got = element_of(interp, option, node, frame)
             result = got if result is None else join(result, got)
         return result if result is not None else UNKNOWN
@@ -435,13 +478,37 @@ def element_of(interp: Interpreter, value: Value, node: ast.expr, frame: Frame) 
     return Opaque(("iter", frame.module.name, node.lineno, node.col_offset))
 
 
+def augmented(current: Value | None, op: ast.operator, added: Value, otherwise: Value) -> Value:
+    """``x += y``: a list grown by a list stays a list of their elements."""
+    if isinstance(op, ast.Add) and isinstance(current, Record | ListOf) \
+            and isinstance(added, Record | ListOf):
+        parts: list[Value] = []
+        for value in (current, added):
+            parts += [value.element] if isinstance(value, ListOf) else value.values()
+        if parts:
+            joined = parts[0]
+            for part in parts[1:]:
+                joined = join(joined, part)
+            return ListOf(joined)
+    return otherwise
+
+
+def iterated_source(value: Value) -> Value:
+    """What a loop really draws from: ``enumerate(loader)`` and ``tqdm(loader)`` draw from
+    the loader (kept on the enumerated list as its origin)."""
+    return value.origin if isinstance(value, ListOf) and value.origin is not None else value
+
+
 def unpack(value: Value, index: int) -> Value:
     """Element ``index`` of a value being unpacked (``a, b = value``)."""
     if isinstance(value, Record):
         got = value.get(index) if value.kind != "dict" else None
         return got if got is not None else UNKNOWN
     if isinstance(value, ListOf):
-        return value.element
+        # Elements of one list are different objects: only an unknown element keeps an
+        # identity, one of its own per position.
+        element = value.element
+        return element.child("unpack", index) if isinstance(element, Opaque) else UNKNOWN
     if isinstance(value, OneOf):
         result: Value | None = None
         for option in value.options:

@@ -17,7 +17,15 @@ from typing import Protocol
 
 from trainaudit.model.flow import calls
 from trainaudit.model.flow.program import FlowModule, Program
-from trainaudit.model.flow.tensors import as_tokens, slice_logits, slice_tokens, write_into
+from trainaudit.model.flow.tensors import (
+    as_tokens,
+    elements,
+    is_drop_last,
+    is_last,
+    slice_logits,
+    slice_tokens,
+    write_into,
+)
 from trainaudit.model.flow.values import (
     UNKNOWN,
     BoundMethod,
@@ -58,6 +66,8 @@ class Listener(Protocol):
     def record(self, value: Value, site: Site) -> None: ...
 
     def masked(self, loss: LossValue, mask: Value) -> None: ...
+
+    def iterated(self, site: Site, value: Value) -> None: ...
 
 
 @dataclass
@@ -148,7 +158,7 @@ class Interpreter:
             return self._definition(module, name)
         qualified = module.facts.imports.aliases.get(name)
         if qualified is not None:
-            return self.resolve_qualified(qualified)
+            return self.resolve_qualified(qualified, module.path)
         if env is None:
             env = self.module_env(module)
             if name in env:
@@ -160,9 +170,9 @@ class Interpreter:
         ref = Ref(module.name, qualname)
         return ClassValue(ref) if module.class_node(qualname) is not None else FunctionValue(ref)
 
-    def resolve_qualified(self, qualified: str) -> Value:
+    def resolve_qualified(self, qualified: str, importer: str | None = None) -> Value:
         """A dotted name: a checked definition where the tree has it, else a library name."""
-        found = self.program.resolve(qualified)
+        found = self.program.resolve(qualified, importer)
         if found is not None:
             module, name = found
             if name in module.definitions:
@@ -194,10 +204,11 @@ class Interpreter:
             if stmt.value is not None:
                 self.bind(stmt.target, self.eval(stmt.value, frame), frame)
         elif isinstance(stmt, ast.AugAssign):
-            self.eval(stmt.value, frame)
+            added = self.eval(stmt.value, frame)
             if isinstance(stmt.target, ast.Name):
-                frame.env[stmt.target.id] = Opaque(("aug", frame.module.name, stmt.lineno,
-                                                    stmt.col_offset))
+                frame.env[stmt.target.id] = calls.augmented(
+                    frame.env.get(stmt.target.id), stmt.op, added,
+                    Opaque(("aug", frame.module.name, stmt.lineno, stmt.col_offset)))
         elif isinstance(stmt, ast.Expr):
             self.eval(stmt.value, frame)
         elif isinstance(stmt, ast.Return):
@@ -207,7 +218,9 @@ class Interpreter:
             self.eval(stmt.test, frame)
             self._branches([stmt.body, stmt.orelse], frame)
         elif isinstance(stmt, ast.For | ast.AsyncFor):
-            element = calls.element_of(self, self.eval(stmt.iter, frame), stmt.iter, frame)
+            iterable = self.eval(stmt.iter, frame)
+            self.listener.iterated(frame.module.site(stmt), calls.iterated_source(iterable))
+            element = calls.element_of(self, iterable, stmt.iter, frame)
             before = dict(frame.env)
             self.bind(stmt.target, element, frame)
             self.exec_block(stmt.body, frame)
@@ -230,7 +243,6 @@ class Interpreter:
             self.exec_block(stmt.finalbody, frame)
         elif isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
             qualname = frame.module.facts.scope_name(stmt)
-            qualname = f"{qualname}.{stmt.name}" if qualname else stmt.name
             if qualname in frame.module.definitions:
                 frame.env[stmt.name] = self._definition(frame.module, qualname)
 
@@ -289,9 +301,18 @@ class Interpreter:
 
     def _stored(self, container: Value, target: ast.Subscript, value: Value,
                 frame: Frame) -> Value | None:
-        if isinstance(container, Record):
+        if isinstance(container, Record | Opaque):
             key = calls.constant_key(target.slice)
-            return container.set(key, value) if key is not None else None
+            if key is None:
+                return None
+            record = container if isinstance(container, Record) else Record("dict", (), container)
+            return record.set(key, value)
+        if isinstance(container, LossValue):
+            # Per-token losses with the last position overwritten (``losses[:, -1] = nan``):
+            # whatever that position's label was, it does not count.
+            if any(is_last(e) for e in elements(target)):
+                self.listener.masked(container, value)
+            return None
         tokens = container if isinstance(container, Tokens) else None
         if tokens is None:
             return None
@@ -379,9 +400,13 @@ class Interpreter:
         if isinstance(value, ListOf):
             return value.element if not isinstance(node.slice, ast.Slice) else value
         if isinstance(value, Tokens):
-            return slice_tokens(value, node, frame.module)
+            return slice_tokens(value, node, frame.module, _whole_value(node, frame))
         if isinstance(value, Logits):
             return slice_logits(value, node, frame.module)
+        if isinstance(value, LossValue):
+            if any(is_drop_last(e) for e in elements(node)):
+                self.listener.masked(value, UNKNOWN)  # the last position's loss is dropped
+            return value
         if isinstance(value, Instance):
             method = self.program.method(value.cls, "__getitem__")
             if method is not None:
@@ -396,10 +421,10 @@ class Interpreter:
             if isinstance(node.slice, ast.Slice | ast.Tuple):
                 tokens = as_tokens(value)
                 assert tokens is not None
-                return slice_tokens(tokens, node, frame.module)
+                return slice_tokens(tokens, node, frame.module, _whole_value(node, frame))
             return value.child("sub", frame.module.text(node.slice))
         if isinstance(value, CausalLM | Loader | Library | ClassValue | FunctionValue
-                      | BoundMethod | LossValue | Const):
+                      | BoundMethod | Const):
             return Opaque(("item", frame.module.name, node.lineno, node.col_offset))
         return UNKNOWN
 
@@ -429,6 +454,12 @@ class Interpreter:
         element = self.eval(node.elt, frame)
         frame.env = saved
         return ListOf(element)
+
+
+def _whole_value(node: ast.expr, frame: Frame) -> bool:
+    """The expression is the whole right-hand side of ``name = ...`` (a fix may rewrite it)."""
+    stmt = frame.statement
+    return isinstance(stmt, ast.Assign) and stmt.value is node and len(stmt.targets) == 1
 
 
 def _is_static(node: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:

@@ -11,6 +11,7 @@ from trainaudit.model.flow.program import FlowModule
 from trainaudit.model.flow.tensors import as_tokens, condition_mask, reproduce, roll
 from trainaudit.model.flow.values import (
     UNKNOWN,
+    Arguments,
     CausalLM,
     Const,
     Instance,
@@ -137,14 +138,20 @@ def call(interp: Interpreter, qualname: str, args: list[Value], kwargs: dict[str
         return args[2]
     if qualname in LOADERS:
         dataset = _arg(args, kwargs, 0, "dataset") or UNKNOWN
-        return Loader(dataset, kwargs.get("collate_fn"), site, node)
+        batch = _arg(args, kwargs, 1, "batch_size")
+        # Only a batch size the code gives: with the default (1) the items may be batches.
+        return Loader(dataset, kwargs.get("collate_fn"), site, node, batch)
     if qualname in SPLITS:
         dataset = _arg(args, kwargs, 0, "dataset") or UNKNOWN
-        return ListOf(dataset) if short == "random_split" else dataset
+        if short == "random_split":  # each part yields the data set's items
+            return Record("list", tuple((i, dataset) for i in range(4)))
+        return dataset
     if qualname == "functools.partial" and args:
         return Partial(args[0], tuple(args[1:]), tuple(sorted(kwargs.items())))
     if _is_causal_lm(qualname):
         return CausalLM(site)
+    if qualname == "argparse.ArgumentParser":
+        return Arguments(())
     if qualname in TRAINERS:
         _trainer(interp, kwargs, node, frame)
         return Opaque(("trainer", site.path, site.span.line))
@@ -153,7 +160,8 @@ def call(interp: Interpreter, qualname: str, args: list[Value], kwargs: dict[str
         from trainaudit.model.flow.calls import element_of
 
         element = element_of(interp, inner, node, frame) if inner is not None else UNKNOWN
-        return ListOf(Record("tuple", ((0, Opaque(("index", site.span.line))), (1, element))))
+        return ListOf(Record("tuple", ((0, Opaque(("index", site.span.line))), (1, element))),
+                      inner)
     if qualname == "builtins.zip":
         from trainaudit.model.flow.calls import element_of
 
@@ -209,7 +217,16 @@ def _rolled(value: Value | None, source: ast.expr | None, shift_node: ast.expr |
     dims = int_value(dims_node) if dims_node is not None else None
     if tokens is None or source is None or shift is None or (dims_node is not None and dims is None):
         return Opaque(("roll", frame.module.name, node.lineno, node.col_offset))
-    return roll(tokens, shift, dims, node, source, frame.module, _whole_value(node, frame), lib)
+    return roll(tokens, shift, dims, node, source, frame.module, _whole_value(node, frame), lib,
+                _assigned_name(node, frame))
+
+
+def _assigned_name(node: ast.Call, frame: Frame) -> str | None:
+    """``labels`` in ``labels = torch.roll(...)`` (the statement being interpreted)."""
+    stmt = frame.statement
+    if isinstance(stmt, ast.Assign) and stmt.value is node and len(stmt.targets) == 1:
+        return frame.module.text(stmt.targets[0])
+    return None
 
 
 def _to_tensor(value: Value | None) -> Value:
@@ -246,7 +263,7 @@ def _pad(args: list[Value], kwargs: dict[str, Value], node: ast.Call, frame: Fra
         return Opaque(("pad", frame.module.name, node.lineno))
     fill = kwargs.get("value", args[3] if len(args) > 3 else Const(0))
     tail = MaskValue(fill.value) if isinstance(fill, Const) and type(fill.value) is int else None
-    return reproduce(value, "pad", node, frame.module, inner, tail)
+    return reproduce(value, "pad", node, frame.module, inner, tail, _whole_value(node, frame))
 
 
 def _cat(args: list[Value], node: ast.Call, frame: Frame) -> Value:
@@ -263,7 +280,31 @@ def _cat(args: list[Value], node: ast.Call, frame: Frame) -> Value:
         fill = _node_arg(tail_node, 1, "fill_value")
         number = int_value(fill)
         tail = MaskValue(number) if number is not None else None
-    return reproduce(first, "cat", node, frame.module, elts[0], tail)
+    return reproduce(first, "cat", node, frame.module, elts[0], tail, _whole_value(node, frame))
+
+
+def parser_method(interp: Interpreter, parser: Arguments, name: str, args: list[Value],
+                  kwargs: dict[str, Value], node: ast.Call, frame: Frame) -> Value:
+    """``parser.add_argument("--batch-size", type=int, default=4)`` records the default;
+    ``parser.parse_args()`` is the namespace of defaults (what a run without flags gets)."""
+    if name == "add_argument":
+        flags = [a.value for a in args if isinstance(a, Const) and isinstance(a.value, str)]
+        dest = kwargs.get("dest")
+        if isinstance(dest, Const) and isinstance(dest.value, str):
+            key = dest.value
+        else:
+            longs = [f for f in flags if f.startswith("--")] or flags
+            key = longs[0].lstrip("-").replace("-", "_") if longs else ""
+        if key and isinstance(node.func, ast.Attribute):
+            default = kwargs.get("default", Const(None))
+            interp.bind(node.func.value, Arguments((*parser.defaults, (key, default))), frame)
+        return Opaque(("action", node.lineno))
+    if name in ("parse_args", "parse_known_args"):
+        namespace = Record("object", parser.defaults)
+        if name == "parse_known_args":
+            return Record("tuple", ((0, namespace), (1, Opaque(("extra", node.lineno)))))
+        return namespace
+    return Opaque(("parser-call", name, node.lineno))
 
 
 def tensor_method(interp: Interpreter, receiver: Value, name: str, args: list[Value],
@@ -287,7 +328,7 @@ def tensor_method(interp: Interpreter, receiver: Value, name: str, args: list[Va
             interp.bind(node.func.value, result, frame)
         return result
     if isinstance(receiver, Opaque) and name not in KEEP:
-        return receiver.child("call", name)
+        return receiver.child("call", name, node.lineno, node.col_offset)
     tokens = as_tokens(receiver)
     if tokens is None or name not in KEEP:
         return Opaque(("tensor-call", name, node.lineno))

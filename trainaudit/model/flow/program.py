@@ -48,8 +48,7 @@ class FlowModule:
             for stmt in body:
                 if isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
                     found[prefix + stmt.name] = stmt  # the last definition wins, as at run time
-                    if isinstance(stmt, ast.ClassDef):
-                        visit(stmt.body, f"{prefix}{stmt.name}.")
+                    visit(stmt.body, f"{prefix}{stmt.name}.")  # methods, nested functions
                 elif isinstance(stmt, ast.If | ast.Try):
                     for block in (stmt.body, stmt.orelse, *[h.body for h in getattr(stmt, "handlers", [])]):
                         visit(block, prefix)
@@ -102,18 +101,37 @@ class Program:
                     found.append(module)
         return found
 
-    def resolve(self, qualified: str) -> tuple[FlowModule, str] | None:
-        """``pkg.data.build_loaders`` → the checked module and the name in it."""
-        found = self.project.resolve_symbol(qualified)
-        if found is None:
-            return None
-        summary, name = found
-        module = self.module(summary.module_name)
-        return (module, name) if module is not None else None
+    def resolve(self, qualified: str, importer: str | None = None
+                ) -> tuple[FlowModule, str] | None:
+        """``pkg.data.build_loaders`` → the checked module and the name in it. A module
+        name that several checked files end with (``fp8_utils`` in three sibling folders)
+        is the importer's neighbour, or the one of exactly that name, or none: an
+        ambiguous import is unknown, not a guess."""
+        parts = qualified.split(".")
+        for cut in range(len(parts) - 1, 0, -1):
+            summary = self._pick(self.project.module_candidates(".".join(parts[:cut])),
+                                 ".".join(parts[:cut]), importer)
+            if summary is not None:
+                module = self.module(summary.module_name)
+                return (module, ".".join(parts[cut:])) if module is not None else None
+        return None
 
-    def resolve_module(self, qualified: str) -> FlowModule | None:
-        summary = self.project.resolve_module(qualified)
-        return self.module(summary.module_name) if summary is not None else None
+    @staticmethod
+    def _pick(candidates: list[ModuleSummary], dotted: str,
+              importer: str | None) -> ModuleSummary | None:
+        if len(candidates) <= 1:
+            return candidates[0] if candidates else None
+        exact = [c for c in candidates if c.module_name == dotted]
+        if len(exact) == 1:
+            return exact[0]
+        if importer is not None:
+            folder = importer.rsplit("/", 1)[0] if "/" in importer else ""
+            near = [c for c in candidates
+                    if (c.path.rsplit("/", 1)[0] if "/" in c.path else "") == folder]
+            if len(near) == 1:
+                return near[0]
+        return None
+
 
     def ref_node(self, ref: Ref) -> tuple[FlowModule, ast.FunctionDef | ast.AsyncFunctionDef
                                           | ast.ClassDef] | None:
@@ -139,7 +157,7 @@ class Program:
             if local is not None:
                 refs.append(Ref(module.name, local))
                 continue
-            target = self.resolve(name)
+            target = self.resolve(name, module.path)
             if target is not None and target[1] in target[0].definitions:
                 refs.append(Ref(target[0].name, target[1]))
         return refs
@@ -168,7 +186,8 @@ class Program:
         names = []
         for base in node.bases:
             name = module.facts.qualname(base)
-            if name is not None and name not in module.definitions and self.resolve(name) is None:
+            if name is not None and name not in module.definitions \
+                    and self.resolve(name, module.path) is None:
                 names.append(name)
         for parent in self.bases(cls):
             names += self.library_bases(parent, depth + 1)

@@ -100,7 +100,8 @@ def _ndim_after(elts: list[ast.expr], ndim: int | None) -> int | None:
     return ndim - dropped + added
 
 
-def slice_tokens(tokens: Tokens, node: ast.Subscript, module: FlowModule) -> Value:
+def slice_tokens(tokens: Tokens, node: ast.Subscript, module: FlowModule,
+                 whole_value: bool = False) -> Value:
     """``tokens[...]``: a shift where the sequence axis starts later, a dropped tail."""
     elts = elements(node)
     index = _seq_index(elts, tokens.ndim, logits=False)
@@ -120,7 +121,8 @@ def slice_tokens(tokens: Tokens, node: ast.Subscript, module: FlowModule) -> Val
     if amount:
         simple = not symbol and element.upper is None
         producer = Producer("slice", module.site(node),
-                            module.text(node.value) if simple else None)
+                            module.text(node.value) if simple else None,
+                            fix_form="assign" if whole_value else "")
         result = replace(result, steps=(*result.steps, ShiftStep(amount, module.site(node), producer)))
     if is_drop_last(element):
         result = replace(result, trimmed=True)
@@ -145,7 +147,7 @@ def slice_logits(logits: Logits, node: ast.Subscript, module: FlowModule) -> Val
 
 
 def roll(tokens: Tokens, shift: int, dims: int | None, call: ast.Call, source: ast.expr,
-         module: FlowModule, whole_value: bool, lib: str) -> Value:
+         module: FlowModule, whole_value: bool, lib: str, var: str | None = None) -> Value:
     """``roll(x, -1, dims)`` along the sequence axis: a left shift whose last position
     wraps around to the first token."""
     if dims is not None:
@@ -155,7 +157,7 @@ def roll(tokens: Tokens, shift: int, dims: int | None, call: ast.Call, source: a
             return Opaque(("roll", tokens.stream.key, module.text(call)))
     site = module.site(call)
     producer = Producer("roll", site, module.text(source), lib=lib, roll_shift=shift,
-                        roll_dims=dims, fix_form="assign-roll" if whole_value else "")
+                        roll_dims=dims, fix_form="assign-roll" if whole_value else "", var=var)
     head = next((m for m in tokens.masks if m.kind == "head"), None)
     wrap = None
     if shift == -1:
@@ -167,7 +169,7 @@ def roll(tokens: Tokens, shift: int, dims: int | None, call: ast.Call, source: a
 
 
 def reproduce(tokens: Tokens, kind: str, call: ast.Call, module: FlowModule,
-              inner: ast.expr, tail: MaskValue | None) -> Tokens:
+              inner: ast.expr, tail: MaskValue | None, whole_value: bool = False) -> Tokens:
     """``F.pad(x[1:], (0, 1), value=v)`` / ``torch.cat([x[:, 1:], tail])``: the slice's
     shift, now made by the whole call, with ``v`` on the tail."""
     if not tokens.steps or tokens.steps[-1].producer is None:
@@ -176,7 +178,8 @@ def reproduce(tokens: Tokens, kind: str, call: ast.Call, module: FlowModule,
     base = inner.value if isinstance(inner, ast.Subscript) else None
     assert last.producer is not None
     simple = last.producer.input_text is not None and base is not None
-    producer = Producer(kind, module.site(call), module.text(base) if simple and base else None)
+    producer = Producer(kind, module.site(call), module.text(base) if simple and base else None,
+                        fix_form="assign" if whole_value else "")
     step = replace(last, site=module.site(call), producer=producer)
     masks = tokens.masks
     if tail is not None:

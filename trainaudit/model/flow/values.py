@@ -99,6 +99,11 @@ class Producer:
     roll_dims: int | None = None
     fix_form: str = ""  # "assign-roll": the roll is a whole right-hand side
     helper_lines: tuple[tuple[int, int], ...] = ()  # statements that complete the shift
+    var: str | None = None  # the name the labels are assigned to, where one is
+
+    def named(self) -> str:
+        """How a message names the labels: their variable, else the expression."""
+        return self.var or self.site.text
 
 
 @dataclass(frozen=True)
@@ -199,16 +204,19 @@ class Record(Value):
 
     kind: str  # dict | tuple | list | object
     items: tuple[tuple[object, Value], ...]
+    # An unknown record some keys were written into (``batch = tokenizer.pad(...)``;
+    # ``batch["labels"] = ...``): the other keys are still the unknown's.
+    base: Opaque | None = None
 
     def get(self, key: object) -> Value | None:
         for k, v in self.items:
             if k == key:
                 return v
-        return None
+        return self.base.child("key", key) if self.base is not None else None
 
     def set(self, key: object, value: Value) -> Record:
         kept = tuple((k, v) for k, v in self.items if k != key)
-        return Record(self.kind, (*kept, (key, value)))
+        return Record(self.kind, (*kept, (key, value)), self.base)
 
     def values(self) -> list[Value]:
         return [v for _, v in self.items]
@@ -219,6 +227,7 @@ class ListOf(Value):
     """A homogeneous sequence of ``element`` (a comprehension, a batch of items)."""
 
     element: Value
+    origin: Value | None = None  # what it enumerates (``enumerate(loader)``)
 
 
 @dataclass(frozen=True)
@@ -285,6 +294,13 @@ class Library(Value):
 
 
 @dataclass(frozen=True)
+class Arguments(Value):
+    """An ``argparse`` parser and the defaults of the options added so far."""
+
+    defaults: tuple[tuple[object, Value], ...]
+
+
+@dataclass(frozen=True)
 class LossFunction(Value):
     """A cross-entropy / NLL criterion: ``nn.CrossEntropyLoss(ignore_index=...)``."""
 
@@ -308,6 +324,7 @@ class Loader(Value):
     collate: Value | None
     site: Site
     call: ast.Call | None = field(default=None, compare=False, hash=False)
+    batch_size: Value | None = None
 
 
 def join(a: Value, b: Value) -> Value:

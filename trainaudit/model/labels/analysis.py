@@ -7,10 +7,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from trainaudit.model.flow.interp import Interpreter
-from trainaudit.model.flow.program import Program
+from trainaudit.model.flow.run import FlowRun
 from trainaudit.model.flow.values import MaskMark, Producer, ShiftStep, Site, Tokens
-from trainaudit.model.labels.observe import LabelObserver, LossReading, PairReading
+from trainaudit.model.labels.observe import LossReading, PairReading
 from trainaudit.model.project import Project
 
 
@@ -42,8 +41,7 @@ class LabelAnalysis:
     """Runs the interpreter over a project (once; cached on the project)."""
 
     def __init__(self, project: Project) -> None:
-        self.observer = LabelObserver()
-        Interpreter(Program(project), self.observer).run()
+        self.observer = FlowRun.of(project).observer
 
     @classmethod
     def of(cls, project: Project) -> LabelAnalysis:

@@ -58,6 +58,8 @@ class LabelObserver:
     unknown_losses: set[Site] = field(default_factory=set)
     pairs: list[PairReading] = field(default_factory=list)
     masked_losses: set[Site] = field(default_factory=set)
+    # What each ``for`` loop iterates, by (path, line) of the loop, in every context.
+    iterations: dict[tuple[str, int], list[Value]] = field(default_factory=dict)
 
     def loss(self, site: Site, logits: Value, labels: Value, ignore: MaskValue,
              per_token: bool, internal: bool,
@@ -90,6 +92,11 @@ class LabelObserver:
                         reading = PairReading(source, rolled, site)
                         if reading not in self.pairs:
                             self.pairs.append(reading)
+
+    def iterated(self, site: Site, value: Value) -> None:
+        seen = self.iterations.setdefault((site.path, site.span.line), [])
+        if value not in seen and len(seen) < 8:
+            seen.append(value)
 
     def masked(self, loss: LossValue, mask: Value) -> None:
         if loss.per_token:

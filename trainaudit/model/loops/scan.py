@@ -78,8 +78,11 @@ class FileScan:
         profiling script; "adapters": PEFT / LoRA fine-tuning."""
         module = self.module
         found: set[str] = set()
-        stem = module.path.replace("\\", "/").rsplit("/", 1)[-1]
-        if BENCHMARK_PATH.search(stem) or any(m.startswith("torch.profiler") for m in module.imports.modules):
+        parts = module.path.replace("\\", "/").split("/")
+        stem = parts[-1]
+        in_benchmarks = any(part in ("benchmark", "benchmarks") for part in parts[:-1])
+        if BENCHMARK_PATH.search(stem) or in_benchmarks \
+                or any(m.startswith("torch.profiler") for m in module.imports.modules):
             found.add("benchmark")
         if any(m == "peft" or m.startswith("peft.") for m in module.imports.modules):
             found.add("adapters")
