@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
-from trainaudit.diagnostics import Finding, Related
+from trainaudit.diagnostics import Finding, Related, Severity
 from trainaudit.model.flow.program import FAMILY as FLOW_FAMILY
 from trainaudit.model.flow.run import FlowRun
 from trainaudit.model.loops import (
@@ -135,9 +135,12 @@ class NoGradientAccumulation(ProjectRule):
             payload = _accumulation_payload(loop, step)
             if not _same_file(loop, *loop.operations):
                 payload = None
-            yield self.finding(loop.path, loop.header.span, message, payload=payload,
-                               fixable=payload is not None,
-                               related=[_related(step, "optimizer step on every micro-batch")])
+            finding = self.finding(loop.path, loop.header.span, message, payload=payload,
+                                   fixable=payload is not None,
+                                   related=[_related(step, "optimizer step on every micro-batch")])
+            # Code that also runs on the CPU (a tutorial that runs anywhere) chose its batch
+            # for the small case: advice there, a warning where a GPU is required.
+            yield finding.with_severity(Severity.INFO) if "cpu-fallback" in loop.traits else finding
 
 
 @register

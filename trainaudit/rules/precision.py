@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from trainaudit.diagnostics import Finding, Severity, Span
+from trainaudit.diagnostics import Finding, Span
 from trainaudit.model.loops import BACKWARD_CALL, find_training_loops
 from trainaudit.model.module import ModuleFacts
 from trainaudit.model.precision import (
@@ -71,18 +71,15 @@ class PrecisionSummary:
     unguarded: tuple[UnguardedForward, ...]
     delegations: tuple[tuple[str, int], ...]  # (what, line)
     model_autocast: tuple[int, ...]  # lines where a model casts its own forward
-    device: str  # gpu (the file asks for one), portable (cuda if available), none
+    device: str  # gpu (the file names one), none
 
 
-# A file that names a GPU device (or a GPU-only backend), and one that falls back to the CPU.
+# A file that names a GPU device (or a GPU-only backend).
 _GPU = re.compile(r"""\.cuda\s*\(|["']cuda|\bnccl\b|device_map|torch\.cuda\.set_device|LOCAL_RANK""")
-_PORTABLE = re.compile(r"""cuda\.is_available\s*\(|["']mps["']|backends\.mps""")
 
 
 def _device_targeted(text: str) -> str:
-    if not _GPU.search(text):
-        return "none"
-    return "portable" if _PORTABLE.search(text) else "gpu"
+    return "gpu" if _GPU.search(text) else "none"
 
 
 def _wrap_range(facts: PrecisionFacts, step: TrainingStep, forward: ast.Call) -> tuple[int, int]:
@@ -198,12 +195,12 @@ class NoMixedPrecision(ProjectRule):
             model_side = [p for p in linked if p in facts and facts[p].model_autocast]
             if delegated or model_side:
                 continue
-            # AMP is for GPUs: silent on CPU-only code, advice (info) on code that falls back
-            # to the CPU (tutorials that run anywhere), a warning where a GPU is required.
-            devices = {facts[p].device for p in linked if p in facts}
-            if devices <= {"none"}:
+            # AMP is for GPUs: silent on CPU-only code. Elsewhere it is advice (info, the
+            # catalogue's severity): whether fp32 costs anything depends on the model's size,
+            # the memory left and the hardware, which the source does not show (toy models,
+            # fp32 baselines, demos on random data, policies set by a caller).
+            if {facts[p].device for p in linked if p in facts} <= {"none"}:
                 continue
-            severity = Severity.WARNING if "gpu" in devices else Severity.INFO
             for forward in summary.unguarded:
                 yield self.finding(
                     path, forward.span,
@@ -213,7 +210,7 @@ class NoMixedPrecision(ProjectRule):
                     payload=AutocastWrap(forward.first_line, forward.last_line,
                                          forward.device_type, forward.torch_name,
                                          forward.add_import, forward.function),
-                ).with_severity(severity)
+                )
 
 
 def _short(text: str, limit: int = 60) -> str:

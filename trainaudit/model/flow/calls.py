@@ -47,6 +47,8 @@ BUILTINS = {"enumerate", "zip", "iter", "next", "list", "tuple", "dict", "len", 
 # Methods of a model / module / loader that return the object itself.
 SELF_METHODS = {"to", "cuda", "cpu", "train", "eval", "half", "float", "bfloat16", "double",
                 "requires_grad_", "share_memory", "type", "apply", "compile"}
+# Distinct argument contexts one function is interpreted in.
+CONTEXTS_PER_FUNCTION = 16
 # Methods of framework objects that hand their arguments back, prepared.
 PASS_ARGUMENTS = {"prepare", "prepare_model", "prepare_data_loader", "setup", "setup_dataloaders"}
 # A keyword that passes the token ids to a model.
@@ -231,6 +233,10 @@ def call_function(interp: Interpreter, ref: Ref, receiver: Value | None, args: l
     key = (ref, receiver, tuple(args), tuple(sorted(kwargs.items())), open_context, collect_self)
     if key in interp.memo:
         return interp.memo[key]
+    seen = interp.contexts.get(ref, 0)
+    if seen >= CONTEXTS_PER_FUNCTION:  # a function called with ever new arguments
+        return Opaque(("result", ref, getattr(node, "lineno", 0)))
+    interp.contexts[ref] = seen + 1
     interp.memo[key] = Opaque(("result", ref))  # recursion through the memo
     env = _bind_parameters(interp, ref, module, function, receiver, args, kwargs, open_context)
     params = function.args.posonlyargs + function.args.args

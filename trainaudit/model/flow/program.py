@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from trainaudit.model.flow.values import Ref, Site
-from trainaudit.model.module import FunctionNode, ModuleFacts
+from trainaudit.model.module import FunctionNode, ModuleFacts, build_import_table, statements
 from trainaudit.model.project import ModuleSummary, Project
 
 FAMILY = "flow"
@@ -26,6 +26,7 @@ class FlowSource:
     source: str
     is_package: bool
     entries: tuple[str, ...]  # dotted paths in the file; "" is the module body
+    sinks: bool = True  # the file itself holds a loss, a roll, a trainer or a labels= call
 
 
 class FlowModule:
@@ -33,8 +34,10 @@ class FlowModule:
 
     def __init__(self, summary: ModuleSummary, flow: FlowSource) -> None:
         tree = ast.parse(flow.source, filename=summary.path)
+        imports = build_import_table(tree, summary.module_name, flow.is_package,
+                                     statements(tree.body))
         self.facts = ModuleFacts(summary.path, summary.module_name, flow.source, tree,
-                                 flow.is_package)
+                                 flow.is_package, imports)
         self.name = summary.module_name
         self.path = summary.path
         self.entries = flow.entries
@@ -92,14 +95,30 @@ class Program:
         return self._modules[name]
 
     def modules_with_entries(self) -> list[FlowModule]:
+        """Modules whose entries are run: those with a sink, and those that import one
+        (transitively, within the checked tree); a driver that reaches no sink cannot
+        bind a value any sink reads."""
+        reaching = self._reaching_sinks()
         found = []
         for summary in self.project.modules:
             flow = summary.facts.get(FAMILY)
-            if flow is not None and flow.entries:
+            if flow is not None and flow.entries and summary.path in reaching:
                 module = self.module(summary.module_name)
                 if module is not None:
                     found.append(module)
         return found
+
+    def _reaching_sinks(self) -> set[str]:
+        seen = {s.path for s in self.project.modules
+                if FAMILY in s.facts and s.facts[FAMILY].sinks}
+        stack = list(seen)
+        importers = self.project.importers
+        while stack:
+            for source in importers.get(stack.pop(), ()):
+                if source not in seen:
+                    seen.add(source)
+                    stack.append(source)
+        return seen
 
     def resolve(self, qualified: str, importer: str | None = None
                 ) -> tuple[FlowModule, str] | None:

@@ -13,19 +13,28 @@ from trainaudit.model.module import ModuleFacts, iter_calls
 TRIGGERS = ("roll", "cross_entropy", "CrossEntropyLoss", "nll_loss", "NLLLoss", "label",
             "target", "ForCausalLM", "LMHead", "1:]", "1:,", "+ 1:", "+1:", "[1:",
             "DataLoader", "Dataset")
-_SINK_CALLS = {"cross_entropy", "nll_loss", "roll", "Trainer", "Seq2SeqTrainer", "backward",
-               "DataLoader", "CrossEntropyLoss", "NLLLoss"}
-_SINK_KEYWORDS = {"labels", "shift_labels", None}
+# Calls where a label reading is made (a loss, a roll, a trainer, a model given labels)...
+_SINK_CALLS = {"cross_entropy", "nll_loss", "roll", "Trainer", "Seq2SeqTrainer",
+               "CrossEntropyLoss", "NLLLoss"}
+_SINK_KEYWORDS = {"labels", "shift_labels"}
+# ... and calls of code that drives training, where values get bound top-down.
+_DRIVER_CALLS = {"backward", "DataLoader"}
+
+
+def _call_name(call: ast.Call) -> str | None:
+    func = call.func
+    return func.attr if isinstance(func, ast.Attribute) else (
+        func.id if isinstance(func, ast.Name) else None)
+
+
+def _has_sink(calls: list[ast.Call]) -> bool:
+    return any(_call_name(call) in _SINK_CALLS or any(kw.arg in _SINK_KEYWORDS
+                                                      for kw in call.keywords)
+               for call in calls)
 
 
 def _starts_query(calls: list[ast.Call]) -> bool:
-    for call in calls:
-        func = call.func
-        name = func.attr if isinstance(func, ast.Attribute) else (
-            func.id if isinstance(func, ast.Name) else None)
-        if name in _SINK_CALLS or any(kw.arg in _SINK_KEYWORDS for kw in call.keywords):
-            return True
-    return False
+    return _has_sink(calls) or any(_call_name(call) in _DRIVER_CALLS for call in calls)
 
 
 def _has_code(body: list[ast.stmt]) -> bool:
@@ -56,4 +65,8 @@ def flow_source(module: ModuleFacts) -> FlowSource:
         if name.rsplit(".", 1)[-1] == "main" or _starts_query(calls) or (
                 criterion and _calls_with_two_arguments(calls)):
             entries.append(name)
-    return FlowSource(module.source, module.is_package, tuple(entries))
+    # A Hugging Face causal LM computes its loss from ``labels`` in any call of it.
+    causal_lm = "ForCausalLM" in module.source or "LMHeadModel" in module.source
+    sinks = criterion or causal_lm or _has_sink(
+        [n for n in module.nodes if isinstance(n, ast.Call)])
+    return FlowSource(module.source, module.is_package, tuple(entries), sinks)

@@ -162,8 +162,9 @@ class TrainingLoop:
     batch_size: BatchSize | None = None
     file_delegation: frozenset[str] = frozenset()  # frameworks the file hands training to
     ddp: bool = False  # the file wraps a model in DistributedDataParallel / FSDP
-    # Facts of the loop's file: "gpu" (it can put work on a GPU), "benchmark" (a throughput
-    # or profiling script), "adapters" (PEFT/LoRA fine-tuning).
+    # Facts of the loop's file: "gpu" (it can put work on a GPU), "cpu-fallback" (it runs on
+    # the CPU without one), "benchmark" (a throughput or profiling script), "adapters"
+    # (PEFT/LoRA fine-tuning).
     traits: frozenset[str] = frozenset()
     # What the models run forward are wrapped in, by object (``DistributedDataParallel``, ...).
     model_wrappers: frozenset[str] = frozenset()

@@ -16,6 +16,17 @@ from trainaudit.model.module import ModuleFacts, walk_local
 BENCHMARK_PATH = re.compile(r"(^|_)(bench|benchmark|profil\w*|throughput|speed\w*)(_|\.py$)", re.IGNORECASE)
 
 
+def _falls_back_to_cpu(module: ModuleFacts) -> bool:
+    """An accelerator test (``torch.cuda.is_available()``, ``torch.accelerator.is_available()``,
+    ``get_accelerator().is_available()``) and a ``"cpu"`` device in one file."""
+    text = module.source
+    if "is_available" not in text or "cpu" not in text:
+        return False
+    asks = any(isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
+               and n.func.attr == "is_available" for n in module.nodes)
+    return asks and any(isinstance(n, ast.Constant) and n.value == "cpu" for n in module.nodes)
+
+
 class FileScan:
     """File-level facts of the loop model: bindings, delegation, DDP, model names, which
     functions may reach a backward (the cheap tests before walking a loop)."""
@@ -74,8 +85,10 @@ class FileScan:
     @cached_property
     def traits(self) -> frozenset[str]:
         """"gpu": the file can put work on a GPU (a ``cuda``/``nccl`` device or backend, a
-        ``.cuda()`` call, a framework that places models); "benchmark": a throughput or
-        profiling script; "adapters": PEFT / LoRA fine-tuning."""
+        ``.cuda()`` call, a framework that places models); "cpu-fallback": it runs on the
+        CPU when no accelerator is there (``... if torch.cuda.is_available() else "cpu"``);
+        "benchmark": a throughput or profiling script, or any script under ``benchmarks/``;
+        "adapters": PEFT / LoRA fine-tuning."""
         module = self.module
         found: set[str] = set()
         parts = module.path.replace("\\", "/").split("/")
@@ -97,6 +110,8 @@ class FileScan:
                 found.add("gpu")
             elif isinstance(node, ast.Attribute) and node.attr == "cuda":
                 found.add("gpu")  # torch.cuda.*, model.cuda()
+        if _falls_back_to_cpu(module):
+            found.add("cpu-fallback")
         return frozenset(found)
 
     @property
