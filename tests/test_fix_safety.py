@@ -45,7 +45,14 @@ RUNS: dict[str, str] = {
                                         "train(m, torch.randint(0, 16, (64,))); observed = m"),
     "loops/ta202_divide_loss": "m = classifier(); train(m, dataset(), grad_accum=2); observed = m",
     "loops/ta203_move_under_gate": "m = classifier(); train(m, dataset(), accumulation_steps=2); observed = m",
+    "loops/ta203_zero_grad_out_of_else": (
+        "m = classifier(); train(m, loader(), torch.optim.SGD(m.parameters(), lr=0.1)); observed = m"),
     "loops/ta204_add_zero_grad": "m = classifier(); train(m, dataset()); observed = m",
+    "loops/ta204_zero_grad_on_step_branch": (
+        "m = classifier(); train(m, loader(), torch.optim.SGD(m.parameters(), lr=0.1)); observed = m"),
+    "loops/ta204_zero_grad_out_of_log_block": (
+        "m = classifier(); train(m, loader(), torch.optim.SGD(m.parameters(), lr=0.1), log_every=2); "
+        "observed = m"),
     "loops/ta206_move_zero_grad": "m = classifier(); train(m, dataset()); observed = m",
     "loops/ta501_add_no_grad": "m = classifier(); observed = (evaluate(m, loader()), m)",
     "loops/ta501_training_function_not_decorated": (

@@ -240,7 +240,7 @@ def test_ta301_adds_import_torch_when_missing(tmp_path: Path) -> None:
 
         DEVICE = "cuda"  # a GPU training script
     """, select=("TA301",))
-    assert out.startswith("\nfrom torch import nn\nimport torch\n")
+    assert out.startswith("\nimport torch\nfrom torch import nn\n")
     assert ("        with torch.autocast(\n"
             "            device_type=torch.device(device).type,\n"
             "            dtype=torch.bfloat16,\n"

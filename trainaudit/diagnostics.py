@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import Enum
-from typing import Any
 
 
 class Severity(str, Enum):
@@ -67,8 +65,8 @@ class FixPayload:
 
 @dataclass(frozen=True)
 class Finding:
-    """One problem at one place. ``payload`` (typed) or, for rules not migrated yet,
-    ``fix_data`` (a dict) carries what a fixer needs; neither is printed."""
+    """One problem at one place. ``payload`` (typed, ``trainaudit.payloads``) carries
+    what its fixer needs; it is not printed."""
 
     code: str
     name: str
@@ -78,7 +76,6 @@ class Finding:
     message: str
     fix: FixClass | None = None
     related: tuple[Related, ...] = ()
-    fix_data: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
     payload: FixPayload | None = field(default=None, compare=False, hash=False)
     # In a notebook (once placed for output): the cell, 1-based among all the notebook's
     # cells, and ``span`` is within that cell.

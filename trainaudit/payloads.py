@@ -6,9 +6,8 @@ A rule builds its payload from the facts it already proved and passes it as
 re-analyses the file. Payloads are frozen and hold only plain values, tuples and
 ``Span``-s: findings are pickled across worker processes and into the on-disk
 cache (which loads only trainaudit classes). A rule that cannot give its fixer
-what it needs passes no payload and ``fixable=False``.
-
-Families not migrated yet still use the untyped ``fix_data`` dict.
+what it needs passes no payload and ``fixable=False``. Positions are 1-based
+``(line, column)`` pairs.
 """
 
 from __future__ import annotations
@@ -19,6 +18,8 @@ from typing import TypeVar
 from trainaudit.diagnostics import Finding, FixPayload, Span
 
 Payload = TypeVar("Payload", bound=FixPayload)
+
+Position = tuple[int, int]  # (line, column), 1-based
 
 
 def payload_of(finding: Finding, kind: type[Payload]) -> Payload | None:
@@ -125,3 +126,142 @@ class CheckpointStack(FixPayload):
     checkpoint: str  # how to spell checkpoint here
     checkpoint_import: str | None
     checkpoint_binds: str
+
+
+# -- labels (TA101–TA105) ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RollToSlice(FixPayload):
+    """TA101 / TA103: rewrite ``labels = roll(x, -1)`` (the finding) as slicing; ``ignore``
+    is the value written on the tail (TA101), None where the tail is already handled (TA103)."""
+
+    ignore: str | None
+
+
+@dataclass(frozen=True)
+class ShiftRemoval(FixPayload):
+    """TA102: undo the data-side shift: the statement at the finding gets ``replacement``
+    as its value (when there is one) and the statements spanning the ``delete`` line
+    ranges go."""
+
+    replacement: str | None
+    delete: tuple[tuple[int, int], ...]
+    note: str
+
+
+@dataclass(frozen=True)
+class IgnoreValue(FixPayload):
+    """TA104: the value to mask the labels with (source text)."""
+
+    value: str
+
+
+@dataclass(frozen=True)
+class LossShift(FixPayload):
+    """TA105: shift at the loss: the logits and labels roots as (line, column, text)."""
+
+    logits: tuple[int, int, str]
+    labels: tuple[int, int, str]
+
+
+# -- accumulation (TA201–TA206) ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AccumulationRewrite(FixPayload):
+    """TA201: make the loop at the finding accumulate. ``backward``: where the backward is;
+    ``helper``/``call``: the helper holding the step and the loop's call of it; ``model``:
+    the model run forward (for ``no_sync``); ``batch_source``/``batch_expr``: where the
+    batch size comes from (an argparse flag gets an accumulation flag beside it)."""
+
+    backward: Position
+    helper: str | None = None
+    call: Position | None = None
+    ddp: bool = False
+    model: str | None = None
+    batch_source: str | None = None
+    batch_expr: str | None = None
+
+
+@dataclass(frozen=True)
+class DivideLoss(FixPayload):
+    """TA202: divide the backward's loss by ``divisor`` (source text)."""
+
+    divisor: str
+
+
+@dataclass(frozen=True)
+class MoveToStep(FixPayload):
+    """TA203 (``kind``: scheduler_step | clip | zero_grad) and TA206 (``kind="zero_grad"``):
+    move the statement at the finding next to the optimizer step at ``step`` (a clip
+    before it, anything else after the step's run)."""
+
+    step: Position
+    kind: str
+
+
+@dataclass(frozen=True)
+class ZeroGradAfterStep(FixPayload):
+    """TA204: clear ``optimizer``'s gradients after the step at the finding."""
+
+    optimizer: str
+
+
+@dataclass(frozen=True)
+class NoSyncWrap(FixPayload):
+    """TA205: run the forward at ``forward`` through the backward at the finding under
+    ``model.no_sync()`` except on a window's last micro-batch: ``gate`` (line, column,
+    negated) is the boundary test of a gated step, None for a micro-batch loop."""
+
+    model: str
+    forward: Position
+    gate: tuple[int, int, bool] | None
+
+
+# -- hygiene (TA501–TA504) ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NoGradFunction(FixPayload):
+    """TA501: decorate ``function`` (dotted within its file) with ``@torch.no_grad()``."""
+
+    function: str
+
+
+@dataclass(frozen=True)
+class RestoreTrainMode(FixPayload):
+    """TA502: call ``receiver.train()`` after the evaluation at the finding."""
+
+    receiver: str
+
+
+@dataclass(frozen=True)
+class DetachAccumulated(FixPayload):
+    """TA503: the value at the finding is added to ``accumulator``: detach it (or ``.item()``)."""
+
+    accumulator: str
+
+
+@dataclass(frozen=True)
+class ClipBeforeStep(FixPayload):
+    """TA504: clip ``model``'s gradients before the step at the finding (unscaling them
+    through ``scaler`` first where there is one and nothing unscales them yet)."""
+
+    model: str
+    optimizer: str
+    scaler: str | None
+    unscaled: bool
+
+
+# -- suppression (TA002) -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SuppressionEdit(FixPayload):
+    """TA002: the directive text at the finding and what replaces it (empty: removed);
+    ``starts_comment``: the directive opens the comment (text after it stays one)."""
+
+    directive: str
+    replacement: str
+    starts_comment: bool

@@ -89,13 +89,13 @@ class Rule:
         return BY_CODE[self.code]
 
     def finding(self, path: str, span: Span, message: str, *,
-                related: Sequence[Related] = (), fix_data: Mapping[str, Any] | None = None,
-                payload: FixPayload | None = None, fixable: bool = True) -> Finding:
+                related: Sequence[Related] = (), payload: FixPayload | None = None,
+                fixable: bool = True) -> Finding:
         """A finding of this rule; ``payload`` is what its fixer needs (``trainaudit.payloads``)."""
         info = self.info
         return Finding(code=info.code, name=info.name, severity=info.severity, path=path,
                        span=span, message=message, fix=info.fix if fixable else None,
-                       related=tuple(related), fix_data=dict(fix_data or {}), payload=payload)
+                       related=tuple(related), payload=payload)
 
 
 class ModuleRule(Rule):
@@ -105,10 +105,10 @@ class ModuleRule(Rule):
         raise NotImplementedError
 
     def report(self, module: ModuleFacts, node: ast.AST, message: str, *,
-               related: Sequence[Related] = (), fix_data: Mapping[str, Any] | None = None,
-               payload: FixPayload | None = None, fixable: bool = True) -> Finding:
+               related: Sequence[Related] = (), payload: FixPayload | None = None,
+               fixable: bool = True) -> Finding:
         return self.finding(module.path, module.span(node), message, related=related,
-                            fix_data=fix_data, payload=payload, fixable=fixable)
+                            payload=payload, fixable=fixable)
 
 
 class ProjectRule(Rule):

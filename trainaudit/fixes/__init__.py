@@ -3,9 +3,9 @@
 A fixer takes a file's source and the findings of its code in that file and
 returns the new source plus short notes saying what changed. What it needs
 to know comes with each finding as a typed payload (``trainaudit.payloads``,
-read with ``payload_of``); rules not migrated yet still pass a ``fix_data``
-dict. Fixers share one toolkit (``toolkit.py``: ``Edits``, ``call_at``,
-``ensure_import``). Fixers are imported lazily: ``check`` never loads LibCST.
+read with ``payload_of``); a fixer never re-analyses the file. Fixers share
+one toolkit (``toolkit.py``: ``Edits``, ``call_at``, ``ensure_import``,
+``fresh_name`` and builders) and the tree queries of ``cst.py``. Fixers are imported lazily: ``check`` never loads LibCST.
 """
 
 from __future__ import annotations

@@ -15,15 +15,42 @@ part only when ``sync_gradients`` is true.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import libcst as cst
 
 from trainaudit.diagnostics import Finding
 from trainaudit.fixes import FixResult, fixer
-from trainaudit.fixes.cst import Located, code_of, fit_new_lines, line_length
+from trainaudit.fixes.accumulation_settings import accumulation_setting, scale_per_step_quantities
+from trainaudit.fixes.cst import (
+    Located,
+    all_names,
+    code_of,
+    fit_new_lines,
+    function_by_name,
+    line_length,
+    method_calls,
+    names,
+    only_call,
+    target_names,
+    top_statement,
+)
+from trainaudit.fixes.loop_steps import divide_backward, no_sync_statement
+from trainaudit.fixes.toolkit import (
+    Edits,
+    add_keywords,
+    add_module_function,
+    add_parameters,
+    call_at,
+    ensure_import,
+    expression,
+    first_without_leading_lines,
+    fresh_name,
+    indented,
+    statement,
+)
+from trainaudit.payloads import AccumulationRewrite, payload_of
 
 WINDOWS_HELPER = '''def accumulation_windows(iterable, size):
     """Group micro-batches into lists of `size` (gradient accumulation).
@@ -46,162 +73,19 @@ _UPDATE_METHODS = frozenset({"step", "zero_grad", "clip_grad_norm_", "clip_grad_
 Rewrite = Callable[[Any], Any]
 
 
-# --------------------------------------------------------------------------- CST plumbing
-
-
-class Edits(cst.CSTTransformer):
-    """Edits planned on the original tree, applied in one pass.
-
-    ``rewrite[node]`` gets the node with its children already edited; statements can be
-    removed or get statements inserted before/after them.
-    """
-
-    def __init__(self) -> None:
-        self.rewrite: dict[cst.CSTNode, Rewrite] = {}
-        self.before: dict[cst.CSTNode, list[cst.BaseStatement]] = {}
-        self.after: dict[cst.CSTNode, list[cst.BaseStatement]] = {}
-        self.remove: set[cst.CSTNode] = set()
-
-    def insert_before(self, stmt: cst.CSTNode, *new: cst.BaseStatement) -> None:
-        self.before.setdefault(stmt, []).extend(new)
-
-    def insert_after(self, stmt: cst.CSTNode, *new: cst.BaseStatement) -> None:
-        self.after.setdefault(stmt, []).extend(new)
-
-    def on_leave(self, original_node: cst.CSTNode, updated_node: cst.CSTNode) -> Any:
-        result: Any = updated_node
-        if original_node in self.rewrite:
-            result = self.rewrite[original_node](updated_node)
-        before = self.before.get(original_node, [])
-        after = self.after.get(original_node, [])
-        if original_node in self.remove:
-            if before or after:
-                return cst.FlattenSentinel([*before, *after])
-            return cst.RemoveFromParent()
-        if before or after:
-            return cst.FlattenSentinel([*before, result, *after])
-        return result
-
-    def apply(self, module: cst.Module) -> cst.Module:
-        result = module.visit(self)
-        assert isinstance(result, cst.Module)
-        return result
-
-
-def statement(code: str) -> cst.BaseStatement:
-    return cst.parse_statement(code)
-
-
-def expression(code: str) -> cst.BaseExpression:
-    return cst.parse_expression(code)
-
-
-def contains(located: Located, outer: cst.CSTNode, line: int, column: int) -> bool:
+def _contains(located: Located, outer: cst.CSTNode, line: int, column: int) -> bool:
     pos = located.range(outer)
     start = (pos.start.line, pos.start.column + 1)
     end = (pos.end.line, pos.end.column + 1)
     return start <= (line, column) < end or (line, column) == start
 
 
-def call_at(located: Located, line: int, column: int) -> cst.Call | None:
-    calls = located.at(line, column, cst.Call)
-    return calls[0] if calls and isinstance(calls[0], cst.Call) else None
-
-
-def index_containing(located: Located, stmts: Sequence[cst.CSTNode], line: int, column: int) -> int | None:
+def _index_containing(located: Located, stmts: Sequence[cst.CSTNode], line: int, column: int
+                      ) -> int | None:
     for index, stmt in enumerate(stmts):
-        if contains(located, stmt, line, column):
+        if _contains(located, stmt, line, column):
             return index
     return None
-
-
-def block_of(located: Located, stmt: cst.CSTNode) -> tuple[cst.CSTNode, list[cst.BaseStatement]]:
-    """The block (IndentedBlock or Module) a statement is in, and its statements."""
-    parent = located.parent(stmt)
-    body = parent.body if isinstance(parent, cst.IndentedBlock | cst.Module) else None
-    if not isinstance(body, Sequence):
-        raise ValueError("statement not in a block")
-    return parent, list(body)
-
-
-def top_statement(located: Located, node: cst.CSTNode, block_stmts: Sequence[cst.CSTNode]) -> cst.CSTNode | None:
-    """The statement of ``block_stmts`` that contains ``node``."""
-    current: cst.CSTNode | None = node
-    members = set(block_stmts)
-    while current is not None and current not in members:
-        current = located.parents.get(current)
-    return current
-
-
-class _Names(cst.CSTVisitor):
-    def __init__(self) -> None:
-        self.used: set[str] = set()
-        self.assigned: set[str] = set()
-        self.calls: list[cst.Call] = []
-
-    def visit_Attribute(self, node: cst.Attribute) -> bool:
-        node.value.visit(self)
-        return False
-
-    def visit_Arg(self, node: cst.Arg) -> bool:
-        node.value.visit(self)
-        return False
-
-    def visit_Name(self, node: cst.Name) -> None:
-        self.used.add(node.value)
-
-    def visit_Call(self, node: cst.Call) -> None:
-        self.calls.append(node)
-
-    def visit_AssignTarget(self, node: cst.AssignTarget) -> None:
-        self.assigned |= _target_names(node.target)
-
-    def visit_AugAssign(self, node: cst.AugAssign) -> None:
-        self.assigned |= _target_names(node.target)
-
-    def visit_AnnAssign(self, node: cst.AnnAssign) -> None:
-        self.assigned |= _target_names(node.target)
-
-    def visit_For(self, node: cst.For) -> None:
-        self.assigned |= _target_names(node.target)
-
-    def visit_WithItem(self, node: cst.WithItem) -> None:
-        if node.asname is not None:
-            self.assigned |= _target_names(node.asname.name)
-
-    def visit_FunctionDef(self, node: cst.FunctionDef) -> bool:
-        self.assigned.add(node.name.value)
-        return False
-
-
-def names(node: cst.CSTNode) -> _Names:
-    visitor = _Names()
-    node.visit(visitor)
-    return visitor
-
-
-def _target_names(node: cst.BaseExpression | cst.BaseAssignTargetExpression) -> set[str]:
-    if isinstance(node, cst.Name):
-        return {node.value}
-    if isinstance(node, cst.Tuple | cst.List):
-        found: set[str] = set()
-        for element in node.elements:
-            found |= _target_names(element.value)
-        return found
-    if isinstance(node, cst.StarredElement):
-        return _target_names(node.value)
-    return set()
-
-
-def method_calls(node: cst.CSTNode) -> set[str]:
-    """Names of the methods/functions called in a node (``step``, ``zero_grad``...)."""
-    found = set()
-    for call in names(node).calls:
-        if isinstance(call.func, cst.Attribute):
-            found.add(call.func.attr.value)
-        elif isinstance(call.func, cst.Name):
-            found.add(call.func.value)
-    return found
 
 
 def is_update(node: cst.CSTNode) -> bool:
@@ -216,319 +100,8 @@ def is_update(node: cst.CSTNode) -> bool:
     return False
 
 
-def only_call(stmt: cst.CSTNode, method: str) -> bool:
-    """A simple statement that is just ``x.method(...)``."""
-    if not isinstance(stmt, cst.SimpleStatementLine) or len(stmt.body) != 1:
-        return False
-    expr = stmt.body[0]
-    return (isinstance(expr, cst.Expr) and isinstance(expr.value, cst.Call)
-            and isinstance(expr.value.func, cst.Attribute) and expr.value.func.attr.value == method)
-
-
-def fresh_name(taken: set[str], *candidates: str) -> str:
-    for candidate in candidates:
-        if candidate not in taken:
-            return candidate
-    base = candidates[-1]
-    index = 2
-    while f"{base}{index}" in taken:
-        index += 1
-    return f"{base}{index}"
-
-
-def ensure_import(edits: Edits, module: cst.Module, name: str) -> None:
-    """Add ``import name`` to the first block of plain imports, in order, unless it is bound."""
-    plain: list[tuple[str, cst.SimpleStatementLine]] = []
-    for stmt in module.body:
-        if isinstance(stmt, cst.SimpleStatementLine) and isinstance(stmt.body[0], cst.Import):
-            modules = [code_of(a.name) for a in stmt.body[0].names]
-            if name in modules and not any(a.asname for a in stmt.body[0].names):
-                return
-            plain.append((modules[0], stmt))
-        elif plain:
-            break
-    new = statement(f"import {name}\n")
-    for imported, stmt in plain:
-        if imported > name:
-            edits.insert_before(stmt, new.with_changes(leading_lines=stmt.leading_lines))
-            edits.rewrite[stmt] = _chain(edits.rewrite.get(stmt), lambda node: node.with_changes(leading_lines=[]))
-            return
-    if plain:
-        edits.insert_after(plain[-1][1], new)
-        return
-    anchor = _first_import(module)
-    if anchor is not None:
-        edits.insert_before(anchor, new)
-    else:
-        edits.insert_before(module.body[0], new)
-
-
-def _first_import(module: cst.Module) -> cst.BaseStatement | None:
-    for stmt in module.body:
-        if isinstance(stmt, cst.SimpleStatementLine) and any(
-                isinstance(s, cst.Import | cst.ImportFrom) for s in stmt.body):
-            small = stmt.body[0]
-            if isinstance(small, cst.ImportFrom) and small.module is not None \
-                    and code_of(small.module) == "__future__":
-                continue
-            return stmt
-    return None
-
-
-def add_module_function(edits: Edits, module: cst.Module, code: str) -> None:
-    """Define a function at module level: before the first def/class, else after the imports."""
-    new = cst.parse_module(code).body[0].with_changes(leading_lines=[cst.EmptyLine(), cst.EmptyLine()])
-    for stmt in module.body:
-        if isinstance(stmt, cst.FunctionDef | cst.ClassDef):
-            edits.insert_before(stmt, new)
-            return
-    anchor = _last_top_import(module)
-    if anchor is None:
-        edits.insert_before(module.body[0], new)
-        return
-    edits.insert_after(anchor, new)
-    body: list[Any] = list(module.body)
-    following = body[body.index(anchor) + 1:]
-    if following:
-        nxt = following[0]
-
-        def spaced(node: Any) -> Any:
-            lines = list(node.leading_lines)
-            blank = 0
-            while blank < len(lines) and lines[blank].comment is None:
-                blank += 1
-            return node.with_changes(leading_lines=[cst.EmptyLine()] * max(0, 2 - blank) + lines)
-
-        edits.rewrite[nxt] = _chain(edits.rewrite.get(nxt), spaced)
-
-
-def _last_top_import(module: cst.Module) -> cst.BaseStatement | None:
-    last = None
-    for stmt in module.body:
-        if isinstance(stmt, cst.SimpleStatementLine) and any(
-                isinstance(s, cst.Import | cst.ImportFrom) for s in stmt.body):
-            last = stmt
-        elif isinstance(stmt, cst.FunctionDef | cst.ClassDef):
-            break
-    return last
-
-
-def function_by_name(module: cst.Module, dotted: str) -> cst.FunctionDef | None:
-    """A function or method by its dotted path within the file (``Trainer.step``)."""
-
-    def search(body: Iterable[cst.CSTNode], prefix: str) -> cst.FunctionDef | None:
-        for stmt in body:
-            if isinstance(stmt, cst.FunctionDef):
-                name = prefix + stmt.name.value
-                if name == dotted:
-                    return stmt
-                found = search(_block_body(stmt.body), name + ".")
-                if found is not None:
-                    return found
-            elif isinstance(stmt, cst.ClassDef):
-                found = search(_block_body(stmt.body), prefix + stmt.name.value + ".")
-                if found is not None:
-                    return found
-            elif isinstance(stmt, cst.If | cst.Try | cst.With):
-                found = search(_block_body(stmt.body), prefix)
-                if found is not None:
-                    return found
-        return None
-
-    return search(module.body, "")
-
-
-def _block_body(block: cst.BaseSuite) -> Sequence[cst.CSTNode]:
-    return block.body if isinstance(block, cst.IndentedBlock) else []
-
-
-def all_names(node: cst.CSTNode) -> set[str]:
-    found = names(node)
-    return found.used | found.assigned
-
-
-def parenthesized(expr: cst.BaseExpression) -> cst.BaseExpression:
-    if isinstance(expr, cst.Name | cst.Attribute | cst.Call | cst.Subscript) or expr.lpar:
-        return expr
-    return expr.with_changes(lpar=[cst.LeftParen()], rpar=[cst.RightParen()])
-
-
-def divided(expr: cst.BaseExpression, divisor: str) -> cst.BinaryOperation:
-    return cst.BinaryOperation(left=parenthesized(expr), operator=cst.Divide(
-        whitespace_before=cst.SimpleWhitespace(" "), whitespace_after=cst.SimpleWhitespace(" ")),
-        right=parenthesized(expression(divisor)))
-
-
-def divide_backward(call: cst.Call, divisor: str) -> cst.Call:
-    """``loss.backward()`` → ``(loss / k).backward()``; ``scaler.scale(loss)`` keeps the scale."""
-    func = call.func
-    if isinstance(func, cst.Attribute) and func.attr.value == "backward" and not call.args:
-        value = func.value
-        if (isinstance(value, cst.Call) and isinstance(value.func, cst.Attribute)
-                and value.func.attr.value == "scale" and value.args):
-            first = value.args[0]
-            scaled = value.with_changes(args=[first.with_changes(value=divided(first.value, divisor)),
-                                              *value.args[1:]])
-            return call.with_changes(func=func.with_changes(value=scaled))
-        quotient = divided(value, divisor).with_changes(lpar=[cst.LeftParen()], rpar=[cst.RightParen()])
-        return call.with_changes(func=func.with_changes(value=quotient))
-    if call.args:  # accelerator.backward(loss), torch.autograd.backward(loss)
-        first = call.args[0]
-        return call.with_changes(args=[first.with_changes(value=divided(first.value, divisor)),
-                                       *call.args[1:]])
-    return call
-
-
-def _multiline_commas(last: cst.Comma | cst.MaybeSentinel, previous: cst.Comma | cst.MaybeSentinel | None
-                      ) -> tuple[cst.Comma, cst.Comma] | None:
-    """(comma between items, comma after the last item) of a one-item-a-line list, else None."""
-    if not isinstance(last, cst.Comma) or not isinstance(last.whitespace_after, cst.ParenthesizedWhitespace):
-        return None
-    if isinstance(previous, cst.Comma) and isinstance(previous.whitespace_after, cst.ParenthesizedWhitespace):
-        return previous, last
-    indent = cst.SimpleWhitespace(last.whitespace_after.last_line.value + "    ")
-    return last.with_changes(whitespace_after=last.whitespace_after.with_changes(last_line=indent)), last
-
-
-_SPACE_COMMA = cst.Comma(whitespace_after=cst.SimpleWhitespace(" "))
-
-
-def _joined(items: list[Any], new: list[Any]) -> list[Any]:
-    """Append items to a comma-separated list, keeping its layout (one line, or one a line)."""
-    if not items:
-        return [n.with_changes(comma=_SPACE_COMMA) for n in new[:-1]] + new[-1:]
-    last = items[-1]
-    layout = _multiline_commas(last.comma, items[-2].comma if len(items) > 1 else None)
-    if layout is not None:
-        between, final = layout
-        items = [*items[:-1], last.with_changes(comma=between)]
-        new = [n.with_changes(comma=between) for n in new[:-1]] + [new[-1].with_changes(comma=final)]
-        return [*items, *new]
-    trailing = last.comma
-    items = [*items[:-1], last.with_changes(comma=_SPACE_COMMA)]
-    new = [n.with_changes(comma=_SPACE_COMMA) for n in new[:-1]] + [new[-1].with_changes(
-        comma=cst.MaybeSentinel.DEFAULT if trailing is cst.MaybeSentinel.DEFAULT else trailing)]
-    return [*items, *new]
-
-
-def add_parameters(fn: cst.FunctionDef, params: Sequence[tuple[str, str, str]]) -> cst.FunctionDef:
-    """Append ``name: annotation = default`` parameters (annotated only if the def is)."""
-    typed = any(p.annotation is not None for p in fn.params.params)
-    space = cst.SimpleWhitespace(" " if typed else "")
-    new = [cst.Param(name=cst.Name(name),
-                     annotation=cst.Annotation(expression(annotation)) if typed else None,
-                     equal=cst.AssignEqual(whitespace_before=space, whitespace_after=space),
-                     default=expression(default))
-           for name, annotation, default in params]
-    parameters = fn.params
-    if parameters.star_kwarg is not None:
-        return fn  # **kwargs would swallow nothing, but keep the signature simple: not supported
-    if parameters.star_arg is not cst.MaybeSentinel.DEFAULT or parameters.kwonly_params:
-        parameters = parameters.with_changes(kwonly_params=_joined(list(parameters.kwonly_params), new))
-    else:
-        parameters = parameters.with_changes(params=_joined(list(parameters.params), new))
-    return fn.with_changes(params=parameters)
-
-
-def add_keywords(call: cst.Call, keywords: Sequence[tuple[str, str]]) -> cst.Call:
-    no_space = cst.SimpleWhitespace("")
-    new = [cst.Arg(value=expression(value), keyword=cst.Name(name),
-                   equal=cst.AssignEqual(whitespace_before=no_space, whitespace_after=no_space))
-           for name, value in keywords]
-    return call.with_changes(args=_joined(list(call.args), new))
-
-
-def indented(stmts: Sequence[cst.BaseStatement]) -> cst.IndentedBlock:
-    return cst.IndentedBlock(body=list(stmts))
-
-
-def first_without_leading_lines(stmts: list[cst.BaseStatement]) -> tuple[list[cst.BaseStatement], Sequence[cst.EmptyLine]]:
-    """Move the first statement's leading comment lines out, to the new enclosing statement."""
-    if not stmts:
-        return stmts, []
-    first = stmts[0]
-    leading = getattr(first, "leading_lines", [])
-    if leading:
-        stmts = [first.with_changes(leading_lines=[]), *stmts[1:]]
-    return stmts, leading
-
 
 # --------------------------------------------------------------------------- TA201
-
-
-def _setting(located: Located, edits: Edits, data: Mapping[str, Any], loop: cst.CSTNode,
-             function: cst.FunctionDef | None, steps: int) -> tuple[str, str]:
-    """Where the accumulation setting lives: (expression, note). An argparse flag next to the
-    batch size, else a parameter of the loop's function, else a module-level constant."""
-    module = located.module
-    source = str(data.get("batch_source") or "")
-    match = re.match(r"argparse (--[\w-]+) default", source)
-    scope: cst.CSTNode = function if function is not None else module
-    if match:
-        flag = match.group(1)
-        dest = flag.lstrip("-").replace("-", "_")
-        namespace = _namespace_of(scope, dest) or _namespace_of(module, dest)
-        add_argument = _add_argument_statement(module, flag)
-        if namespace and add_argument is not None:
-            parser, stmt = add_argument
-            new_flag = "--accumulation-steps" if "-" in flag.lstrip("-") else "--accumulation_steps"
-            if _add_argument_statement(module, new_flag) is not None:  # a second loop: reuse
-                return f"{namespace}.accumulation_steps", f"flag {new_flag}"
-            edits.insert_after(stmt, statement(
-                f'{parser}.add_argument("{new_flag}", type=int, default={steps}, '
-                f'help="micro-batches per optimizer step")\n'))
-            return f"{namespace}.accumulation_steps", f"new flag {new_flag} (default {steps})"
-    if function is not None:
-        if any(p.name.value == "accumulation_steps"
-               for p in (*function.params.params, *function.params.kwonly_params)):
-            return "accumulation_steps", "parameter accumulation_steps"
-        edits.rewrite[function] = _chain(edits.rewrite.get(function), lambda fn: add_parameters(
-            fn, [("accumulation_steps", "int", str(steps))]))
-        return "accumulation_steps", f"new parameter accumulation_steps={steps}"
-    if any(isinstance(stmt, cst.SimpleStatementLine) and "accumulation_steps" in names(stmt).assigned
-           for stmt in module.body):
-        return "accumulation_steps", "setting accumulation_steps"
-    anchor = top_statement(located, loop, list(module.body))
-    assert anchor is not None
-    edits.insert_before(anchor, statement(
-        f"accumulation_steps = {steps}  # micro-batches per optimizer step\n"))
-    return "accumulation_steps", f"new setting accumulation_steps = {steps}"
-
-
-def _chain(first: Rewrite | None, second: Rewrite) -> Rewrite:
-    if first is None:
-        return second
-    return lambda node: second(first(node))
-
-
-def _namespace_of(scope: cst.CSTNode, attr: str) -> str | None:
-    """``args`` for ``args.batch_size`` used in a scope."""
-    found: list[str] = []
-
-    class Visitor(cst.CSTVisitor):
-        def visit_Attribute(self, node: cst.Attribute) -> None:
-            if node.attr.value == attr and isinstance(node.value, cst.Name | cst.Attribute):
-                found.append(code_of(node.value))
-
-    scope.visit(Visitor())
-    return found[0] if found else None
-
-
-def _add_argument_statement(module: cst.Module, flag: str) -> tuple[str, cst.SimpleStatementLine] | None:
-    found: list[tuple[str, cst.SimpleStatementLine]] = []
-
-    class Visitor(cst.CSTVisitor):
-        def visit_SimpleStatementLine(self, node: cst.SimpleStatementLine) -> None:
-            for small in node.body:
-                call = small.value if isinstance(small, cst.Expr) else None
-                if (isinstance(call, cst.Call) and isinstance(call.func, cst.Attribute)
-                        and call.func.attr.value == "add_argument"
-                        and any(isinstance(a.value, cst.SimpleString) and a.value.evaluated_value == flag
-                                for a in call.args)):
-                    found.append((code_of(call.func.value), node))
-
-    module.visit(Visitor())
-    return found[0] if found else None
 
 
 def _enclosing_function(located: Located, node: cst.CSTNode) -> cst.FunctionDef | None:
@@ -632,13 +205,6 @@ def _replace_steps(node: cst.CSTNode, steps: str) -> Any:
     return node.visit(Put())
 
 
-def _no_sync_statement(model: str, sync: str, body: list[cst.BaseStatement]) -> cst.With:
-    body, leading = first_without_leading_lines(body)
-    manager = expression(
-        f'contextlib.nullcontext() if {sync} or not hasattr({model}, "no_sync") else {model}.no_sync()')
-    return cst.With(items=[cst.WithItem(manager)], body=indented(body), leading_lines=leading)
-
-
 def _helper_edits(located: Located, edits: Edits, helper: cst.FunctionDef,
                   backward: cst.Call) -> bool:
     """Give the helper ``accumulation_steps``/``sync_gradients`` and gate its update part."""
@@ -653,7 +219,7 @@ def _helper_edits(located: Located, edits: Edits, helper: cst.FunctionDef,
     first, last = updates[0], updates[-1]
     zero_before = [s for s in stmts[:b] if only_call(s, "zero_grad")]
     gated_has_zero = any("zero_grad" in method_calls(s) for s in stmts[first:last + 1])
-    edits.rewrite[backward] = lambda call: divide_backward(call, "accumulation_steps")
+    edits.replace(backward, lambda call: divide_backward(call, "accumulation_steps"))
 
     def rewrite(fn: cst.FunctionDef) -> cst.FunctionDef:
         body: list[Any] = list(fn.body.body)  # aligned with ``stmts``
@@ -676,15 +242,15 @@ def _helper_edits(located: Located, edits: Edits, helper: cst.FunctionDef,
         return add_parameters(fn, [("accumulation_steps", "int", "1"),
                                    ("sync_gradients", "bool", "True")])
 
-    edits.rewrite[helper] = rewrite
+    edits.replace(helper, rewrite)
     return True
 
 
-def _forward_model(located: Located, data: Mapping[str, Any], helper: cst.FunctionDef | None,
+def _forward_model(located: Located, payload: AccumulationRewrite, helper: cst.FunctionDef | None,
                    call: cst.Call | None) -> str | None:
     """The model expression in the loop's scope (a helper's parameter mapped to its argument)."""
-    model = data.get("model")
-    if not isinstance(model, str) or not model:
+    model = payload.model
+    if not model:
         return None
     if helper is None or call is None:
         return model
@@ -707,7 +273,10 @@ def _forward_model(located: Located, data: Mapping[str, Any], helper: cst.Functi
 
 
 def add_accumulation(source: str, finding: Finding, steps: int) -> FixResult | None:
-    data = finding.fix_data
+    """TA201's rewrite of the loop at one finding (None when its shape is not handled)."""
+    payload = payload_of(finding, AccumulationRewrite)
+    if payload is None:
+        return None
     located = Located(source)
     module = located.module
     loops = located.at(finding.span.line, finding.span.column, (cst.For, cst.While))
@@ -718,22 +287,18 @@ def add_accumulation(source: str, finding: Finding, steps: int) -> FixResult | N
     if not isinstance(loop.body, cst.IndentedBlock) or loop.orelse is not None:
         return None
     stmts = list(loop.body.body)
-    backward_pos = data.get("backward")
-    call_pos = data.get("call")
-    helper_name = data.get("helper")
-    if not backward_pos:
-        return None
-    anchor_pos = call_pos if helper_name else backward_pos
+    call_pos, helper_name = payload.call, payload.helper
+    anchor_pos = call_pos if helper_name else payload.backward
     if not anchor_pos:
         return None
-    anchor = index_containing(located, stmts, anchor_pos[0], anchor_pos[1])
+    anchor = _index_containing(located, stmts, *anchor_pos)
     if anchor is None:
         return None
-    backward = call_at(located, backward_pos[0], backward_pos[1])
+    backward = call_at(located, payload.backward)
     if backward is None:
         return None
     helper = function_by_name(module, helper_name) if helper_name else None
-    helper_call = call_at(located, call_pos[0], call_pos[1]) if helper_name and call_pos else None
+    helper_call = call_at(located, call_pos) if helper_name and call_pos else None
     if helper_name and (helper is None or helper_call is None):
         return None
 
@@ -741,20 +306,20 @@ def add_accumulation(source: str, finding: Finding, steps: int) -> FixResult | N
     taken = all_names(function if function is not None else module)
     edits = Edits()
     window = fresh_name(taken, "window", "batch_window", "accumulation_window")
-    ddp = bool(data.get("ddp"))
-    model = _forward_model(located, data, helper, helper_call)
+    ddp = payload.ddp
+    model = _forward_model(located, payload, helper, helper_call)
     needs_micro = helper is not None or (ddp and model is not None)
     micro = fresh_name(taken, "micro_step", "micro_batch_index") if needs_micro else None
 
     if helper is not None and not _helper_edits(located, edits, helper, backward):
         return None
-    setting, note = _setting(located, edits, data, loop, function, steps)
+    setting, note = accumulation_setting(located, edits, payload, loop, function, steps)
 
-    seeds = _target_names(loop.target) if isinstance(loop, cst.For) else set()
+    seeds = target_names(loop.target) if isinstance(loop, cst.For) else set()
     if isinstance(loop, cst.For) and isinstance(loop.iter, cst.Call) and isinstance(loop.iter.func, cst.Name) \
             and loop.iter.func.value == "enumerate" and isinstance(loop.target, cst.Tuple) \
             and len(loop.target.elements) == 2:
-        seeds = _target_names(loop.target.elements[1].value)
+        seeds = target_names(loop.target.elements[1].value)
     start, end = _inner_range(stmts, anchor, seeds)
     hoisted = [i for i in range(start, end + 1) if only_call(stmts[i], "zero_grad")]
     # What the loop bound counts is kept. A loop over data (or over indices the micro-step
@@ -762,14 +327,14 @@ def add_accumulation(source: str, finding: Finding, steps: int) -> FixResult | N
     # whose index the micro-step ignores) or a ``while`` counts optimizer steps: each step
     # runs the micro-step ``k`` times.
     counter = isinstance(loop, cst.For) and _is_range(loop.iter) and not any(
-        names(stmts[i]).used & _target_names(loop.target) for i in range(start, end + 1))
+        names(stmts[i]).used & target_names(loop.target) for i in range(start, end + 1))
     is_for = isinstance(loop, cst.For) and not counter
     divisor = f"len({window})" if is_for else setting
     if helper is None:
-        edits.rewrite[backward] = lambda call: divide_backward(call, divisor)
+        edits.replace(backward, lambda call: divide_backward(call, divisor))
     sync = (f"{micro} == len({window}) - 1" if is_for else f"{micro} == {setting} - 1") if micro else ""
     if helper_call is not None:
-        edits.rewrite[helper_call] = _chain(edits.rewrite.get(helper_call), lambda call: add_keywords(
+        edits.replace(helper_call, lambda call: add_keywords(
             call, [("accumulation_steps", divisor), ("sync_gradients", "sync_gradients")]))
 
     mean = _window_mean(stmts, anchor, end, backward, helper_call, taken, divisor)
@@ -789,7 +354,7 @@ def add_accumulation(source: str, finding: Finding, steps: int) -> FixResult | N
         if ddp and model is not None:
             sync_expr = "sync_gradients" if helper is not None else sync
             split = 1 if helper is not None else 0
-            inner = [*inner[:split], _no_sync_statement(model, sync_expr, inner[split:])]
+            inner = [*inner[:split], no_sync_statement(model, sync_expr, inner[split:])]
         if isinstance(updated, cst.For) and is_for:
             outer_iter, outer_target, inner_target, inner_iter = _split_for(updated, window, micro)
             outer_iter = _replace_steps(outer_iter, setting)
@@ -804,14 +369,15 @@ def add_accumulation(source: str, finding: Finding, steps: int) -> FixResult | N
         new_body = [*body[:start], *lifted, micro_loop, *body[end + 1:]]
         return updated.with_changes(body=updated.body.with_changes(body=new_body))
 
-    edits.rewrite[loop] = _chain(edits.rewrite.get(loop), rewrite_loop)
-    notes = _per_step_quantities(edits, function if function is not None else module,
-                                 data.get("batch_expr"), setting)
+    edits.replace(loop, rewrite_loop)
+    notes = scale_per_step_quantities(edits, function if function is not None else module,
+                                 payload.batch_expr, setting)
     if is_for and not _defines(module, "accumulation_windows"):
         add_module_function(edits, module, WINDOWS_HELPER)
+    fixed_module = edits.apply(module)
     if ddp and model is not None:
-        ensure_import(edits, module, "contextlib")
-    fixed = edits.apply(module).code
+        fixed_module = ensure_import(fixed_module, "import contextlib", "contextlib")
+    fixed = fixed_module.code
     bound = code_of(loop.iter) if isinstance(loop, cst.For) else code_of(loop.test)
     if is_for:
         meaning = (f"the loop bound `{bound}` counts micro-batches and still takes each once: "
@@ -865,47 +431,6 @@ def _renamed(stmt: cst.CSTNode, old: str, new: str) -> Any:
     return stmt.visit(Rename())
 
 
-_PER_STEP = re.compile(r"per_(step|iter|update|optimizer_step)s?$")
-
-
-def _per_step_quantities(edits: Edits, scope: cst.CSTNode, batch_expr: object, setting: str) -> list[str]:
-    """``tokens_per_step = batch_size * seq_len`` counts one micro-batch: scale it to a step."""
-    if not isinstance(batch_expr, str) or not batch_expr:
-        return []
-    found: list[cst.Assign] = []
-
-    class Visitor(cst.CSTVisitor):
-        def visit_Assign(self, node: cst.Assign) -> None:
-            if (len(node.targets) == 1 and isinstance(node.targets[0].target, cst.Name)
-                    and _PER_STEP.search(node.targets[0].target.value)
-                    and isinstance(node.value, cst.BinaryOperation)
-                    and isinstance(node.value.operator, cst.Multiply)
-                    and batch_expr in {code_of(n) for n in _factors(node.value)}):
-                found.append(node)
-
-        def visit_FunctionDef(self, node: cst.FunctionDef) -> bool:
-            return node is scope
-
-    scope.visit(Visitor())
-    notes = []
-    for assign in found:
-        def scaled(node: Any) -> Any:
-            return node.with_changes(value=cst.BinaryOperation(
-                left=node.value, operator=cst.Multiply(whitespace_before=cst.SimpleWhitespace(" "),
-                                                       whitespace_after=cst.SimpleWhitespace(" ")),
-                right=parenthesized(expression(setting))))
-
-        edits.rewrite[assign] = scaled
-        notes.append(f"`{code_of(assign.targets[0].target)}` now counts a whole optimizer step")
-    return notes
-
-
-def _factors(node: cst.BaseExpression) -> list[cst.BaseExpression]:
-    if isinstance(node, cst.BinaryOperation) and isinstance(node.operator, cst.Multiply) and not node.lpar:
-        return [*_factors(node.left), *_factors(node.right)]
-    return [node]
-
-
 def _defines(module: cst.Module, name: str) -> bool:
     return any(isinstance(s, cst.FunctionDef) and s.name.value == name for s in module.body)
 
@@ -921,193 +446,3 @@ def fix_no_accumulation(source: str, findings: Sequence[Finding], options: Mappi
     return FixResult(source)
 
 
-# --------------------------------------------------------------------------- TA202–TA206
-
-
-def _divider(divisor: str) -> Rewrite:
-    return lambda node: divide_backward(node, divisor)
-
-
-@fixer("TA202")
-def fix_unscaled_loss(source: str, findings: Sequence[Finding], options: Mapping[str, Any]) -> FixResult:
-    located = Located(source)
-    edits = Edits()
-    notes = []
-    for finding in findings:
-        divisor = finding.fix_data.get("divisor")
-        call = call_at(located, finding.span.line, finding.span.column)
-        if not divisor or call is None:
-            continue
-        edits.rewrite[call] = _divider(divisor)
-        notes.append(f"divide the loss by {divisor} (line {finding.line})")
-    if not notes:
-        return FixResult(source)
-    return FixResult(edits.apply(located.module).code, notes)
-
-
-def _simple_statement(located: Located, line: int, column: int) -> cst.SimpleStatementLine | None:
-    call = call_at(located, line, column)
-    if call is None:
-        return None
-    stmt = located.statement_of(call)
-    return stmt if isinstance(stmt, cst.SimpleStatementLine) else None
-
-
-def _after_step(located: Located, step_stmt: cst.CSTNode) -> cst.CSTNode:
-    """The last statement of the step's run: the step, then scaler.update()/scheduler.step()."""
-    _, stmts = block_of(located, step_stmt)
-    index = stmts.index(step_stmt)  # type: ignore[arg-type]
-    last = step_stmt
-    for stmt in stmts[index + 1:]:
-        calls = method_calls(stmt)
-        code = code_of(stmt)
-        if ("update" in calls and "scaler" in code.lower()) or ("step" in calls and "sched" in code.lower()):
-            last = stmt
-        else:
-            break
-    return last
-
-
-def _moved(stmt: cst.SimpleStatementLine) -> cst.SimpleStatementLine:
-    """A statement to re-insert elsewhere: its comment lines go with it, blank lines do not."""
-    return stmt.with_changes(leading_lines=[line for line in stmt.leading_lines if line.comment])
-
-
-@fixer("TA203")
-def fix_per_micro_batch_update(source: str, findings: Sequence[Finding], options: Mapping[str, Any]) -> FixResult:
-    located = Located(source)
-    edits = Edits()
-    notes = []
-    moved: set[cst.CSTNode] = set()
-    for finding in findings:
-        data = finding.fix_data
-        op_stmt = _simple_statement(located, finding.span.line, finding.span.column)
-        step = data.get("step")
-        step_stmt = _simple_statement(located, step[0], step[1]) if step else None
-        if op_stmt is None or step_stmt is None or op_stmt is step_stmt or op_stmt in moved:
-            continue
-        if len(op_stmt.body) != 1:
-            continue
-        moved.add(op_stmt)
-        edits.remove.add(op_stmt)
-        if data.get("kind") == "clip":
-            _, stmts = block_of(located, step_stmt)
-            index = stmts.index(step_stmt)
-            anchor: cst.CSTNode = step_stmt
-            # After an unscale_ that precedes the step in the same block.
-            if index and "unscale_" in method_calls(stmts[index - 1]):
-                anchor = step_stmt
-            edits.insert_before(anchor, _moved(op_stmt))
-        else:
-            edits.insert_after(_after_step(located, step_stmt), _moved(op_stmt))
-        notes.append(f"run `{code_of(op_stmt.body[0]).strip()}` once per optimizer step")
-    if not notes:
-        return FixResult(source)
-    return FixResult(edits.apply(located.module).code, notes)
-
-
-@fixer("TA204")
-def fix_missing_zero_grad(source: str, findings: Sequence[Finding], options: Mapping[str, Any]) -> FixResult:
-    located = Located(source)
-    edits = Edits()
-    notes = []
-    for finding in findings:
-        optimizer = finding.fix_data.get("optimizer")
-        step_stmt = _simple_statement(located, finding.span.line, finding.span.column)
-        if not optimizer or step_stmt is None:
-            continue
-        edits.insert_after(_after_step(located, step_stmt),
-                           statement(f"{optimizer}.zero_grad(set_to_none=True)\n"))
-        notes.append(f"clear gradients after each step ({optimizer}.zero_grad)")
-    if not notes:
-        return FixResult(source)
-    return FixResult(edits.apply(located.module).code, notes)
-
-
-def _sync_expression(located: Located, data: Mapping[str, Any], backward: cst.Call) -> str | None:
-    """Source of the test that is true on the micro-batch that ends a window."""
-    gate = data.get("gate")
-    if data.get("accumulation") == "gated" and gate:
-        tests = located.at(gate[0], gate[1], cst.BaseExpression)
-        if not tests:
-            return None
-        test = code_of(tests[0]).strip()
-        simple = re.fullmatch(r"[\w.\[\]() %+\-*/=<>!]+", test) is not None and " or " not in test \
-            and " and " not in test
-        if gate[2]:
-            return f"not {test}" if simple and " " not in test else f"not ({test})"
-        return test if simple else f"({test})"
-    current: cst.CSTNode | None = backward
-    while current is not None and not isinstance(current, cst.For):
-        current = located.parents.get(current)
-    if not isinstance(current, cst.For):
-        return None
-    iterable, target = current.iter, current.target
-    if isinstance(iterable, cst.Call) and isinstance(iterable.func, cst.Name) and iterable.args:
-        if iterable.func.value == "range" and isinstance(target, cst.Name) and len(iterable.args) == 1:
-            return f"{target.value} == {code_of(iterable.args[0].value)} - 1"
-        if iterable.func.value == "enumerate" and isinstance(target, cst.Tuple) \
-                and isinstance(target.elements[0].value, cst.Name) and len(iterable.args) == 1:
-            return f"{code_of(target.elements[0].value)} == len({code_of(iterable.args[0].value)}) - 1"
-    return None
-
-
-@fixer("TA205")
-def fix_ddp_no_sync(source: str, findings: Sequence[Finding], options: Mapping[str, Any]) -> FixResult:
-    located = Located(source)
-    for finding in findings:
-        data = finding.fix_data
-        model, forward_pos = data.get("model"), data.get("forward")
-        backward = call_at(located, finding.span.line, finding.span.column)
-        forward = call_at(located, forward_pos[0], forward_pos[1]) if forward_pos else None
-        if not model or backward is None or forward is None:
-            continue
-        sync = _sync_expression(located, data, backward)
-        if sync is None:
-            continue
-        # The smallest block holding both the forward and the backward statements.
-        back_stmt = located.statement_of(backward)
-        block, stmts = block_of(located, back_stmt)
-        first = top_statement(located, forward, stmts)
-        while first is None and not isinstance(block, cst.Module):
-            holder = located.parent(block)
-            block, stmts = block_of(located, holder)
-            back_stmt = holder
-            first = top_statement(located, forward, stmts)
-        if first is None:
-            continue
-        i, j = stmts.index(first), stmts.index(back_stmt)  # type: ignore[arg-type]
-        if i > j:
-            continue
-        edits = Edits()
-        holder_block = block
-
-        def rewrite(node: Any, lo: int = i, hi: int = j, model: str = model, sync: str = sync) -> Any:
-            body = list(node.body)
-            wrapped = _no_sync_statement(model, sync, body[lo:hi + 1])
-            return node.with_changes(body=[*body[:lo], wrapped, *body[hi + 1:]])
-
-        edits.rewrite[holder_block] = rewrite
-        ensure_import(edits, located.module, "contextlib")
-        return FixResult(edits.apply(located.module).code,
-                         [f"skip the all-reduce on non-boundary micro-batches ({model}.no_sync())"])
-    return FixResult(source)
-
-
-@fixer("TA206")
-def fix_zero_grad_before_step(source: str, findings: Sequence[Finding], options: Mapping[str, Any]) -> FixResult:
-    located = Located(source)
-    edits = Edits()
-    notes = []
-    for finding in findings:
-        step = finding.fix_data.get("step")
-        zero_stmt = _simple_statement(located, finding.span.line, finding.span.column)
-        step_stmt = _simple_statement(located, step[0], step[1]) if step else None
-        if zero_stmt is None or step_stmt is None or len(zero_stmt.body) != 1:
-            continue
-        edits.remove.add(zero_stmt)
-        edits.insert_after(_after_step(located, step_stmt), _moved(zero_stmt))
-        notes.append("clear gradients after the step, not before it")
-    if not notes:
-        return FixResult(source)
-    return FixResult(edits.apply(located.module).code, notes)

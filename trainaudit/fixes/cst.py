@@ -1,8 +1,9 @@
-"""LibCST helpers shared by the fixers: finding nodes by position, building code."""
+"""LibCST helpers shared by the fixers: finding nodes by position, the names a node
+reads and binds, the block and function a statement is in, line layout."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import libcst as cst
@@ -140,3 +141,143 @@ def _replaced_by(new: cst.CSTNode) -> Callable[[Any], cst.CSTNode]:
 
 def _width(pos: CodeRange) -> tuple[int, int]:
     return (pos.end.line - pos.start.line, pos.end.column - pos.start.column)
+
+
+# -- what a node reads and binds, where a statement is ----------------------------------
+
+
+class _Names(cst.CSTVisitor):
+    """Names a node reads (``used``) and binds (``assigned``), and the calls in it."""
+
+    def __init__(self) -> None:
+        self.used: set[str] = set()
+        self.assigned: set[str] = set()
+        self.calls: list[cst.Call] = []
+
+    def visit_Attribute(self, node: cst.Attribute) -> bool:
+        node.value.visit(self)
+        return False
+
+    def visit_Arg(self, node: cst.Arg) -> bool:
+        node.value.visit(self)
+        return False
+
+    def visit_Name(self, node: cst.Name) -> None:
+        self.used.add(node.value)
+
+    def visit_Call(self, node: cst.Call) -> None:
+        self.calls.append(node)
+
+    def visit_AssignTarget(self, node: cst.AssignTarget) -> None:
+        self.assigned |= target_names(node.target)
+
+    def visit_AugAssign(self, node: cst.AugAssign) -> None:
+        self.assigned |= target_names(node.target)
+
+    def visit_AnnAssign(self, node: cst.AnnAssign) -> None:
+        self.assigned |= target_names(node.target)
+
+    def visit_For(self, node: cst.For) -> None:
+        self.assigned |= target_names(node.target)
+
+    def visit_WithItem(self, node: cst.WithItem) -> None:
+        if node.asname is not None:
+            self.assigned |= target_names(node.asname.name)
+
+    def visit_FunctionDef(self, node: cst.FunctionDef) -> bool:
+        self.assigned.add(node.name.value)
+        return False
+
+
+def names(node: cst.CSTNode) -> _Names:
+    """The names a node reads and binds, and its calls."""
+    visitor = _Names()
+    node.visit(visitor)
+    return visitor
+
+
+def target_names(node: cst.BaseExpression | cst.BaseAssignTargetExpression) -> set[str]:
+    """The names an assignment target binds (``a``, ``a, (b, *c)``)."""
+    if isinstance(node, cst.Name):
+        return {node.value}
+    if isinstance(node, cst.Tuple | cst.List):
+        found: set[str] = set()
+        for element in node.elements:
+            found |= target_names(element.value)
+        return found
+    if isinstance(node, cst.StarredElement):
+        return target_names(node.value)
+    return set()
+
+
+def method_calls(node: cst.CSTNode) -> set[str]:
+    """Names of the methods/functions called in a node (``step``, ``zero_grad``...)."""
+    found = set()
+    for call in names(node).calls:
+        if isinstance(call.func, cst.Attribute):
+            found.add(call.func.attr.value)
+        elif isinstance(call.func, cst.Name):
+            found.add(call.func.value)
+    return found
+
+
+def only_call(stmt: cst.CSTNode, method: str) -> bool:
+    """A simple statement that is just ``x.method(...)``."""
+    if not isinstance(stmt, cst.SimpleStatementLine) or len(stmt.body) != 1:
+        return False
+    expr = stmt.body[0]
+    return (isinstance(expr, cst.Expr) and isinstance(expr.value, cst.Call)
+            and isinstance(expr.value.func, cst.Attribute) and expr.value.func.attr.value == method)
+
+
+def block_of(located: Located, stmt: cst.CSTNode) -> tuple[cst.CSTNode, list[cst.BaseStatement]]:
+    """The block (IndentedBlock or Module) a statement is in, and its statements."""
+    parent = located.parent(stmt)
+    body = parent.body if isinstance(parent, cst.IndentedBlock | cst.Module) else None
+    if not isinstance(body, Sequence):
+        raise ValueError("statement not in a block")
+    return parent, list(body)
+
+
+def top_statement(located: Located, node: cst.CSTNode, block_stmts: Sequence[cst.CSTNode]) -> cst.CSTNode | None:
+    """The statement of ``block_stmts`` that contains ``node``."""
+    current: cst.CSTNode | None = node
+    members = set(block_stmts)
+    while current is not None and current not in members:
+        current = located.parents.get(current)
+    return current
+
+
+def function_by_name(module: cst.Module, dotted: str) -> cst.FunctionDef | None:
+    """A function or method by its dotted path within the file (``Trainer.step``)."""
+
+    def search(body: Iterable[cst.CSTNode], prefix: str) -> cst.FunctionDef | None:
+        for stmt in body:
+            if isinstance(stmt, cst.FunctionDef):
+                name = prefix + stmt.name.value
+                if name == dotted:
+                    return stmt
+                found = search(_block_body(stmt.body), name + ".")
+                if found is not None:
+                    return found
+            elif isinstance(stmt, cst.ClassDef):
+                found = search(_block_body(stmt.body), prefix + stmt.name.value + ".")
+                if found is not None:
+                    return found
+            elif isinstance(stmt, cst.If | cst.Try | cst.With):
+                found = search(_block_body(stmt.body), prefix)
+                if found is not None:
+                    return found
+        return None
+
+    return search(module.body, "")
+
+
+def _block_body(block: cst.BaseSuite) -> Sequence[cst.CSTNode]:
+    return block.body if isinstance(block, cst.IndentedBlock) else []
+
+
+def all_names(node: cst.CSTNode) -> set[str]:
+    """Every name a node reads or binds."""
+    found = names(node)
+    return found.used | found.assigned

@@ -10,19 +10,22 @@ import libcst as cst
 
 from trainaudit.diagnostics import Finding
 from trainaudit.fixes import FixResult, fixer
-from trainaudit.fixes.accumulation import (
+from trainaudit.fixes.cst import Located, all_names, block_of, code_of, function_by_name, names
+from trainaudit.fixes.toolkit import (
     Edits,
-    all_names,
-    block_of,
+    as_receiver,
     call_at,
-    ensure_import,
+    edit_each,
     expression,
     fresh_name,
-    function_by_name,
-    names,
     statement,
 )
-from trainaudit.fixes.cst import Located, code_of
+from trainaudit.payloads import (
+    ClipBeforeStep,
+    DetachAccumulated,
+    NoGradFunction,
+    RestoreTrainMode,
+)
 
 
 def _decorate(node: Any) -> Any:
@@ -31,20 +34,14 @@ def _decorate(node: Any) -> Any:
 
 @fixer("TA501")
 def fix_eval_without_no_grad(source: str, findings: Sequence[Finding], options: Mapping[str, Any]) -> FixResult:
-    located = Located(source)
-    edits = Edits()
-    notes = []
-    for finding in findings:
-        name = finding.fix_data.get("function")
-        fn = function_by_name(located.module, name) if isinstance(name, str) else None
+    def edit(located: Located, edits: Edits, finding: Finding, payload: NoGradFunction) -> str | None:
+        fn = function_by_name(located.module, payload.function)
         if fn is None or fn in edits.rewrite:
-            continue
-        edits.rewrite[fn] = _decorate
-        notes.append(f"run `{name}` under @torch.no_grad()")
-    if not notes:
-        return FixResult(source)
-    ensure_import(edits, located.module, "torch")
-    return FixResult(edits.apply(located.module).code, notes)
+            return None
+        edits.replace(fn, _decorate)
+        return f"run `{payload.function}` under @torch.no_grad()"
+
+    return edit_each(source, findings, NoGradFunction, edit, ("import torch", "torch"))
 
 
 def _leaves_block(stmt: cst.CSTNode) -> bool:
@@ -67,35 +64,29 @@ def _returned_computation(stmt: cst.CSTNode) -> cst.BaseExpression | None:
 
 @fixer("TA502")
 def fix_eval_mode_not_restored(source: str, findings: Sequence[Finding], options: Mapping[str, Any]) -> FixResult:
-    located = Located(source)
-    edits = Edits()
-    notes = []
-    for finding in findings:
-        receiver = finding.fix_data.get("receiver")
-        call = call_at(located, finding.span.line, finding.span.column)
-        if not receiver or call is None:
-            continue
+    def edit(located: Located, edits: Edits, finding: Finding, payload: RestoreTrainMode) -> str | None:
+        call = call_at(located, (finding.span.line, finding.span.column))
+        if call is None:
+            return None
         stmt = located.statement_of(call)
         _, stmts = block_of(located, stmt)
-        restore = statement(f"{receiver}.train()\n")
+        restore = statement(f"{payload.receiver}.train()")
         last = stmts[-1]
         if _leaves_block(last) and last is not stmt:
             value = _returned_computation(last)
             if value is not None:
                 # ``return f(model(x))`` must still run in eval mode: compute, restore, return.
-                taken = all_names(located.module)
-                name = fresh_name(taken, "result", "eval_result")
+                name = fresh_name(all_names(located.module), "result", "eval_result")
                 edits.remove.add(last)
-                edits.insert_after(last, statement(f"{name} = {code_of(value)}\n"), restore,
-                                   statement(f"return {name}\n"))
+                edits.insert_after(last, statement(f"{name} = {code_of(value)}"), restore,
+                                   statement(f"return {name}"))
             else:
                 edits.insert_before(last, restore)
         else:
             edits.insert_after(last, restore)
-        notes.append(f"put `{receiver}` back in train mode after evaluating")
-    if not notes:
-        return FixResult(source)
-    return FixResult(edits.apply(located.module).code, notes)
+        return f"put `{payload.receiver}` back in train mode after evaluating"
+
+    return edit_each(source, findings, RestoreTrainMode, edit)
 
 
 # Calls that take a Python number as well as a 0-d tensor.
@@ -135,57 +126,33 @@ class _Uses(cst.CSTVisitor):
 
 @fixer("TA503")
 def fix_loss_tensor_accumulated(source: str, findings: Sequence[Finding], options: Mapping[str, Any]) -> FixResult:
-    located = Located(source)
-    edits = Edits()
-    notes = []
-    for finding in findings:
-        accumulator = finding.fix_data.get("accumulator")
+    def edit(located: Located, edits: Edits, finding: Finding, payload: DetachAccumulated) -> str | None:
         nodes = located.at(finding.span.line, finding.span.column, cst.BaseExpression)
-        if not isinstance(accumulator, str) or not nodes:
-            continue
+        if not nodes:
+            return None
         value = nodes[0]
-        uses = _Uses(accumulator)
+        uses = _Uses(payload.accumulator)
         located.module.visit(uses)
-        parent = located.parent(value)
-        appended = isinstance(parent, cst.Arg)
+        appended = isinstance(located.parent(value), cst.Arg)
         method = "item" if uses.number_init and not uses.tensor_use and not appended else "detach"
+        edits.replace(value, lambda node: cst.Call(
+            func=cst.Attribute(value=as_receiver(node), attr=cst.Name(method))))
+        return f"accumulate `{code_of(value)}.{method}()` into `{payload.accumulator}`"
 
-        def converted(node: Any, m: str = method) -> Any:
-            target = node if isinstance(node, cst.Name | cst.Attribute | cst.Call | cst.Subscript) \
-                else node.with_changes(lpar=[cst.LeftParen()], rpar=[cst.RightParen()])
-            return cst.Call(func=cst.Attribute(value=target, attr=cst.Name(m)))
-
-        edits.rewrite[value] = converted
-        notes.append(f"accumulate `{code_of(value)}.{method}()` into `{accumulator}`")
-    if not notes:
-        return FixResult(source)
-    return FixResult(edits.apply(located.module).code, notes)
+    return edit_each(source, findings, DetachAccumulated, edit)
 
 
 @fixer("TA504")
 def fix_no_gradient_clipping(source: str, findings: Sequence[Finding], options: Mapping[str, Any]) -> FixResult:
-    located = Located(source)
-    edits = Edits()
-    notes = []
-    for finding in findings:
-        data = finding.fix_data
-        model, optimizer, scaler = data.get("model"), data.get("optimizer"), data.get("scaler")
-        call = call_at(located, finding.span.line, finding.span.column)
-        if not model or call is None:
-            continue
-        step_stmt = located.statement_of(call)
+    def edit(located: Located, edits: Edits, finding: Finding, payload: ClipBeforeStep) -> str | None:
+        call = call_at(located, (finding.span.line, finding.span.column))
+        if call is None:
+            return None
         new = []
-        if scaler and not data.get("unscaled"):
-            new.append(statement(f"{scaler}.unscale_({optimizer})\n"))
-        new.append(statement(f"torch.nn.utils.clip_grad_norm_({model}.parameters(), 1.0)\n"))
-        edits.insert_before(step_stmt, *new)
-        edits.rewrite[step_stmt] = lambda node: node.with_changes(leading_lines=[])
-        first = new[0]
-        leading = getattr(step_stmt, "leading_lines", [])
-        new[0] = first.with_changes(leading_lines=leading)
-        edits.before[step_stmt] = new
-        notes.append(f"clip the gradient norm of `{model}` to 1.0 before the step")
-    if not notes:
-        return FixResult(source)
-    ensure_import(edits, located.module, "torch")
-    return FixResult(edits.apply(located.module).code, notes)
+        if payload.scaler and not payload.unscaled:
+            new.append(statement(f"{payload.scaler}.unscale_({payload.optimizer})"))
+        new.append(statement(f"torch.nn.utils.clip_grad_norm_({payload.model}.parameters(), 1.0)"))
+        edits.insert_before(located.statement_of(call), *new)
+        return f"clip the gradient norm of `{payload.model}` to 1.0 before the step"
+
+    return edit_each(source, findings, ClipBeforeStep, edit, ("import torch", "torch"))

@@ -10,41 +10,23 @@ import libcst as cst
 from trainaudit.diagnostics import Finding
 from trainaudit.fixes import FixResult, fixer
 from trainaudit.fixes.cst import Located, code_of
+from trainaudit.fixes.toolkit import Edits, call_at, edit_each, replace_with, statement
+from trainaudit.payloads import IgnoreValue, LossShift, RollToSlice, ShiftRemoval
 
 
-class _StatementEdits(cst.CSTTransformer):
-    """Replace or delete whole simple statements, keeping their comments."""
-
-    def __init__(self, replace: dict[cst.SimpleStatementLine, list[str]],
-                 delete: set[cst.SimpleStatementLine]) -> None:
-        self.replace = replace
-        self.delete = delete
-
-    def leave_SimpleStatementLine(
-        self, original: cst.SimpleStatementLine, updated: cst.SimpleStatementLine
-    ) -> cst.SimpleStatementLine | cst.FlattenSentinel[cst.SimpleStatementLine] | cst.RemovalSentinel:
-        if original in self.delete:
-            return cst.RemoveFromParent()
-        if original in self.replace:
-            lines = []
-            for i, code in enumerate(self.replace[original]):
-                statement = cst.parse_statement(code)
-                assert isinstance(statement, cst.SimpleStatementLine)
-                if i == 0:
-                    statement = statement.with_changes(
-                        leading_lines=original.leading_lines,
-                        trailing_whitespace=original.trailing_whitespace)
-                lines.append(statement)
-            return cst.FlattenSentinel(lines)
-        return updated
+def _replace_statement(edits: Edits, original: cst.SimpleStatementLine, codes: Sequence[str]) -> None:
+    """Put statements in place of a simple statement, keeping its comments."""
+    new = [statement(code) for code in codes]
+    new[0] = new[0].with_changes(leading_lines=original.leading_lines,
+                                 trailing_whitespace=original.trailing_whitespace)
+    edits.remove.add(original)
+    edits.insert_after(original, *new)
 
 
 def _roll_call(located: Located, finding: Finding) -> tuple[cst.Call, cst.SimpleStatementLine] | None:
-    calls = located.at(finding.span.line, finding.span.column, cst.Call)
-    if not calls:
+    call = call_at(located, (finding.span.line, finding.span.column))
+    if call is None:
         return None
-    call = calls[0]
-    assert isinstance(call, cst.Call)
     statement = located.statement_of(call)
     if not isinstance(statement, cst.SimpleStatementLine) or len(statement.body) != 1:
         return None
@@ -100,9 +82,9 @@ def _target_code(statement: cst.SimpleStatementLine) -> str:
     return code_of(assign.targets[0].target)
 
 
-def _lines(located: Located, spans: Sequence[Sequence[int]]) -> set[cst.SimpleStatementLine]:
-    wanted = {(int(a), int(b)) for a, b in spans}
-    found = set()
+def _lines(located: Located, spans: Sequence[tuple[int, int]]) -> set[cst.CSTNode]:
+    wanted = set(spans)
+    found: set[cst.CSTNode] = set()
     for node, pos in located.positions.items():
         if isinstance(node, cst.SimpleStatementLine) and (pos.start.line, pos.end.line) in wanted:
             found.add(node)
@@ -110,28 +92,24 @@ def _lines(located: Located, spans: Sequence[Sequence[int]]) -> set[cst.SimpleSt
 
 
 def _rewrite_rolls(source: str, findings: Sequence[Finding], keep_tail: bool) -> FixResult:
-    located = Located(source)
-    replace: dict[cst.SimpleStatementLine, list[str]] = {}
-    notes = []
-    for finding in findings:
+    def edit(located: Located, edits: Edits, finding: Finding, payload: RollToSlice) -> str | None:
         found = _roll_call(located, finding)
-        if found is None:
-            continue
+        if found is None or (payload.ignore is None) != keep_tail:
+            return None
         call, statement = found
         parts = _roll_parts(call)
         if parts is None:
-            continue
+            return None
         src, copy, prefix, _ = parts
         target = _target_code(statement)
         lines = [f"{target} = {src}.{copy}()", f"{target}[{prefix}:-1] = {src}[{prefix}1:]"]
-        if not keep_tail:
-            lines.append(f"{target}[{prefix}-1] = {finding.fix_data.get('ignore', '-100')}")
-        replace[statement] = lines
-        notes.append(f"line {finding.span.line}: roll → slicing"
-                     + ("" if keep_tail else " with the ignore value on the tail"))
-    if not replace:
-        return FixResult(source)
-    return FixResult(located.module.visit(_StatementEdits(replace, set())).code, notes)
+        if payload.ignore is not None:
+            lines.append(f"{target}[{prefix}-1] = {payload.ignore}")
+        _replace_statement(edits, statement, lines)
+        return (f"line {finding.span.line}: roll → slicing"
+                + ("" if keep_tail else " with the ignore value on the tail"))
+
+    return edit_each(source, findings, RollToSlice, edit)
 
 
 @fixer("TA101")
@@ -152,57 +130,38 @@ def fix_roll_shift(source: str, findings: Sequence[Finding],
 def fix_double_shift(source: str, findings: Sequence[Finding],
                      options: Mapping[str, Any]) -> FixResult:
     """Remove the shift where the labels are made, so the loss-side shift is the only one."""
-    located = Located(source)
-    replace: dict[cst.SimpleStatementLine, list[str]] = {}
-    delete: set[cst.SimpleStatementLine] = set()
-    notes = []
-    for finding in findings:
-        data = finding.fix_data
+    def edit(located: Located, edits: Edits, finding: Finding, payload: ShiftRemoval) -> str | None:
         nodes = located.at(finding.span.line, finding.span.column, cst.BaseExpression)
         if not nodes:
-            continue
+            return None
         statement = located.statement_of(nodes[0])
         if not isinstance(statement, cst.SimpleStatementLine):
-            continue
-        replacement = data.get("replacement")
-        if replacement:
+            return None
+        if payload.replacement:
             assign = statement.body[0]
             if not isinstance(assign, cst.Assign) or len(statement.body) != 1:
-                continue
-            replace[statement] = [f"{code_of(assign.targets[0].target)} = {replacement}"]
-        delete |= _lines(located, data.get("delete", ()))
-        notes.append(str(data.get("notes", "removed the data-side label shift")))
-    if not replace and not delete:
-        return FixResult(source)
-    return FixResult(located.module.visit(_StatementEdits(replace, delete)).code, notes)
+                return None
+            _replace_statement(edits, statement,
+                               [f"{code_of(assign.targets[0].target)} = {payload.replacement}"])
+        edits.remove |= _lines(located, payload.delete)
+        return payload.note
 
-
-class _ReplaceValue(cst.CSTTransformer):
-    def __init__(self, targets: dict[cst.CSTNode, str]) -> None:
-        self.targets = targets
-
-    def on_leave(self, original: cst.CSTNode, updated: cst.CSTNode) -> Any:
-        if original in self.targets:
-            return cst.parse_expression(self.targets[original])
-        return updated
+    return edit_each(source, findings, ShiftRemoval, edit)
 
 
 @fixer("TA104")
 def fix_ignore_mismatch(source: str, findings: Sequence[Finding],
                         options: Mapping[str, Any]) -> FixResult:
     """Write the loss's ignore value where the labels are masked."""
-    located = Located(source)
-    targets: dict[cst.CSTNode, str] = {}
-    notes = []
-    for finding in findings:
-        value = str(finding.fix_data.get("value", options.get("ignore-index", -100)))
+    def edit(located: Located, edits: Edits, finding: Finding, payload: IgnoreValue) -> str | None:
+        value = payload.value
         lines = [n for n in located.at(finding.span.line, finding.span.column, cst.SimpleStatementLine)]
         statement = lines[0] if lines else None
         if not isinstance(statement, cst.SimpleStatementLine) or len(statement.body) != 1:
-            continue
+            return None
         assign = statement.body[0]
         if not isinstance(assign, cst.Assign):
-            continue
+            return None
         node: cst.CSTNode = assign.value
         if isinstance(assign.value, cst.Call):
             call = assign.value
@@ -216,41 +175,34 @@ def fix_ignore_mismatch(source: str, findings: Sequence[Finding],
             elif name == "where" and len(call.args) == 3:
                 arg = call.args[1]
             if arg is None:
-                continue
+                return None
             node = arg.value
-        targets[node] = value
-        notes.append(f"line {finding.span.line}: mask value → {value}")
-    if not targets:
-        return FixResult(source)
-    return FixResult(located.module.visit(_ReplaceValue(targets)).code, notes)
+        edits.replace(node, replace_with(cst.parse_expression(value)))
+        return f"line {finding.span.line}: mask value → {value}"
+
+    return edit_each(source, findings, IgnoreValue, edit)
 
 
 @fixer("TA105")
 def fix_missing_shift(source: str, findings: Sequence[Finding],
                       options: Mapping[str, Any]) -> FixResult:
     """Shift at the loss: ``logits[..., :-1, :]`` against ``labels[..., 1:]``."""
-    located = Located(source)
-    targets: dict[cst.CSTNode, str] = {}
-    notes = []
-    for finding in findings:
-        logits_at = finding.fix_data.get("logits")
-        labels_at = finding.fix_data.get("labels")
-        if not logits_at or not labels_at:
-            continue
+    def edit(located: Located, edits: Edits, finding: Finding, payload: LossShift) -> str | None:
+        logits_at, labels_at = payload.logits, payload.labels
         kinds = (cst.Name, cst.Attribute, cst.Subscript)
         logits = [n for n in located.at(logits_at[0], logits_at[1], kinds)
                   if code_of(n) == logits_at[2]]
         labels = [n for n in located.at(labels_at[0], labels_at[1], kinds)
                   if code_of(n) == labels_at[2]]
         if not logits or not labels:
-            continue
+            return None
         # Only where the loss flattens the logits itself, so the root is still (B, T, V).
         parent = located.parent(logits[0])
         if not (isinstance(parent, cst.Attribute) and parent.attr.value in ("view", "reshape", "flatten")):
-            continue
-        targets[logits[0]] = f"{code_of(logits[0])}[..., :-1, :].contiguous()"
-        targets[labels[0]] = f"{code_of(labels[0])}[..., 1:].contiguous()"
-        notes.append(f"line {finding.span.line}: shift at the loss")
-    if not targets:
-        return FixResult(source)
-    return FixResult(located.module.visit(_ReplaceValue(targets)).code, notes)
+            return None
+        for root, shifted in ((logits[0], "[..., :-1, :]"), (labels[0], "[..., 1:]")):
+            edits.replace(root, replace_with(
+                cst.parse_expression(f"{code_of(root)}{shifted}.contiguous()")))
+        return f"line {finding.span.line}: shift at the loss"
+
+    return edit_each(source, findings, LossShift, edit)

@@ -16,9 +16,11 @@ from typing import Any
 
 import libcst as cst
 
-from trainaudit.diagnostics import Span
+from trainaudit.diagnostics import Finding, Span
+from trainaudit.fixes import FixResult
 from trainaudit.fixes.cst import Located, code_of
 from trainaudit.model.precision.scope import bound_names as names_bound_in
+from trainaudit.payloads import Payload, payload_of
 
 Rewrite = Callable[[Any], Any]
 
@@ -31,8 +33,9 @@ class Edits(cst.CSTTransformer):
 
     ``rewrite[node]`` gets the node with its children already edited; statements
     can be removed or get statements inserted before/after them. Comments above
-    a statement stay above what is inserted before it; a block left empty gets
-    a ``pass``.
+    a statement stay above what is inserted before it (unless what is inserted
+    brings comment lines of its own: a statement moved there); a block left empty
+    gets a ``pass``.
     """
 
     def __init__(self) -> None:
@@ -67,7 +70,8 @@ class Edits(cst.CSTTransformer):
             result = result.with_changes(body=[cst.SimpleStatementLine([cst.Pass()])])
         if not (before or after):
             return result
-        if before and isinstance(result, cst.SimpleStatementLine | cst.BaseCompoundStatement):
+        if before and not getattr(before[0], "leading_lines", ()) and isinstance(
+                result, cst.SimpleStatementLine | cst.BaseCompoundStatement):
             first = before[0].with_changes(leading_lines=result.leading_lines)
             before = [first, *before[1:]]
             result = result.with_changes(leading_lines=())
@@ -81,6 +85,28 @@ class Edits(cst.CSTTransformer):
         result = module.visit(self)
         assert isinstance(result, cst.Module)
         return result
+
+
+def edit_each(source: str, findings: Sequence[Finding], kind: type[Payload],
+              edit: Callable[[Located, Edits, Finding, Payload], str | None],
+              imports: tuple[str, str] | None = None) -> FixResult:
+    """The loop most fixers are: for each finding carrying a payload of ``kind``, ``edit``
+    plans its edits and returns a note (None: nothing it can do there); the edits are
+    applied in one pass, then ``imports`` (statement, name it binds) is ensured."""
+    located = Located(source)
+    edits = Edits()
+    notes = []
+    for finding in findings:
+        payload = payload_of(finding, kind)
+        note = None if payload is None else edit(located, edits, finding, payload)
+        if note is not None:
+            notes.append(note)
+    if not notes:
+        return FixResult(source)
+    module = edits.apply(located.module)
+    if imports is not None:
+        module = ensure_import(module, *imports)
+    return FixResult(module.code, notes)
 
 
 def replace_with(node: cst.CSTNode) -> Rewrite:
@@ -132,12 +158,57 @@ def _contains(outer: cst.CSTNode, inner: cst.CSTNode) -> bool:
 
 
 def ensure_import(module: cst.Module, code: str, binds: str) -> cst.Module:
-    """Add an import statement unless the file already binds ``binds``: after the
-    top imports (after the torch imports, where there are some), else after the
-    docstring."""
+    """Add an import statement unless the file already binds ``binds``. A plain
+    ``import x`` joins the file's first run of plain imports in name order; anything
+    else goes after the top imports (after the torch imports, where there are some),
+    else after the docstring."""
     if binds in bound_names(module.code):
         return module
     body = list(module.body)
+    new = statement(code)
+    index = _plain_import_slot(body, code[len("import "):]) if code.startswith("import ") else None
+    if index is None:
+        index = _after_top_imports(body)
+    elif index < len(body) and not _is_plain_import(body[index - 1] if index else None):
+        # first of the imports: it takes the comments and blank lines above them
+        first = body[index]
+        new = new.with_changes(leading_lines=first.leading_lines)
+        body[index] = first.with_changes(leading_lines=())
+    body.insert(index, new)
+    return module.with_changes(body=body)
+
+
+def _is_plain_import(stmt: cst.CSTNode | None) -> bool:
+    return isinstance(stmt, cst.SimpleStatementLine) and isinstance(stmt.body[0], cst.Import)
+
+
+def _plain_import_slot(body: Sequence[cst.BaseStatement], name: str) -> int | None:
+    """Where ``import name`` goes: in name order in the first run of plain imports, else
+    before the first import; None when the file imports nothing."""
+    run = []
+    for i, stmt in enumerate(body):
+        if _is_plain_import(stmt):
+            run.append(i)
+        elif run:
+            break
+    for i in run:
+        stmt = body[i]
+        assert isinstance(stmt, cst.SimpleStatementLine) and isinstance(stmt.body[0], cst.Import)
+        if code_of(stmt.body[0].names[0].name) > name:
+            return i
+    if run:
+        return run[-1] + 1
+    # No plain imports: before the first import (after ``from __future__``), if any.
+    return next((i for i, stmt in enumerate(body) if isinstance(stmt, cst.SimpleStatementLine)
+                 and isinstance(stmt.body[0], cst.ImportFrom) and not _is_future(stmt.body[0])),
+                None)
+
+
+def _is_future(small: cst.ImportFrom) -> bool:
+    return small.module is not None and code_of(small.module) == "__future__"
+
+
+def _after_top_imports(body: Sequence[cst.BaseStatement]) -> int:
     index = 0
     after_torch = None
     for i, stmt in enumerate(body):
@@ -153,8 +224,7 @@ def ensure_import(module: cst.Module, code: str, binds: str) -> cst.Module:
             continue  # ``try: import x`` blocks inside the import section
         elif index or not isinstance(stmt, cst.SimpleStatementLine):
             break
-    body.insert(after_torch if after_torch is not None else index, statement(code))
-    return module.with_changes(body=body)
+    return after_torch if after_torch is not None else index
 
 
 def _imports_torch(stmt: cst.SimpleStatementLine) -> bool:
@@ -192,6 +262,10 @@ def fresh_name(taken: set[str], *candidates: str) -> str:
 
 def statement(code: str) -> cst.SimpleStatementLine | cst.BaseCompoundStatement:
     return cst.parse_statement(code if code.endswith("\n") else code + "\n")
+
+
+def expression(code: str) -> cst.BaseExpression:
+    return cst.parse_expression(code)
 
 
 def string(value: str) -> cst.SimpleString:
@@ -237,3 +311,119 @@ def as_receiver(expr: cst.BaseExpression) -> cst.BaseExpression:
     if isinstance(expr, cst.Name | cst.Attribute | cst.Call | cst.Subscript) or getattr(expr, "lpar", None):
         return expr
     return expr.with_changes(lpar=[cst.LeftParen()], rpar=[cst.RightParen()])
+
+def _multiline_commas(last: cst.Comma | cst.MaybeSentinel, previous: cst.Comma | cst.MaybeSentinel | None
+                      ) -> tuple[cst.Comma, cst.Comma] | None:
+    """(comma between items, comma after the last item) of a one-item-a-line list, else None."""
+    if not isinstance(last, cst.Comma) or not isinstance(last.whitespace_after, cst.ParenthesizedWhitespace):
+        return None
+    if isinstance(previous, cst.Comma) and isinstance(previous.whitespace_after, cst.ParenthesizedWhitespace):
+        return previous, last
+    indent = cst.SimpleWhitespace(last.whitespace_after.last_line.value + "    ")
+    return last.with_changes(whitespace_after=last.whitespace_after.with_changes(last_line=indent)), last
+
+
+_SPACE_COMMA = cst.Comma(whitespace_after=cst.SimpleWhitespace(" "))
+
+
+def _joined(items: list[Any], new: list[Any]) -> list[Any]:
+    """Append items to a comma-separated list, keeping its layout (one line, or one a line)."""
+    if not items:
+        return [n.with_changes(comma=_SPACE_COMMA) for n in new[:-1]] + new[-1:]
+    last = items[-1]
+    layout = _multiline_commas(last.comma, items[-2].comma if len(items) > 1 else None)
+    if layout is not None:
+        between, final = layout
+        items = [*items[:-1], last.with_changes(comma=between)]
+        new = [n.with_changes(comma=between) for n in new[:-1]] + [new[-1].with_changes(comma=final)]
+        return [*items, *new]
+    trailing = last.comma
+    items = [*items[:-1], last.with_changes(comma=_SPACE_COMMA)]
+    new = [n.with_changes(comma=_SPACE_COMMA) for n in new[:-1]] + [new[-1].with_changes(
+        comma=cst.MaybeSentinel.DEFAULT if trailing is cst.MaybeSentinel.DEFAULT else trailing)]
+    return [*items, *new]
+
+
+def add_parameters(fn: cst.FunctionDef, params: Sequence[tuple[str, str, str]]) -> cst.FunctionDef:
+    """Append ``name: annotation = default`` parameters (annotated only if the def is)."""
+    typed = any(p.annotation is not None for p in fn.params.params)
+    space = cst.SimpleWhitespace(" " if typed else "")
+    new = [cst.Param(name=cst.Name(name),
+                     annotation=cst.Annotation(expression(annotation)) if typed else None,
+                     equal=cst.AssignEqual(whitespace_before=space, whitespace_after=space),
+                     default=expression(default))
+           for name, annotation, default in params]
+    parameters = fn.params
+    if parameters.star_kwarg is not None:
+        return fn  # **kwargs would swallow nothing, but keep the signature simple: not supported
+    if parameters.star_arg is not cst.MaybeSentinel.DEFAULT or parameters.kwonly_params:
+        parameters = parameters.with_changes(kwonly_params=_joined(list(parameters.kwonly_params), new))
+    else:
+        parameters = parameters.with_changes(params=_joined(list(parameters.params), new))
+    return fn.with_changes(params=parameters)
+
+
+def add_keywords(call: cst.Call, keywords: Sequence[tuple[str, str]]) -> cst.Call:
+    """Append ``name=value`` arguments, keeping the call's layout."""
+    no_space = cst.SimpleWhitespace("")
+    new = [cst.Arg(value=expression(value), keyword=cst.Name(name),
+                   equal=cst.AssignEqual(whitespace_before=no_space, whitespace_after=no_space))
+           for name, value in keywords]
+    return call.with_changes(args=_joined(list(call.args), new))
+
+
+def indented(stmts: Sequence[cst.BaseStatement]) -> cst.IndentedBlock:
+    """A block of statements (LibCST indents it where it is put)."""
+    return cst.IndentedBlock(body=list(stmts))
+
+
+def first_without_leading_lines(stmts: list[cst.BaseStatement]) -> tuple[list[cst.BaseStatement], Sequence[cst.EmptyLine]]:
+    """Move the first statement's leading comment lines out, to the new enclosing statement."""
+    if not stmts:
+        return stmts, []
+    first = stmts[0]
+    leading = getattr(first, "leading_lines", [])
+    if leading:
+        stmts = [first.with_changes(leading_lines=[]), *stmts[1:]]
+    return stmts, leading
+
+
+def add_module_function(edits: Edits, module: cst.Module, code: str) -> None:
+    """Define a function at module level, set off by two blank lines: before the first
+    def/class (its comments stay with it), else after the imports."""
+    blank = [cst.EmptyLine(), cst.EmptyLine()]
+    new = cst.parse_module(code).body[0].with_changes(leading_lines=blank)
+    body: list[Any] = list(module.body)
+    first_def = next((s for s in body if isinstance(s, cst.FunctionDef | cst.ClassDef)), None)
+    if first_def is not None and body.index(first_def):
+        edits.insert_after(body[body.index(first_def) - 1], new)
+        return
+    anchor = first_def or _last_top_import(module)
+    if anchor is None or anchor is first_def:
+        assert isinstance(new, cst.FunctionDef)  # first in the file: blank lines after it
+        edits.insert_before(anchor or body[0], new.with_changes(
+            leading_lines=(), body=new.body.with_changes(footer=blank)))
+        return
+    edits.insert_after(anchor, new)
+    following = body[body.index(anchor) + 1:]
+    if following:
+
+        def spaced(node: Any) -> Any:
+            lines = list(node.leading_lines)
+            count = 0
+            while count < len(lines) and lines[count].comment is None:
+                count += 1
+            return node.with_changes(leading_lines=[cst.EmptyLine()] * max(0, 2 - count) + lines)
+
+        edits.replace(following[0], spaced)
+
+
+def _last_top_import(module: cst.Module) -> cst.BaseStatement | None:
+    last = None
+    for stmt in module.body:
+        if isinstance(stmt, cst.SimpleStatementLine) and any(
+                isinstance(s, cst.Import | cst.ImportFrom) for s in stmt.body):
+            last = stmt
+        elif isinstance(stmt, cst.FunctionDef | cst.ClassDef):
+            break
+    return last

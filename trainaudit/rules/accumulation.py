@@ -16,6 +16,7 @@ from trainaudit.model.loops import (
     LOOP_TRIGGERS,
     Accumulation,
     Operation,
+    Site,
     TrainingLoop,
     may_train,
     project_training_loops,
@@ -24,6 +25,13 @@ from trainaudit.model.loops import (
 from trainaudit.model.loops.identity import DDP_WRAPPERS, FSDP_WRAPPERS
 from trainaudit.model.loops.records import BatchSize
 from trainaudit.model.project import Project
+from trainaudit.payloads import (
+    AccumulationRewrite,
+    DivideLoss,
+    MoveToStep,
+    NoSyncWrap,
+    ZeroGradAfterStep,
+)
 from trainaudit.registry import ProjectRule, RuleContext, register
 
 # Frameworks that run the optimizer step, accumulation and gradient clearing themselves.
@@ -53,27 +61,21 @@ def _manual_accumulation(loop: TrainingLoop) -> Accumulation | None:
     return accumulation
 
 
-def _loop_fix_data(loop: TrainingLoop) -> dict[str, object]:
-    return {"loop": [loop.header.line, loop.header.column], "function": loop.header.function}
-
-
-def _accumulation_fix_data(loop: TrainingLoop, step: Operation) -> dict[str, object]:
-    """What the TA201 fix needs: where the backward is, and the helper call if the step is in one."""
+def _accumulation_payload(loop: TrainingLoop, step: Operation) -> AccumulationRewrite | None:
+    """What the TA201 fix needs: where the backward is, and the helper call if the step is
+    in one; None when the backward and the step are not reached the same way."""
     backward = loop.first("backward")
-    data: dict[str, object] = {"backward": None, "helper": None, "call": None, "ddp": loop.ddp,
-                               "batch_source": loop.batch_size.source if loop.batch_size else None,
-                               "batch_expr": loop.batch_size.expression if loop.batch_size else None,
-                               "model": None}
     if backward is None or backward.via != step.via or len(step.via) > 1:
-        return data
-    data["backward"] = [backward.site.line, backward.site.column]
-    if step.via:
-        data["helper"] = step.site.function
-        data["call"] = [step.via[0].line, step.via[0].column]
-    forward = next((op for op in loop.forwards if op.via == step.via and op.order < backward.order), None)
-    if forward is not None:
-        data["model"] = forward.receiver
-    return data
+        return None
+    forward = next((op for op in loop.forwards if op.via == step.via and op.order < backward.order),
+                   None)
+    size = loop.batch_size
+    return AccumulationRewrite(
+        backward=(backward.site.line, backward.site.column),
+        helper=step.site.function if step.via else None,
+        call=(step.via[0].line, step.via[0].column) if step.via else None,
+        ddp=loop.ddp, model=forward.receiver if forward is not None else None,
+        batch_source=size.source if size else None, batch_expr=size.expression if size else None)
 
 
 def _flow_batch_size(project: Project, loop: TrainingLoop) -> BatchSize | None:
@@ -130,11 +132,11 @@ class NoGradientAccumulation(ProjectRule):
                 effective = f"{tokens} tokens < {minimum_tokens} (min-effective-tokens)"
             message = (f"the optimizer steps on every micro-batch of {what} with no gradient "
                        f"accumulation: the effective batch is {effective}")
-            data = _loop_fix_data(loop)
-            data.update(_accumulation_fix_data(loop, step))
-            fixable = _same_file(loop, *loop.operations) and data["backward"] is not None
-            finding = self.finding(loop.path, loop.header.span, message, fix_data=data,
-                                   fixable=fixable,
+            payload = _accumulation_payload(loop, step)
+            if not _same_file(loop, *loop.operations):
+                payload = None
+            finding = self.finding(loop.path, loop.header.span, message, payload=payload,
+                                   fixable=payload is not None,
                                    related=[_related(step, "optimizer step on every micro-batch")])
             # Code that also runs on the CPU (a tutorial that runs anywhere) chose its batch
             # for the small case: advice there, a warning where a GPU is required.
@@ -167,16 +169,27 @@ class AccumulatedLossNotScaled(ProjectRule):
                 if steps is None:
                     message += "; no automatic fix: the number of micro-batches is not visible"
                 yield self.finding(backward.site.path, backward.site.span, message,
-                                   fix_data={"divisor": steps}, fixable=steps is not None,
+                                   payload=DivideLoss(steps) if steps is not None else None,
+                                   fixable=steps is not None,
                                    related=[_related(loop.ops("optimizer_step")[0],
                                                      "gated optimizer step")])
 
 
 def _per_micro_batch(loop: TrainingLoop, accumulation: Accumulation, op: Operation) -> bool:
+    """Whether ``op`` runs on the micro-batches where the optimizer does not step."""
+    step = loop.ops("optimizer_step")[0]
     if accumulation.kind == "gated":
-        return not op.accumulation_guards
+        gate = accumulation.gate
+        if gate is not None and any(g.site == gate.site and g.negated != gate.negated
+                                    for g in op.guards):
+            return True  # the other side of the step's own gate: every non-boundary batch
+        if op.accumulation_guards:
+            return False
+        # A path the step cannot share (``if not finite: zero_grad(); continue``) runs on the
+        # batches it skips, not on every micro-batch.
+        return loop.may_follow(op, step) or loop.may_follow(step, op)
     backward = loop.ops("backward")[0]
-    inner = [site for site in backward.loops if site not in loop.ops("optimizer_step")[0].loops]
+    inner = [site for site in backward.loops if site not in step.loops]
     return bool(inner) and inner[0] in op.loops
 
 
@@ -206,19 +219,63 @@ class PerMicroBatchUpdate(ProjectRule):
                     continue
                 message = (f"`{op.site.text}` runs on every micro-batch while the optimizer "
                            f"steps once per accumulation window: {self._WHAT[op.kind]}")
-                data = {"step": [step.site.line, step.site.column], "kind": op.kind,
-                        "accumulation": accumulation.kind,
-                        "gate": ([accumulation.gate.site.line, accumulation.gate.site.column]
-                                 if accumulation.gate else None)}
                 fixable = _same_file(loop, op, step) and op.site.function == step.site.function
-                yield self.finding(op.site.path, op.site.span, message, fix_data=data,
-                                   fixable=fixable, related=[_related(step, "gated optimizer step")])
+                payload = MoveToStep((step.site.line, step.site.column), op.kind)
+                yield self.finding(op.site.path, op.site.span, message,
+                                   payload=payload if fixable else None, fixable=fixable, related=[_related(step, "gated optimizer step")])
+
+
+def _extra_guards(op: Operation, step: Operation) -> set[tuple[Site, bool]]:
+    """The ``if`` tests (and polarities) ``op`` runs under that the step does not."""
+    return {(g.site, g.negated) for g in op.guards} - {(g.site, g.negated) for g in step.guards}
+
+
+def _clears_each_step(loop: TrainingLoop, zero: Operation, step: Operation) -> bool:
+    """Whether this ``zero_grad`` runs between any two runs of the step, on the graph: it
+    runs whenever the step does (no test the step lacks), on a path the step shares, or
+    under an accumulation test on the other micro-batches of a gated step's window."""
+    if zero.loops != step.loops:
+        return True  # one of them is in a loop the other is not: how often is not known
+    extra = _extra_guards(zero, step)
+    accumulation = {(g.site, g.negated) for g in zero.accumulation_guards}
+    if extra - accumulation:
+        return False  # only when a test the step does not need holds (a log line, a skip)
+    if extra:
+        return bool(step.accumulation_guards)  # another micro-batch of the step's window
+    return loop.may_follow(step, zero) or loop.may_follow(zero, step)
+
+
+def _uncleared(loop: TrainingLoop, step: Operation) -> list[Operation] | None:
+    """None when some pass of the loop clears the step's gradients before the next step;
+    else the ``zero_grad`` calls that do not (each under a test the step lacks, or on a
+    branch the step never takes), possibly none."""
+    others = {op.receiver for op in loop.ops("optimizer_step")} - {step.receiver}
+    zeros = [z for z in loop.ops("zero_grad") if z.receiver not in others]
+    if loop.ordering is None:
+        return None if zeros else []
+    if any(_clears_each_step(loop, z, step) for z in zeros):
+        return None
+    # ``if a: zero_grad() else: zero_grad()``: the two arms together run every time.
+    extras = [_extra_guards(z, step) for z in zeros]
+    for extra in extras:
+        if len(extra) == 1:
+            (site, negated), = extra
+            if {(site, not negated)} in extras:
+                return None
+    return zeros
 
 
 @register
 class MissingZeroGrad(ProjectRule):
-    """TA204: backward and step in a loop, and the gradients are never cleared: every
-    step applies the sum of all gradients so far."""
+    """TA204: backward and step in a loop, and the gradients are not cleared between two
+    steps on every path: each step applies the sum of the gradients so far.
+
+    Decided on the loop's control-flow graph: a ``zero_grad`` only on a branch the step
+    never takes (``if not finite: zero_grad() else: step()``), after a ``continue`` the
+    step does not pass, or only under a test the step does not run under (a logging
+    block) does not clear what the step applies. Under an accumulation gate, a
+    ``zero_grad`` at the start of a window counts.
+    """
 
     code = "TA204"
     families = ("loops",)
@@ -226,19 +283,32 @@ class MissingZeroGrad(ProjectRule):
 
     def check(self, project: Project, ctx: RuleContext) -> Iterable[Finding]:
         for loop in project_training_loops(project):
-            if loop.ops("zero_grad") or loop.delegation & (SELF_STEPPING | FOREIGN_GRADIENTS):
+            if loop.delegation & (SELF_STEPPING | FOREIGN_GRADIENTS):
                 continue
             if any(may_train(call) for call in loop.external_calls):  # an unseen helper may clear them
                 continue
             step = loop.first("optimizer_step")
             if step is None or step.framework:
                 continue
-            message = (f"`{step.site.text}` applies gradients that are never cleared: each "
-                       "backward adds to all earlier ones (no zero_grad in the loop)")
+            zeros = _uncleared(loop, step)
+            if zeros is None:
+                continue
+            if zeros:
+                zero = zeros[0]
+                tests = sorted(_extra_guards(zero, step), key=lambda g: g[0].line)
+                where = " and ".join(f"`{site.text}` {'does not hold' if negated else 'holds'}"
+                                     for site, negated in tests)
+                message = (f"`{step.site.text}` applies gradients that are not cleared on every "
+                           f"path: `{zero.site.text}` (line {zero.site.line}) runs only "
+                           + (f"when {where}" if where else "on a branch the step never takes")
+                           + "; on the other paths each backward adds to all earlier ones")
+            else:
+                message = (f"`{step.site.text}` applies gradients that are never cleared: each "
+                           "backward adds to all earlier ones (no zero_grad in the loop)")
+            related = [Related(loop.path, loop.header.line, loop.header.column, "training loop")]
+            related += [_related(z, "clears the gradients on some paths only") for z in zeros[:2]]
             yield self.finding(step.site.path, step.site.span, message,
-                               fix_data={"optimizer": step.receiver},
-                               related=[Related(loop.path, loop.header.line, loop.header.column,
-                                                "training loop")])
+                               payload=ZeroGradAfterStep(step.receiver), related=related)
 
 
 def _ddp_model(loop: TrainingLoop) -> bool:
@@ -287,17 +357,13 @@ class DdpAccumulationWithoutNoSync(ProjectRule):
             message = ("DistributedDataParallel all-reduces the gradients on every micro-batch's "
                        "backward while accumulating; run the non-boundary micro-batches under "
                        "`model.no_sync()`")
-            data: dict[str, object] = {
-                "accumulation": accumulation.kind,
-                "model": forward.receiver if forward else None,
-                "forward": [forward.site.line, forward.site.column] if forward else None,
-                "gate": ([accumulation.gate.site.line, accumulation.gate.site.column,
-                          accumulation.gate.negated] if accumulation.gate else None),
-                "steps": accumulation.steps,
-            }
-            fixable = forward is not None and _same_file(loop, backward, forward)
-            yield self.finding(backward.site.path, backward.site.span, message, fix_data=data,
-                               fixable=fixable)
+            gate = accumulation.gate if accumulation.kind == "gated" else None
+            payload = NoSyncWrap(
+                model=forward.receiver, forward=(forward.site.line, forward.site.column),
+                gate=(gate.site.line, gate.site.column, gate.negated) if gate else None,
+            ) if forward is not None and _same_file(loop, backward, forward) else None
+            yield self.finding(backward.site.path, backward.site.span, message, payload=payload,
+                               fixable=payload is not None)
 
 
 def _clears_for(zero: Operation, step: Operation, loop: TrainingLoop) -> bool:
@@ -361,7 +427,7 @@ class ZeroGradBeforeStep(ProjectRule):
                 if not fixable:
                     message += ("; no automatic fix: the two are not in one block, so moving "
                                 "the zero_grad would change another path")
+                payload = MoveToStep((step.site.line, step.site.column), zero.kind)
                 yield self.finding(zero.site.path, zero.site.span, message,
-                                   fix_data={"step": [step.site.line, step.site.column]},
-                                   fixable=fixable,
+                                   payload=payload if fixable else None, fixable=fixable,
                                    related=[_related(backward, "backward"), _related(step, "step")])

@@ -23,6 +23,7 @@ from trainaudit.model.loops.identity import identity
 from trainaudit.model.loops.ordering import Ordering
 from trainaudit.model.module import FunctionNode, ModuleFacts, int_value, keyword, walk_local
 from trainaudit.model.project import Project
+from trainaudit.payloads import ClipBeforeStep, DetachAccumulated, NoGradFunction, RestoreTrainMode
 from trainaudit.registry import ModuleRule, ProjectRule, RuleContext, register
 from trainaudit.rules.accumulation import FOREIGN_GRADIENTS, SELF_STEPPING
 
@@ -105,7 +106,7 @@ class EvalWithoutNoGrad(ModuleRule):
             yield self.report(module, forward.node or fn, message,
                               related=[Related(module.path, first.site.line, first.site.column,
                                                "eval mode here")],
-                              fix_data={"function": name}, fixable=not trains)
+                              payload=None if trains else NoGradFunction(name), fixable=not trains)
 
 
 def _receiver(op: Operation) -> ast.expr | None:
@@ -186,7 +187,7 @@ class EvalModeNotRestored(ProjectRule):
                 message = (f"`{op.site.text}` runs inside the training loop and nothing in the loop "
                            f"calls `.train()` again: the following steps train in eval mode")
                 yield self.finding(op.site.path, op.site.span, message,
-                                   fix_data={"receiver": op.receiver},
+                                   payload=RestoreTrainMode(op.receiver),
                                    related=[Related(loop.path, loop.header.line, loop.header.column,
                                                     "training loop")])
 
@@ -276,7 +277,8 @@ class LossTensorAccumulated(ModuleRule):
                     message = (f"`{module.segment(value)}` is added to `{accumulator}` as a tensor: "
                                "every step's autograd graph stays alive; use `.item()` or "
                                "`.detach()`")
-                    yield self.report(module, value, message, fix_data={"accumulator": accumulator})
+                    yield self.report(module, value, message,
+                                      payload=DetachAccumulated(accumulator))
 
 
 def _window_loop(loop: TrainingLoop) -> bool:
@@ -330,12 +332,13 @@ class NoGradientClipping(ProjectRule):
                        and not loop.delegation & {"accelerate", "fabric"})
             message = (f"no gradient clipping before `{step.site.text}`: one outlier batch can "
                        "wreck the weights")
+            head = step.site.text.split("(")[0]
+            payload = ClipBeforeStep(
+                model=forward.receiver, optimizer=step.receiver,
+                scaler=step.site.text.split(".")[0] if "scaler" in head else None,
+                unscaled=bool(loop.ops("unscale"))) if forward is not None and fixable else None
             yield self.finding(step.site.path, step.site.span, message, fixable=fixable,
-                               fix_data={"model": forward.receiver if forward else None,
-                                         "scaler": step.site.text.split(".")[0]
-                                         if "scaler" in step.site.text.split("(")[0] else None,
-                                         "optimizer": step.receiver,
-                                         "unscaled": bool(loop.ops("unscale"))})
+                               payload=payload)
 
 
 # Layers with a bias or norm weights by default.

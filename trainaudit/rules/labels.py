@@ -17,6 +17,7 @@ from trainaudit.model.labels.entries import TRIGGERS, flow_source
 from trainaudit.model.labels.observe import LossReading
 from trainaudit.model.module import ModuleFacts
 from trainaudit.model.project import Project
+from trainaudit.payloads import IgnoreValue, LossShift, RollToSlice, ShiftRemoval
 from trainaudit.registry import ProjectRule, RuleContext, register, summarizer
 
 DEFAULT_IGNORE_INDEX = -100
@@ -87,7 +88,7 @@ class CircularLabelShift(_LabelRule):
                 f"token of `{producer.input_text}`; nothing masks it, so the model is trained "
                 f"to predict it. Slice instead and set the tail to the ignore index.",
                 related=related,
-                fix_data={"ignore": _ignore_text(fate.readings, site.path), "mode": "mask-tail"},
+                payload=RollToSlice(_ignore_text(fate.readings, site.path)),
                 fixable=producer.fix_form == "assign-roll" and producer.roll_shift == -1)
 
 
@@ -127,11 +128,11 @@ class DoubleLabelShift(_LabelRule):
                 f"at {loss.path}:{loss.span.line}: position t is trained on token t+2. "
                 f"Remove one of the two shifts.",
                 related=_unique(related),
-                fix_data={"replacement": _unshifted(producer),
-                          "delete": [list(lines) for lines in _shift_helpers(first.reading,
-                                                                              producer)],
-                          "notes": f"removed the label shift at {site.path}:{site.span.line}; "
-                                   f"the loss at {loss.path}:{loss.span.line} already shifts"},
+                payload=ShiftRemoval(
+                    _unshifted(producer),
+                    tuple(_shift_helpers(first.reading, producer)),
+                    f"removed the label shift at {site.path}:{site.span.line}; "
+                    f"the loss at {loss.path}:{loss.span.line} already shifts"),
                 # Inputs cut to T-1 beside the shifted labels (a collator that shifts both):
                 # dropping only the label shift would leave them of different lengths.
                 fixable=all(r.offset == 2 for r in every) and producer.input_text is not None
@@ -182,7 +183,7 @@ class RollLabelShift(_LabelRule):
                 f"`{producer.named()}` is made with a circular roll; the wrapped position is "
                 f"neutralised "
                 f"({how_text}), so it works, but slicing says the same without the trap.",
-                fix_data={"mode": "keep-tail"},
+                payload=RollToSlice(None),
                 fixable=producer.fix_form == "assign-roll" and producer.roll_shift == -1)
 
 
@@ -212,7 +213,7 @@ class IgnoreIndexMismatch(_LabelRule):
                 f"{reading.site.path}:{reading.site.span.line} ignores {ignore.describe()}: "
                 f"those positions are trained on.",
                 related=[_related(reading.site, f"this loss ignores {ignore.describe()}")],
-                fix_data={"value": _fix_value(ignore, reading, mark.site)},
+                payload=IgnoreValue(_fix_value(ignore, reading, mark.site)),
                 fixable=ignore.known and mark.kind != "pad")
         for site, fate in analysis.rolls().items():
             if fate.readings:
@@ -230,7 +231,7 @@ class IgnoreIndexMismatch(_LabelRule):
                     f"{n.value.number}, a real token id: PyTorch losses ignore "
                     f"{DEFAULT_IGNORE_INDEX} by default, so the model is trained to predict "
                     f"token {n.value.number} at the end of every sequence.",
-                    fix_data={"value": str(DEFAULT_IGNORE_INDEX)})
+                    payload=IgnoreValue(str(DEFAULT_IGNORE_INDEX)))
 
 
 @register
@@ -256,12 +257,10 @@ class MissingLabelShift(_LabelRule):
                 related=_trail(reading, 3),
                 fixable=not reading.internal and logits_root is not None
                 and labels_root is not None and logits_root.path == site.path,
-                fix_data={
-                    "logits": (logits_root.span.line, logits_root.span.column,
-                               logits_root.text) if logits_root else None,
-                    "labels": (labels_root.span.line, labels_root.span.column,
-                               labels_root.text) if labels_root else None,
-                })
+                payload=LossShift(
+                    (logits_root.span.line, logits_root.span.column, logits_root.text),
+                    (labels_root.span.line, labels_root.span.column, labels_root.text),
+                ) if logits_root is not None and labels_root is not None else None)
 
 
 def _order(site: Site) -> tuple[str, int, int]:

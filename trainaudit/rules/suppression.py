@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 
 from trainaudit.diagnostics import Finding, Span
 from trainaudit.model.module import ModuleFacts
+from trainaudit.payloads import SuppressionEdit
 from trainaudit.registry import ModuleRule, RuleContext, register
 from trainaudit.suppression import SuppressionComment, without_codes
 
@@ -50,7 +51,6 @@ def unused_suppressions(path: str, comments: Iterable[SuppressionComment],
             path, span,
             f"`{comment.text}` suppresses nothing: no {listed} finding on this line. "
             "Remove the unused code(s).",
-            fix_data={"directive": comment.text,
-                      "replacement": without_codes(comment, frozenset(unused)),
-                      "starts_comment": comment.starts_comment}))
+            payload=SuppressionEdit(comment.text, without_codes(comment, frozenset(unused)),
+                                    comment.starts_comment)))
     return findings

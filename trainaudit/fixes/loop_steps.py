@@ -1,0 +1,240 @@
+"""Fixes of the loop-ordering rules (TA202–TA206): divide the loss, move a scheduler step,
+clip or ``zero_grad`` next to the optimizer step, add a ``zero_grad``, wrap the
+non-boundary micro-batches in ``no_sync``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import libcst as cst
+
+from trainaudit.diagnostics import Finding
+from trainaudit.fixes import FixResult, fixer
+from trainaudit.fixes.cst import Located, block_of, code_of, method_calls, top_statement
+from trainaudit.fixes.toolkit import (
+    Edits,
+    as_receiver,
+    call_at,
+    edit_each,
+    ensure_import,
+    expression,
+    first_without_leading_lines,
+    indented,
+    simple_statement,
+    statement,
+)
+from trainaudit.payloads import (
+    DivideLoss,
+    MoveToStep,
+    NoSyncWrap,
+    ZeroGradAfterStep,
+    payload_of,
+)
+
+Rewrite = Callable[[Any], Any]
+
+
+def divided(expr: cst.BaseExpression, divisor: str) -> cst.BinaryOperation:
+    return cst.BinaryOperation(left=as_receiver(expr), operator=cst.Divide(
+        whitespace_before=cst.SimpleWhitespace(" "), whitespace_after=cst.SimpleWhitespace(" ")),
+        right=as_receiver(expression(divisor)))
+
+
+def divide_backward(call: cst.Call, divisor: str) -> cst.Call:
+    """``loss.backward()`` → ``(loss / k).backward()``; ``scaler.scale(loss)`` keeps the scale."""
+    func = call.func
+    if isinstance(func, cst.Attribute) and func.attr.value == "backward" and not call.args:
+        value = func.value
+        if (isinstance(value, cst.Call) and isinstance(value.func, cst.Attribute)
+                and value.func.attr.value == "scale" and value.args):
+            first = value.args[0]
+            scaled = value.with_changes(args=[first.with_changes(value=divided(first.value, divisor)),
+                                              *value.args[1:]])
+            return call.with_changes(func=func.with_changes(value=scaled))
+        quotient = divided(value, divisor).with_changes(lpar=[cst.LeftParen()], rpar=[cst.RightParen()])
+        return call.with_changes(func=func.with_changes(value=quotient))
+    if call.args:  # accelerator.backward(loss), torch.autograd.backward(loss)
+        first = call.args[0]
+        return call.with_changes(args=[first.with_changes(value=divided(first.value, divisor)),
+                                       *call.args[1:]])
+    return call
+
+
+def no_sync_statement(model: str, sync: str, body: list[cst.BaseStatement]) -> cst.With:
+    """``with <no_sync unless sync>:`` around statements (a model without ``no_sync`` syncs)."""
+    body, leading = first_without_leading_lines(body)
+    manager = expression(
+        f'contextlib.nullcontext() if {sync} or not hasattr({model}, "no_sync") else {model}.no_sync()')
+    return cst.With(items=[cst.WithItem(manager)], body=indented(body), leading_lines=leading)
+
+
+def _divider(divisor: str) -> Rewrite:
+    return lambda node: divide_backward(node, divisor)
+
+
+@fixer("TA202")
+def fix_unscaled_loss(source: str, findings: Sequence[Finding], options: Mapping[str, Any]) -> FixResult:
+    def edit(located: Located, edits: Edits, finding: Finding, payload: DivideLoss) -> str | None:
+        call = call_at(located, finding.span)
+        if call is None:
+            return None
+        edits.replace(call, _divider(payload.divisor))
+        return f"divide the loss by {payload.divisor} (line {finding.line})"
+
+    return edit_each(source, findings, DivideLoss, edit)
+
+
+def _call_statement(located: Located, where: tuple[int, int]) -> cst.SimpleStatementLine | None:
+    """The simple statement of the call starting at a position."""
+    call = call_at(located, where)
+    return None if call is None else simple_statement(located, call)
+
+
+def _after_step(located: Located, step_stmt: cst.CSTNode) -> cst.CSTNode:
+    """The last statement of the step's run: the step, then scaler.update()/scheduler.step()."""
+    _, stmts = block_of(located, step_stmt)
+    index = stmts.index(step_stmt)  # type: ignore[arg-type]
+    last = step_stmt
+    for stmt in stmts[index + 1:]:
+        calls = method_calls(stmt)
+        code = code_of(stmt)
+        if ("update" in calls and "scaler" in code.lower()) or ("step" in calls and "sched" in code.lower()):
+            last = stmt
+        else:
+            break
+    return last
+
+
+def _moved(stmt: cst.SimpleStatementLine) -> cst.SimpleStatementLine:
+    """A statement to re-insert elsewhere: its comment lines go with it, blank lines do not."""
+    return stmt.with_changes(leading_lines=[line for line in stmt.leading_lines if line.comment])
+
+
+def _drop_if_emptied(located: Located, edits: Edits, stmt: cst.CSTNode) -> None:
+    """An ``else:`` left empty by moving its only statement goes (not a ``pass``)."""
+    block = located.parent(stmt)
+    holder = located.parent(block)
+    if isinstance(holder, cst.Else) and isinstance(block, cst.IndentedBlock) \
+            and len(block.body) == 1 and isinstance(located.parent(holder), cst.If):
+        edits.replace(located.parent(holder), lambda node: node.with_changes(orelse=None))
+
+
+def _move_to_step(source: str, findings: Sequence[Finding], note: Callable[[str], str]
+                  ) -> FixResult:
+    """Move each finding's statement next to its optimizer step (``MoveToStep``): a clip
+    just before the step, anything else after the step's run."""
+
+    def edit(located: Located, edits: Edits, finding: Finding, payload: MoveToStep) -> str | None:
+        op_stmt = _call_statement(located, (finding.span.line, finding.span.column))
+        step_stmt = _call_statement(located, payload.step)
+        if op_stmt is None or step_stmt is None or op_stmt is step_stmt \
+                or op_stmt in edits.remove or len(op_stmt.body) != 1:
+            return None
+        edits.remove.add(op_stmt)
+        _drop_if_emptied(located, edits, op_stmt)
+        if payload.kind == "clip":
+            edits.insert_before(step_stmt, _moved(op_stmt))
+        else:
+            edits.insert_after(_after_step(located, step_stmt), _moved(op_stmt))
+        return note(code_of(op_stmt.body[0]).strip())
+
+    return edit_each(source, findings, MoveToStep, edit)
+
+
+@fixer("TA203")
+def fix_per_micro_batch_update(source: str, findings: Sequence[Finding], options: Mapping[str, Any]) -> FixResult:
+    return _move_to_step(source, findings, lambda code: f"run `{code}` once per optimizer step")
+
+
+@fixer("TA204")
+def fix_missing_zero_grad(source: str, findings: Sequence[Finding], options: Mapping[str, Any]) -> FixResult:
+    def edit(located: Located, edits: Edits, finding: Finding,
+             payload: ZeroGradAfterStep) -> str | None:
+        step_stmt = _call_statement(located, (finding.span.line, finding.span.column))
+        if step_stmt is None:
+            return None
+        edits.insert_after(_after_step(located, step_stmt),
+                           statement(f"{payload.optimizer}.zero_grad(set_to_none=True)"))
+        return f"clear gradients after each step ({payload.optimizer}.zero_grad)"
+
+    return edit_each(source, findings, ZeroGradAfterStep, edit)
+
+
+def _sync_expression(located: Located, payload: NoSyncWrap, backward: cst.Call) -> str | None:
+    """Source of the test that is true on the micro-batch that ends a window."""
+    gate = payload.gate
+    if gate is not None:
+        tests = located.at(gate[0], gate[1], cst.BaseExpression)
+        if not tests:
+            return None
+        test = code_of(tests[0]).strip()
+        simple = re.fullmatch(r"[\w.\[\]() %+\-*/=<>!]+", test) is not None and " or " not in test \
+            and " and " not in test
+        if gate[2]:
+            return f"not {test}" if simple and " " not in test else f"not ({test})"
+        return test if simple else f"({test})"
+    current: cst.CSTNode | None = backward
+    while current is not None and not isinstance(current, cst.For):
+        current = located.parents.get(current)
+    if not isinstance(current, cst.For):
+        return None
+    iterable, target = current.iter, current.target
+    if isinstance(iterable, cst.Call) and isinstance(iterable.func, cst.Name) and iterable.args:
+        if iterable.func.value == "range" and isinstance(target, cst.Name) and len(iterable.args) == 1:
+            return f"{target.value} == {code_of(iterable.args[0].value)} - 1"
+        if iterable.func.value == "enumerate" and isinstance(target, cst.Tuple) \
+                and isinstance(target.elements[0].value, cst.Name) and len(iterable.args) == 1:
+            return f"{code_of(target.elements[0].value)} == len({code_of(iterable.args[0].value)}) - 1"
+    return None
+
+
+@fixer("TA205")
+def fix_ddp_no_sync(source: str, findings: Sequence[Finding], options: Mapping[str, Any]) -> FixResult:
+    located = Located(source)
+    for finding in findings:
+        payload = payload_of(finding, NoSyncWrap)
+        if payload is None:
+            continue
+        model = payload.model
+        backward = call_at(located, (finding.span.line, finding.span.column))
+        forward = call_at(located, payload.forward)
+        if backward is None or forward is None:
+            continue
+        sync = _sync_expression(located, payload, backward)
+        if sync is None:
+            continue
+        # The smallest block holding both the forward and the backward statements.
+        back_stmt = located.statement_of(backward)
+        block, stmts = block_of(located, back_stmt)
+        first = top_statement(located, forward, stmts)
+        while first is None and not isinstance(block, cst.Module):
+            holder = located.parent(block)
+            block, stmts = block_of(located, holder)
+            back_stmt = holder
+            first = top_statement(located, forward, stmts)
+        if first is None:
+            continue
+        i, j = stmts.index(first), stmts.index(back_stmt)  # type: ignore[arg-type]
+        if i > j:
+            continue
+        edits = Edits()
+        holder_block = block
+
+        def rewrite(node: Any, lo: int = i, hi: int = j, model: str = model, sync: str = sync) -> Any:
+            body = list(node.body)
+            wrapped = no_sync_statement(model, sync, body[lo:hi + 1])
+            return node.with_changes(body=[*body[:lo], wrapped, *body[hi + 1:]])
+
+        edits.replace(holder_block, rewrite)
+        fixed = ensure_import(edits.apply(located.module), "import contextlib", "contextlib")
+        return FixResult(fixed.code,
+                         [f"skip the all-reduce on non-boundary micro-batches ({model}.no_sync())"])
+    return FixResult(source)
+
+
+@fixer("TA206")
+def fix_zero_grad_before_step(source: str, findings: Sequence[Finding], options: Mapping[str, Any]) -> FixResult:
+    return _move_to_step(source, findings, lambda _: "clear gradients after the step, not before it")
