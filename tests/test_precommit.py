@@ -135,13 +135,15 @@ def test_fix_hook(project: Path, hook_repo: Path, pre_commit_home: Path) -> None
 
 def test_fix_hook_never_applies_feature_fixes(project: Path, hook_repo: Path,
                                               pre_commit_home: Path) -> None:
-    (project / "pyproject.toml").write_text("[tool.trainaudit]\nunsafe-fixes = true\n")
+    # TA301 (no autocast) is advice (info) since the severity policy: fail on info here.
+    (project / "pyproject.toml").write_text(
+        "[tool.trainaudit]\nunsafe-fixes = true\nfail-on = \"info\"\n")
     loop = (
         "import torch\n\n\n"
         "def train(model, loader):\n"
         "    optimizer = torch.optim.AdamW(model.parameters())\n"
         "    for batch in loader:\n"
-        "        loss = model(batch).mean()\n"
+        "        loss = model(batch.cuda()).mean()\n"
         "        loss.backward()\n"
         "        optimizer.step()\n"
         "        optimizer.zero_grad()\n"
