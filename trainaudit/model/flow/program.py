@@ -16,6 +16,7 @@ from trainaudit.model.module import FunctionNode, ModuleFacts, build_import_tabl
 from trainaudit.model.project import ModuleSummary, Project
 
 FAMILY = "flow"
+SINK_IMPORT_DEPTH = 2  # import hops from a driver (a training loop) to a module with a loss
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,8 @@ class FlowSource:
     is_package: bool
     entries: tuple[str, ...]  # dotted paths in the file; "" is the module body
     sinks: bool = True  # the file itself holds a loss, a roll, a trainer or a labels= call
+    defines: frozenset[str] = frozenset()  # top-level functions and classes
+    calls: frozenset[str] = frozenset()  # simple names the file calls (``f(...)``, ``x.f(...)``)
 
 
 class FlowModule:
@@ -109,15 +112,24 @@ class Program:
         return found
 
     def _reaching_sinks(self) -> set[str]:
-        seen = {s.path for s in self.project.modules
-                if FAMILY in s.facts and s.facts[FAMILY].sinks}
-        stack = list(seen)
+        """Modules with a sink, and those that call into one: a module importing a sink
+        module and calling a name it defines (a trainer calling its loss helper), to
+        ``SINK_IMPORT_DEPTH`` such hops. An import alone is not enough: in a library
+        where everything imports everything, that would be every file."""
+        flows = {s.path: s.facts[FAMILY] for s in self.project.modules if FAMILY in s.facts}
+        seen = {path for path, flow in flows.items() if flow.sinks}
+        frontier = set(seen)
         importers = self.project.importers
-        while stack:
-            for source in importers.get(stack.pop(), ()):
-                if source not in seen:
-                    seen.add(source)
-                    stack.append(source)
+        for _ in range(SINK_IMPORT_DEPTH):
+            reached = set()
+            for path in frontier:
+                names = flows[path].defines
+                for source in importers.get(path, ()):
+                    flow = flows.get(source)
+                    if source not in seen and flow is not None and flow.calls & names:
+                        reached.add(source)
+            seen |= reached
+            frontier = reached
         return seen
 
     def resolve(self, qualified: str, importer: str | None = None

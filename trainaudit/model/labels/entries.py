@@ -67,6 +67,14 @@ def flow_source(module: ModuleFacts) -> FlowSource:
             entries.append(name)
     # A Hugging Face causal LM computes its loss from ``labels`` in any call of it.
     causal_lm = "ForCausalLM" in module.source or "LMHeadModel" in module.source
-    sinks = criterion or causal_lm or _has_sink(
-        [n for n in module.nodes if isinstance(n, ast.Call)])
-    return FlowSource(module.source, module.is_package, tuple(entries), sinks)
+    every_call = [n for n in module.nodes if isinstance(n, ast.Call)]
+    sinks = criterion or causal_lm or _has_sink(every_call)
+    # What a driver elsewhere must call to reach a sink here: the top-level definitions
+    # that hold one (all of them where the sink is a criterion or a causal LM by name).
+    defines = frozenset(
+        stmt.name for stmt in module.tree.body
+        if isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+        and (criterion or causal_lm or _has_sink(
+            [n for n in ast.walk(stmt) if isinstance(n, ast.Call)])))
+    called = frozenset(callee for call in every_call if (callee := _call_name(call)) is not None)
+    return FlowSource(module.source, module.is_package, tuple(entries), sinks, defines, called)
