@@ -124,7 +124,7 @@ class DoubleLabelShift(_LabelRule):
             related.append(_related(loss, "the loss scores position t against token t+2"))
             yield self.finding(
                 site.path, site.span,
-                f"`{site.text}` already shifts the labels ({_describe(producer)}) and {how} "
+                f"`{producer.named()}` is already shifted here ({_describe(producer)}) and {how} "
                 f"at {loss.path}:{loss.span.line}: position t is trained on token t+2. "
                 f"Remove one of the two shifts.",
                 related=_unique(related),
