@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
-from trainaudit.model.flow import calls
+from trainaudit.model.flow import calls, functions
 from trainaudit.model.flow.program import FlowModule, Program
 from trainaudit.model.flow.tensors import (
     as_tokens,
@@ -134,14 +134,14 @@ class Interpreter:
         owner = qualname.rsplit(".", 1)[0] if "." in qualname else None
         if owner is not None and module.class_node(owner) is not None and not _is_static(node):
             receiver = self.open_instance(Ref(module.name, owner))
-        calls.call_function(self, ref, receiver, [], {}, None, 0, open_context=True)
+        functions.call_function(self, ref, receiver, [], {}, None, 0, open_context=True)
 
     def open_instance(self, cls: Ref) -> Value:
         """An instance of a checked class built from unknown arguments."""
         key = ("open-instance", cls)
         if key not in self.memo:
             self.memo[key] = UNKNOWN
-            self.memo[key] = calls.instantiate(self, cls, [], {}, None, 0, open_context=True)
+            self.memo[key] = functions.instantiate(self, cls, [], {}, None, 0, open_context=True)
         return self.memo[key]
 
     # -- module scope ----------------------------------------------------------------
@@ -413,7 +413,7 @@ class Interpreter:
             method = self.program.method(value.cls, "__getitem__")
             if method is not None:
                 index = self.eval(node.slice, frame)
-                return calls.call_function(self, method, value, [index], {}, node,
+                return functions.call_function(self, method, value, [index], {}, node,
                                            frame.depth + 1)
             return Opaque((*value.identity, "item"))
         if isinstance(value, Opaque):

@@ -347,7 +347,7 @@ def tensor_method(interp: Interpreter, receiver: Value, name: str, args: list[Va
 
 def dataset_item(interp: Interpreter, dataset: Value, frame: Frame) -> Value:
     """``dataset[i]``: the value of its ``__getitem__`` (a list's element)."""
-    from trainaudit.model.flow.calls import call_function
+    from trainaudit.model.flow.functions import call_function
     from trainaudit.model.flow.interp import mark
 
     if isinstance(dataset, OneOf):

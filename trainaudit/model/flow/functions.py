@@ -1,0 +1,155 @@
+"""Checked functions and classes called with abstract arguments: parameters bound per
+call site (defaults, ``*args``, ``**kwargs``), memoised per context, ``__init__`` run on a
+fresh instance, dataclass and NamedTuple fields bound."""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from trainaudit.model.flow.values import (
+    UNKNOWN,
+    Const,
+    Instance,
+    Opaque,
+    Record,
+    Ref,
+    Value,
+    join,
+)
+
+if TYPE_CHECKING:
+    from trainaudit.model.flow.interp import Interpreter
+
+# Distinct argument contexts one function is interpreted in.
+CONTEXTS_PER_FUNCTION = 16
+
+
+def call_function(interp: Interpreter, ref: Ref, receiver: Value | None, args: list[Value],
+                  kwargs: dict[str, Value], node: ast.AST | None, depth: int, *,
+                  open_context: bool = False, collect_self: bool = False) -> Value:
+    """Interpret a checked function with its parameters bound (memoised per context)."""
+    from trainaudit.model.flow.interp import Frame, mark
+
+    found = interp.program.ref_node(ref)
+    if found is None or not isinstance(found[1], ast.FunctionDef | ast.AsyncFunctionDef):
+        return UNKNOWN
+    module, function = found
+    assert isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef)
+    if depth > 6 or ref in interp.active or interp.budget <= 0:
+        return Opaque(("result", ref, getattr(node, "lineno", 0)))
+    key = (ref, receiver, tuple(args), tuple(sorted(kwargs.items())), open_context, collect_self)
+    if key in interp.memo:
+        return interp.memo[key]
+    seen = interp.contexts.get(ref, 0)
+    if seen >= CONTEXTS_PER_FUNCTION:  # a function called with ever new arguments
+        return Opaque(("result", ref, getattr(node, "lineno", 0)))
+    interp.contexts[ref] = seen + 1
+    interp.memo[key] = Opaque(("result", ref))  # recursion through the memo
+    env = _bind_parameters(interp, ref, module, function, receiver, args, kwargs, open_context)
+    params = function.args.posonlyargs + function.args.args
+    self_name = params[0].arg if receiver is not None and params else None
+    frame = Frame(module, ref, env, depth, self_name,
+                  dict(receiver.attrs) if isinstance(receiver, Instance) else None)
+    interp.active.append(ref)
+    try:
+        interp.exec_block(function.body, frame)
+    finally:
+        interp.active.pop()
+    if collect_self and isinstance(receiver, Instance):
+        result: Value = replace(receiver, attrs=tuple(sorted((frame.self_attrs or {}).items())))
+    else:
+        result = Const(None)
+        returns = frame.returns
+        if returns:
+            result = returns[0]
+            for other in returns[1:]:
+                result = join(result, other)
+        site = module.site(function)
+        result = mark(result, replace(site, text=f"returned by {ref.qualname}"))
+        interp.listener.record(result, site)
+    interp.memo[key] = result
+    return result
+
+
+def _bind_parameters(interp: Interpreter, ref: Ref, module: object, function: ast.FunctionDef
+                     | ast.AsyncFunctionDef, receiver: Value | None, args: list[Value],
+                     kwargs: dict[str, Value], open_context: bool) -> dict[str, Value]:
+    from trainaudit.model.flow.interp import Frame
+
+    spec = function.args
+    positional = [*spec.posonlyargs, *spec.args]
+    env: dict[str, Value] = {}
+    given = list(args)
+    if receiver is not None and positional:
+        env[positional[0].arg] = receiver
+        positional = positional[1:]
+    defaults = [None] * (len(positional) - len(spec.defaults)) + list(spec.defaults)
+    kw_defaults = dict(zip([a.arg for a in spec.kwonlyargs], spec.kw_defaults, strict=True))
+    extra = dict(kwargs)
+    for index, param in enumerate(positional):
+        if index < len(given):
+            env[param.arg] = given[index]
+        elif param.arg in extra:
+            env[param.arg] = extra.pop(param.arg)
+        else:
+            env[param.arg] = _default(interp, ref, module, param.arg, defaults[index])
+    for param in spec.kwonlyargs:
+        env[param.arg] = extra.pop(param.arg) if param.arg in extra else _default(
+            interp, ref, module, param.arg, kw_defaults.get(param.arg))
+    if spec.vararg is not None:
+        rest = given[len(positional):]
+        env[spec.vararg.arg] = Record("tuple", tuple(enumerate(rest))) if not open_context \
+            else Opaque(("param", ref, spec.vararg.arg))
+    if spec.kwarg is not None:
+        env[spec.kwarg.arg] = Record("dict", tuple(extra.items())) if not open_context \
+            else Opaque(("param", ref, spec.kwarg.arg))
+    del Frame
+    return env
+
+
+def _default(interp: Interpreter, ref: Ref, module: object, name: str,
+             default: ast.expr | None) -> Value:
+    from trainaudit.model.flow.interp import Frame
+    from trainaudit.model.flow.program import FlowModule
+
+    if default is None or not isinstance(module, FlowModule):
+        return Opaque(("param", ref, name))
+    if isinstance(default, ast.Constant) and default.value is None:
+        return Opaque(("param", ref, name))
+    return interp.eval(default, Frame(module, None, {}))
+
+
+def instantiate(interp: Interpreter, cls: Ref, args: list[Value], kwargs: dict[str, Value],
+                node: ast.AST | None, depth: int, *, open_context: bool = False) -> Value:
+    """A checked class called: its ``__init__`` run on a fresh instance, or its fields
+    bound (dataclasses, NamedTuples)."""
+    found = interp.program.ref_node(cls)
+    if found is None or not isinstance(found[1], ast.ClassDef):
+        return UNKNOWN
+    module, class_node = found
+    assert isinstance(class_node, ast.ClassDef)
+    identity: tuple[object, ...] = ("obj", cls, getattr(node, "lineno", "open"),
+                                    getattr(node, "col_offset", 0))
+    instance = Instance(cls, (), identity)
+    init = interp.program.method(cls, "__init__")
+    if init is not None:
+        built = call_function(interp, init, instance, args, kwargs, node, depth,
+                              open_context=open_context, collect_self=True)
+        return built if isinstance(built, Instance) else instance
+    fields = [s for s in class_node.body if isinstance(s, ast.AnnAssign)
+              and isinstance(s.target, ast.Name)]
+    attrs: dict[str, Value] = {}
+    from trainaudit.model.flow.interp import Frame
+
+    for index, stmt in enumerate(fields):
+        assert isinstance(stmt.target, ast.Name)
+        name = stmt.target.id
+        if index < len(args):
+            attrs[name] = args[index]
+        elif name in kwargs:
+            attrs[name] = kwargs[name]
+        elif stmt.value is not None:
+            attrs[name] = interp.eval(stmt.value, Frame(module, None, {}))
+    return Instance(cls, tuple(sorted(attrs.items())), identity)
