@@ -36,6 +36,7 @@ from trainaudit.model.flow.values import (
     Value,
     join,
     join_all,
+    mask_of,
 )
 
 if TYPE_CHECKING:
@@ -62,20 +63,9 @@ def constant_key(node: ast.expr) -> object | None:
 
 def mask_value(value: Value, target: ast.AST, frame: Frame) -> MaskValue | None:
     """What a value written into labels is, as a mask: a number or a named token id."""
-    if isinstance(value, Const) and type(value.value) is int:
-        return MaskValue(number=value.value)
     if isinstance(value, Tokens | Logits | Record | ListOf):
         return None
-    return named_mask(value)
-
-
-def named_mask(value: Value) -> MaskValue | None:
-    """An opaque value whose access path names a tokenizer's pad id."""
-    if isinstance(value, Opaque) and value.key:
-        last = value.key[-1]
-        if isinstance(last, str):
-            return MaskValue(name=last, token_id="pad" in last.lower())
-    return None
+    return mask_of(value)
 
 
 _INT_OPS: dict[type[ast.operator], Callable[[int, int], int]] = {

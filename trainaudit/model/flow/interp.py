@@ -85,6 +85,14 @@ class Frame:
     returns: list[Value] = field(default_factory=list)
     statement: ast.stmt | None = None
 
+    def assigned_to(self, node: ast.expr) -> ast.expr | None:
+        """The one target of ``target = node`` when ``node`` is the statement's whole
+        right-hand side (a fix may rewrite it; a message may name the target)."""
+        stmt = self.statement
+        if isinstance(stmt, ast.Assign) and stmt.value is node and len(stmt.targets) == 1:
+            return stmt.targets[0]
+        return None
+
 
 class Interpreter:
     """Evaluates the program for one listener."""
@@ -402,7 +410,7 @@ class Interpreter:
         if isinstance(value, ListOf):
             return value.element if not isinstance(node.slice, ast.Slice) else value
         if isinstance(value, Tokens):
-            return slice_tokens(value, node, frame.module, _whole_value(node, frame))
+            return slice_tokens(value, node, frame.module, frame.assigned_to(node) is not None)
         if isinstance(value, Logits):
             return slice_logits(value, node, frame.module)
         if isinstance(value, LossValue):
@@ -423,7 +431,7 @@ class Interpreter:
             if isinstance(node.slice, ast.Slice | ast.Tuple):
                 tokens = as_tokens(value)
                 assert tokens is not None
-                return slice_tokens(tokens, node, frame.module, _whole_value(node, frame))
+                return slice_tokens(tokens, node, frame.module, frame.assigned_to(node) is not None)
             return value.child("sub", frame.module.text(node.slice))
         if isinstance(value, CausalLM | Loader | Library | ClassValue | FunctionValue
                       | BoundMethod | Const):
@@ -456,12 +464,6 @@ class Interpreter:
         element = self.eval(node.elt, frame)
         frame.env = saved
         return ListOf(element)
-
-
-def _whole_value(node: ast.expr, frame: Frame) -> bool:
-    """The expression is the whole right-hand side of ``name = ...`` (a fix may rewrite it)."""
-    stmt = frame.statement
-    return isinstance(stmt, ast.Assign) and stmt.value is node and len(stmt.targets) == 1
 
 
 def _is_static(node: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:

@@ -31,6 +31,7 @@ from trainaudit.model.flow.values import (
     Tokens,
     Value,
     join_all,
+    mask_of,
 )
 from trainaudit.model.module import int_value
 
@@ -78,21 +79,11 @@ def _node_arg(node: ast.Call, index: int, *names: str) -> ast.expr | None:
     return positional[index] if len(positional) > index else None
 
 
-def _whole_value(node: ast.Call, frame: Frame) -> bool:
-    stmt = frame.statement
-    return isinstance(stmt, ast.Assign) and stmt.value is node and len(stmt.targets) == 1
-
-
 def _ignore(kwargs: dict[str, Value], node: ast.Call) -> MaskValue:
     value = kwargs.get("ignore_index")
     if value is None:
         return MaskValue(-100)
-    if isinstance(value, Const) and type(value.value) is int:
-        return MaskValue(value.value)
-    if isinstance(value, Opaque) and value.key and isinstance(value.key[-1], str):
-        name = value.key[-1]
-        return MaskValue(name=name, token_id="pad" in name.lower())
-    return MaskValue()
+    return mask_of(value) or MaskValue()
 
 
 def _per_token(kwargs: dict[str, Value]) -> bool:
@@ -217,16 +208,9 @@ def _rolled(value: Value | None, source: ast.expr | None, shift_node: ast.expr |
     dims = int_value(dims_node) if dims_node is not None else None
     if tokens is None or source is None or shift is None or (dims_node is not None and dims is None):
         return Opaque(("roll", frame.module.name, node.lineno, node.col_offset))
-    return roll(tokens, shift, dims, node, source, frame.module, _whole_value(node, frame), lib,
-                _assigned_name(node, frame))
-
-
-def _assigned_name(node: ast.Call, frame: Frame) -> str | None:
-    """``labels`` in ``labels = torch.roll(...)`` (the statement being interpreted)."""
-    stmt = frame.statement
-    if isinstance(stmt, ast.Assign) and stmt.value is node and len(stmt.targets) == 1:
-        return frame.module.text(stmt.targets[0])
-    return None
+    target = frame.assigned_to(node)
+    return roll(tokens, shift, dims, node, source, frame.module, target is not None, lib,
+                frame.module.text(target) if target is not None else None)
 
 
 def _to_tensor(value: Value | None) -> Value:
@@ -263,7 +247,7 @@ def _pad(args: list[Value], kwargs: dict[str, Value], node: ast.Call, frame: Fra
         return Opaque(("pad", frame.module.name, node.lineno))
     fill = kwargs.get("value", args[3] if len(args) > 3 else Const(0))
     tail = MaskValue(fill.value) if isinstance(fill, Const) and type(fill.value) is int else None
-    return reproduce(value, "pad", node, frame.module, inner, tail, _whole_value(node, frame))
+    return reproduce(value, "pad", node, frame.module, inner, tail, frame.assigned_to(node) is not None)
 
 
 def _cat(args: list[Value], node: ast.Call, frame: Frame) -> Value:
@@ -280,7 +264,7 @@ def _cat(args: list[Value], node: ast.Call, frame: Frame) -> Value:
         fill = _node_arg(tail_node, 1, "fill_value")
         number = int_value(fill)
         tail = MaskValue(number) if number is not None else None
-    return reproduce(first, "cat", node, frame.module, elts[0], tail, _whole_value(node, frame))
+    return reproduce(first, "cat", node, frame.module, elts[0], tail, frame.assigned_to(node) is not None)
 
 
 def parser_method(interp: Interpreter, parser: Arguments, name: str, args: list[Value],

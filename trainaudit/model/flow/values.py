@@ -88,6 +88,17 @@ class MaskValue:
         return None
 
 
+def mask_of(value: Value) -> MaskValue | None:
+    """A value read as a mask or ignore value: an int literal, or an unknown whose access
+    path names it (``tokenizer.pad_token_id``: a real token id)."""
+    if isinstance(value, Const) and type(value.value) is int:
+        return MaskValue(number=value.value)
+    if isinstance(value, Opaque) and value.key and isinstance(value.key[-1], str):
+        name = value.key[-1]
+        return MaskValue(name=name, token_id="pad" in name.lower())
+    return None
+
+
 @dataclass(frozen=True)
 class Producer:
     """Where a data-side shift (or roll) was written: what a message names and a fix edits."""

@@ -115,21 +115,20 @@ class LabelAnalysis:
 
     def mask_mismatches(self) -> list[MaskMismatch]:
         found = []
-        for readings in [self.labelled]:
-            for reading in readings:
-                marks = list(reading.labels.masks)
-                wrap = reading.labels.wrap
-                if wrap is not None and wrap.neutralizer is not None \
-                        and wrap.neutralizer.kind == "assign":
-                    n = wrap.neutralizer
-                    marks.append(MaskMark(n.value, n.site, "tail", n.statement_lines))
-                for mark in marks:
-                    if mark.kind == "pad" and reading.per_token:
-                        continue
-                    if reading.internal and not mark.value.known:
-                        continue
-                    if mark.value.matches(reading.ignore) is False:
-                        found.append(MaskMismatch(mark, reading))
+        for reading in self.labelled:
+            marks = list(reading.labels.masks)
+            wrap = reading.labels.wrap
+            if wrap is not None and wrap.neutralizer is not None \
+                    and wrap.neutralizer.kind == "assign":
+                n = wrap.neutralizer
+                marks.append(MaskMark(n.value, n.site, "tail", n.statement_lines))
+            for mark in marks:
+                if mark.kind == "pad" and reading.per_token:
+                    continue
+                if reading.internal and not mark.value.known:
+                    continue
+                if mark.value.matches(reading.ignore) is False:
+                    found.append(MaskMismatch(mark, reading))
         return found
 
 

@@ -55,7 +55,6 @@ class LabelObserver:
     is known (unknown means silent)."""
 
     losses: dict[Site, list[tuple[LossReading, ...]]] = field(default_factory=dict)
-    unknown_losses: set[Site] = field(default_factory=set)
     pairs: list[PairReading] = field(default_factory=list)
     masked_losses: set[Site] = field(default_factory=set)
     # What each ``for`` loop iterates, by (path, line) of the loop, in every context.
@@ -69,8 +68,7 @@ class LabelObserver:
             for label in options_of(labels):
                 tokens = as_tokens(label)
                 if tokens is None:
-                    self.unknown_losses.add(site)
-                    return
+                    return  # labels the flow cannot read: this context says nothing
                 tied = isinstance(logit, Logits) and tokens.stream == logit.inputs.stream
                 readings.append(LossReading(site, tokens, logit if tied else None,  # type: ignore[arg-type]
                                             internal, ignore, per_token, roots))
