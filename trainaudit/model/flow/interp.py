@@ -140,7 +140,7 @@ class Interpreter:
         ref = Ref(module.name, qualname)
         receiver: Value | None = None
         owner = qualname.rsplit(".", 1)[0] if "." in qualname else None
-        if owner is not None and module.class_node(owner) is not None and not _is_static(node):
+        if owner is not None and module.defines_class(owner) and not _is_static(node):
             receiver = self.open_instance(Ref(module.name, owner))
         functions.call_function(self, ref, receiver, [], {}, None, 0, open_context=True)
 
@@ -168,7 +168,7 @@ class Interpreter:
         env = self.module_envs.get(module.name)
         if env is not None and name in env:
             return env[name]
-        if name in module.definitions:
+        if module.has_definition(name):
             return self._definition(module, name)
         qualified = module.facts.imports.aliases.get(name)
         if qualified is not None:
@@ -182,14 +182,14 @@ class Interpreter:
 
     def _definition(self, module: FlowModule, qualname: str) -> Value:
         ref = Ref(module.name, qualname)
-        return ClassValue(ref) if module.class_node(qualname) is not None else FunctionValue(ref)
+        return ClassValue(ref) if module.defines_class(qualname) else FunctionValue(ref)
 
     def resolve_qualified(self, qualified: str, importer: str | None = None) -> Value:
         """A dotted name: a checked definition where the tree has it, else a library name."""
         found = self.program.resolve(qualified, importer)
         if found is not None:
             module, name = found
-            if name in module.definitions:
+            if module.has_definition(name):
                 return self._definition(module, name)
             if "." not in name:
                 env = self.module_env(module)
@@ -257,7 +257,7 @@ class Interpreter:
             self.exec_block(stmt.finalbody, frame)
         elif isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
             qualname = f"{frame.function.qualname}.{stmt.name}" if frame.function else stmt.name
-            if qualname in frame.module.definitions:
+            if frame.module.has_definition(qualname):
                 frame.env[stmt.name] = self._definition(frame.module, qualname)
 
     def _branches(self, blocks: list[list[ast.stmt]], frame: Frame) -> None:

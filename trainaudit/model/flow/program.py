@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import ast
 from dataclasses import dataclass
-from functools import cached_property
 
+from trainaudit.model.flow.outline import DefinitionNode, Outline, definitions_in, parse_owner
 from trainaudit.model.flow.values import Ref, Site
-from trainaudit.model.module import FunctionNode, ModuleFacts, build_import_table, statements
+from trainaudit.model.module import FunctionNode, ImportTable, ModuleFacts, physical_lines
 from trainaudit.model.project import ModuleSummary, Project
 
 FAMILY = "flow"
@@ -21,8 +21,9 @@ SINK_IMPORT_DEPTH = 2  # import hops from a driver (a training loop) to a module
 
 @dataclass(frozen=True)
 class FlowSource:
-    """What phase 1 keeps of a file for the flow model: its text, and the functions where
-    a query starts (they hold a loss, a model call with labels, a roll, a trainer)."""
+    """What phase 1 keeps of a file for the flow model: its text and outline, and the
+    functions where a query starts (they hold a loss, a model call with labels, a roll,
+    a trainer)."""
 
     source: str
     is_package: bool
@@ -30,44 +31,70 @@ class FlowSource:
     sinks: bool = True  # the file itself holds a loss, a roll, a trainer or a labels= call
     defines: frozenset[str] = frozenset()  # top-level functions and classes
     calls: frozenset[str] = frozenset()  # simple names the file calls (``f(...)``, ``x.f(...)``)
+    outline: Outline | None = None  # None: parse the whole file when it is read
 
 
 class FlowModule:
-    """One parsed module: its facts, definitions and class members."""
+    """One module: its facts, and its definitions parsed one top-level definition at a
+    time, when a query first reads one."""
 
     def __init__(self, summary: ModuleSummary, flow: FlowSource) -> None:
-        tree = ast.parse(flow.source, filename=summary.path)
-        imports = build_import_table(tree, summary.module_name, flow.is_package,
-                                     statements(tree.body))
+        self._outline = flow.outline
+        self._lines: list[str] | None = None
+        self._parsed: dict[str, DefinitionNode] = {}
+        tree = None
+        if flow.outline is not None:
+            try:
+                tree = ast.parse(flow.outline.skeleton, filename=summary.path)
+            except (SyntaxError, ValueError):  # a stub the file's layout defeats: read it all
+                self._outline = None
+        if tree is None:
+            tree = ast.parse(flow.source, filename=summary.path)
+            self._parsed = definitions_in(tree.body)
+        imports = ImportTable(dict(summary.aliases), set(summary.imports))
         self.facts = ModuleFacts(summary.path, summary.module_name, flow.source, tree,
                                  flow.is_package, imports)
         self.name = summary.module_name
         self.path = summary.path
         self.entries = flow.entries
+        self._owners_read: set[str] = set()
 
-    @cached_property
-    def definitions(self) -> dict[str, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef]:
-        """Functions, classes and methods by dotted path (``Trainer.step``)."""
-        found: dict[str, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef] = {}
+    def has_definition(self, qualname: str) -> bool:
+        """A function, class or method of this dotted path is defined in the module."""
+        if self._outline is None:
+            return qualname in self._parsed
+        return qualname in self._outline.members
 
-        def visit(body: list[ast.stmt], prefix: str) -> None:
-            for stmt in body:
-                if isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
-                    found[prefix + stmt.name] = stmt  # the last definition wins, as at run time
-                    visit(stmt.body, f"{prefix}{stmt.name}.")  # methods, nested functions
-                elif isinstance(stmt, ast.If | ast.Try):
-                    for block in (stmt.body, stmt.orelse, *[h.body for h in getattr(stmt, "handlers", [])]):
-                        visit(block, prefix)
+    def defines_class(self, qualname: str) -> bool:
+        """The definition of this dotted path is a class (known without parsing it)."""
+        if self._outline is None:
+            return isinstance(self._parsed.get(qualname), ast.ClassDef)
+        member = self._outline.members.get(qualname)
+        return member is not None and member[1]
 
-        visit(self.facts.tree.body, "")
-        return found
+    def definition(self, qualname: str) -> DefinitionNode | None:
+        """The definition's node (its top-level owner is parsed on first use)."""
+        if self._outline is not None and qualname not in self._parsed:
+            member = self._outline.members.get(qualname)
+            if member is None or member[0] in self._owners_read:
+                return None
+            owner = member[0]
+            self._owners_read.add(owner)
+            if self._lines is None:
+                self._lines = physical_lines(self.facts.source)
+            node = parse_owner(self._lines, self._outline, owner, self.path)
+            if node is not None:
+                self._parsed[owner] = node
+                if not isinstance(node, ast.ClassDef):  # a class's members are owners
+                    self._parsed.update(definitions_in(node.body, f"{owner}."))
+        return self._parsed.get(qualname)
 
     def function(self, qualname: str) -> FunctionNode | None:
-        node = self.definitions.get(qualname)
+        node = self.definition(qualname)
         return node if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) else None
 
     def class_node(self, qualname: str) -> ast.ClassDef | None:
-        node = self.definitions.get(qualname)
+        node = self.definition(qualname)
         return node if isinstance(node, ast.ClassDef) else None
 
     def site(self, node: ast.AST) -> Site:
@@ -169,7 +196,7 @@ class Program:
         module = self.module(ref.module)
         if module is None:
             return None
-        node = module.definitions.get(ref.qualname)
+        node = module.definition(ref.qualname)
         return (module, node) if node is not None else None
 
     def bases(self, ref: Ref) -> list[Ref]:
@@ -184,12 +211,12 @@ class Program:
             name = module.facts.qualname(base)
             if name is None:
                 continue
-            local = name if name in module.definitions else None
+            local = name if module.has_definition(name) else None
             if local is not None:
                 refs.append(Ref(module.name, local))
                 continue
             target = self.resolve(name, module.path)
-            if target is not None and target[1] in target[0].definitions:
+            if target is not None and target[0].has_definition(target[1]):
                 refs.append(Ref(target[0].name, target[1]))
         return refs
 
@@ -199,7 +226,7 @@ class Program:
         if found is None or depth > 8:
             return None
         qualname = f"{cls.qualname}.{name}"
-        if found[0].function(qualname) is not None:
+        if found[0].has_definition(qualname) and not found[0].defines_class(qualname):
             return Ref(cls.module, qualname)
         for base in self.bases(cls):
             method = self.method(base, name, depth + 1)
@@ -217,7 +244,7 @@ class Program:
         names = []
         for base in node.bases:
             name = module.facts.qualname(base)
-            if name is not None and name not in module.definitions \
+            if name is not None and not module.has_definition(name) \
                     and self.resolve(name, module.path) is None:
                 names.append(name)
         for parent in self.bases(cls):

@@ -5,7 +5,9 @@ trainer, a backward pass, a loader, a script's top-level code, ``main``)."""
 from __future__ import annotations
 
 import ast
+import bisect
 
+from trainaudit.model.flow.outline import outline_of
 from trainaudit.model.flow.program import FlowSource
 from trainaudit.model.module import ModuleFacts, iter_calls
 
@@ -53,6 +55,12 @@ def _calls_with_two_arguments(calls: list[ast.Call]) -> bool:
     return any(len(call.args) + len(call.keywords) >= 2 for call in calls)
 
 
+def _holds_line(lines: list[int], stmt: ast.stmt) -> bool:
+    """One of the sorted line numbers lies within the statement."""
+    at = bisect.bisect_left(lines, stmt.lineno)
+    return at < len(lines) and lines[at] <= (stmt.end_lineno or stmt.lineno)
+
+
 def flow_source(module: ModuleFacts) -> FlowSource:
     """The file's source and its entries. In a file that builds a criterion object, any
     function calling something with two arguments may be using it."""
@@ -71,10 +79,11 @@ def flow_source(module: ModuleFacts) -> FlowSource:
     sinks = criterion or causal_lm or _has_sink(every_call)
     # What a driver elsewhere must call to reach a sink here: the top-level definitions
     # that hold one (all of them where the sink is a criterion or a causal LM by name).
+    sink_lines = sorted(call.lineno for call in every_call if _has_sink([call]))
     defines = frozenset(
         stmt.name for stmt in module.tree.body
         if isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
-        and (criterion or causal_lm or _has_sink(
-            [n for n in ast.walk(stmt) if isinstance(n, ast.Call)])))
+        and (criterion or causal_lm or _holds_line(sink_lines, stmt)))
     called = frozenset(callee for call in every_call if (callee := _call_name(call)) is not None)
-    return FlowSource(module.source, module.is_package, tuple(entries), sinks, defines, called)
+    return FlowSource(module.source, module.is_package, tuple(entries), sinks, defines, called,
+                      outline_of(module.tree, module.source))
