@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, replace
 
 from trainaudit.model.loops.arguments import (
     call_arguments,
+    own_objects_unbound,
     parameter_objects,
     positional_parameters,
     rebound,
@@ -312,6 +313,7 @@ class LoopAnalysis(LossReader):
         log = EventLog()
         self.walk(fn.body, WalkState(name, visiting=visiting | {name}, log=log), ops, external, helpers)
         self._order = saved
+        ops, external = own_objects_unbound(fn, ops, external)
         events = FunctionEvents(ops, external, helpers, log.ordering(self.flow_graph(name), None))
         self._functions[name] = events
         return events

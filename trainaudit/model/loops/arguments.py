@@ -4,6 +4,8 @@
 Arguments are named as ``identity.object_name`` names them in the caller (aliases, ``.to()``,
 ``.module`` and wrappers followed). A parameter the call does not visibly give (a default,
 ``*args``, an argument after ``*rest``) is ``UNBOUND``: unknown, never a guess by name.
+So is an object a helper makes itself (``model = load(path); model.eval()``): the caller's
+``model`` is another object, whatever its name.
 """
 
 from __future__ import annotations
@@ -11,10 +13,12 @@ from __future__ import annotations
 import ast
 import re
 from collections.abc import Collection, Mapping, Sequence
+from dataclasses import replace
 
+from trainaudit.model.loops.bindings import assignments, params_of
 from trainaudit.model.loops.identity import object_name
-from trainaudit.model.loops.records import UNBOUND, CallArguments
-from trainaudit.model.module import FunctionNode, ModuleFacts
+from trainaudit.model.loops.records import UNBOUND, CallArguments, ExternalCall, Operation
+from trainaudit.model.module import FunctionNode, ModuleFacts, walk_local
 
 
 def call_arguments(module: ModuleFacts, call: ast.Call, caller: str) -> CallArguments:
@@ -76,3 +80,29 @@ def rebound(subject: str, objects: Mapping[str, str]) -> str | None:
     if argument == UNBOUND:
         return UNBOUND
     return argument + subject[root.end():]
+
+
+def made_here(fn: FunctionNode, subject: str) -> bool:
+    """``subject``'s root is a local variable ``fn`` assigns (not a parameter, not declared
+    ``global``): the object is the function's own."""
+    root = _ROOT.match(subject)
+    if root is None:
+        return False
+    name = root.group()
+    if name in params_of(fn) or next(assignments(fn.body, name), False) is False:
+        return False
+    return not any(isinstance(node, ast.Global | ast.Nonlocal) and name in node.names
+                   for node in walk_local(fn.body))
+
+
+def own_objects_unbound(fn: FunctionNode, ops: list[Operation], external: list[ExternalCall]
+                        ) -> tuple[list[Operation], list[ExternalCall]]:
+    """A helper's events as its callers see them: the objects it makes itself are
+    ``UNBOUND`` (no caller's object shares their name)."""
+    def seen(text: str) -> str:
+        return UNBOUND if made_here(fn, text) else text
+
+    return ([replace(op, bound=seen(op.bound)) if op.bound else op for op in ops],
+            [replace(call, arguments=CallArguments(
+                tuple(seen(a) for a in call.arguments.positional),
+                tuple((k, seen(v)) for k, v in call.arguments.keywords))) for call in external])
