@@ -367,7 +367,10 @@ def _analyse(module: ModuleFacts) -> tuple[list[TrainingLoop], list[TrainingLoop
         if is_training_loop(record):
             training.append(analysis.with_batch_size(record))
         elif record.external_calls and any(may_train(c) for c in record.external_calls):
-            candidates.append(analysis.with_batch_size(record))
+            # Walked again with ``later``: once its imported helpers are inlined it may turn
+            # out to be an epoch loop around another file's training loop.
+            candidates.append(analysis.with_batch_size(
+                analysis.loop_record(function, loop, outer, later=True)))
     # An epoch loop around a training loop is not itself one.
     inner_headers = {o for loop in training for o in loop.outer_loops}
     training = [loop for loop in training if loop.header not in inner_headers

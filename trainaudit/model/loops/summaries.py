@@ -104,6 +104,7 @@ def project_training_loops(project: Project) -> list[TrainingLoop]:
     if project in _PROJECT_CACHE:
         return _PROJECT_CACHE[project]
     loops: list[TrainingLoop] = []
+    epoch_loops: list[TrainingLoop] = []  # candidates that only run another file's loop
     for _summary, facts in project.facts("loops"):
         if not isinstance(facts, LoopFileFacts):
             continue
@@ -113,8 +114,18 @@ def project_training_loops(project: Project) -> list[TrainingLoop]:
             merged = _merge_external(loop, project)
             if is_training_loop(merged):
                 loops.append(merged)
+            elif merged.later is not None:
+                epoch_loops.append(merged)
+    loops = [_enclosed_across_files(loop, epoch_loops) for loop in loops]
     _PROJECT_CACHE[project] = loops
     return loops
+
+
+def _enclosed_across_files(loop: TrainingLoop, epoch_loops: list[TrainingLoop]) -> TrainingLoop:
+    """The loop with the loops of other files whose call tree contains it (``for epoch:
+    train_one_epoch(...)`` where ``train_one_epoch`` is imported)."""
+    around = tuple(outer for outer in epoch_loops if outer.path != loop.path and outer.inside(loop))
+    return replace(loop, enclosing=(*loop.enclosing, *around)) if around else loop
 
 
 def targets_gpu(project: Project, loop: TrainingLoop) -> bool:
