@@ -4,14 +4,10 @@ objects, and the fix at the evaluation's call site."""
 
 from __future__ import annotations
 
-import ast
 import shutil
-import textwrap
 from pathlib import Path
 
-from tests.helpers import check_tree, fix_tree
-from trainaudit.model.loops import TrainingLoop, find_training_loops
-from trainaudit.model.module import ModuleFacts
+from tests.helpers import check_tree, fix_tree, only_training_loop
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "loops"
 
@@ -34,15 +30,9 @@ def train(model, ema, loader, val_loader, optimizer, epochs):
 """
 
 
-def _loop(source: str) -> TrainingLoop:
-    text = textwrap.dedent(source)
-    loops = find_training_loops(ModuleFacts("train.py", "train", text, ast.parse(text)))
-    assert len(loops) == 1
-    return loops[0]
 
-
-def test_training_loop_knows_its_epoch_loop() -> None:
-    loop = _loop(EPOCHS)
+def test_training_loop_knows_its_epochonly_training_loop() -> None:
+    loop = only_training_loop(EPOCHS)
     assert [outer.header.text for outer in loop.enclosing] == ["for epoch in range(epochs):"]
     outer = loop.enclosing[0]
     # The helper's ``net`` is the caller's object at each call; the call after the epoch
@@ -58,7 +48,7 @@ def test_training_loop_knows_its_epoch_loop() -> None:
 
 
 def test_parameter_without_argument_is_unbound() -> None:
-    loop = _loop(EPOCHS.replace("def evaluate(net, loader):", "def evaluate(loader, net=None):")
+    loop = only_training_loop(EPOCHS.replace("def evaluate(net, loader):", "def evaluate(loader, net=None):")
                  .replace("evaluate(model, val_loader)\n        evaluate(ema, val_loader)",
                           "evaluate(val_loader)"))
     assert [op.subject for op in loop.enclosing[0].ops("eval_mode")] == ["?"]
