@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import re
+import textwrap
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,6 +14,8 @@ from trainaudit.config import Config
 from trainaudit.discover import discover
 from trainaudit.engine import CheckResult, check_files
 from trainaudit.fixes.apply import fix_files
+from trainaudit.model.loops import TrainingLoop, find_training_loops
+from trainaudit.model.module import ModuleFacts
 from trainaudit.registry import all_options
 
 FILE_MARKER = re.compile(r"^# --- file: (?P<path>\S+) ---$", re.MULTILINE)
@@ -81,3 +85,11 @@ def fix_tree(root: Path, *, unsafe_fixes: bool = True, **changes: object) -> dic
         run = fix_files(files, cfg, unsafe_fixes=unsafe_fixes)
         assert not run.errors, run.errors
         return {c.file.display: c.fixed for c in run.changes}
+
+
+def only_training_loop(source: str) -> TrainingLoop:
+    """The one training loop of a source text (dedented) read as ``train.py``."""
+    text = textwrap.dedent(source)
+    loops = find_training_loops(ModuleFacts("train.py", "train", text, ast.parse(text)))
+    assert len(loops) == 1
+    return loops[0]

@@ -58,6 +58,9 @@ RUNS: dict[str, str] = {
     "loops/ta501_training_function_not_decorated": (
         "s, t = classifier(), classifier(); loss = distillation_loss(s, t, torch.randn(4, 4)); "
         "loss.backward(); observed = (loss, [p.grad for p in s.parameters()])"),
+    "loops/ta502_epoch_loop_evaluate": ("m = classifier(); train(m, loader(), loader(), "
+                                        "torch.optim.SGD(m.parameters(), lr=0.1), epochs=2); "
+                                        "observed = (m, m.training)"),
     "loops/ta502_inline_eval": ("m = classifier(); x, y = next(iter(loader())); train(m, loader(), (x, y)); "
                                 "observed = (m, m.training)"),
     "loops/ta502_restore_train_mode": "m = classifier(); train(m, loader(), loader()); observed = (m, m.training)",

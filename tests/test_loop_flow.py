@@ -7,10 +7,8 @@ import ast
 import textwrap
 from pathlib import Path
 
-from tests.helpers import check_tree, found, write_tree
-from trainaudit.model.loops import TrainingLoop, find_training_loops
+from tests.helpers import check_tree, found, only_training_loop, write_tree
 from trainaudit.model.loops.cfg import FlowGraph
-from trainaudit.model.module import ModuleFacts
 
 
 def _graph(source: str) -> tuple[FlowGraph, dict[str, ast.stmt]]:
@@ -19,12 +17,6 @@ def _graph(source: str) -> tuple[FlowGraph, dict[str, ast.stmt]]:
     statements = {ast.unparse(n).splitlines()[0]: n for n in ast.walk(tree) if isinstance(n, ast.stmt)}
     return FlowGraph.of(tree.body), statements
 
-
-def _loop(source: str) -> TrainingLoop:
-    text = textwrap.dedent(source)
-    loops = find_training_loops(ModuleFacts("train.py", "train", text, ast.parse(text)))
-    assert len(loops) == 1
-    return loops[0]
 
 
 def test_if_arms_exclude_each_other() -> None:
@@ -59,7 +51,7 @@ def test_continue_break_return_and_loop_header() -> None:
     assert graph.reaches(s["a()"], s["c()"], avoid=loop)
 
 
-def test_return_raise_try_and_endless_loop() -> None:
+def test_return_raise_try_and_endlessonly_training_loop() -> None:
     graph, s = _graph("""\
         try:
             a()
@@ -81,7 +73,7 @@ def test_return_raise_try_and_endless_loop() -> None:
 
 
 def test_may_follow_in_one_iteration() -> None:
-    loop = _loop("""\
+    loop = only_training_loop("""\
         def train(model, loader, optimizer):
             for x in loader:
                 model(x).sum().backward()
@@ -100,7 +92,7 @@ def test_may_follow_in_one_iteration() -> None:
 
 
 def test_helper_return_orders_its_events() -> None:
-    loop = _loop("""\
+    loop = only_training_loop("""\
         def update(model, optimizer, loss):
             loss.backward()
             if not ok(model):

@@ -231,9 +231,12 @@ class NoGradFunction(FixPayload):
 
 @dataclass(frozen=True)
 class RestoreTrainMode(FixPayload):
-    """TA502: call ``receiver.train()`` after the evaluation at the finding."""
+    """TA502: call ``receiver.train()`` after the evaluation at the finding, or, with
+    ``after``, right after the statement of the call at that position (an enclosing loop's
+    ``evaluate(model, ...)``: the helper itself may be shared)."""
 
     receiver: str
+    after: Position | None = None
 
 
 @dataclass(frozen=True)

@@ -65,12 +65,14 @@ def _returned_computation(stmt: cst.CSTNode) -> cst.BaseExpression | None:
 @fixer("TA502")
 def fix_eval_mode_not_restored(source: str, findings: Sequence[Finding], options: Mapping[str, Any]) -> FixResult:
     def edit(located: Located, edits: Edits, finding: Finding, payload: RestoreTrainMode) -> str | None:
+        restore = statement(f"{payload.receiver}.train()")
+        if payload.after is not None:
+            return _restore_after_call(located, edits, payload, restore)
         call = call_at(located, (finding.span.line, finding.span.column))
         if call is None:
             return None
         stmt = located.statement_of(call)
         _, stmts = block_of(located, stmt)
-        restore = statement(f"{payload.receiver}.train()")
         last = stmts[-1]
         if _leaves_block(last) and last is not stmt:
             value = _returned_computation(last)
@@ -87,6 +89,21 @@ def fix_eval_mode_not_restored(source: str, findings: Sequence[Finding], options
         return f"put `{payload.receiver}` back in train mode after evaluating"
 
     return edit_each(source, findings, RestoreTrainMode, edit)
+
+
+def _restore_after_call(located: Located, edits: Edits, payload: RestoreTrainMode,
+                        restore: cst.BaseStatement) -> str | None:
+    """``model.train()`` after the enclosing loop's statement that calls the evaluation
+    (``val = evaluate(model, loader)``), when it is a plain statement that falls through."""
+    assert payload.after is not None
+    call = call_at(located, payload.after)
+    if call is None:
+        return None
+    stmt = located.statement_of(call)
+    if not isinstance(stmt, cst.SimpleStatementLine) or _leaves_block(stmt):
+        return None
+    edits.insert_after(stmt, restore)
+    return f"put `{payload.receiver}` back in train mode after `{code_of(call.func)}(...)`"
 
 
 # Calls that take a Python number as well as a 0-d tensor.

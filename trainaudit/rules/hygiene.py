@@ -21,6 +21,7 @@ from trainaudit.model.loops import (
 )
 from trainaudit.model.loops.identity import identity
 from trainaudit.model.loops.ordering import Ordering
+from trainaudit.model.loops.records import UNBOUND
 from trainaudit.model.module import FunctionNode, ModuleFacts, int_value, keyword, walk_local
 from trainaudit.model.project import Project
 from trainaudit.payloads import ClipBeforeStep, DetachAccumulated, NoGradFunction, RestoreTrainMode
@@ -163,8 +164,10 @@ def _may_train(module: ModuleFacts, analysis: LoopAnalysis, name: str) -> str:
 
 @register
 class EvalModeNotRestored(ProjectRule):
-    """TA502: the training loop's call tree puts the model in eval mode and nothing in the
-    loop puts it back in train mode: dropout and norm statistics stay off for the rest."""
+    """TA502: the training loop's call tree puts the model in eval mode and nothing puts it
+    back in train mode before the next step: dropout and norm statistics stay off for the
+    rest. The call tree includes enclosing loops: an ``evaluate(model)`` in the epoch loop
+    after the step loop leaves every later epoch in eval mode."""
 
     code = "TA502"
     families = ("loops",)
@@ -173,23 +176,80 @@ class EvalModeNotRestored(ProjectRule):
     def check(self, project: Project, ctx: RuleContext) -> Iterable[Finding]:
         seen: set[tuple[str, int, int]] = set()
         for loop in project_training_loops(project):
-            trained = [op.receiver for op in loop.forwards if op.grad_mode == "enabled"]
-            restored = [op.receiver for op in loop.ops("train_mode")]
-            for op in loop.ops("eval_mode"):
-                if not any(_same_object(op.receiver, other) for other in trained):
-                    continue  # a frozen model (a teacher run under no_grad), or not known
-                if any(not other or _same_object(op.receiver, other) for other in restored):
-                    continue
+            for op, where, payload in (*_left_in_loop(loop), *_left_by_enclosing(loop)):
                 key = (op.site.path, op.site.line, op.site.column)
                 if key in seen:
                     continue
                 seen.add(key)
                 message = (f"`{op.site.text}` runs inside the training loop and nothing in the loop "
                            f"calls `.train()` again: the following steps train in eval mode")
-                yield self.finding(op.site.path, op.site.span, message,
-                                   payload=RestoreTrainMode(op.receiver),
-                                   related=[Related(loop.path, loop.header.line, loop.header.column,
-                                                    "training loop")])
+                related = [Related(loop.path, loop.header.line, loop.header.column, "training loop")]
+                if where is not loop:
+                    message = (f"`{op.site.text}` runs in `{where.header.text}` around the training "
+                               "loop and nothing calls `.train()` again before the next step: "
+                               "the following epochs train in eval mode")
+                    related.append(Related(where.path, where.header.line, where.header.column,
+                                           "enclosing loop"))
+                    if op.via:
+                        related.append(Related(op.via[0].path, op.via[0].line, op.via[0].column,
+                                               "evaluation called here"))
+                yield self.finding(op.site.path, op.site.span, message, payload=payload,
+                                   fixable=payload is not None, related=related)
+
+
+Left = tuple[Operation, TrainingLoop, RestoreTrainMode | None]
+
+
+def _left_in_loop(loop: TrainingLoop) -> Iterator[Left]:
+    """Eval-mode calls of the loop's own call tree with no ``.train()`` of that model in it."""
+    trained = [op.subject for op in loop.forwards if op.grad_mode == "enabled"]
+    restored = loop.ops("train_mode")
+    for op in loop.ops("eval_mode"):
+        if op.subject == UNBOUND or not any(_same_object(op.subject, other) for other in trained):
+            continue  # a frozen model (a teacher run under no_grad), or not known
+        if any(_may_restore(other, op) for other in restored):
+            continue
+        yield op, loop, RestoreTrainMode(op.receiver)
+
+
+def _left_by_enclosing(loop: TrainingLoop) -> Iterator[Left]:
+    """Eval-mode calls an enclosing loop makes outside the step loop, after which a step of
+    that model can run with no ``.train()`` of it on the way (within one pass of the
+    enclosing loop, or before the step loop in its next pass)."""
+    for outer in loop.enclosing:
+        steps = [op for op in outer.inside(loop) if op.kind == "forward" and op.grad_mode == "enabled"]
+        restored = outer.ops("train_mode")
+        for op in outer.ops("eval_mode"):
+            if loop.header in op.loops or op.subject == UNBOUND:
+                continue  # the step loop's own (``_left_in_loop``), or not known
+            later = [step for step in steps if _same_object(op.subject, step.subject)
+                     and outer.may_run_later(op, step)]
+            if not later:
+                continue  # another model, or no step after it (evaluated after the last epoch)
+            if any(_may_restore(other, op) and (outer.may_follow(op, other) or any(
+                    outer.may_follow(other, step) for step in later)) for other in restored):
+                continue
+            yield op, outer, _restore_after_call(op)
+
+
+def _may_restore(train: Operation, evaluation: Operation) -> bool:
+    """``train`` may be of the model ``evaluation`` put in eval mode (unknown counts)."""
+    return train.subject in ("", UNBOUND) or _same_object(evaluation.subject, train.subject)
+
+
+_PLAIN_NAME = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+
+
+def _restore_after_call(op: Operation) -> RestoreTrainMode | None:
+    """Restore right after the enclosing loop's statement that leads to the eval call (its
+    helper may be shared); no fix when that statement is in another file or the model has
+    no plain name there."""
+    if not op.via:
+        return RestoreTrainMode(op.receiver)  # in the enclosing loop's body itself
+    call = op.via[0]
+    if call.path != op.site.path or not _PLAIN_NAME.match(op.subject):
+        return None
+    return RestoreTrainMode(op.subject, after=(call.line, call.column))
 
 
 # ``.to(device)``, ``.cuda()``, ``.module``: calls and attributes that leave the same model.

@@ -33,6 +33,12 @@ Usage (a module rule)::
                                      #           "args.batch_size") or None
         loop.helpers                 # local functions its call tree reaches
         loop.outer_loops, loop.ddp   # enclosing loops; DDP/FSDP used in the file
+        step.subject                 # forwards, eval/train: the object named in the loop's
+                                     # function (a helper's parameter bound to the call's
+                                     # argument; UNBOUND "?" when not known)
+        for epoch in loop.enclosing:     # loops whose call tree contains it (the epoch loop
+            epoch.inside(loop)           # around it, or one calling its function), walked
+            epoch.may_run_later(a, b)    # whole: b may run after a in a later pass too
 
     loop_analysis(module).function_ops("train_step")   # one function's call tree, no loop
 

@@ -7,10 +7,18 @@ import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
+from trainaudit.model.loops.arguments import (
+    call_arguments,
+    own_objects_unbound,
+    parameter_objects,
+    positional_parameters,
+    rebound,
+    rebound_arguments,
+)
 from trainaudit.model.loops.batch import batch_size_of
 from trainaudit.model.loops.bindings import blocks, params_of
 from trainaudit.model.loops.cfg import FlowGraph
-from trainaudit.model.loops.identity import wrappers_of
+from trainaudit.model.loops.identity import object_name, wrappers_of
 from trainaudit.model.loops.losses import LossReader
 from trainaudit.model.loops.ordering import EventLog, Ordering
 from trainaudit.model.loops.patterns import TRAINY, looks_like_accumulation_test, terminates
@@ -167,6 +175,9 @@ class LoopAnalysis(LossReader):
             via = (*state.via, self.site(call, state.function))
             events: list[Operation | ExternalCall] = [*callee_ops, *callee_external]
             events.sort(key=lambda event: event.order)
+            objects = parameter_objects(positional_parameters(fn), params_of(fn),
+                                        isinstance(call.func, ast.Attribute),
+                                        call_arguments(module, call, state.function))
             mapping: dict[int, int] = {}
             for event in events:
                 moved = replace(event, guards=(*state.guards, *event.guards),
@@ -174,9 +185,10 @@ class LoopAnalysis(LossReader):
                                 via=(*via, *event.via), order=self._next())
                 mapping[event.order] = moved.order
                 if isinstance(moved, Operation):
-                    ops.append(moved)
+                    bound = rebound(moved.subject, objects) if moved.bound else None
+                    ops.append(replace(moved, bound=bound) if bound is not None else moved)
                 else:
-                    external.append(moved)
+                    external.append(replace(moved, arguments=rebound_arguments(moved.arguments, objects)))
             state.log.inline(mapping, state.anchor, inlined.ordering)
             return
         classified = self.classify(call, state.function)
@@ -185,13 +197,23 @@ class LoopAnalysis(LossReader):
             loss = self.loss_site(loss_expr, state.function) if kind == "backward" else None
             ops.append(Operation(kind, self.site(call, state.function), receiver, state.guards,
                                  state.contexts, state.loops, state.via, self._event(state), framework,
-                                 loss, node=call))
+                                 loss, self._object_of(kind, call, state.function), node=call))
             return
         if isinstance(call.func, ast.Name) and module.is_imported(call.func.id):
             qualified = module.qualname(call.func) or call.func.id
             if not qualified.startswith(("torch.", "numpy.", "math.", "os.", "time.", "builtins.")):
                 external.append(ExternalCall(qualified, self.site(call, state.function), state.guards,
-                                             state.contexts, state.loops, state.via, self._event(state)))
+                                             state.contexts, state.loops, state.via, self._event(state),
+                                             call_arguments(module, call, state.function)))
+
+    def _object_of(self, kind: str, call: ast.Call, function: str) -> str:
+        """The object name of the model a forward or a mode switch runs on ("" for other kinds)."""
+        func = call.func
+        if kind == "forward" and not (isinstance(func, ast.Attribute) and func.attr == "forward"):
+            return object_name(self.module, func, function)
+        if kind in ("forward", "eval_mode", "train_mode") and isinstance(func, ast.Attribute):
+            return object_name(self.module, func.value, function)
+        return ""
 
 
     # -- loops --------------------------------------------------------------------
@@ -215,8 +237,10 @@ class LoopAnalysis(LossReader):
         for name, fn in self.module.functions.items():
             yield from visit(fn.body, name, ())
 
-    def loop_record(self, function: str, loop: LoopNode, outer: tuple[LoopNode, ...]) -> TrainingLoop:
-        """The loop with its whole call tree, whether or not it trains."""
+    def loop_record(self, function: str, loop: LoopNode, outer: tuple[LoopNode, ...],
+                    later: bool = False) -> TrainingLoop:
+        """The loop with its whole call tree, whether or not it trains (``later``: with the
+        relation over any later time, for an enclosing loop)."""
         self._order = 0
         ops: list[Operation] = []
         external: list[ExternalCall] = []
@@ -239,6 +263,7 @@ class LoopAnalysis(LossReader):
             file_delegation=self.file_delegation,
             ddp=self.ddp,
             ordering=log.ordering(self.flow_graph(function), avoid=loop),
+            later=log.ordering(self.flow_graph(function), avoid=None) if later else None,
             traits=self.traits,
             model_wrappers=self._model_wrappers(ops),
             node=loop,
@@ -288,6 +313,7 @@ class LoopAnalysis(LossReader):
         log = EventLog()
         self.walk(fn.body, WalkState(name, visiting=visiting | {name}, log=log), ops, external, helpers)
         self._order = saved
+        ops, external = own_objects_unbound(fn, ops, external)
         events = FunctionEvents(ops, external, helpers, log.ordering(self.flow_graph(name), None))
         self._functions[name] = events
         return events
@@ -298,7 +324,8 @@ class LoopAnalysis(LossReader):
         events = self._function_events(name)
         decorators = tuple(self.context_name(d) for d in fn.decorator_list)
         return FunctionOps(name, tuple(sorted(params_of(fn))), tuple(events.operations),
-                           tuple(events.external), decorators, events.ordering)
+                           tuple(events.external), decorators, events.ordering,
+                           positional_parameters(fn))
 
 
 
@@ -331,19 +358,42 @@ def _analyse(module: ModuleFacts) -> tuple[list[TrainingLoop], list[TrainingLoop
     analysis = loop_analysis(module)
     training: list[TrainingLoop] = []
     candidates: list[TrainingLoop] = []
+    walked: list[tuple[TrainingLoop, tuple[str, LoopNode, tuple[LoopNode, ...]]]] = []
     for function, loop, outer in analysis.all_loops():
         if not analysis.may_train(function, loop):
             continue
         record = analysis.loop_record(function, loop, outer)
+        walked.append((record, (function, loop, outer)))
         if is_training_loop(record):
             training.append(analysis.with_batch_size(record))
         elif record.external_calls and any(may_train(c) for c in record.external_calls):
-            candidates.append(analysis.with_batch_size(record))
+            # Walked again with ``later``: once its imported helpers are inlined it may turn
+            # out to be an epoch loop around another file's training loop.
+            candidates.append(analysis.with_batch_size(
+                analysis.loop_record(function, loop, outer, later=True)))
     # An epoch loop around a training loop is not itself one.
     inner_headers = {o for loop in training for o in loop.outer_loops}
     training = [loop for loop in training if loop.header not in inner_headers
                 and not _contains_training_loop(loop, training)]
-    return training, candidates
+    return _with_enclosing(analysis, training, walked), _with_enclosing(analysis, candidates, walked)
+
+
+def _with_enclosing(analysis: LoopAnalysis, loops: list[TrainingLoop],
+                    walked: list[tuple[TrainingLoop, tuple[str, LoopNode, tuple[LoopNode, ...]]]]
+                    ) -> list[TrainingLoop]:
+    """Each loop with the walked loops whose call tree contains it (re-walked with ``later``)."""
+    found: list[TrainingLoop] = []
+    rewalked: dict[int, TrainingLoop] = {}
+    for loop in loops:
+        enclosing: list[TrainingLoop] = []
+        for index, (record, (function, node, outer)) in enumerate(walked):
+            if record.header == loop.header or not record.inside(loop):
+                continue
+            if index not in rewalked:
+                rewalked[index] = analysis.loop_record(function, node, outer, later=True)
+            enclosing.append(rewalked[index])
+        found.append(replace(loop, enclosing=tuple(enclosing)) if enclosing else loop)
+    return found
 
 
 def _contains_training_loop(loop: TrainingLoop, training: list[TrainingLoop]) -> bool:

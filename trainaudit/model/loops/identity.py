@@ -81,13 +81,22 @@ def _wrapped(module: ModuleFacts, value: ast.expr) -> tuple[ast.expr | None, str
 def origin(module: ModuleFacts, expr: ast.expr, function: str, depth: int = 0
            ) -> tuple[ast.expr, frozenset[str]]:
     """The expression ``expr`` was made from, and the wrappers met on the way."""
+    made, wrappers, _ = _follow(module, expr, function, depth)
+    return made, wrappers
+
+
+def _follow(module: ModuleFacts, expr: ast.expr, function: str, depth: int = 0
+            ) -> tuple[ast.expr, frozenset[str], str]:
+    """(what ``expr`` was made from, the wrappers met, the last name or ``self.x`` on the way)."""
     wrappers: set[str] = set()
+    named = _key(module, expr)
     for _ in range(8):
         inner, wrapper = _wrapped(module, expr)
         if wrapper:
             wrappers.add(wrapper)
         if inner is not None and inner is not expr:
             expr = inner
+            named = _key(module, expr) or named
             continue
         key = _key(module, expr)
         values = _values(module, key, function) if key else []
@@ -103,9 +112,10 @@ def origin(module: ModuleFacts, expr: ast.expr, function: str, depth: int = 0
         if key.startswith("self.") and isinstance(inner, ast.Name):
             break  # ``self.x = x`` in another method: that name is of another scope
         expr = inner if inner is not None else value
+        named = _key(module, expr) or named
         if inner is None:
             break
-    return expr, frozenset(wrappers)
+    return expr, frozenset(wrappers), named
 
 
 def _key(module: ModuleFacts, expr: ast.expr) -> str:
@@ -123,6 +133,15 @@ def identity(module: ModuleFacts, expr: ast.expr, function: str) -> str:
     if key:
         return key
     return module.segment(made)
+
+
+def object_name(module: ModuleFacts, expr: ast.expr, function: str) -> str:
+    """The last name the object of ``expr`` had on the way to what made it (``model`` for
+    ``net = model`` after ``model = Net().cuda()``; ``model`` for ``ddp.module`` after
+    ``ddp = DDP(model)``): a key equal for one object, and a name the function can use.
+    The expression's text when no name is met."""
+    _, _, named = _follow(module, expr, function)
+    return named or module.segment(expr)
 
 
 def wrappers_of(module: ModuleFacts, expr: ast.expr, function: str) -> frozenset[str]:

@@ -19,6 +19,9 @@ OpKind = Literal[
 
 LoopNode = ast.For | ast.AsyncFor | ast.While
 
+# ``Operation.bound`` of a helper's parameter that no argument of the call gives.
+UNBOUND = "?"
+
 
 @dataclass(frozen=True)
 class Site:
@@ -79,7 +82,17 @@ class Operation:
     order: int = 0  # execution order within the loop body (helpers inlined)
     framework: str = ""  # for delegated calls: "accelerate", "fabric", "deepspeed", "lightning"
     loss: LossSite | None = None  # backward only
+    # Forwards and mode switches: the object by its name in the walked loop's function
+    # (``identity.object_name``), a helper's parameter replaced by the call's argument
+    # (``evaluate(ema, ...)`` puts ``ema`` in eval mode); ``UNBOUND`` when a parameter has no
+    # argument the walk can see; "" where not computed (``receiver`` stands for it).
+    bound: str = ""
     node: ast.AST | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def subject(self) -> str:
+        """The object the call is on, named in the loop's function (see ``bound``)."""
+        return self.bound or self.receiver
 
     @property
     def accumulation_guards(self) -> tuple[Guard, ...]:
@@ -99,6 +112,15 @@ class Operation:
 
 
 @dataclass(frozen=True)
+class CallArguments:
+    """A call's arguments as the caller names them (``arguments.py``); ``positional``
+    ends where a ``*rest`` starts."""
+
+    positional: tuple[str, ...] = ()
+    keywords: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
 class ExternalCall:
     """A call from a loop's call tree to a function imported from another module."""
 
@@ -109,6 +131,7 @@ class ExternalCall:
     loops: tuple[Site, ...] = ()
     via: tuple[Site, ...] = ()
     order: int = 0
+    arguments: CallArguments = CallArguments()
 
 
 @dataclass(frozen=True)
@@ -145,6 +168,7 @@ class FunctionOps:
     external_calls: tuple[ExternalCall, ...]
     decorators: tuple[str, ...]
     ordering: Ordering = field(default_factory=Ordering)  # over the orders of its operations and external calls
+    positional: tuple[str, ...] = ()  # the parameters positional arguments fill, in order
 
 
 @dataclass(frozen=True)
@@ -170,6 +194,12 @@ class TrainingLoop:
     model_wrappers: frozenset[str] = frozenset()
     # Which events may run after which in one iteration (None: not known, use ``order``).
     ordering: Ordering | None = field(default=None, compare=False, repr=False)
+    # Loops whose call tree contains this one (an epoch loop around the step loop, in this
+    # function or in a caller of it in this file), each walked whole with its ``later``.
+    enclosing: tuple[TrainingLoop, ...] = field(default=(), compare=False, repr=False)
+    # For an enclosing loop: which events may run after which at any later time (later
+    # iterations of it, and of loops around it, included).
+    later: Ordering | None = field(default=None, compare=False, repr=False)
     node: LoopNode | None = field(default=None, compare=False, repr=False)
 
     @property
@@ -186,6 +216,16 @@ class TrainingLoop:
         if self.ordering is None:
             return first.order < then.order
         return (first.order, then.order) in self.ordering.follows
+
+    def may_run_later(self, first: Operation | ExternalCall, then: Operation | ExternalCall) -> bool:
+        """Whether ``then`` can run at any time after ``first`` (a later iteration too)."""
+        if self.later is None:
+            return self.may_follow(first, then)
+        return (first.order, then.order) in self.later.follows
+
+    def inside(self, loop: TrainingLoop) -> list[Operation]:
+        """This record's operations that run inside ``loop`` (a loop its call tree contains)."""
+        return [op for op in self.operations if loop.header in op.loops]
 
     def first(self, kind: OpKind) -> Operation | None:
         found = self.ops(kind)

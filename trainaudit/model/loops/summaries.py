@@ -6,6 +6,7 @@ import weakref
 from dataclasses import dataclass, replace
 
 from trainaudit.model.loops.analysis import _cached_loops, is_training_loop, loop_analysis
+from trainaudit.model.loops.arguments import parameter_objects, rebound
 from trainaudit.model.loops.ordering import Ordering, merged_ordering
 from trainaudit.model.loops.patterns import LOOP_REQUIRES, LOOP_TRIGGERS
 from trainaudit.model.loops.records import ExternalCall, FunctionOps, Operation, TrainingLoop
@@ -25,19 +26,25 @@ class LoopFileFacts:
 
 
 def _strip_nodes(loop: TrainingLoop) -> TrainingLoop:
-    return replace(loop, node=None, operations=tuple(replace(op, node=None) for op in loop.operations))
+    return replace(loop, node=None, operations=tuple(replace(op, node=None) for op in loop.operations),
+                   enclosing=tuple(_strip_nodes(outer) for outer in loop.enclosing))
 
 
-@summarizer("loops", triggers=LOOP_TRIGGERS, requires=LOOP_REQUIRES)
+# A file with only an evaluation helper (``model.eval()``) is summarised too: a loop in
+# another file may call it.
+@summarizer("loops", triggers=(*LOOP_TRIGGERS, ".eval()"),
+            requires=(*LOOP_REQUIRES, (r"\.eval\(\)",)))
 def summarize_loops(module: ModuleFacts) -> LoopFileFacts:
     """Per-file summary: training loops, candidate loops and helpers other files may import."""
     training, candidates = _cached_loops(module)
     analysis = loop_analysis(module)
     functions: dict[str, FunctionOps] = {}
     for name, fn in module.functions.items():
-        # Only what a loop in another file could call to train: top-level functions whose
-        # call tree has a backward or whose text steps something.
-        if "." in name or not (name in analysis.backward_functions or ".step(" in analysis._text(fn)):
+        # Only what a loop in another file could call to train or to evaluate: top-level
+        # functions whose call tree has a backward or whose text steps or evaluates something.
+        text = analysis._text(fn)
+        if "." in name or not (name in analysis.backward_functions or ".step(" in text
+                               or ".eval()" in text):
             continue
         ops = analysis.function_ops(name)
         if ops.operations or ops.external_calls:
@@ -62,19 +69,31 @@ def _merge_external(loop: TrainingLoop, project: Project) -> TrainingLoop:
             continue
         helpers.append(f"{resolved[0].module_name}.{helper.name}")
         inlined[call.order] = helper.ordering
+        objects = parameter_objects(helper.positional, helper.params, False, call.arguments)
         for op in helper.operations:
+            bound = rebound(op.subject, objects) if op.bound else None
             keyed.append(((call.order, op.order), replace(
                 op, guards=(*call.guards, *op.guards),
                 contexts=(*call.contexts, *helper.decorators, *op.contexts),
-                loops=(*call.loops, *op.loops), via=(*call.via, call.site, *op.via))))
+                loops=(*call.loops, *op.loops), via=(*call.via, call.site, *op.via),
+                bound=op.bound if bound is None else bound)))
     keyed.sort(key=lambda item: item[0])
     renumber = {key: index + 1 for index, (key, _) in enumerate(keyed)}
     events = [replace(event, order=renumber[key]) for key, event in keyed]
     ordering = (merged_ordering(loop.ordering, inlined, renumber)
                 if loop.ordering is not None else None)
+    later = merged_ordering(loop.later, inlined, renumber) if loop.later is not None else None
     return replace(loop, operations=tuple(e for e in events if isinstance(e, Operation)),
                    external_calls=tuple(e for e in events if isinstance(e, ExternalCall)),
-                   helpers=tuple(helpers), ordering=ordering)
+                   helpers=tuple(helpers), ordering=ordering, later=later,
+                   enclosing=tuple(_merged(outer, project) for outer in loop.enclosing))
+
+
+def _merged(loop: TrainingLoop, project: Project) -> TrainingLoop:
+    """The loop with imported helpers inlined, in it and in its enclosing loops."""
+    if loop.external_calls or any(outer.external_calls for outer in loop.enclosing):
+        return _merge_external(loop, project)
+    return loop
 
 
 _PROJECT_CACHE: weakref.WeakKeyDictionary[Project, list[TrainingLoop]] = weakref.WeakKeyDictionary()
@@ -85,17 +104,28 @@ def project_training_loops(project: Project) -> list[TrainingLoop]:
     if project in _PROJECT_CACHE:
         return _PROJECT_CACHE[project]
     loops: list[TrainingLoop] = []
+    epoch_loops: list[TrainingLoop] = []  # candidates that only run another file's loop
     for _summary, facts in project.facts("loops"):
         if not isinstance(facts, LoopFileFacts):
             continue
         for loop in facts.training_loops:
-            loops.append(_merge_external(loop, project) if loop.external_calls else loop)
+            loops.append(_merged(loop, project))
         for loop in facts.candidate_loops:
             merged = _merge_external(loop, project)
             if is_training_loop(merged):
                 loops.append(merged)
+            elif merged.later is not None:
+                epoch_loops.append(merged)
+    loops = [_enclosed_across_files(loop, epoch_loops) for loop in loops]
     _PROJECT_CACHE[project] = loops
     return loops
+
+
+def _enclosed_across_files(loop: TrainingLoop, epoch_loops: list[TrainingLoop]) -> TrainingLoop:
+    """The loop with the loops of other files whose call tree contains it (``for epoch:
+    train_one_epoch(...)`` where ``train_one_epoch`` is imported)."""
+    around = tuple(outer for outer in epoch_loops if outer.path != loop.path and outer.inside(loop))
+    return replace(loop, enclosing=(*loop.enclosing, *around)) if around else loop
 
 
 def targets_gpu(project: Project, loop: TrainingLoop) -> bool:

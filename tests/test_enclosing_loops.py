@@ -1,0 +1,80 @@
+"""Enclosing loops in the loop model (an epoch loop around the step loop) and TA502 across
+them: the ordered call tree of the epoch loop, helper parameters bound to the caller's
+objects, and the fix at the evaluation's call site."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from tests.helpers import check_tree, fix_tree, only_training_loop
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "loops"
+
+EPOCHS = """\
+def evaluate(net, loader):
+    net.eval()
+    return len(loader)
+
+
+def train(model, ema, loader, val_loader, optimizer, epochs):
+    for epoch in range(epochs):
+        for x, y in loader:
+            loss = model(x).sum()
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        evaluate(model, val_loader)
+        evaluate(ema, val_loader)
+    evaluate(model, val_loader)
+"""
+
+
+
+def test_training_loop_knows_its_epochonly_training_loop() -> None:
+    loop = only_training_loop(EPOCHS)
+    assert [outer.header.text for outer in loop.enclosing] == ["for epoch in range(epochs):"]
+    outer = loop.enclosing[0]
+    # The helper's ``net`` is the caller's object at each call; the call after the epoch
+    # loop is no part of it.
+    assert [(op.receiver, op.subject) for op in outer.ops("eval_mode")] == [
+        ("net", "model"), ("net", "ema")]
+    forward = outer.inside(loop)[0]
+    assert forward.kind == "forward" and forward.subject == "model"
+    first_eval = outer.ops("eval_mode")[0]
+    # After the evaluation the next epoch's forward runs (a later pass), not this pass's.
+    assert outer.may_run_later(first_eval, forward)
+    assert not outer.may_follow(first_eval, forward)
+
+
+def test_parameter_without_argument_is_unbound() -> None:
+    loop = only_training_loop(EPOCHS.replace("def evaluate(net, loader):", "def evaluate(loader, net=None):")
+                 .replace("evaluate(model, val_loader)\n        evaluate(ema, val_loader)",
+                          "evaluate(val_loader)"))
+    assert [op.subject for op in loop.enclosing[0].ops("eval_mode")] == ["?"]
+
+
+def test_fixed_epoch_loop_is_clean_on_recheck(tmp_path: Path) -> None:
+    source = (FIXTURES / "codemods" / "ta502_epoch_loop_evaluate.in.py").read_text()
+    (tmp_path / "train.py").write_text(source)
+    assert [f.code for f in check_tree(tmp_path, select=("TA502",)).findings] == ["TA502"]
+    fixed = fix_tree(tmp_path, select=("TA502",))["train.py"]
+    (tmp_path / "train.py").write_text(fixed)
+    assert check_tree(tmp_path, select=("TA502",)).findings == []
+
+
+def test_evaluation_in_another_file_offers_no_fix(tmp_path: Path) -> None:
+    shutil.copytree(FIXTURES / "epoch_evaluate_other_file", tmp_path / "case",
+                    ignore=shutil.ignore_patterns("expected.txt"))
+    findings = check_tree(tmp_path / "case", select=("TA502",)).findings
+    assert [(f.path, f.fix, f.payload) for f in findings] == [("project/evaluation.py", None, None)]
+    assert fix_tree(tmp_path / "case", select=("TA502",)) == {}
+
+
+def test_call_statement_that_leaves_the_block_gets_no_fix(tmp_path: Path) -> None:
+    source = (FIXTURES / "codemods" / "ta502_epoch_loop_evaluate.in.py").read_text().replace(
+        "            print(epoch, evaluate(model, val_loader))",
+        "            if evaluate(model, val_loader) < 0.1:\n                break")
+    (tmp_path / "train.py").write_text(source)
+    assert [f.code for f in check_tree(tmp_path, select=("TA502",)).findings] == ["TA502"]
+    assert fix_tree(tmp_path, select=("TA502",)) == {}
