@@ -131,6 +131,8 @@ def fix_double_shift(source: str, findings: Sequence[Finding],
                      options: Mapping[str, Any]) -> FixResult:
     """Remove the shift where the labels are made, so the loss-side shift is the only one."""
     def edit(located: Located, edits: Edits, finding: Finding, payload: ShiftRemoval) -> str | None:
+        if payload.uncut:
+            return _uncut(located, edits, payload)
         nodes = located.at(finding.span.line, finding.span.column, cst.BaseExpression)
         if not nodes:
             return None
@@ -147,6 +149,32 @@ def fix_double_shift(source: str, findings: Sequence[Finding],
         return payload.note
 
     return edit_each(source, findings, ShiftRemoval, edit)
+
+
+def _uncut(located: Located, edits: Edits, payload: ShiftRemoval) -> str | None:
+    """Each slice of ``payload.uncut`` becomes the tensor it slices; all of them or none
+    (each must be a whole assigned value, or a dict value / tuple item of one)."""
+    found: list[cst.Subscript] = []
+    for (line, column), text in payload.uncut:
+        nodes = [n for n in located.at(line, column, cst.Subscript)
+                 if "".join(code_of(n).split()) == "".join(text.split())]
+        if not nodes or not _stands_alone(located, nodes[0]):
+            return None
+        assert isinstance(nodes[0], cst.Subscript)
+        found.append(nodes[0])
+    for node in found:
+        edits.replace(node, replace_with(node.value))
+    return payload.note
+
+
+def _stands_alone(located: Located, node: cst.CSTNode) -> bool:
+    parent = located.parent(node)
+    if isinstance(parent, cst.Assign | cst.Return):
+        return True
+    if isinstance(parent, cst.DictElement | cst.Element) and parent.value is node:
+        holder = located.parent(parent)
+        return isinstance(located.parent(holder), cst.Assign | cst.Return)
+    return False
 
 
 @fixer("TA104")

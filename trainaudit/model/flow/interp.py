@@ -93,6 +93,21 @@ class Frame:
             return stmt.targets[0]
         return None
 
+    def value_form(self, node: ast.expr) -> str:
+        """How ``node`` stands in its statement, for a fix that rewrites it alone:
+        "assign" (a whole right-hand side), "part" (an item of a dict / tuple / list
+        that is the whole value assigned or returned), else ""."""
+        if self.assigned_to(node) is not None:
+            return "assign"
+        stmt = self.statement
+        whole = stmt.value if isinstance(stmt, ast.Assign | ast.Return) else None
+        items: list[ast.expr | None] = []
+        if isinstance(whole, ast.Dict):
+            items = list(whole.values)
+        elif isinstance(whole, ast.Tuple | ast.List):
+            items = list(whole.elts)
+        return "part" if any(item is node for item in items) else ""
+
 
 class Interpreter:
     """Evaluates the program for one listener."""
@@ -410,7 +425,7 @@ class Interpreter:
         if isinstance(value, ListOf):
             return value.element if not isinstance(node.slice, ast.Slice) else value
         if isinstance(value, Tokens):
-            return slice_tokens(value, node, frame.module, frame.assigned_to(node) is not None)
+            return slice_tokens(value, node, frame.module, frame.value_form(node))
         if isinstance(value, Logits):
             return slice_logits(value, node, frame.module)
         if isinstance(value, LossValue):
@@ -431,7 +446,7 @@ class Interpreter:
             if isinstance(node.slice, ast.Slice | ast.Tuple):
                 tokens = as_tokens(value)
                 assert tokens is not None
-                return slice_tokens(tokens, node, frame.module, frame.assigned_to(node) is not None)
+                return slice_tokens(tokens, node, frame.module, frame.value_form(node))
             return value.child("sub", frame.module.text(node.slice))
         if isinstance(value, CausalLM | Loader | Library | ClassValue | FunctionValue
                       | BoundMethod | Const):

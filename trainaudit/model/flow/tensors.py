@@ -24,6 +24,7 @@ from trainaudit.model.flow.values import (
     Site,
     Stream,
     Tokens,
+    Trim,
     Value,
     Wrap,
 )
@@ -101,8 +102,9 @@ def _ndim_after(elts: list[ast.expr], ndim: int | None) -> int | None:
 
 
 def slice_tokens(tokens: Tokens, node: ast.Subscript, module: FlowModule,
-                 whole_value: bool = False) -> Value:
-    """``tokens[...]``: a shift where the sequence axis starts later, a dropped tail."""
+                 form: str = "") -> Value:
+    """``tokens[...]``: a shift where the sequence axis starts later, a dropped tail.
+    ``form``: how the slice stands in its statement (``Frame.value_form``)."""
     elts = elements(node)
     index = _seq_index(elts, tokens.ndim, logits=False)
     ndim = _ndim_after(elts, tokens.ndim)
@@ -121,11 +123,10 @@ def slice_tokens(tokens: Tokens, node: ast.Subscript, module: FlowModule,
     if amount:
         simple = not symbol and element.upper is None
         producer = Producer("slice", module.site(node),
-                            module.text(node.value) if simple else None,
-                            fix_form="assign" if whole_value else "")
+                            module.text(node.value) if simple else None, fix_form=form)
         result = replace(result, steps=(*result.steps, ShiftStep(amount, module.site(node), producer)))
     if is_drop_last(element):
-        result = replace(result, trimmed=True)
+        result = replace(result, trimmed=Trim(module.site(node), module.text(node.value), form))
     if is_drop_last(element) and result.wrap is not None and result.wrap.neutralizer is None:
         result = replace(result, wrap=replace(result.wrap, neutralizer=Neutralizer(
             "slice", module.site(node))))
