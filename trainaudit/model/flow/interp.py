@@ -121,6 +121,7 @@ class Interpreter:
         self.budget = STATEMENT_BUDGET
         self.errors: list[str] = []
         self.contexts: dict[Ref, int] = {}
+        self.frames: list[Frame] = []  # the functions being interpreted, innermost last
 
     # -- entries -------------------------------------------------------------------
 
@@ -273,7 +274,11 @@ class Interpreter:
         elif isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
             qualname = f"{frame.function.qualname}.{stmt.name}" if frame.function else stmt.name
             if qualname in frame.module.definitions:
-                frame.env[stmt.name] = self._definition(frame.module, qualname)
+                made = self._definition(frame.module, qualname)
+                if frame.function is not None and isinstance(made, FunctionValue) \
+                        and not isinstance(stmt, ast.ClassDef):
+                    made = functions.closure(made, stmt, frame.env)
+                frame.env[stmt.name] = made
 
     def _branches(self, blocks: list[list[ast.stmt]], frame: Frame) -> None:
         before = dict(frame.env)

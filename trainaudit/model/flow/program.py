@@ -55,8 +55,10 @@ class FlowModule:
                 if isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
                     found[prefix + stmt.name] = stmt  # the last definition wins, as at run time
                     visit(stmt.body, f"{prefix}{stmt.name}.")  # methods, nested functions
-                elif isinstance(stmt, ast.If | ast.Try):
-                    for block in (stmt.body, stmt.orelse, *[h.body for h in getattr(stmt, "handlers", [])]):
+                elif isinstance(stmt, ast.If | ast.Try | ast.For | ast.While | ast.With):
+                    # A function defined in a loop or a ``with`` body is one too (a closure).
+                    for block in (stmt.body, getattr(stmt, "orelse", []),
+                                  *[h.body for h in getattr(stmt, "handlers", [])]):
                         visit(block, prefix)
 
         visit(self.facts.tree.body, "")

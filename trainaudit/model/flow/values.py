@@ -272,7 +272,11 @@ class Ref:
 
 @dataclass(frozen=True)
 class FunctionValue(Value):
+    """A checked function; for a nested one (a closure), ``free`` binds the names it reads
+    from its enclosing function to their values where it was made."""
+
     ref: Ref
+    free: tuple[tuple[str, Value], ...] = ()
 
 
 @dataclass(frozen=True)
