@@ -84,6 +84,10 @@ RUNS: dict[str, str] = {
         "m = TinyTagger(); o = torch.optim.SGD(m.parameters(), lr=0.1); "
         "rows = [{'ids': [(i + j) % 16 for j in range(6)], 'mask': [1] * 6} for i in range(8)]; "
         "train(lambda ids, attention_mask: m(ids), rows, o); observed = m"),
+    "labels/ta102_collate_keys_both_sides": (
+        "m = TinyTagger(); o = torch.optim.SGD(m.parameters(), lr=0.1); "
+        "train(m, [{'input_ids': [(i + j) % 16 for j in range(6)], 'attention_mask': [1] * 6} "
+        "for i in range(8)], o); observed = m"),
     "labels/ta102_dataset_both_sides": ("m = TinyTagger(); o = torch.optim.SGD(m.parameters(), lr=0.1); "
                                         "train(m, torch.randint(0, 16, (258,)).tolist(), o); observed = m"),
     "labels/ta104_minus_one": "m = TinyTagger(); observed = loss_fn(m, torch.randint(0, 16, (2, 6)))",

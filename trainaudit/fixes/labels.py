@@ -157,14 +157,45 @@ def _uncut(located: Located, edits: Edits, payload: ShiftRemoval) -> str | None:
     found: list[cst.Subscript] = []
     for (line, column), text in payload.uncut:
         nodes = [n for n in located.at(line, column, cst.Subscript)
-                 if "".join(code_of(n).split()) == "".join(text.split())]
+                 if _compact(n) == "".join(text.split())]
         if not nodes or not _stands_alone(located, nodes[0]):
             return None
         assert isinstance(nodes[0], cst.Subscript)
         found.append(nodes[0])
+    gone: set[cst.CSTNode] = set()
     for node in found:
-        edits.replace(node, replace_with(node.value))
+        assign = located.parent(node)
+        if isinstance(assign, cst.Assign) and len(assign.targets) == 1 \
+                and _compact(assign.targets[0].target) == _compact(node.value):
+            gone.add(located.statement_of(node))  # ``x = x[:, :-1]`` would become ``x = x``
+        else:
+            edits.replace(node, replace_with(node.value))
+    edits.remove |= {_guard_of(located, statement, gone) for statement in gone}
     return payload.note
+
+
+def _compact(node: cst.CSTNode) -> str:
+    return "".join(code_of(node).split())
+
+
+def _guard_of(located: Located, statement: cst.CSTNode, gone: set[cst.CSTNode]) -> cst.CSTNode:
+    """What goes with a removed statement: an ``if`` (no ``else``, no call in its test)
+    that only guarded removed statements (``if "attention_mask" in batch:``), else itself."""
+    block = located.parent(statement)
+    if not isinstance(block, cst.IndentedBlock):
+        return statement
+    guard = located.parent(block)
+    if isinstance(guard, cst.If) and guard.orelse is None and set(block.body) <= gone \
+            and not any(isinstance(n, cst.Call) for n in _walk(guard.test)):
+        return guard
+    return statement
+
+
+def _walk(node: cst.CSTNode) -> list[cst.CSTNode]:
+    found = [node]
+    for child in node.children:
+        found += _walk(child)
+    return found
 
 
 def _stands_alone(located: Located, node: cst.CSTNode) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 from dataclasses import replace
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from trainaudit.model.flow.values import (
@@ -94,16 +95,16 @@ def closure_values(interp: Interpreter, function: FunctionValue) -> tuple[tuple[
     the loop after the ``def``); after that, those they had where it was made."""
     enclosing = Ref(function.ref.module, function.ref.qualname.rpartition(".")[0])
     frame = next((f for f in reversed(interp.frames) if f.function == enclosing), None)
-    node = interp.program.ref_node(function.ref)
-    if frame is None or node is None or not isinstance(node[1], ast.FunctionDef
-                                                       | ast.AsyncFunctionDef):
+    found = interp.program.ref_node(function.ref) if frame is not None else None
+    if frame is None or found is None or not isinstance(found[1], ast.FunctionDef
+                                                        | ast.AsyncFunctionDef):
         return function.free
-    made = dict(function.free)
-    names = free_names(node[1])
-    return tuple(sorted((name, frame.env.get(name, made.get(name, UNKNOWN))) for name in names
-                        if name in frame.env or name in made))
+    now = {**dict(function.free), **{name: frame.env[name] for name in free_names(found[1])
+                                      if name in frame.env}}
+    return tuple(sorted(now.items()))
 
 
+@lru_cache(maxsize=1024)
 def free_names(function: ast.FunctionDef | ast.AsyncFunctionDef) -> frozenset[str]:
     """The names a nested function's body reads but does not bind (parameters,
     assignments, imports, definitions, ``global``): those its enclosing function gives."""
