@@ -9,14 +9,13 @@ from functools import cached_property
 
 from trainaudit.model.flow.run import FlowRun
 from trainaudit.model.flow.values import (
+    Const,
     MaskMark,
-    Opaque,
     Producer,
     ShiftStep,
     Site,
     Tokens,
     Trim,
-    Unknown,
     Value,
 )
 from trainaudit.model.labels.observe import LossReading, PairReading
@@ -212,9 +211,9 @@ def _cut_of(value: Value, site: Site) -> Trim | bool | None:
                 or _spelling(trim.site.text, trim.base, ":-1") is None:
             return None
         return trim
-    if isinstance(value, Opaque):  # a slice the flow could not read shortens it, maybe
-        return None if value.key[:1] in (("strided",), ("tail-window",), ("roll",)) else True
-    return None if isinstance(value, Unknown) else True
+    # A number or string keeps; anything else unknown (``torch.arange(T - 1)``) may
+    # depend on the old length.
+    return True if isinstance(value, Const) else None
 
 
 def _last_roll(tokens: Tokens) -> Producer | None:
