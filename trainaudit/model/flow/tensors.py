@@ -30,6 +30,19 @@ from trainaudit.model.flow.values import (
 )
 from trainaudit.model.module import int_value
 
+# Methods that keep a tensor's shape (a copy, a dtype, a device): ``ids[:, 1:].clone()``
+# is still the slice, for a fix that puts ``ids`` in its place.
+SAME_SHAPE = frozenset({"clone", "contiguous", "detach", "long", "int", "float", "to", "cuda",
+                        "cpu", "type"})
+
+
+def receiver_of_same_shape(node: ast.expr) -> ast.expr:
+    """``x`` of ``x.clone().to(device)``: the tensor under same-shape method calls."""
+    while isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
+            and node.func.attr in SAME_SHAPE:
+        node = node.func.value
+    return node
+
 
 def as_tokens(value: Value) -> Tokens | None:
     """A value read as a token tensor: an opaque value is a stream of its own."""
