@@ -22,7 +22,7 @@ from trainaudit.model.flow.tensors import (
     elements,
     is_drop_last,
     is_last,
-    receiver_of_same_shape,
+    is_part,
     slice_logits,
     slice_tokens,
     write_into,
@@ -95,21 +95,11 @@ class Frame:
         return None
 
     def value_form(self, node: ast.expr) -> str:
-        """How ``node`` stands in its statement, for a fix that rewrites it alone:
-        "assign" (a whole right-hand side), "part" (an item of a dict / tuple / list
-        that is the whole value assigned or returned, or either of those under
-        same-shape calls: ``ids[:, 1:].clone()``), else ""."""
+        """For a fix of ``node`` alone: "assign" (a whole right-hand side), "part"
+        (``tensors.is_part``), else ""."""
         if self.assigned_to(node) is not None:
             return "assign"
-        stmt = self.statement
-        whole = stmt.value if isinstance(stmt, ast.Assign | ast.Return) else None
-        items: list[ast.expr | None] = [whole]
-        if isinstance(whole, ast.Dict):
-            items = list(whole.values)
-        elif isinstance(whole, ast.Tuple | ast.List):
-            items = list(whole.elts)
-        return "part" if any(item is not None and receiver_of_same_shape(item) is node
-                             for item in items) else ""
+        return "part" if is_part(self.statement, node) else ""
 
 
 class Interpreter:

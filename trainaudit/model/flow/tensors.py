@@ -44,6 +44,19 @@ def receiver_of_same_shape(node: ast.expr) -> ast.expr:
     return node
 
 
+def is_part(stmt: ast.stmt | None, node: ast.expr) -> bool:
+    """``node`` is an item of a dict / tuple / list that is the whole value assigned or
+    returned, or the value itself, maybe under same-shape calls (``ids[:, 1:].clone()``):
+    a fix may put another expression in its place alone."""
+    whole = stmt.value if isinstance(stmt, ast.Assign | ast.Return) else None
+    items: list[ast.expr | None] = [whole]
+    if isinstance(whole, ast.Dict):
+        items = list(whole.values)
+    elif isinstance(whole, ast.Tuple | ast.List):
+        items = list(whole.elts)
+    return any(item is not None and receiver_of_same_shape(item) is node for item in items)
+
+
 def as_tokens(value: Value) -> Tokens | None:
     """A value read as a token tensor: an opaque value is a stream of its own."""
     if isinstance(value, Tokens):
