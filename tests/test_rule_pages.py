@@ -1,6 +1,6 @@
 """Every rule page's code blocks are run: ``python bad`` fires the page's rule,
-``python good`` does not, ``python fixed`` is exactly what ``fix`` makes of the
-first bad block (feature fixes on). Every implemented rule has a page."""
+``python good`` does not, the i-th ``python fixed`` is exactly what ``fix`` makes of
+the i-th bad block (feature fixes on). Every implemented rule has a page."""
 
 from __future__ import annotations
 
@@ -56,9 +56,11 @@ def test_page(page: Path, tmp_path: Path) -> None:
         root = tmp_path / f"good{i}"
         write_tree(root, split_files(body))
         assert code not in {f.code for f in check_tree(root, select=select).findings}
-    if info.fix is not None and blocks["fixed"]:
-        files = split_files(blocks["bad"][0])
-        root = tmp_path / "fix"
+    # The i-th ``fixed`` block is what ``fix`` makes of the i-th ``bad`` block.
+    for i, (bad, expected) in enumerate(zip(blocks["bad"], blocks["fixed"], strict=False)):
+        assert info.fix is not None
+        files = split_files(bad)
+        root = tmp_path / f"fix{i}"
         write_tree(root, files)
         fixed = {**files, **fix_tree(root, unsafe_fixes=True, select=select)}
-        assert join_files(fixed) == join_files(split_files(blocks["fixed"][0]))
+        assert join_files(fixed) == join_files(split_files(expected))

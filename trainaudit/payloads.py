@@ -143,11 +143,14 @@ class RollToSlice(FixPayload):
 class ShiftRemoval(FixPayload):
     """TA102: undo the data-side shift: the statement at the finding gets ``replacement``
     as its value (when there is one) and the statements spanning the ``delete`` line
-    ranges go."""
+    ranges go; each ``uncut`` slice (position, source text), one that shortens a tensor
+    of the producer, is replaced by the tensor it slices (a collator that shifts the
+    labels *and* cuts the inputs: both lines become the whole tensor)."""
 
     replacement: str | None
     delete: tuple[tuple[int, int], ...]
     note: str
+    uncut: tuple[tuple[Position, str], ...] = ()
 
 
 @dataclass(frozen=True)

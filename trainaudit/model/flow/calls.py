@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from trainaudit.model.flow import library
-from trainaudit.model.flow.functions import call_function, instantiate
+from trainaudit.model.flow.functions import call_function, closure_values, instantiate
 from trainaudit.model.flow.tensors import as_tokens
 from trainaudit.model.flow.values import (
     UNKNOWN,
@@ -128,7 +128,8 @@ def apply(interp: Interpreter, callee: Value, args: list[Value], kwargs: dict[st
     if isinstance(callee, OneOf):
         return join_all(apply(interp, option, args, kwargs, node, frame) for option in callee.options)
     if isinstance(callee, FunctionValue):
-        return call_function(interp, callee.ref, None, args, kwargs, node, depth)
+        free = closure_values(interp, callee) if callee.free or "." in callee.ref.qualname else ()
+        return call_function(interp, callee.ref, None, args, kwargs, node, depth, free=free)
     if isinstance(callee, BoundMethod):
         return call_function(interp, callee.function, callee.receiver, args, kwargs, node, depth)
     if isinstance(callee, ClassValue):

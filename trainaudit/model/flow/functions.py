@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import ast
 from dataclasses import replace
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from trainaudit.model.flow.values import (
     UNKNOWN,
     Const,
+    FunctionValue,
     Instance,
     Opaque,
     Record,
@@ -28,8 +30,10 @@ CONTEXTS_PER_FUNCTION = 16
 
 def call_function(interp: Interpreter, ref: Ref, receiver: Value | None, args: list[Value],
                   kwargs: dict[str, Value], node: ast.AST | None, depth: int, *,
-                  open_context: bool = False, collect_self: bool = False) -> Value:
-    """Interpret a checked function with its parameters bound (memoised per context)."""
+                  open_context: bool = False, collect_self: bool = False,
+                  free: tuple[tuple[str, Value], ...] = ()) -> Value:
+    """Interpret a checked function with its parameters bound (memoised per context);
+    ``free``: a closure's free variables (``closure_values``)."""
     from trainaudit.model.flow.interp import Frame, mark
 
     found = interp.program.ref_node(ref)
@@ -39,7 +43,8 @@ def call_function(interp: Interpreter, ref: Ref, receiver: Value | None, args: l
     assert isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef)
     if depth > 6 or ref in interp.active or interp.budget <= 0:
         return Opaque(("result", ref, getattr(node, "lineno", 0)))
-    key = (ref, receiver, tuple(args), tuple(sorted(kwargs.items())), open_context, collect_self)
+    key = (ref, receiver, tuple(args), tuple(sorted(kwargs.items())), open_context, collect_self,
+           free)
     if key in interp.memo:
         return interp.memo[key]
     seen = interp.contexts.get(ref, 0)
@@ -47,16 +52,19 @@ def call_function(interp: Interpreter, ref: Ref, receiver: Value | None, args: l
         return Opaque(("result", ref, getattr(node, "lineno", 0)))
     interp.contexts[ref] = seen + 1
     interp.memo[key] = Opaque(("result", ref))  # recursion through the memo
-    env = _bind_parameters(interp, ref, module, function, receiver, args, kwargs, open_context)
+    env = {**dict(free), **_bind_parameters(interp, ref, module, function, receiver, args,
+                                             kwargs, open_context)}
     params = function.args.posonlyargs + function.args.args
     self_name = params[0].arg if receiver is not None and params else None
     frame = Frame(module, ref, env, depth, self_name,
                   dict(receiver.attrs) if isinstance(receiver, Instance) else None)
     interp.active.append(ref)
+    interp.frames.append(frame)
     try:
         interp.exec_block(function.body, frame)
     finally:
         interp.active.pop()
+        interp.frames.pop()
     if collect_self and isinstance(receiver, Instance):
         result: Value = replace(receiver, attrs=tuple(sorted((frame.self_attrs or {}).items())))
     else:
@@ -71,6 +79,55 @@ def call_function(interp: Interpreter, ref: Ref, receiver: Value | None, args: l
         interp.listener.record(result, site)
     interp.memo[key] = result
     return result
+
+
+def closure(function: FunctionValue, node: ast.FunctionDef | ast.AsyncFunctionDef,
+            env: dict[str, Value]) -> FunctionValue:
+    """A nested function made where the enclosing function's names are ``env``: its free
+    variables bound to their values at this point."""
+    free = tuple(sorted((name, env[name]) for name in free_names(node) if name in env))
+    return FunctionValue(function.ref, free) if free else function
+
+
+def closure_values(interp: Interpreter, function: FunctionValue) -> tuple[tuple[str, Value], ...]:
+    """A closure's free variables when it is called: while its enclosing function still
+    runs, the values its names have now (Python binds them late: ``labels`` assigned in
+    the loop after the ``def``); after that, those they had where it was made."""
+    enclosing = Ref(function.ref.module, function.ref.qualname.rpartition(".")[0])
+    frame = next((f for f in reversed(interp.frames) if f.function == enclosing), None)
+    found = interp.program.ref_node(function.ref) if frame is not None else None
+    if frame is None or found is None or not isinstance(found[1], ast.FunctionDef
+                                                        | ast.AsyncFunctionDef):
+        return function.free
+    now = {**dict(function.free), **{name: frame.env[name] for name in free_names(found[1])
+                                      if name in frame.env}}
+    return tuple(sorted(now.items()))
+
+
+@lru_cache(maxsize=1024)
+def free_names(function: ast.FunctionDef | ast.AsyncFunctionDef) -> frozenset[str]:
+    """The names a nested function's body reads but does not bind (parameters,
+    assignments, imports, definitions, ``global``): those its enclosing function gives."""
+    spec = function.args
+    bound = {a.arg for a in (*spec.posonlyargs, *spec.args, *spec.kwonlyargs,
+                             spec.vararg, spec.kwarg) if a is not None}
+    loaded: set[str] = set()
+    outer: set[str] = set()  # ``nonlocal``: the enclosing function's, even when assigned
+    for stmt in function.body:
+        for node in ast.walk(stmt):
+            if isinstance(node, ast.Name):
+                (loaded if isinstance(node.ctx, ast.Load) else bound).add(node.id)
+            elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                bound.add(node.name)
+            elif isinstance(node, ast.Import | ast.ImportFrom):
+                bound.update((a.asname or a.name).split(".")[0] for a in node.names)
+            elif isinstance(node, ast.ExceptHandler) and node.name:
+                bound.add(node.name)
+            elif isinstance(node, ast.Global):
+                bound.update(node.names)
+            elif isinstance(node, ast.Nonlocal):
+                outer.update(node.names)
+    return frozenset((loaded - bound) | outer)
 
 
 def _bind_parameters(interp: Interpreter, ref: Ref, module: object, function: ast.FunctionDef

@@ -22,6 +22,7 @@ from trainaudit.model.flow.tensors import (
     elements,
     is_drop_last,
     is_last,
+    is_part,
     slice_logits,
     slice_tokens,
     write_into,
@@ -93,6 +94,13 @@ class Frame:
             return stmt.targets[0]
         return None
 
+    def value_form(self, node: ast.expr) -> str:
+        """For a fix of ``node`` alone: "assign" (a whole right-hand side), "part"
+        (``tensors.is_part``), else ""."""
+        if self.assigned_to(node) is not None:
+            return "assign"
+        return "part" if is_part(self.statement, node) else ""
+
 
 class Interpreter:
     """Evaluates the program for one listener."""
@@ -106,6 +114,7 @@ class Interpreter:
         self.budget = STATEMENT_BUDGET
         self.errors: list[str] = []
         self.contexts: dict[Ref, int] = {}
+        self.frames: list[Frame] = []  # the functions being interpreted, innermost last
 
     # -- entries -------------------------------------------------------------------
 
@@ -258,7 +267,11 @@ class Interpreter:
         elif isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
             qualname = f"{frame.function.qualname}.{stmt.name}" if frame.function else stmt.name
             if frame.module.has_definition(qualname):
-                frame.env[stmt.name] = self._definition(frame.module, qualname)
+                made = self._definition(frame.module, qualname)
+                if frame.function is not None and isinstance(made, FunctionValue) \
+                        and not isinstance(stmt, ast.ClassDef):
+                    made = functions.closure(made, stmt, frame.env)
+                frame.env[stmt.name] = made
 
     def _branches(self, blocks: list[list[ast.stmt]], frame: Frame) -> None:
         before = dict(frame.env)
@@ -410,7 +423,7 @@ class Interpreter:
         if isinstance(value, ListOf):
             return value.element if not isinstance(node.slice, ast.Slice) else value
         if isinstance(value, Tokens):
-            return slice_tokens(value, node, frame.module, frame.assigned_to(node) is not None)
+            return slice_tokens(value, node, frame.module, frame.value_form(node))
         if isinstance(value, Logits):
             return slice_logits(value, node, frame.module)
         if isinstance(value, LossValue):
@@ -431,7 +444,7 @@ class Interpreter:
             if isinstance(node.slice, ast.Slice | ast.Tuple):
                 tokens = as_tokens(value)
                 assert tokens is not None
-                return slice_tokens(tokens, node, frame.module, frame.assigned_to(node) is not None)
+                return slice_tokens(tokens, node, frame.module, frame.value_form(node))
             return value.child("sub", frame.module.text(node.slice))
         if isinstance(value, CausalLM | Loader | Library | ClassValue | FunctionValue
                       | BoundMethod | Const):

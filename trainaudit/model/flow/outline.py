@@ -24,7 +24,7 @@ Span = tuple[int, int, int, int]
 @dataclass(frozen=True)
 class Outline:
     """``owners``: the definitions parsed one at a time, by dotted path, with their
-    ``Span``: those at module level (also under an ``if`` or ``try``) and the members
+    ``Span``: those at module level (also in an ``if``, ``try``, loop or ``with`` body) and the members
     of such classes, methods included; ``children``: a class owner's member owners, stubbed when the class is parsed; ``members``: every
     definition's dotted path to the owner whose text holds it, and whether it is a class;
     ``skeleton``: the module's source with each module-level owner reduced to a stub."""
@@ -57,7 +57,7 @@ def outline_of(tree: ast.Module, source: str) -> Outline:
                 members[name] = (held_by, is_class)
                 inner = owner_level and is_class  # a class owner's members are owners
                 visit(stmt.body, f"{name}.", name if inner else None, inner, held_by)
-            elif isinstance(stmt, ast.If | ast.Try):
+            elif isinstance(stmt, _BLOCK_STATEMENTS):
                 for block in _blocks(stmt):
                     visit(block, prefix, parent, owner_level, holder)
 
@@ -77,7 +77,7 @@ def definitions_in(body: list[ast.stmt], prefix: str = "") -> dict[str, Definiti
             if isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
                 found[prefix + stmt.name] = stmt
                 visit(stmt.body, f"{prefix}{stmt.name}.")  # methods, nested functions
-            elif isinstance(stmt, ast.If | ast.Try):
+            elif isinstance(stmt, _BLOCK_STATEMENTS):
                 for block in _blocks(stmt):
                     visit(block, prefix)
 
@@ -105,8 +105,13 @@ def parse_owner(lines: list[str], outline: Outline, owner: str,
     return node if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) else None
 
 
-def _blocks(stmt: ast.If | ast.Try) -> list[list[ast.stmt]]:
-    return [stmt.body, stmt.orelse, *[h.body for h in getattr(stmt, "handlers", [])]]
+# A function defined in a branch, a loop or a ``with`` body is a definition too (a closure).
+_BLOCK_STATEMENTS = (ast.If, ast.Try, ast.For, ast.While, ast.With)
+
+
+def _blocks(stmt: ast.stmt) -> list[list[ast.stmt]]:
+    return [getattr(stmt, "body", []), getattr(stmt, "orelse", []),
+            *[h.body for h in getattr(stmt, "handlers", [])]]
 
 
 def stubbed(lines: list[str], stubs: list[tuple[Span, str]], first: int,

@@ -157,6 +157,16 @@ class MaskMark:
 
 
 @dataclass(frozen=True)
+class Trim:
+    """A slice that dropped a tensor's last position (``ids[:, :-1]``): where, and, when
+    it is the plain ``[..., :-1]`` of a name, that tensor's source (what a fix restores)."""
+
+    site: Site
+    base: str | None = None
+    fix_form: str = ""  # "assign" / "part": a whole right-hand side / a dict or tuple item
+
+
+@dataclass(frozen=True)
 class Stream:
     """The identity of a token sequence: tensors of one stream differ only by shift."""
 
@@ -176,7 +186,7 @@ class Tokens(Value):
     trail: tuple[Site, ...] = ()  # the way the value went: returns, keys, loaders, calls
     tail_zeroed: bool = False  # a 0/1 loss mask whose last position is zeroed
     made: Site | None = None  # the copy (``ids.clone()``) this tensor was made by, if one
-    trimmed: bool = False  # its last position was sliced off (``ids[:, :-1]``)
+    trimmed: Trim | None = None  # its last position was sliced off (``ids[:, :-1]``)
 
     @property
     def shift(self) -> int:
@@ -262,7 +272,11 @@ class Ref:
 
 @dataclass(frozen=True)
 class FunctionValue(Value):
+    """A checked function; for a nested one (a closure), ``free`` binds the names it reads
+    from its enclosing function to their values where it was made."""
+
     ref: Ref
+    free: tuple[tuple[str, Value], ...] = ()
 
 
 @dataclass(frozen=True)
