@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
-from trainaudit.model.flow import calls, functions
+from trainaudit.model.flow import calls, functions, library
 from trainaudit.model.flow.program import FlowModule, Program
 from trainaudit.model.flow.tensors import (
     as_tokens,
@@ -115,6 +115,7 @@ class Interpreter:
         self.errors: list[str] = []
         self.contexts: dict[Ref, int] = {}
         self.frames: list[Frame] = []  # the functions being interpreted, innermost last
+        self.resolving: set[tuple[str, str]] = set()  # globals read through imports now
 
     # -- entries -------------------------------------------------------------------
 
@@ -174,36 +175,66 @@ class Interpreter:
         return env
 
     def global_value(self, module: FlowModule, name: str) -> Value:
-        env = self.module_envs.get(module.name)
-        if env is not None and name in env:
-            return env[name]
-        if module.has_definition(name):
-            return self._definition(module, name)
-        qualified = module.facts.imports.aliases.get(name)
-        if qualified is not None:
-            return self.resolve_qualified(qualified, module.path)
-        if env is None:
-            env = self.module_env(module)
-            if name in env:
-                return env[name]
+        found = self._global(module, name)
+        if found is not None:
+            return found
         return Library(f"builtins.{name}") if name in calls.BUILTINS else Opaque(
             ("global", module.name, name))
 
-    def _definition(self, module: FlowModule, qualname: str) -> Value:
-        ref = Ref(module.name, qualname)
-        return ClassValue(ref) if module.defines_class(qualname) else FunctionValue(ref)
+    def _global(self, module: FlowModule, name: str, asked: str | None = None) -> Value | None:
+        """A module's global: bound only by its definition or its import, it is read
+        without running the module body; where module-level code binds it too
+        (``f = mocked_f`` under an ``if``) the body's run says which values it may have.
+        ``asked``: the dotted name an import asked for, which may make it the library."""
+        env = self.module_envs.get(module.name)
+        if env is not None and name in env:
+            return env[name]
+        if name not in module.bound_by_code:
+            found = self._declared(module, name, asked)
+            if found is not None:
+                return found
+        return self.module_env(module).get(name)
 
-    def resolve_qualified(self, qualified: str, importer: str | None = None) -> Value:
-        """A dotted name: a checked definition where the tree has it, else a library name."""
+    def _declared(self, module: FlowModule, name: str, asked: str | None = None) -> Value | None:
+        """What the module's one definition or one import of ``name`` binds, if it has
+        exactly one of them (an import cycle reads as unknown)."""
+        qualified = module.facts.imports.aliases.get(name)
+        if module.has_definition(name):
+            return self._definition(module, name, asked) if qualified is None else None
+        key = (module.name, name)
+        if qualified is None or key in self.resolving:
+            return None
+        self.resolving.add(key)
+        try:
+            return self.resolve_qualified(qualified, module.path, asked)
+        finally:
+            self.resolving.discard(key)
+
+    def _definition(self, module: FlowModule, qualname: str, asked: str | None = None) -> Value:
+        """A checked function or class; the library itself where an import asked for a
+        framework's name the library model knows (``library.is_modelled``)."""
+        is_class = module.defines_class(qualname)
+        if asked is not None and library.is_modelled(asked, is_class):
+            return Library(asked)
+        ref = Ref(module.name, qualname)
+        return ClassValue(ref) if is_class else FunctionValue(ref)
+
+    def resolve_qualified(self, qualified: str, importer: str | None = None,
+                          asked: str | None = None) -> Value:
+        """A dotted name: a checked definition where the tree has it, else a library name
+        (``asked``: the name first asked for, when this one is what it re-exports)."""
+        asked = asked or qualified
+        if library.is_modelled(asked, False):
+            return Library(asked)
         found = self.program.resolve(qualified, importer)
         if found is not None:
             module, name = found
-            if module.has_definition(name):
-                return self._definition(module, name)
             if "." not in name:
-                env = self.module_env(module)
-                if name in env:
-                    return env[name]
+                value = self._global(module, name, asked)
+                if value is not None:
+                    return value
+            elif module.has_definition(name):
+                return self._definition(module, name, asked)
         return Library(qualified)
 
     # -- statements ---------------------------------------------------------------------
@@ -274,22 +305,33 @@ class Interpreter:
                 frame.env[stmt.name] = made
 
     def _branches(self, blocks: list[list[ast.stmt]], frame: Frame) -> None:
-        before = dict(frame.env)
+        """Each block from the same bindings, then their join, written back into the
+        frame's own dict (a module's globals and a closure's scope are that object)."""
+        scope = frame.env
+        before = dict(scope)
         ends: list[dict[str, Value]] = []
         for block in blocks:
             frame.env = dict(before)
             self.exec_block(block, frame)
             if not (block and isinstance(block[-1], _STOP)):
                 ends.append(frame.env)
-        if not ends:
-            frame.env = before
-            return
-        merged = dict(ends[0])
+        merged = dict(ends[0]) if ends else before
         for other in ends[1:]:
             for name in set(merged) | set(other):
-                merged[name] = join(merged.get(name, before.get(name, UNKNOWN)),
-                                    other.get(name, before.get(name, UNKNOWN)))
-        frame.env = merged
+                merged[name] = join(merged.get(name, self._before(name, before, frame)),
+                                    other.get(name, self._before(name, before, frame)))
+        scope.clear()
+        scope.update(merged)
+        frame.env = scope
+
+    def _before(self, name: str, before: dict[str, Value], frame: Frame) -> Value:
+        """A name's value on a path that did not bind it: in a module body, a name no
+        statement bound yet still has what its definition or import gives it."""
+        if name in before:
+            return before[name]
+        if frame.function is None:
+            return self._declared(frame.module, name) or UNKNOWN
+        return UNKNOWN
 
     def _join_into(self, frame: Frame, before: dict[str, Value]) -> None:
         for name, value in list(frame.env.items()):

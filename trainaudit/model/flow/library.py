@@ -38,6 +38,14 @@ from trainaudit.model.module import int_value
 if TYPE_CHECKING:
     from trainaudit.model.flow.interp import Frame, Interpreter
 
+# Packages whose names the model reads through the semantics below, never through their
+# source, also where the checked tree holds it (checking torch's or accelerate's own
+# repository): the code there uses the library as its users do, and the internals are
+# beyond the model. Every name of a tensor package; a framework's classes (``Accelerator``,
+# a model, a trainer: their methods carry the semantics) and the functions named below;
+# a framework's other functions (a test helper building loaders) are read from source.
+TENSOR_PACKAGES = frozenset({"torch", "numpy", "jax"})
+FRAMEWORKS = frozenset({"transformers", "accelerate", "peft", "optimum", "tqdm"})
 ROLLS = {"torch.roll": "torch", "numpy.roll": "numpy", "jax.numpy.roll": "numpy"}
 LOSS_FUNCTIONS = {"torch.nn.functional.cross_entropy", "torch.nn.functional.nll_loss",
                   "torch.cross_entropy", "torch.nn.functional.cross_entropy_loss"}
@@ -62,6 +70,14 @@ KEEP = {"view", "reshape", "contiguous", "to", "long", "int", "float", "cuda", "
         "detach", "pin_memory", "numpy", "tolist", "view_as", "reshape_as", "type_as",
         "squeeze", "unsqueeze", "flatten", "astype", "clone", "copy", "tensor"}
 COPIES = {"clone", "copy", "detach"}
+_NAMED = WRAPPERS | TRAINERS
+
+
+def is_modelled(qualified: str, is_class: bool) -> bool:
+    """The dotted name (a class, or not) is read as the library, not from the checked
+    tree's source."""
+    root = qualified.split(".", 1)[0]
+    return root in TENSOR_PACKAGES or (root in FRAMEWORKS and (is_class or qualified in _NAMED))
 
 
 def _arg(args: list[Value], kwargs: dict[str, Value], index: int, *names: str) -> Value | None:

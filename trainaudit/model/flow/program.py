@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 from dataclasses import dataclass
+from functools import cached_property
 
 from trainaudit.model.flow.outline import DefinitionNode, Outline, definitions_in, parse_owner
 from trainaudit.model.flow.values import Ref, Site
@@ -64,6 +65,31 @@ class FlowModule:
         if self._outline is None:
             return qualname in self._parsed
         return qualname in self._outline.members
+
+    @cached_property
+    def bound_by_code(self) -> frozenset[str]:
+        """Names module-level statements bind other than definitions and imports
+        (assignments, loop and ``with`` targets), read from the module body."""
+        names: set[str] = set()
+        stack = list(self.facts.tree.body)
+        while stack:
+            stmt = stack.pop()
+            if isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                continue  # not module code (a stub in the skeleton)
+            targets: list[ast.expr] = []
+            if isinstance(stmt, ast.Assign):
+                targets = stmt.targets
+            elif isinstance(stmt, ast.AnnAssign | ast.AugAssign | ast.For | ast.AsyncFor):
+                targets = [stmt.target]
+            elif isinstance(stmt, ast.With | ast.AsyncWith):
+                targets = [item.optional_vars for item in stmt.items if item.optional_vars]
+            for target in targets:
+                names.update(n.id for n in ast.walk(target) if isinstance(n, ast.Name))
+            for block in ("body", "orelse", "finalbody"):
+                stack.extend(getattr(stmt, block, []))
+            for handler in getattr(stmt, "handlers", []):
+                stack.extend(handler.body)
+        return frozenset(names)
 
     def defines_class(self, qualname: str) -> bool:
         """The definition of this dotted path is a class (known without parsing it)."""
