@@ -21,6 +21,7 @@ _SINK_CALLS = {"cross_entropy", "nll_loss", "roll", "Trainer", "Seq2SeqTrainer",
 _SINK_KEYWORDS = {"labels", "shift_labels"}
 # ... and calls of code that drives training, where values get bound top-down.
 _DRIVER_CALLS = {"backward", "DataLoader"}
+_CRITERIA = {"CrossEntropyLoss", "NLLLoss"}
 
 
 def _call_name(call: ast.Call) -> str | None:
@@ -51,8 +52,53 @@ def _has_code(body: list[ast.stmt]) -> bool:
     return False
 
 
-def _calls_with_two_arguments(calls: list[ast.Call]) -> bool:
-    return any(len(call.args) + len(call.keywords) >= 2 for call in calls)
+def _names_a_criterion(module: ModuleFacts) -> bool:
+    """The code refers to a loss class (``nn.CrossEntropyLoss``, ``NLLLoss``): a criterion
+    object may be made here and handed on (text in a docstring or a class so named is not)."""
+    if "CrossEntropyLoss" not in module.source and "NLLLoss" not in module.source:
+        return False
+    return any((isinstance(node, ast.Name) and node.id in _CRITERIA)
+               or (isinstance(node, ast.Attribute) and node.attr in _CRITERIA)
+               for node in module.nodes)
+
+
+def _calls_a_held_callable(function: ast.FunctionDef | ast.AsyncFunctionDef, calls: list[ast.Call],
+                           module_names: set[str]) -> bool:
+    """A call with two arguments of something the function holds, not something defined
+    or imported: a parameter, a local or a module-level variable, or an attribute of a
+    parameter (``criterion(logits, y)``, ``self.loss_fn(out, labels)``)."""
+    arguments = function.args
+    parameters = {a.arg for a in [*arguments.posonlyargs, *arguments.args, *arguments.kwonlyargs,
+                                  *filter(None, [arguments.vararg, arguments.kwarg])]}
+    local_names: set[str] | None = None
+    for call in calls:
+        if len(call.args) + len(call.keywords) < 2:
+            continue
+        callee = call.func
+        if isinstance(callee, ast.Name):
+            if local_names is None:
+                local_names = _locals(function)
+            if callee.id in parameters or callee.id in module_names or callee.id in local_names:
+                return True
+        elif isinstance(callee, ast.Attribute):
+            base = callee.value
+            while isinstance(base, ast.Attribute):
+                base = base.value
+            if isinstance(base, ast.Name) and base.id in parameters:
+                return True
+    return False
+
+
+def _locals(function: ast.FunctionDef | ast.AsyncFunctionDef) -> set[str]:
+    return {target.id for stmt in ast.walk(function) if isinstance(stmt, ast.Assign)
+            for target in stmt.targets if isinstance(target, ast.Name)}
+
+
+def _module_names(body: list[ast.stmt]) -> set[str]:
+    """Names module-level assignments bind (a criterion made at import time)."""
+    return {target.id for stmt in body if isinstance(stmt, ast.Assign | ast.AnnAssign)
+            for target in (stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target])
+            if isinstance(target, ast.Name)}
 
 
 def _holds_line(lines: list[int], stmt: ast.stmt) -> bool:
@@ -62,16 +108,17 @@ def _holds_line(lines: list[int], stmt: ast.stmt) -> bool:
 
 
 def flow_source(module: ModuleFacts) -> FlowSource:
-    """The file's source and its entries. In a file that builds a criterion object, any
-    function calling something with two arguments may be using it."""
-    criterion = "CrossEntropyLoss" in module.source or "NLLLoss" in module.source
+    """The file's source and its entries. In a file that names a criterion class, any
+    function calling a callable it holds with two arguments may be using one."""
+    criterion = _names_a_criterion(module)
+    module_names = _module_names(module.tree.body) if criterion else set()
     entries: list[str] = []
     if _has_code(module.tree.body) or _starts_query(list(iter_calls(module.tree.body))):
         entries.append("")
     for name, function in module.functions.items():
         calls = list(iter_calls(function.body))
         if name.rsplit(".", 1)[-1] == "main" or _starts_query(calls) or (
-                criterion and _calls_with_two_arguments(calls)):
+                criterion and _calls_a_held_callable(function, calls, module_names)):
             entries.append(name)
     # A Hugging Face causal LM computes its loss from ``labels`` in any call of it.
     causal_lm = "ForCausalLM" in module.source or "LMHeadModel" in module.source
