@@ -57,6 +57,9 @@ def _names_a_criterion(module: ModuleFacts) -> bool:
     object may be made here and handed on (text in a docstring or a class so named is not)."""
     if "CrossEntropyLoss" not in module.source and "NLLLoss" not in module.source:
         return False
+    if any(qualified.rsplit(".", 1)[-1] in _CRITERIA
+           for qualified in module.imports.aliases.values()):
+        return True  # imported, perhaps under another name
     return any((isinstance(node, ast.Name) and node.id in _CRITERIA)
                or (isinstance(node, ast.Attribute) and node.attr in _CRITERIA)
                for node in module.nodes)
@@ -89,6 +92,23 @@ def _calls_a_held_callable(function: ast.FunctionDef | ast.AsyncFunctionDef, cal
     return False
 
 
+def _callers_within(calls_of: dict[str, list[ast.Call]], entries: list[str]) -> list[str]:
+    """Functions of the file that call one of ``entries`` (by its name, as ``f(...)`` or
+    ``x.f(...)``) with two arguments or more, and their callers in turn."""
+    found: list[str] = []
+    wanted = {entry.rsplit(".", 1)[-1] for entry in entries if entry}
+    for _ in range(3):  # a few levels: a loss helper, the step, the loop
+        added = [name for name, calls in calls_of.items()
+                 if name not in entries and name not in found
+                 and any(len(call.args) + len(call.keywords) >= 2 and _call_name(call) in wanted
+                         for call in calls)]
+        if not added:
+            break
+        found += added
+        wanted = {name.rsplit(".", 1)[-1] for name in added}
+    return found
+
+
 def _locals(function: ast.FunctionDef | ast.AsyncFunctionDef) -> set[str]:
     return {target.id for stmt in ast.walk(function) if isinstance(stmt, ast.Assign)
             for target in stmt.targets if isinstance(target, ast.Name)}
@@ -115,11 +135,14 @@ def flow_source(module: ModuleFacts) -> FlowSource:
     entries: list[str] = []
     if _has_code(module.tree.body) or _starts_query(list(iter_calls(module.tree.body))):
         entries.append("")
+    calls_of = {name: list(iter_calls(function.body)) for name, function in module.functions.items()}
     for name, function in module.functions.items():
-        calls = list(iter_calls(function.body))
+        calls = calls_of[name]
         if name.rsplit(".", 1)[-1] == "main" or _starts_query(calls) or (
                 criterion and _calls_a_held_callable(function, calls, module_names)):
             entries.append(name)
+    if criterion:  # who calls such a function here may hand it the criterion it holds
+        entries += _callers_within(calls_of, entries)
     # A Hugging Face causal LM computes its loss from ``labels`` in any call of it.
     causal_lm = "ForCausalLM" in module.source or "LMHeadModel" in module.source
     every_call = [n for n in module.nodes if isinstance(n, ast.Call)]
