@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from trainaudit.model.flow.outline import definitions_in, outline_of, physical_lines
+from trainaudit.model.flow.outline import definitions_in, outline_of
 from trainaudit.model.flow.program import FlowModule, FlowSource
+from trainaudit.model.module import physical_lines
 from trainaudit.model.project import ModuleSummary
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,8 +45,8 @@ TRICKY = (
 
 def _module(source: str, path: str = "m.py") -> FlowModule:
     tree = ast.parse(source)
-    flow = FlowSource(source, False, (), outline=outline_of(tree, source))
-    return FlowModule(ModuleSummary(path, "m", frozenset(), {}), flow)
+    flow = FlowSource(False, (), outline=outline_of(tree))
+    return FlowModule(ModuleSummary(path, "m", frozenset(), {}), flow, source)
 
 
 def _same_as_whole_file(source: str) -> int:
@@ -95,3 +96,31 @@ def test_every_checked_in_file_parses_the_same(folder: str) -> None:
             continue  # fixtures of TA001
         count += _same_as_whole_file(source)
     assert count > 30
+
+
+def test_project_reads_the_analysed_text_again_or_nothing(tmp_path: Path) -> None:
+    from trainaudit.model.project import Project
+    from trainaudit.sources import text_check
+
+    path = tmp_path / "train.py"
+    path.write_text("x = 1\n", encoding="utf-8")
+    summary = ModuleSummary("train.py", "train", frozenset(), {}, file=str(path),
+                            text_check=text_check("x = 1\n"))
+    assert Project([summary]).text_of(summary) == "x = 1\n"
+    assert Project([summary], {"train.py": "y = 2\n"}).text_of(summary) == "y = 2\n"  # a buffer
+    path.write_text("x = 2\n", encoding="utf-8")  # changed since phase 1: not that text
+    assert Project([summary]).text_of(summary) is None
+    path.unlink()
+    assert Project([summary]).text_of(summary) is None
+
+
+def test_a_double_shift_read_from_stdin_is_found() -> None:
+    import subprocess
+    import sys
+
+    source = (ROOT / "fixtures/labels/collator_class_hf_preshifted.py").read_text(encoding="utf-8")
+    done = subprocess.run([sys.executable, "-m", "trainaudit", "check", "-", "--stdin-filename",
+                           "collate.py", "--no-config", "--select", "TA102", "-q"],
+                          input=source, capture_output=True, text=True, check=False)
+    assert done.returncode == 1
+    assert done.stdout.startswith("collate.py:12:53: TA102 [error]")

@@ -46,7 +46,7 @@ from trainaudit.model.project import ModuleSummary
 
 CACHE_DIR_NAME = ".trainaudit_cache"
 CACHE_DIR_ENV = "TRAINAUDIT_CACHE_DIR"
-_FORMAT = 4  # 3: findings carry a typed payload only (no fix_data dict); 4: flow outlines
+_FORMAT = 5  # 3: findings carry a typed payload only (no fix_data dict); 4: flow outlines; 5: summaries without sources
 # A file modified less than this long before it was stamped might be modified again
 # within the file system's timestamp granularity without its stamp changing ("racy",
 # as git calls it); such an entry is verified by content on the next run.

@@ -11,10 +11,8 @@ from __future__ import annotations
 import ast
 import gc
 import hashlib
-import io
 import os
 import time
-import tokenize
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -29,14 +27,7 @@ from trainaudit.diagnostics import Finding, Span
 from trainaudit.discover import SourceFile
 from trainaudit.model.module import ModuleFacts, clear_walk_cache
 from trainaudit.model.project import ModuleSummary, Project
-from trainaudit.notebook import (
-    CellStarts,
-    Notebook,
-    NotebookError,
-    cell_starts,
-    in_cells,
-    is_notebook,
-)
+from trainaudit.notebook import CellStarts, cell_starts, in_cells, is_notebook
 from trainaudit.registry import (
     SUMMARIZERS,
     Gate,
@@ -46,6 +37,7 @@ from trainaudit.registry import (
     applies_to_tests,
     load_rules,
 )
+from trainaudit.sources import DecodeError, source_of, text_check
 from trainaudit.suppression import (
     SuppressionComment,
     Suppressions,
@@ -101,33 +93,6 @@ class Settings:
     # that prove it hides nothing (or with TRAINAUDIT_NO_PREFILTER=1).
     prefilter: bool = True
     hash_sources: bool = False
-
-
-class DecodeError(Exception):
-    pass
-
-
-def read_source(data: bytes) -> tuple[str, str]:
-    """Decode Python source bytes with their PEP 263 encoding; returns (text, encoding)."""
-    try:
-        encoding, _ = tokenize.detect_encoding(io.BytesIO(data).readline)
-    except SyntaxError as exc:
-        raise DecodeError(str(exc)) from None
-    try:
-        return data.decode(encoding), encoding
-    except (UnicodeDecodeError, LookupError) as exc:
-        raise DecodeError(f"cannot decode as {encoding}: {exc}") from None
-
-
-def source_of(display: str, data: bytes) -> str:
-    """The analysed source of a file's bytes: Python decoded with its PEP 263 encoding,
-    or a notebook's code cells (trainaudit/notebook.py)."""
-    if not is_notebook(display):
-        return read_source(data)[0]
-    try:
-        return Notebook.parse(data.decode("utf-8")).source
-    except (UnicodeDecodeError, NotebookError) as exc:
-        raise DecodeError(str(exc)) from None
 
 
 def module_name_for(display: str) -> tuple[str, bool]:
@@ -283,7 +248,8 @@ class Analyzer:
             except Exception:  # a broken rule must not stop the run
                 result.errors.append(_crash(rule.code, file.display))
         summary = ModuleSummary(file.display, name, frozenset(module.imports.modules),
-                                dict(module.imports.aliases))
+                                dict(module.imports.aliases), file=os.path.abspath(file.path),
+                                text_check=text_check(text))
         for summarize in self.summarizers:
             if readers is not None and summarize.family not in readers:
                 continue
@@ -392,9 +358,10 @@ def analyse_files(files: Sequence[SourceFile], settings: Settings, *,
     return results
 
 
-def run_project_rules(results: Sequence[FileResult], settings: Settings) -> tuple[list[Finding], list[str]]:
-    """Phase 2: project rules over every file's summary."""
-    project = Project([r.summary for r in results if r.summary is not None])
+def run_project_rules(results: Sequence[FileResult], settings: Settings,
+                      texts: Mapping[str, str] | None = None) -> tuple[list[Finding], list[str]]:
+    """Phase 2: project rules over every file's summary (``texts``: the overlay's)."""
+    project = Project([r.summary for r in results if r.summary is not None], texts)
     context = RuleContext(settings.options)
     findings: list[Finding] = []
     errors: list[str] = []
@@ -466,7 +433,8 @@ def check_files(files: Sequence[SourceFile], config: Config, *,
             results = [syntax_check(file, (overlay or {}).get(file.display), result.digest)
                        if file.explicit and not result.checked else result
                        for file, result in zip(files, results, strict=True)]
-        project_findings, errors = (project or run_project_rules)(results, settings)
+        project_findings, errors = (project(results, settings) if project is not None
+                                    else run_project_rules(results, settings, overlay))
     by_path = {r.path: r for r in results}
     ignored: dict[str, tuple[str, ...]] = {}
 

@@ -14,15 +14,7 @@ from pathlib import Path
 from trainaudit.config import Config
 from trainaudit.diagnostics import Finding, FixClass
 from trainaudit.discover import SourceFile
-from trainaudit.engine import (
-    CheckResult,
-    DecodeError,
-    FileResult,
-    ProjectPhase,
-    check_files,
-    read_source,
-    source_of,
-)
+from trainaudit.engine import CheckResult, FileResult, ProjectPhase, check_files
 from trainaudit.fixes import fix_priority, load_fixers
 from trainaudit.notebook import (
     CellStarts,
@@ -32,6 +24,7 @@ from trainaudit.notebook import (
     in_cells,
     is_notebook,
 )
+from trainaudit.sources import DecodeError, read_source, source_of
 
 MAX_ROUNDS = 12
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
 from typing import Any, TypeVar
+
+from trainaudit.sources import DecodeError, source_of, text_check
 
 T = TypeVar("T")
 
@@ -19,13 +22,19 @@ class ModuleSummary:
     imports: frozenset[str]
     aliases: dict[str, str]
     facts: dict[str, Any] = field(default_factory=dict)
+    file: str = ""  # where to read the file again (``Project.text_of``)
+    text_check: int = 0  # ``sources.text_check`` of the analysed text
 
 
 class Project:
     """All checked files' summaries, with imports resolved within the checked tree."""
 
-    def __init__(self, summaries: list[ModuleSummary]) -> None:
+    def __init__(self, summaries: list[ModuleSummary], texts: Mapping[str, str] | None = None
+                 ) -> None:
+        """``texts``: analysed texts by path that are not the files on disk (an editor's
+        buffer, stdin, a fix being checked)."""
         self.modules = sorted(summaries, key=lambda s: s.path)
+        self._texts = dict(texts or {})
         self.by_path = {s.path: s for s in self.modules}
         # Every dotted suffix of a module's name resolves to it, so
         # ``mm_rec.data.loader`` finds ``reference_impl/mm_rec/data/loader.py``
@@ -41,6 +50,17 @@ class Project:
             parts = summary.module_name.split(".")
             for start in range(len(parts)):
                 self._by_suffix.setdefault(".".join(parts[start:]), []).append(summary)
+
+    def text_of(self, summary: ModuleSummary) -> str | None:
+        """The text phase 1 analysed, read again (phase 1 does not ship every file's
+        source to this process); None if the file is gone or no longer the same."""
+        if summary.path in self._texts:
+            return self._texts[summary.path]
+        try:
+            text = source_of(summary.path, Path(summary.file or summary.path).read_bytes())
+        except (OSError, DecodeError):
+            return None
+        return text if text_check(text) == summary.text_check else None
 
     def resolve_module(self, dotted: str) -> ModuleSummary | None:
         """The checked file a dotted module name refers to, if any (longest, unique match)."""

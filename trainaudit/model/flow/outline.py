@@ -4,8 +4,9 @@ and a skeleton of the module body with every definition reduced to one line.
 
 Phase 1 has the tree already; the project phase would otherwise re-parse every module the
 flow model touches in full (on the torch package, 20 MB of source for a few hundred
-functions read). The skeleton keeps every line number and column, so positions and
-sites are those of the real file.
+functions read). The outline holds positions only (the text is read again in the project
+phase); the skeleton keeps every line number and column, so positions and sites are
+those of the real file.
 """
 
 from __future__ import annotations
@@ -13,8 +14,6 @@ from __future__ import annotations
 import ast
 from collections.abc import Iterable
 from dataclasses import dataclass
-
-from trainaudit.model.module import physical_lines
 
 DefinitionNode = ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef
 # (first line with decorators, last line, indentation, end column), as the parser counts
@@ -24,20 +23,25 @@ Span = tuple[int, int, int, int]
 @dataclass(frozen=True)
 class Outline:
     """``owners``: the definitions parsed one at a time, by dotted path, with their
-    ``Span``: those at module level (also in an ``if``, ``try``, loop or ``with`` body) and the members
-    of such classes, methods included; ``children``: a class owner's member owners, stubbed when the class is parsed; ``members``: every
-    definition's dotted path to the owner whose text holds it, and whether it is a class;
-    ``skeleton``: the module's source with each module-level owner reduced to a stub."""
+    ``Span``: those at module level (also in an ``if``, ``try``, loop or ``with`` body)
+    and the members of such classes, methods included; ``children``: a class owner's
+    member owners, stubbed when the class is parsed; ``members``: every definition's
+    dotted path to the owner whose text holds it, and whether it is a class; ``top``:
+    the module-level owners, which the skeleton of the module body stubs."""
 
-    skeleton: str
     owners: dict[str, Span]
     children: dict[str, tuple[str, ...]]
     members: dict[str, tuple[str, bool]]
+    top: tuple[str, ...]
+
+    def skeleton(self, lines: list[str]) -> str:
+        """The module's source with every module-level owner reduced to a one-line stub:
+        the module body, with every line where it is."""
+        return "".join(stubbed(lines, _stubs(self.top, self.owners, self.members), 1, len(lines)))
 
 
-def outline_of(tree: ast.Module, source: str) -> Outline:
+def outline_of(tree: ast.Module) -> Outline:
     """The outline of a parsed module (the visit of ``definitions_in``, owner by owner)."""
-    lines = physical_lines(source)
     owners: dict[str, Span] = {}
     children: dict[str, list[str]] = {}
     members: dict[str, tuple[str, bool]] = {}
@@ -62,9 +66,8 @@ def outline_of(tree: ast.Module, source: str) -> Outline:
                     visit(block, prefix, parent, owner_level, holder)
 
     visit(tree.body, "", None, True, "")
-    top = children.pop("", [])
-    skeleton = "".join(stubbed(lines, _stubs(top, owners, members), 1, len(lines)))
-    return Outline(skeleton, owners, {k: tuple(v) for k, v in children.items()}, members)
+    top = tuple(children.pop("", []))
+    return Outline(owners, {k: tuple(v) for k, v in children.items()}, members, top)
 
 
 def definitions_in(body: list[ast.stmt], prefix: str = "") -> dict[str, DefinitionNode]:

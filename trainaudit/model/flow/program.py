@@ -22,11 +22,10 @@ SINK_IMPORT_DEPTH = 2  # import hops from a driver (a training loop) to a module
 
 @dataclass(frozen=True)
 class FlowSource:
-    """What phase 1 keeps of a file for the flow model: its text and outline, and the
-    functions where a query starts (they hold a loss, a model call with labels, a roll,
-    a trainer)."""
+    """What phase 1 keeps of a file for the flow model: its outline, and the functions
+    where a query starts (they hold a loss, a model call with labels, a roll, a trainer).
+    The text itself is read again when a query reaches the module (``Project.text_of``)."""
 
-    source: str
     is_package: bool
     entries: tuple[str, ...]  # dotted paths in the file; "" is the module body
     sinks: bool = True  # the file itself holds a loss, a roll, a trainer or a labels= call
@@ -39,21 +38,21 @@ class FlowModule:
     """One module: its facts, and its definitions parsed one top-level definition at a
     time, when a query first reads one."""
 
-    def __init__(self, summary: ModuleSummary, flow: FlowSource) -> None:
+    def __init__(self, summary: ModuleSummary, flow: FlowSource, source: str) -> None:
         self._outline = flow.outline
-        self._lines: list[str] | None = None
+        self._lines = physical_lines(source)
         self._parsed: dict[str, DefinitionNode] = {}
         tree = None
         if flow.outline is not None:
             try:
-                tree = ast.parse(flow.outline.skeleton, filename=summary.path)
+                tree = ast.parse(flow.outline.skeleton(self._lines), filename=summary.path)
             except (SyntaxError, ValueError):  # a stub the file's layout defeats: read it all
                 self._outline = None
         if tree is None:
-            tree = ast.parse(flow.source, filename=summary.path)
+            tree = ast.parse(source, filename=summary.path)
             self._parsed = definitions_in(tree.body)
         imports = ImportTable(dict(summary.aliases), set(summary.imports))
-        self.facts = ModuleFacts(summary.path, summary.module_name, flow.source, tree,
+        self.facts = ModuleFacts(summary.path, summary.module_name, source, tree,
                                  flow.is_package, imports)
         self.name = summary.module_name
         self.path = summary.path
@@ -106,8 +105,6 @@ class FlowModule:
                 return None
             owner = member[0]
             self._owners_read.add(owner)
-            if self._lines is None:
-                self._lines = physical_lines(self.facts.source)
             node = parse_owner(self._lines, self._outline, owner, self.path)
             if node is not None:
                 self._parsed[owner] = node
@@ -142,9 +139,10 @@ class Program:
         if name not in self._modules:
             summary = self._by_name.get(name)
             module = None
-            if summary is not None:
+            source = self.project.text_of(summary) if summary is not None else None
+            if summary is not None and source is not None:
                 try:
-                    module = FlowModule(summary, summary.facts[FAMILY])
+                    module = FlowModule(summary, summary.facts[FAMILY], source)
                 except (SyntaxError, ValueError, RecursionError):
                     module = None
             self._modules[name] = module

@@ -1,4 +1,4 @@
-"""Phase 1 of the label family: keep a file's source for the flow model, and list where
+"""Phase 1 of the label family: keep a file's outline for the flow model, and list where
 its queries start (functions that hold a loss, a model call with labels, a roll, a
 trainer, a backward pass, a loader, a script's top-level code, ``main``)."""
 
@@ -155,5 +155,5 @@ def flow_source(module: ModuleFacts) -> FlowSource:
         if isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
         and (criterion or causal_lm or _holds_line(sink_lines, stmt)))
     called = frozenset(callee for call in every_call if (callee := _call_name(call)) is not None)
-    return FlowSource(module.source, module.is_package, tuple(entries), sinks, defines, called,
-                      outline_of(module.tree, module.source))
+    return FlowSource(module.is_package, tuple(entries), sinks, defines, called,
+                      outline_of(module.tree))
