@@ -58,6 +58,9 @@ def _manual_accumulation(loop: TrainingLoop) -> Accumulation | None:
     accumulation = loop.accumulation
     if accumulation is None or accumulation.kind == "delegated" or not _manual(loop):
         return None
+    steps = loop.ops("optimizer_step")
+    if steps and _steps_between_windows(loop, steps[0]):
+        return None  # a step on every micro-batch: nothing is accumulated
     return accumulation
 
 
@@ -223,6 +226,20 @@ class PerMicroBatchUpdate(ProjectRule):
                 payload = MoveToStep((step.site.line, step.site.column), op.kind)
                 yield self.finding(op.site.path, op.site.span, message,
                                    payload=payload if fixable else None, fixable=fixable, related=[_related(step, "gated optimizer step")])
+
+
+def _steps_between_windows(loop: TrainingLoop, step: Operation) -> bool:
+    """Another optimizer step runs where the gated one does not (ungated, or on the other
+    branch of its test): the weights move on those micro-batches too, so nothing is held
+    back for a window and clearing or clipping there is not the bug."""
+    gates = {(g.site, g.negated) for g in step.accumulation_guards}
+    for other in loop.ops("optimizer_step"):
+        if other is step:
+            continue
+        theirs = {(g.site, g.negated) for g in other.accumulation_guards}
+        if not theirs or any((site, not negated) in gates for site, negated in theirs):
+            return True
+    return False
 
 
 def _extra_guards(op: Operation, step: Operation) -> set[tuple[Site, bool]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 
 from trainaudit.model.loops.patterns import (
     CLIP_METHODS,
@@ -20,11 +21,15 @@ from trainaudit.model.module import keyword
 SYNC_SWITCHES = frozenset({"disable_allreduce", "enable_allreduce", "set_requires_gradient_sync"})
 
 
+# A trailing subscript: an element of a collection, named by the collection.
+_ELEMENT = re.compile(r"\[[^\[\]]*\]$")
+
+
 class CallClassifier(FileScan):
     """Classifies the training-relevant calls and assignments of a file."""
 
     def _is_optimizer(self, text: str) -> bool:
-        last = last_name(text)
+        last = last_name(_ELEMENT.sub("", text))  # ``optimizers[1]``: one of the optimizers
         if OPTIMIZER_NAME.search(last) and not SCHEDULER_NAME.search(last):
             return True
         for made in self.bindings.made_by(text):
