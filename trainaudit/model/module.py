@@ -95,17 +95,27 @@ def build_import_table(tree: ast.Module, module_name: str, is_package: bool,
     return table
 
 
+def parameter_names(function: FunctionNode) -> set[str]:
+    """Every name a function's parameters bind (``*args`` and ``**kwargs`` included)."""
+    spec = function.args
+    return {a.arg for a in (*spec.posonlyargs, *spec.args, *spec.kwonlyargs,
+                            spec.vararg, spec.kwarg) if a is not None}
+
+
 class ModuleFacts:
     """One parsed file and the facts every rule family reads from it."""
 
     def __init__(self, path: str, module_name: str, source: str, tree: ast.Module,
-                 is_package: bool = False, imports: ImportTable | None = None) -> None:
+                 is_package: bool = False, imports: ImportTable | None = None,
+                 physical: list[str] | None = None) -> None:
+        """``physical``: ``physical_lines(source)`` where the caller has them already."""
         self.path = path
         self.module_name = module_name
         self.source = source
         self.tree = tree
         self.is_package = is_package
-        self.lines = [line.rstrip("\r\n") for line in physical_lines(source)]
+        self.physical = physical if physical is not None else physical_lines(source)
+        self.lines = [line.rstrip("\r\n") for line in self.physical]
         self.imports = imports if imports is not None else build_import_table(
             tree, module_name, is_package, self.nodes)
 
@@ -148,7 +158,7 @@ class ModuleFacts:
                 elif isinstance(stmt, ast.ClassDef):
                     visit(stmt.body, prefix + stmt.name + ".")
                 elif isinstance(stmt, ast.If | ast.Try | ast.With | ast.For | ast.While):
-                    for block in _child_blocks(stmt):
+                    for block in child_blocks(stmt):
                         visit(block, prefix)
 
         visit(self.tree.body, "")
@@ -283,7 +293,7 @@ class ModuleFacts:
     @cached_property
     def _line_starts(self) -> list[int]:
         starts = [0]
-        for line in physical_lines(self.source):
+        for line in self.physical:
             starts.append(starts[-1] + len(line))
         return starts
 
@@ -298,7 +308,9 @@ class ModuleFacts:
         return self.source[begin:end]
 
 
-def _child_blocks(stmt: ast.stmt) -> Iterator[list[ast.stmt]]:
+def child_blocks(stmt: ast.stmt) -> Iterator[list[ast.stmt]]:
+    """The statement lists a compound statement holds (bodies, ``else``, ``finally``,
+    handlers)."""
     for name in ("body", "orelse", "finalbody"):
         block = getattr(stmt, name, None)
         if block:

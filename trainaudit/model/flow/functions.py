@@ -20,6 +20,7 @@ from trainaudit.model.flow.values import (
     Value,
     join,
 )
+from trainaudit.model.module import parameter_names
 
 if TYPE_CHECKING:
     from trainaudit.model.flow.interp import Interpreter
@@ -108,9 +109,7 @@ def closure_values(interp: Interpreter, function: FunctionValue) -> tuple[tuple[
 def free_names(function: ast.FunctionDef | ast.AsyncFunctionDef) -> frozenset[str]:
     """The names a nested function's body reads but does not bind (parameters,
     assignments, imports, definitions, ``global``): those its enclosing function gives."""
-    spec = function.args
-    bound = {a.arg for a in (*spec.posonlyargs, *spec.args, *spec.kwonlyargs,
-                             spec.vararg, spec.kwarg) if a is not None}
+    bound = parameter_names(function)
     loaded: set[str] = set()
     outer: set[str] = set()  # ``nonlocal``: the enclosing function's, even when assigned
     for stmt in function.body:

@@ -13,7 +13,13 @@ from functools import cached_property
 
 from trainaudit.model.flow.outline import DefinitionNode, Outline, definitions_in, parse_owner
 from trainaudit.model.flow.values import Ref, Site
-from trainaudit.model.module import FunctionNode, ImportTable, ModuleFacts, physical_lines
+from trainaudit.model.module import (
+    FunctionNode,
+    ImportTable,
+    ModuleFacts,
+    child_blocks,
+    physical_lines,
+)
 from trainaudit.model.project import ModuleSummary, Project
 
 FAMILY = "flow"
@@ -53,7 +59,7 @@ class FlowModule:
             self._parsed = definitions_in(tree.body)
         imports = ImportTable(dict(summary.aliases), set(summary.imports))
         self.facts = ModuleFacts(summary.path, summary.module_name, source, tree,
-                                 flow.is_package, imports)
+                                 flow.is_package, imports, self._lines)
         self.name = summary.module_name
         self.path = summary.path
         self.entries = flow.entries
@@ -84,10 +90,8 @@ class FlowModule:
                 targets = [item.optional_vars for item in stmt.items if item.optional_vars]
             for target in targets:
                 names.update(n.id for n in ast.walk(target) if isinstance(n, ast.Name))
-            for block in ("body", "orelse", "finalbody"):
-                stack.extend(getattr(stmt, block, []))
-            for handler in getattr(stmt, "handlers", []):
-                stack.extend(handler.body)
+            for block in child_blocks(stmt):
+                stack.extend(block)
         return frozenset(names)
 
     def defines_class(self, qualname: str) -> bool:

@@ -17,6 +17,7 @@ class ModuleScope:
     resolving: set[tuple[str, str]]  # globals read through imports now
 
     def module_env(self, module: FlowModule) -> dict[str, Value]:
+        """The module's globals after its body ran (``Interpreter`` runs it)."""
         raise NotImplementedError
 
     def global_value(self, module: FlowModule, name: str) -> Value:

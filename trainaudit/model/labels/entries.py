@@ -9,7 +9,7 @@ import bisect
 
 from trainaudit.model.flow.outline import outline_of
 from trainaudit.model.flow.program import FlowSource
-from trainaudit.model.module import ModuleFacts, iter_calls
+from trainaudit.model.module import ModuleFacts, iter_calls, parameter_names
 
 # A file mentioning none of these can hold no label producer or loss site.
 TRIGGERS = ("roll", "cross_entropy", "CrossEntropyLoss", "nll_loss", "NLLLoss", "label",
@@ -70,9 +70,7 @@ def _calls_a_held_callable(function: ast.FunctionDef | ast.AsyncFunctionDef, cal
     """A call with two arguments of something the function holds, not something defined
     or imported: a parameter, a local or a module-level variable, or an attribute of a
     parameter (``criterion(logits, y)``, ``self.loss_fn(out, labels)``)."""
-    arguments = function.args
-    parameters = {a.arg for a in [*arguments.posonlyargs, *arguments.args, *arguments.kwonlyargs,
-                                  *filter(None, [arguments.vararg, arguments.kwarg])]}
+    parameters = parameter_names(function)
     local_names: set[str] | None = None
     for call in calls:
         if len(call.args) + len(call.keywords) < 2:

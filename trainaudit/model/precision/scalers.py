@@ -16,7 +16,7 @@ from __future__ import annotations
 import ast
 from dataclasses import dataclass, field
 
-from trainaudit.model.module import FunctionNode, ModuleFacts, keyword, walk_local
+from trainaudit.model.module import FunctionNode, ModuleFacts, keyword, parameter_names, walk_local
 from trainaudit.model.precision.api import dotted, nodes_by_type
 
 SCALER_METHODS = ("scale", "unscale_", "step", "update")
@@ -98,9 +98,7 @@ class _Refs:
     def local_names(self, function: str) -> set[str]:
         if function not in self._locals:
             fn = self.module.functions[function]
-            args = fn.args
-            names = {a.arg for a in [*args.posonlyargs, *args.args, *args.kwonlyargs]}
-            names |= {a.arg for a in (args.vararg, args.kwarg) if a is not None}
+            names = parameter_names(fn)
             declared_global: set[str] = set()
             for node in walk_local(fn.body):
                 if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
