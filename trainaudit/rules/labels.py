@@ -115,13 +115,16 @@ class DoubleLabelShift(_LabelRule):
                    else f"the loss shifts again (`{first.second.site.text}`)")
             loss = first.reading.site
             related = _trail(first.reading)
-            for shift in shifts[:5]:
+            # Every loss the labels reach shifted twice (training and validation), each
+            # with its second shift.
+            for shift in shifts[:8]:
                 if shift.second is not None and not shift.second.internal:
                     related.append(_related(shift.second.site, "second shift here"))
                 else:
                     related.append(_related(shift.reading.site, "the model shifts the labels "
                                                                 "again inside"))
-            related.append(_related(loss, "the loss scores position t against token t+2"))
+                related.append(_related(shift.reading.site,
+                                        "the loss scores position t against token t+2"))
             double = all(r.offset == 2 for r in every)
             cut_inputs = any(r.logits is not None and r.logits.inputs.trimmed for r in every)
             # Inputs cut to T-1 beside the shifted labels (a collator that shifts both):
@@ -288,7 +291,8 @@ def _label_side_fixable(producer: Producer, double: bool, cut_inputs: bool) -> b
     fixer can rewrite it (``labels = <shift>``, or a slice assignment it deletes; a
     shift inside a larger expression gets no fix)."""
     return double and producer.input_text is not None and not cut_inputs and (
-        producer.kind == "slice-assign" or producer.fix_form in ("assign", "assign-roll"))
+        producer.kind in ("slice-assign", "fill-assign")
+        or producer.fix_form in ("assign", "assign-roll"))
 
 
 def _both_sides(site: Site, loss: Site, cuts: tuple[Trim, ...]) -> ShiftRemoval:
@@ -321,7 +325,7 @@ def _shift_helpers(reading: LossReading, producer: Producer) -> list[tuple[int, 
             and wrap.neutralizer.statement_lines is not None \
             and wrap.neutralizer.kind == "assign":
         lines.append(wrap.neutralizer.statement_lines)
-    if producer.kind == "slice-assign":
+    if producer.kind in ("slice-assign", "fill-assign"):
         lines += [m.statement_lines for m in reading.labels.masks
                   if m.kind == "tail" and m.statement_lines is not None]
     return lines
@@ -334,4 +338,5 @@ def _describe(producer: Producer) -> str:
         "pad": "a slice padded at the tail",
         "cat": "a slice concatenated with a tail",
         "slice-assign": f"`[:-1] = {producer.input_text}[1:]`",
+        "fill-assign": f"`[:-1] = {producer.input_text}[1:]` into a filled tensor",
     }.get(producer.kind, producer.kind)

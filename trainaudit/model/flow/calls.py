@@ -33,10 +33,12 @@ from trainaudit.model.flow.values import (
     Partial,
     Record,
     Tokens,
+    Unknown,
     Value,
     join,
     join_all,
     mask_of,
+    options_of,
 )
 
 if TYPE_CHECKING:
@@ -58,6 +60,14 @@ def constant_key(node: ast.expr) -> object | None:
     if isinstance(node, ast.Constant) and isinstance(node.value, str | int) \
             and not isinstance(node.value, bool):
         return node.value
+    return None
+
+
+def constant_key_of(value: Value) -> object | None:
+    """A value usable as a record key: a str or int constant."""
+    if isinstance(value, Const) and isinstance(value.value, str | int) \
+            and not isinstance(value.value, bool):
+        return value.value
     return None
 
 
@@ -138,7 +148,8 @@ def apply(interp: Interpreter, callee: Value, args: list[Value], kwargs: dict[st
         for name in ("__call__", "forward"):
             method = interp.program.method(callee.cls, name)
             if method is not None:
-                return call_function(interp, method, callee, args, kwargs, node, depth)
+                result = call_function(interp, method, callee, args, kwargs, node, depth)
+                return aligned_outputs(result, args, kwargs) if name == "forward" else result
         return Opaque((*callee.identity, "called"))
     if isinstance(callee, Partial):
         merged = dict(callee.kwargs)
@@ -167,14 +178,66 @@ def model_output(args: list[Value], kwargs: dict[str, Value], callee: Value, nod
     model: what it returns is an unknown record of its own."""
     if isinstance(callee, Opaque) and _made_by_tokenizer(callee):
         return Opaque(("encoded", frame.module.name, node.lineno, node.col_offset))
-    first = args[0] if args else next((kwargs[k] for k in INPUT_KEYWORDS if k in kwargs), None)
-    if isinstance(first, Logits):
-        return first
-    tokens = as_tokens(first) if first is not None else None
-    if tokens is not None:
-        ndim = tokens.ndim + 1 if tokens.ndim is not None else None
-        return Logits(tokens, 0, ndim)
+    outputs = fed_outputs(args, kwargs)
+    if outputs is not None:
+        return outputs
     return Opaque(("called", frame.module.name, node.lineno, node.col_offset))
+
+
+def fed_outputs(args: list[Value], kwargs: dict[str, Value]) -> Value | None:
+    """A model's outputs for what it is fed (the first argument or an input keyword):
+    logits aligned with each token tensor it may be (hidden states stay what they are);
+    None where no alternative is a token tensor."""
+    first = args[0] if args else next((kwargs[k] for k in INPUT_KEYWORDS if k in kwargs), None)
+    if first is None:
+        return None
+    outputs: list[Value] = []
+    for option in options_of(first):
+        tokens = as_tokens(option) if not isinstance(option, Logits) else None
+        if isinstance(option, Logits):
+            outputs.append(option)
+        elif tokens is not None:
+            outputs.append(Logits(tokens, 0, tokens.ndim + 1 if tokens.ndim is not None else None))
+        else:
+            outputs.append(UNKNOWN)
+    if all(isinstance(o, Unknown) for o in outputs):
+        return None
+    return join_all(outputs)
+
+
+def aligned_outputs(result: Value, args: list[Value], kwargs: dict[str, Value]) -> Value:
+    """A checked module's ``forward`` on token ids whose outputs the flow cannot tie to
+    what it was fed (a recurrence, chunks joined again, a norm it cannot read): its outputs
+    are taken as aligned with the tokens it was fed, the convention the loss site itself
+    states when it pairs ``logits[:, :-1]`` with ``labels[:, 1:]``. Outputs tied to one of
+    its arguments (shifted or not) are kept as they are."""
+    logits = fed_outputs(args, kwargs)
+    if logits is None:
+        return result
+    fed = {t.stream for v in (*args, *kwargs.values()) for o in options_of(v)
+           if (t := _fed_tokens(o)) is not None}
+
+    def aligned(option: Value) -> Value:
+        if isinstance(option, OneOf):
+            return join_all(aligned(inner) for inner in option.options)
+        if isinstance(option, Logits):
+            return option if option.inputs.stream in fed else logits
+        if isinstance(option, Unknown | Opaque):
+            return logits
+        if isinstance(option, Record):
+            key: object = "logits" if option.kind == "dict" else 0
+            item = option.get(key)
+            if item is not None and not isinstance(item, Record | Const):
+                return option.set(key, aligned(item))
+        return option
+
+    return join_all(aligned(option) for option in options_of(result))
+
+
+def _fed_tokens(value: Value) -> Tokens | None:
+    if isinstance(value, Logits):
+        return value.inputs
+    return as_tokens(value) if isinstance(value, Tokens | Opaque) else None
 
 
 def _made_by_tokenizer(value: Opaque) -> bool:
@@ -311,13 +374,16 @@ def element_of(interp: Interpreter, value: Value, node: ast.expr, frame: Frame) 
         for option in value.options:
             if isinstance(option, Record) and not option.items and option.base is None:
                 continue  # an empty list (before a loop filled it) yields nothing
+            if option == Const(None):
+                continue  # ``None`` (a loader not made on this path) is never iterated
             got = element_of(interp, option, node, frame)
             result = got if result is None else join(result, got)
         return result if result is not None else UNKNOWN
     if isinstance(value, Loader):
         return library.loader_batch(interp, value, frame)
     if isinstance(value, Instance):
-        if interp.program.method(value.cls, "__getitem__") is not None:
+        if interp.program.method(value.cls, "__getitem__") is not None \
+                or interp.program.method(value.cls, "__iter__") is not None:
             return library.dataset_item(interp, value, frame)
         return Opaque((*value.identity, "iter"))
     if isinstance(value, ListOf):

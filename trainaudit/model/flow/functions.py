@@ -9,6 +9,7 @@ from dataclasses import replace
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
+from trainaudit.model.flow import generators
 from trainaudit.model.flow.values import (
     UNKNOWN,
     Const,
@@ -71,7 +72,9 @@ def call_function(interp: Interpreter, ref: Ref, receiver: Value | None, args: l
     else:
         result = Const(None)
         returns = frame.returns
-        if returns:
+        if generators.is_generator(function):
+            result = generators.yielded(frame.yields)
+        elif returns:
             result = returns[0]
             for other in returns[1:]:
                 result = join(result, other)

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
-from trainaudit.model.flow import calls, functions
+from trainaudit.model.flow import calls, comprehensions, functions
 from trainaudit.model.flow.program import FlowModule, Program
 from trainaudit.model.flow.scope import ModuleScope
 from trainaudit.model.flow.tensors import (
@@ -85,6 +85,7 @@ class Frame:
     self_name: str | None = None
     self_attrs: dict[str, Value] | None = None
     returns: list[Value] = field(default_factory=list)
+    yields: list[Value] = field(default_factory=list)  # a generator's values
     statement: ast.stmt | None = None
 
     def assigned_to(self, node: ast.expr) -> ast.expr | None:
@@ -350,8 +351,10 @@ class Interpreter(ModuleScope):
             return Record(kind, tuple((i, self.eval(e, frame)) for i, e in enumerate(node.elts)))
         if isinstance(node, ast.Dict):
             return self._dict(node, frame)
-        if isinstance(node, ast.ListComp | ast.GeneratorExp | ast.SetComp):
-            return self._comprehension(node, frame)
+        if isinstance(node, ast.ListComp | ast.GeneratorExp | ast.SetComp | ast.DictComp):
+            return comprehensions.evaluate(self, node, frame)
+        if isinstance(node, ast.Yield | ast.YieldFrom):
+            return self._yield(node, frame)
         if isinstance(node, ast.IfExp):
             self.eval(node.test, frame)
             return join(self.eval(node.body, frame), self.eval(node.orelse, frame))
@@ -447,16 +450,14 @@ class Interpreter(ModuleScope):
             record = record.set(name, evaluated)
         return record
 
-    def _comprehension(self, node: ast.ListComp | ast.GeneratorExp | ast.SetComp,
-                       frame: Frame) -> Value:
-        saved = dict(frame.env)
-        for generator in node.generators:
-            iterable = self.eval(generator.iter, frame)
-            self.bind(generator.target, calls.element_of(self, iterable, generator.iter, frame),
-                      frame)
-        element = self.eval(node.elt, frame)
-        frame.env = saved
-        return ListOf(element)
+    def _yield(self, node: ast.Yield | ast.YieldFrom, frame: Frame) -> Value:
+        """A generator's ``yield x`` (what iterating it gives) or ``yield from xs``."""
+        if node.value is not None:
+            value = self.eval(node.value, frame)
+            if isinstance(node, ast.YieldFrom):
+                value = calls.element_of(self, value, node.value, frame)
+            frame.yields.append(value)
+        return Opaque(("sent", frame.module.name, node.lineno, node.col_offset))
 
 
 def _is_static(node: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:

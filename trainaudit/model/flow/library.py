@@ -54,6 +54,11 @@ LOSS_CLASSES = {"torch.nn.CrossEntropyLoss", "torch.nn.NLLLoss",
 TO_TENSOR = {"torch.tensor", "torch.as_tensor", "torch.LongTensor", "torch.IntTensor",
              "torch.from_numpy", "numpy.array", "numpy.asarray", "torch.Tensor",
              "numpy.int64", "torch.flatten", "torch.squeeze", "torch.atleast_1d"}
+# Tensors shaped like their first argument, filled with a value (None: the second argument).
+FILLED_LIKE: dict[str, MaskValue | None] = {
+    "torch.full_like": None, "torch.zeros_like": MaskValue(0), "torch.ones_like": MaskValue(1),
+    "torch.empty_like": MaskValue(), "numpy.full_like": None, "numpy.zeros_like": MaskValue(0),
+    "numpy.ones_like": MaskValue(1), "numpy.empty_like": MaskValue()}
 STACKS = {"torch.stack", "numpy.stack", "torch.vstack", "numpy.vstack"}
 CATS = {"torch.cat", "torch.concat", "torch.concatenate", "numpy.concatenate"}
 LOADERS = {"torch.utils.data.DataLoader", "torch.utils.data.dataloader.DataLoader"}
@@ -61,7 +66,9 @@ SPLITS = {"torch.utils.data.random_split", "torch.utils.data.Subset"}
 WRAPPERS = {"torch.nn.parallel.DistributedDataParallel", "torch.nn.DataParallel",
             "torch.compile", "peft.get_peft_model", "torch.nn.parallel.DataParallel",
             "torch.distributed.fsdp.FullyShardedDataParallel", "tqdm.tqdm", "tqdm.auto.tqdm",
-            "builtins.iter", "builtins.list", "builtins.tuple", "builtins.sorted"}
+            "builtins.iter", "builtins.list", "builtins.tuple", "builtins.sorted",
+            # iteration that yields the same elements (fewer, or again)
+            "itertools.islice", "itertools.cycle"}
 TRAINERS = {"transformers.Trainer", "transformers.Seq2SeqTrainer",
             "transformers.trainer.Trainer"}
 PAD_SEQUENCE = {"torch.nn.utils.rnn.pad_sequence"}
@@ -123,7 +130,15 @@ def call(interp: Interpreter, qualname: str, args: list[Value], kwargs: dict[str
         return LossFunction(_ignore(kwargs, node), _per_token(kwargs), site)
     if qualname in TO_TENSOR or qualname in WRAPPERS:
         first = _arg(args, kwargs, 0, "data", "model", "module", "iterable")
-        return _to_tensor(first) if qualname in TO_TENSOR else (first or UNKNOWN)
+        return _to_tensor(first, site) if qualname in TO_TENSOR else (first or UNKNOWN)
+    if qualname in FILLED_LIKE:
+        tokens = as_tokens(_arg(args, kwargs, 0, "input") or UNKNOWN)
+        if tokens is not None:
+            fill = FILLED_LIKE[qualname]
+            value = mask_of(_arg(args, kwargs, 1, "fill_value") or UNKNOWN) \
+                if fill is None else fill
+            return replace(tokens, blank=value or MaskValue(), made=site, wrap=None,
+                           trimmed=None)
     if qualname in STACKS:
         return _batched(_arg(args, kwargs, 0, "tensors"))
     if qualname in PAD_SEQUENCE:
@@ -229,9 +244,10 @@ def _rolled(value: Value | None, source: ast.expr | None, shift_node: ast.expr |
                 frame.module.text(target) if target is not None else None)
 
 
-def _to_tensor(value: Value | None) -> Value:
-    if value is None:
-        return UNKNOWN
+def _to_tensor(value: Value | None, site: Site) -> Value:
+    """``torch.tensor(x)`` and friends. A tensor made from what the flow cannot read as
+    one (a list a tokenizer filled, an unknown) is a token stream of its own, made here:
+    its relations (a clone shifted by one) are known whatever it holds."""
     if isinstance(value, Record) and value.kind == "list" and len(value.items) == 1:
         inner = value.items[0][1]
         if isinstance(inner, Tokens):
@@ -239,7 +255,9 @@ def _to_tensor(value: Value | None) -> Value:
     if isinstance(value, ListOf) and isinstance(value.element, Tokens):
         inner = value.element
         return inner.with_ndim(inner.ndim + 1 if inner.ndim is not None else 2)
-    return value
+    if isinstance(value, Tokens | Opaque | Const | Logits):
+        return value
+    return Opaque(("tensor", site.path, site.span.line, site.span.column))
 
 
 def _batched(value: Value | None) -> Value:
@@ -354,10 +372,16 @@ def dataset_item(interp: Interpreter, dataset: Value, frame: Frame) -> Value:
         return join_all(dataset_item(interp, option, frame) for option in dataset.options)
     if isinstance(dataset, Instance):
         method = interp.program.method(dataset.cls, "__getitem__")
-        if method is None:
-            return Opaque((*dataset.identity, "item"))
-        item = call_function(interp, method, dataset, [Opaque(("index", dataset.identity))], {},
-                             None, frame.depth + 1)
+        if method is not None:
+            item = call_function(interp, method, dataset, [Opaque(("index", dataset.identity))],
+                                 {}, None, frame.depth + 1)
+        else:  # an iterable data set: what its ``__iter__`` yields
+            method = interp.program.method(dataset.cls, "__iter__")
+            if method is None:
+                return Opaque((*dataset.identity, "item"))
+            items = call_function(interp, method, dataset, [], {}, None, frame.depth + 1)
+            item = items.element if isinstance(items, ListOf) else Opaque(
+                (*dataset.identity, "item"))
         found = interp.program.ref_node(method)
         if found is not None:
             site = found[0].site(found[1])

@@ -227,10 +227,15 @@ def write_into(target: Tokens, node: ast.Subscript, value: Value, mask: MaskValu
     if element is not None and is_drop_last(element) and source is not None \
             and source.stream == target.stream and source.shift == target.shift + 1:
         made = target.made or site
-        producer = Producer("slice-assign", made, _clone_source(source),
-                            helper_lines=(lines,))
+        # Into a copy of the tokens (``ids.clone()``), or into a tensor filled with an
+        # ignore value (``full_like(ids, -100)``): a fix may not simply drop the write there.
+        kind = "slice-assign" if target.blank is None else "fill-assign"
+        producer = Producer(kind, made, _clone_source(source), helper_lines=(lines,))
         step = ShiftStep(1, made, producer)
-        return replace(target, steps=(*target.steps, step), wrap=None)
+        masks = target.masks
+        if target.blank is not None and target.blank.known:
+            masks = (*masks, MaskMark(target.blank, made, "tail"))
+        return replace(target, steps=(*target.steps, step), wrap=None, blank=None, masks=masks)
     if mask is None:
         return target
     if element is not None and is_last(element):

@@ -103,7 +103,7 @@ def mask_of(value: Value) -> MaskValue | None:
 class Producer:
     """Where a data-side shift (or roll) was written: what a message names and a fix edits."""
 
-    kind: str  # roll | slice | pad | cat | slice-assign
+    kind: str  # roll | slice | pad | cat | slice-assign | fill-assign
     site: Site  # the value expression (the finding's span)
     input_text: str | None  # the unshifted tensor's source, e.g. ``input_ids``
     lib: str = "torch"
@@ -187,6 +187,9 @@ class Tokens(Value):
     tail_zeroed: bool = False  # a 0/1 loss mask whose last position is zeroed
     made: Site | None = None  # the copy (``ids.clone()``) this tensor was made by, if one
     trimmed: Trim | None = None  # its last position was sliced off (``ids[:, :-1]``)
+    # Shaped like the stream but holding this fill value, not tokens (``full_like(ids,
+    # -100)``), until a slice of the stream is written into it.
+    blank: MaskValue | None = None
 
     @property
     def shift(self) -> int:
@@ -362,7 +365,9 @@ def join(a: Value, b: Value) -> Value:
         for option in value.options if isinstance(value, OneOf) else (value,):
             if option not in options:
                 options.append(option)
-    if any(isinstance(o, Unknown) for o in options) or len(options) > MAX_OPTIONS:
+    # An unknown alternative stays one option among the others: what the known ones
+    # prove is not erased by a path the model cannot read (a tuple on one branch).
+    if len(options) > MAX_OPTIONS:
         return UNKNOWN
     return OneOf(tuple(options))
 

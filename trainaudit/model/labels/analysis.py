@@ -58,14 +58,16 @@ class LabelAnalysis:
 
     @cached_property
     def definite(self) -> dict[Site, list[LossReading]]:
-        """Per loss site, the readings of every context where all alternatives agree on
-        the offset (logits and labels tied to one stream)."""
+        """Per loss site, the readings of every context where the alternatives the flow
+        can tie (logits and labels of one stream) agree on the offset. An alternative it
+        cannot tie (a tuple on one branch, an unknown) proves nothing either way."""
         found: dict[Site, list[LossReading]] = {}
         for site, groups in self.observer.losses.items():
             for group in groups:
-                offsets = {r.offset for r in group}
-                if len(offsets) == 1 and None not in offsets:
-                    found.setdefault(site, []).append(group[0])
+                tied = [r for r in group if r.offset is not None]
+                if tied and len({r.offset for r in tied}) == 1:
+                    kept = found.setdefault(site, [])
+                    kept += [r for r in dict.fromkeys(tied) if r not in kept]
         return found
 
     @cached_property

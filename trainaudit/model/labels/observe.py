@@ -71,11 +71,13 @@ class LabelObserver:
         for logit in options_of(logits):
             for label in options_of(labels):
                 tokens = as_tokens(label)
-                if tokens is None:
-                    return  # labels the flow cannot read: this context says nothing
+                if tokens is None or tokens.blank is not None:
+                    continue  # an alternative the flow cannot read proves nothing
                 tied = isinstance(logit, Logits) and tokens.stream == logit.inputs.stream
                 readings.append(LossReading(site, tokens, logit if tied else None,  # type: ignore[arg-type]
                                             internal, ignore, per_token, roots))
+        if not readings:
+            return  # labels the flow cannot read: this context says nothing
         group = self.losses.setdefault(site, [])
         if tuple(readings) not in group:
             group.append(tuple(readings))

@@ -1,0 +1,30 @@
+"""Generator functions: a function whose own body yields is called to an iterable of
+what it yields (an ``IterableDataset.__iter__``, a ``get_batch`` generator)."""
+
+from __future__ import annotations
+
+import ast
+
+from trainaudit.model.flow.values import ListOf, Opaque, Value, join, options_of
+
+
+def is_generator(function: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
+    """The function's own body yields (not a nested definition's)."""
+    pending: list[ast.AST] = list(function.body)
+    while pending:
+        node = pending.pop()
+        if isinstance(node, ast.Yield | ast.YieldFrom):
+            return True
+        if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef
+                          | ast.Lambda):
+            pending.extend(ast.iter_child_nodes(node))
+    return False
+
+
+def yielded(values: list[Value]) -> Value:
+    """What iterating a generator gives: each value it yields, joined."""
+    joined: Value | None = None
+    for value in values:
+        for option in options_of(value):
+            joined = option if joined is None else join(joined, option)
+    return ListOf(joined if joined is not None else Opaque(("empty-generator",)))
