@@ -364,7 +364,9 @@ def analyse_files(files: Sequence[SourceFile], settings: Settings, *,
 def run_project_rules(results: Sequence[FileResult], settings: Settings,
                       texts: Mapping[str, str] | None = None) -> tuple[list[Finding], list[str]]:
     """Phase 2: project rules over every file's summary (``texts``: the overlay's)."""
-    project = Project([r.summary for r in results if r.summary is not None], texts)
+    latent = [ModuleSummary(r.path, module_name_for(r.path)[0], frozenset(), {})
+              for r in results if not r.checked and r.path.endswith(".py")]
+    project = Project([r.summary for r in results if r.summary is not None], texts, latent)
     context = RuleContext(settings.options)
     findings: list[Finding] = []
     errors: list[str] = []

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -29,11 +29,14 @@ class ModuleSummary:
 class Project:
     """All checked files' summaries, with imports resolved within the checked tree."""
 
-    def __init__(self, summaries: list[ModuleSummary], texts: Mapping[str, str] | None = None
-                 ) -> None:
+    def __init__(self, summaries: list[ModuleSummary], texts: Mapping[str, str] | None = None,
+                 latent: Sequence[ModuleSummary] = ()) -> None:
         """``texts``: analysed texts by path that are not the files on disk (an editor's
-        buffer, stdin, a fix being checked)."""
+        buffer, stdin, a fix being checked). ``latent``: files of the checked tree that
+        phase 1 skipped (no rule's trigger in their text), without facts: a helper the flow
+        reaches through an import (a progress bar, a tokenizer, a model) is read then."""
         self.modules = sorted(summaries, key=lambda s: s.path)
+        self._latent = list(latent)
         self._texts = dict(texts or {})
         self.by_path = {s.path: s for s in self.modules}
         # Every dotted suffix of a module's name resolves to it, so
@@ -53,14 +56,29 @@ class Project:
 
     def text_of(self, summary: ModuleSummary) -> str | None:
         """The text phase 1 analysed, read again (phase 1 does not ship every file's
-        source to this process); None if the file is gone or no longer the same."""
+        source to this process); None if the file is gone or no longer the same. A latent
+        file (``text_check`` 0: phase 1 did not read it) is read as it is now."""
         if summary.path in self._texts:
             return self._texts[summary.path]
         try:
             text = source_of(summary.path, Path(summary.file or summary.path).read_bytes())
         except (OSError, DecodeError):
             return None
-        return text if text_check(text) == summary.text_check else None
+        return text if not summary.text_check or text_check(text) == summary.text_check \
+            else None
+
+    @cached_property
+    def _latent_by_suffix(self) -> dict[str, list[ModuleSummary]]:
+        found: dict[str, list[ModuleSummary]] = {}
+        for summary in self._latent:
+            parts = summary.module_name.split(".")
+            for start in range(len(parts)):
+                found.setdefault(".".join(parts[start:]), []).append(summary)
+        return found
+
+    def latent_candidates(self, dotted: str) -> list[ModuleSummary]:
+        """Every skipped file whose module name ends with ``dotted``."""
+        return list(self._latent_by_suffix.get(dotted, []))
 
     def resolve_module(self, dotted: str) -> ModuleSummary | None:
         """The checked file a dotted module name refers to, if any (longest, unique match)."""

@@ -9,7 +9,7 @@ import operator
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from trainaudit.model.flow import library
+from trainaudit.model.flow import library, lightning
 from trainaudit.model.flow.functions import call_function, closure_values, instantiate
 from trainaudit.model.flow.tensors import as_tokens
 from trainaudit.model.flow.values import (
@@ -293,15 +293,19 @@ def method_call(interp: Interpreter, receiver: Value, name: str, args: list[Valu
     if isinstance(receiver, Record):
         if name in ("to", "cuda", "copy", "pin_memory"):
             return receiver
-        if name == "get" and args:
-            key = args[0].value if isinstance(args[0], Const) else None
-            found = receiver.get(key)
-            return found if found is not None else Opaque(("get", frame.module.name, node.lineno))
+        if name in ("get", "pop") and args:
+            key = constant_key_of(args[0])
+            found = receiver.get(key) if key is not None else None
+            if name == "pop" and key is not None and isinstance(node.func, ast.Attribute):
+                interp.bind(node.func.value, receiver.without(key), frame)  # the key is gone
+            return found if found is not None else Opaque((name, frame.module.name, node.lineno))
         return Opaque(("record-call", frame.module.name, node.lineno, node.col_offset))
     if isinstance(receiver, Arguments):
         return library.parser_method(interp, receiver, name, args, kwargs, node, frame)
     if isinstance(receiver, LossValue):
         return receiver if name in library.KEEP else Opaque(("loss-call", name, node.lineno))
+    if name in ("fit", "validate", "test") and lightning.is_trainer(receiver):
+        return lightning.run(interp, name, args, kwargs, node, frame, element_of)
     if name in PASS_ARGUMENTS and args:  # accelerator.prepare(model, opt, loader, ...)
         return args[0] if len(args) == 1 else Record("tuple", tuple(enumerate(args)))
     if isinstance(receiver, Tokens | Logits | Opaque):

@@ -401,6 +401,8 @@ class Interpreter(ModuleScope):
                 return item
             if value.kind in ("tuple", "list") and isinstance(node.slice, ast.Slice):
                 return Opaque(("part", frame.module.name, node.lineno, node.col_offset))
+            if key is None and _is_table(value):  # ``MODEL_CLASSES[name]``: one of them
+                return join_all(value.values())
             return UNKNOWN if key is not None else Opaque(("item", frame.module.name,
                                                              node.lineno, node.col_offset))
         if isinstance(value, ListOf):
@@ -458,6 +460,13 @@ class Interpreter(ModuleScope):
                 value = calls.element_of(self, value, node.value, frame)
             frame.yields.append(value)
         return Opaque(("sent", frame.module.name, node.lineno, node.col_offset))
+
+
+def _is_table(record: Record) -> bool:
+    """A dict of classes or functions (a registry a name picks from)."""
+    return record.kind == "dict" and record.base is None and 0 < len(record.items) <= 4 \
+        and all(isinstance(v, Library | ClassValue | FunctionValue | CausalLM)
+                for v in record.values())
 
 
 def _is_static(node: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:

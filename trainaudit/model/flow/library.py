@@ -193,6 +193,15 @@ def call(interp: Interpreter, qualname: str, args: list[Value], kwargs: dict[str
         from trainaudit.model.flow.calls import element_of
 
         return element_of(interp, args[0], node, frame)
+    if qualname == "builtins.getattr" and len(args) >= 2 and isinstance(args[1], Const) \
+            and isinstance(args[1].value, str):
+        # ``getattr(transformers, cfg["model_class"])`` with the name known
+        owner, name = args[0], args[1].value
+        if isinstance(owner, Library):
+            return interp.resolve_qualified(f"{owner.qualname}.{name}", frame.module.path)
+        if isinstance(owner, Instance) and owner.attr(name) is not None:
+            return owner.attr(name) or UNKNOWN
+        return args[2] if len(args) > 2 else Opaque(("getattr", name, site.span.line))
     if qualname == "builtins.dict" and not args:
         return Record("dict", tuple(kwargs.items()))
     if args and isinstance(args[0], Logits) and qualname.startswith("torch."):

@@ -11,7 +11,13 @@ import ast
 from dataclasses import dataclass
 from functools import cached_property
 
-from trainaudit.model.flow.outline import DefinitionNode, Outline, definitions_in, parse_owner
+from trainaudit.model.flow.outline import (
+    DefinitionNode,
+    Outline,
+    definitions_in,
+    outline_of,
+    parse_owner,
+)
 from trainaudit.model.flow.values import Ref, Site
 from trainaudit.model.module import (
     FunctionNode,
@@ -138,15 +144,16 @@ class Program:
         self.project = project
         self._modules: dict[str, FlowModule | None] = {}
         self._by_name = {s.module_name: s for s in project.modules if FAMILY in s.facts}
+        self._latent: dict[str, ModuleSummary] = {}  # skipped files an import reached
 
     def module(self, name: str) -> FlowModule | None:
         if name not in self._modules:
-            summary = self._by_name.get(name)
+            summary = self._by_name.get(name) or self._latent.get(name)
             module = None
             source = self.project.text_of(summary) if summary is not None else None
             if summary is not None and source is not None:
                 try:
-                    module = FlowModule(summary, summary.facts[FAMILY], source)
+                    module = FlowModule(*_with_facts(summary, source), source)
                 except (SyntaxError, ValueError, RecursionError):
                     module = None
             self._modules[name] = module
@@ -175,10 +182,13 @@ class Program:
         seen = {path for path, flow in flows.items() if flow.sinks}
         frontier = set(seen)
         importers = self.project.importers
-        for _ in range(SINK_IMPORT_DEPTH):
+        for hop in range(SINK_IMPORT_DEPTH):
             reached = set()
             for path in frontier:
-                names = flows[path].defines
+                # A sink module is called through the definitions that hold its sinks; a
+                # module reached in turn (a step helper calling a loss helper) through any
+                # of its top-level definitions.
+                names = flows[path].defines if hop == 0 else _top_level(flows[path])
                 for source in importers.get(path, ()):
                     flow = flows.get(source)
                     if source not in seen and flow is not None and flow.calls & names:
@@ -195,8 +205,12 @@ class Program:
         ambiguous import is unknown, not a guess."""
         parts = qualified.split(".")
         for cut in range(len(parts) - 1, 0, -1):
-            summary = self._pick(self.project.module_candidates(".".join(parts[:cut])),
-                                 ".".join(parts[:cut]), importer)
+            dotted = ".".join(parts[:cut])
+            summary = self._pick(self.project.module_candidates(dotted)
+                                 or self.project.latent_candidates(dotted), dotted, importer)
+            if summary is not None and FAMILY not in summary.facts \
+                    and summary.module_name not in self._by_name:
+                self._latent.setdefault(summary.module_name, summary)
             if summary is not None:
                 module = self.module(summary.module_name)
                 return (module, ".".join(parts[cut:])) if module is not None else None
@@ -278,3 +292,23 @@ class Program:
         for parent in self.bases(cls):
             names += self.library_bases(parent, depth + 1)
         return names
+
+
+def _with_facts(summary: ModuleSummary, source: str) -> tuple[ModuleSummary, FlowSource]:
+    """A module's summary and flow facts; for a file phase 1 skipped (latent), made now
+    from its source: imports, outline, and no entries of its own."""
+    if FAMILY in summary.facts:
+        return summary, summary.facts[FAMILY]
+    tree = ast.parse(source, filename=summary.path)
+    facts = ModuleFacts(summary.path, summary.module_name, source, tree,
+                        summary.path.endswith("__init__.py"))
+    summary = ModuleSummary(summary.path, summary.module_name,
+                            frozenset(facts.imports.modules), dict(facts.imports.aliases),
+                            file=summary.file)
+    return summary, FlowSource(facts.is_package, (), sinks=False, outline=outline_of(tree))
+
+
+def _top_level(flow: FlowSource) -> frozenset[str]:
+    if flow.outline is None:
+        return flow.defines
+    return frozenset(name for name in flow.outline.members if "." not in name)

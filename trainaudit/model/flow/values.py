@@ -243,6 +243,9 @@ class Record(Value):
         kept = tuple((k, v) for k, v in self.items if k != key)
         return Record(self.kind, (*kept, (key, value)), self.base)
 
+    def without(self, key: object) -> Record:
+        return Record(self.kind, tuple((k, v) for k, v in self.items if k != key), self.base)
+
     def values(self) -> list[Value]:
         return [v for _, v in self.items]
 

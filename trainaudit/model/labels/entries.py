@@ -14,7 +14,9 @@ from trainaudit.model.module import ModuleFacts, iter_calls, parameter_names
 # A file mentioning none of these can hold no label producer or loss site.
 TRIGGERS = ("roll", "cross_entropy", "CrossEntropyLoss", "nll_loss", "NLLLoss", "label",
             "target", "ForCausalLM", "LMHead", "1:]", "1:,", "+ 1:", "+1:", "[1:",
-            "DataLoader", "Dataset")
+            "DataLoader", "Dataset",
+            # a script's driver: it may call a trainer of another file that reaches a loss
+            "__main__", "def main(", ".fit(")
 # Calls where a label reading is made (a loss, a roll, a trainer, a model given labels)...
 _SINK_CALLS = {"cross_entropy", "nll_loss", "roll", "Trainer", "Seq2SeqTrainer",
                "CrossEntropyLoss", "NLLLoss"}
