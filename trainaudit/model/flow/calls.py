@@ -42,7 +42,7 @@ from trainaudit.model.flow.values import (
 )
 
 if TYPE_CHECKING:
-    from trainaudit.model.flow.interp import Frame, Interpreter
+    from trainaudit.model.flow.frame import Evaluator, Frame
 
 BUILTINS = {"enumerate", "zip", "iter", "next", "list", "tuple", "dict", "len", "range",
             "isinstance", "getattr", "sorted", "reversed", "super", "print", "int", "float",
@@ -87,7 +87,7 @@ _INT_OPS: dict[type[ast.operator], Callable[[int, int], int]] = {
 # -- calls --------------------------------------------------------------------------------
 
 
-def call(interp: Interpreter, node: ast.Call, frame: Frame) -> Value:
+def call(interp: Evaluator, node: ast.Call, frame: Frame) -> Value:
     args: list[Value] = []
     for arg in node.args:
         if isinstance(arg, ast.Starred):
@@ -132,7 +132,7 @@ def _spread(kwargs: dict[str, Value], value: Value) -> dict[str, Value]:
     return kwargs
 
 
-def apply(interp: Interpreter, callee: Value, args: list[Value], kwargs: dict[str, Value],
+def apply(interp: Evaluator, callee: Value, args: list[Value], kwargs: dict[str, Value],
           node: ast.Call, frame: Frame) -> Value:
     depth = frame.depth + 1
     if isinstance(callee, OneOf):
@@ -163,7 +163,7 @@ def apply(interp: Interpreter, callee: Value, args: list[Value], kwargs: dict[st
                              library.argument_roots(node, frame.module))
         return LossValue(site, callee.per_token)
     if isinstance(callee, CausalLM):
-        return causal_call(interp, callee, args, kwargs, node, frame)
+        return library.causal_call(interp, callee, args, kwargs, node, frame)
     if isinstance(callee, Library):
         return library.call(interp, callee.qualname, args, kwargs, node, frame)
     if isinstance(callee, Opaque):
@@ -246,26 +246,7 @@ def _made_by_tokenizer(value: Opaque) -> bool:
         word in key[1] for word in ("Tokenizer", "Processor", "tokenizer"))
 
 
-def causal_call(interp: Interpreter, model: CausalLM, args: list[Value],
-                kwargs: dict[str, Value], node: ast.Call, frame: Frame) -> Value:
-    """A Hugging Face causal LM: logits aligned with ``input_ids``; given ``labels``, the
-    model shifts them itself (unless ``shift_labels`` is passed)."""
-    inputs = kwargs.get("input_ids", args[0] if args else None)
-    tokens = as_tokens(inputs) if inputs is not None else None
-    if tokens is None:
-        return Opaque(("hf-output", frame.module.name, node.lineno, node.col_offset))
-    logits = Logits(tokens, 0, tokens.ndim + 1 if tokens.ndim is not None else None)
-    site = frame.module.site(node)
-    if "shift_labels" in kwargs:
-        interp.listener.loss(site, logits, kwargs["shift_labels"], MaskValue(-100), False,
-                             False, (None, None))
-    elif "labels" in kwargs:
-        interp.listener.loss(site, logits, kwargs["labels"], MaskValue(-100), False, True,
-                             (None, None))
-    return Record("object", (("logits", logits), (0, logits), ("loss", LossValue(site))))
-
-
-def method_call(interp: Interpreter, receiver: Value, name: str, args: list[Value],
+def method_call(interp: Evaluator, receiver: Value, name: str, args: list[Value],
                 kwargs: dict[str, Value], node: ast.Call, frame: Frame) -> Value:
     depth = frame.depth + 1
     if isinstance(receiver, OneOf):
@@ -289,7 +270,7 @@ def method_call(interp: Interpreter, receiver: Value, name: str, args: list[Valu
     if isinstance(receiver, CausalLM | Loader) and name in SELF_METHODS:
         return receiver
     if isinstance(receiver, CausalLM) and name == "forward":
-        return causal_call(interp, receiver, args, kwargs, node, frame)
+        return library.causal_call(interp, receiver, args, kwargs, node, frame)
     if isinstance(receiver, Record):
         if name in ("to", "cuda", "copy", "pin_memory"):
             return receiver
@@ -313,7 +294,7 @@ def method_call(interp: Interpreter, receiver: Value, name: str, args: list[Valu
     return Opaque(("method", frame.module.name, node.lineno, node.col_offset))
 
 
-def attribute(interp: Interpreter, value: Value, name: str, node: ast.Attribute,
+def attribute(interp: Evaluator, value: Value, name: str, node: ast.Attribute,
               frame: Frame) -> Value:
     if isinstance(value, OneOf):
         return join_all(attribute(interp, option, name, node, frame) for option in value.options)
@@ -348,7 +329,7 @@ def attribute(interp: Interpreter, value: Value, name: str, node: ast.Attribute,
     return UNKNOWN
 
 
-def binary(interp: Interpreter, node: ast.BinOp, left: Value, right: Value,
+def binary(interp: Evaluator, node: ast.BinOp, left: Value, right: Value,
            frame: Frame) -> Value:
     if isinstance(node.op, ast.Mult):
         for loss, mask in ((left, right), (right, left)):
@@ -371,7 +352,7 @@ def binary(interp: Interpreter, node: ast.BinOp, left: Value, right: Value,
 # -- iteration and records --------------------------------------------------------------
 
 
-def element_of(interp: Interpreter, value: Value, node: ast.expr, frame: Frame) -> Value:
+def element_of(interp: Evaluator, value: Value, node: ast.expr, frame: Frame) -> Value:
     """What ``for x in value`` binds ``x`` to."""
     if isinstance(value, OneOf):
         result: Value | None = None

@@ -11,7 +11,7 @@ from trainaudit.model.flow import calls
 from trainaudit.model.flow.values import Const, ListOf, Opaque, Record, Value
 
 if TYPE_CHECKING:
-    from trainaudit.model.flow.interp import Frame, Interpreter
+    from trainaudit.model.flow.frame import Evaluator, Frame
 
 # A record with more items than this is read as a homogeneous list.
 MAX_ITEMS = 16
@@ -19,7 +19,7 @@ MAX_ITEMS = 16
 Comprehension = ast.ListComp | ast.GeneratorExp | ast.SetComp | ast.DictComp
 
 
-def evaluate(interp: Interpreter, node: Comprehension, frame: Frame) -> Value:
+def evaluate(interp: Evaluator, node: Comprehension, frame: Frame) -> Value:
     """The value of a comprehension, the frame's names as they were before it."""
     saved = dict(frame.env)
     try:
@@ -37,7 +37,7 @@ def evaluate(interp: Interpreter, node: Comprehension, frame: Frame) -> Value:
         frame.env = saved
 
 
-def _per_item(interp: Interpreter, node: Comprehension, frame: Frame) -> Value | None:
+def _per_item(interp: Evaluator, node: Comprehension, frame: Frame) -> Value | None:
     """One generator without conditions over a record whose items are known: the
     element expression for each item, in a record of the same keys (a dict comprehension
     over ``record.items()``) or positions (any other over a tuple or list)."""

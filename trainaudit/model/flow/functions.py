@@ -10,6 +10,8 @@ from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from trainaudit.model.flow import generators
+from trainaudit.model.flow.frame import Frame, mark
+from trainaudit.model.flow.program import FlowModule
 from trainaudit.model.flow.values import (
     UNKNOWN,
     Const,
@@ -24,20 +26,18 @@ from trainaudit.model.flow.values import (
 from trainaudit.model.module import parameter_names
 
 if TYPE_CHECKING:
-    from trainaudit.model.flow.interp import Interpreter
+    from trainaudit.model.flow.frame import Evaluator
 
 # Distinct argument contexts one function is interpreted in.
 CONTEXTS_PER_FUNCTION = 16
 
 
-def call_function(interp: Interpreter, ref: Ref, receiver: Value | None, args: list[Value],
+def call_function(interp: Evaluator, ref: Ref, receiver: Value | None, args: list[Value],
                   kwargs: dict[str, Value], node: ast.AST | None, depth: int, *,
                   open_context: bool = False, collect_self: bool = False,
                   free: tuple[tuple[str, Value], ...] = ()) -> Value:
     """Interpret a checked function with its parameters bound (memoised per context);
     ``free``: a closure's free variables (``closure_values``)."""
-    from trainaudit.model.flow.interp import Frame, mark
-
     found = interp.program.ref_node(ref)
     if found is None or not isinstance(found[1], ast.FunctionDef | ast.AsyncFunctionDef):
         return UNKNOWN
@@ -93,7 +93,7 @@ def closure(function: FunctionValue, node: ast.FunctionDef | ast.AsyncFunctionDe
     return FunctionValue(function.ref, free) if free else function
 
 
-def closure_values(interp: Interpreter, function: FunctionValue) -> tuple[tuple[str, Value], ...]:
+def closure_values(interp: Evaluator, function: FunctionValue) -> tuple[tuple[str, Value], ...]:
     """A closure's free variables when it is called: while its enclosing function still
     runs, the values its names have now (Python binds them late: ``labels`` assigned in
     the loop after the ``def``); after that, those they had where it was made."""
@@ -132,11 +132,9 @@ def free_names(function: ast.FunctionDef | ast.AsyncFunctionDef) -> frozenset[st
     return frozenset((loaded - bound) | outer)
 
 
-def _bind_parameters(interp: Interpreter, ref: Ref, module: object, function: ast.FunctionDef
+def _bind_parameters(interp: Evaluator, ref: Ref, module: object, function: ast.FunctionDef
                      | ast.AsyncFunctionDef, receiver: Value | None, args: list[Value],
                      kwargs: dict[str, Value], open_context: bool) -> dict[str, Value]:
-    from trainaudit.model.flow.interp import Frame
-
     spec = function.args
     positional = [*spec.posonlyargs, *spec.args]
     env: dict[str, Value] = {}
@@ -164,14 +162,11 @@ def _bind_parameters(interp: Interpreter, ref: Ref, module: object, function: as
     if spec.kwarg is not None:
         env[spec.kwarg.arg] = Record("dict", tuple(extra.items())) if not open_context \
             else Opaque(("param", ref, spec.kwarg.arg))
-    del Frame
     return env
 
 
-def _default(interp: Interpreter, ref: Ref, module: object, name: str,
+def _default(interp: Evaluator, ref: Ref, module: object, name: str,
              default: ast.expr | None) -> Value:
-    from trainaudit.model.flow.interp import Frame
-    from trainaudit.model.flow.program import FlowModule
 
     if default is None or not isinstance(module, FlowModule):
         return Opaque(("param", ref, name))
@@ -180,7 +175,7 @@ def _default(interp: Interpreter, ref: Ref, module: object, name: str,
     return interp.eval(default, Frame(module, None, {}))
 
 
-def instantiate(interp: Interpreter, cls: Ref, args: list[Value], kwargs: dict[str, Value],
+def instantiate(interp: Evaluator, cls: Ref, args: list[Value], kwargs: dict[str, Value],
                 node: ast.AST | None, depth: int, *, open_context: bool = False) -> Value:
     """A checked class called: its ``__init__`` run on a fresh instance, or its fields
     bound (dataclasses, NamedTuples)."""
@@ -200,8 +195,6 @@ def instantiate(interp: Interpreter, cls: Ref, args: list[Value], kwargs: dict[s
     fields = [s for s in class_node.body if isinstance(s, ast.AnnAssign)
               and isinstance(s.target, ast.Name)]
     attrs: dict[str, Value] = {}
-    from trainaudit.model.flow.interp import Frame
-
     for index, stmt in enumerate(fields):
         assert isinstance(stmt.target, ast.Name)
         name = stmt.target.id

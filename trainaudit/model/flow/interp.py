@@ -12,10 +12,9 @@ from __future__ import annotations
 import ast
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
-from typing import Protocol
 
 from trainaudit.model.flow import calls, comprehensions, functions
+from trainaudit.model.flow.frame import Frame, Listener, mark
 from trainaudit.model.flow.program import FlowModule, Program
 from trainaudit.model.flow.scope import ModuleScope
 from trainaudit.model.flow.tensors import (
@@ -23,7 +22,6 @@ from trainaudit.model.flow.tensors import (
     elements,
     is_drop_last,
     is_last,
-    is_part,
     slice_logits,
     slice_tokens,
     write_into,
@@ -41,12 +39,10 @@ from trainaudit.model.flow.values import (
     Loader,
     Logits,
     LossValue,
-    MaskValue,
     OneOf,
     Opaque,
     Record,
     Ref,
-    Site,
     Tokens,
     Value,
     join,
@@ -58,50 +54,6 @@ MAX_DEPTH = 6  # calls followed below an entry
 STATEMENT_BUDGET = 200_000  # statements interpreted in one run, over all entries
 ENTRY_BUDGET = 5_000  # statements one entry may take (with everything it calls)
 _STOP = (ast.Return, ast.Raise, ast.Continue, ast.Break)
-
-
-class Listener(Protocol):
-    """What a family learns from the interpreter (the label family implements it)."""
-
-    def loss(self, site: Site, logits: Value, labels: Value, ignore: MaskValue,
-             per_token: bool, internal: bool, roots: tuple[Site | None, Site | None]) -> None:
-        ...
-
-    def record(self, value: Value, site: Site) -> None: ...
-
-    def masked(self, loss: LossValue, mask: Value) -> None: ...
-
-    def iterated(self, site: Site, value: Value) -> None: ...
-
-
-@dataclass
-class Frame:
-    """One function (or module body) being interpreted."""
-
-    module: FlowModule
-    function: Ref | None
-    env: dict[str, Value]
-    depth: int = 0
-    self_name: str | None = None
-    self_attrs: dict[str, Value] | None = None
-    returns: list[Value] = field(default_factory=list)
-    yields: list[Value] = field(default_factory=list)  # a generator's values
-    statement: ast.stmt | None = None
-
-    def assigned_to(self, node: ast.expr) -> ast.expr | None:
-        """The one target of ``target = node`` when ``node`` is the statement's whole
-        right-hand side (a fix may rewrite it; a message may name the target)."""
-        stmt = self.statement
-        if isinstance(stmt, ast.Assign) and stmt.value is node and len(stmt.targets) == 1:
-            return stmt.targets[0]
-        return None
-
-    def value_form(self, node: ast.expr) -> str:
-        """For a fix of ``node`` alone: "assign" (a whole right-hand side), "part"
-        (``tensors.is_part``), else ""."""
-        if self.assigned_to(node) is not None:
-            return "assign"
-        return "part" if is_part(self.statement, node) else ""
 
 
 class Interpreter(ModuleScope):
@@ -118,6 +70,15 @@ class Interpreter(ModuleScope):
         self.contexts: dict[Ref, int] = {}
         self.frames: list[Frame] = []  # the functions being interpreted, innermost last
         self.resolving: set[tuple[str, str]] = set()  # globals read through imports now
+
+    # -- the evaluator's interface (frame.Evaluator) ----------------------------------
+
+    def element_of(self, value: Value, node: ast.expr, frame: Frame) -> Value:
+        return calls.element_of(self, value, node, frame)
+
+    def apply(self, callee: Value, args: list[Value], kwargs: dict[str, Value],
+              node: ast.Call, frame: Frame) -> Value:
+        return calls.apply(self, callee, args, kwargs, node, frame)
 
     # -- entries -------------------------------------------------------------------
 
@@ -472,19 +433,6 @@ def _is_table(record: Record) -> bool:
 def _is_static(node: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
     return any(isinstance(d, ast.Name) and d.id in ("staticmethod", "classmethod")
                for d in node.decorator_list)
-
-
-def mark(value: Value, site: Site) -> Value:
-    """The value, with every token tensor in it having passed ``site``."""
-    if isinstance(value, Tokens):
-        return value.moved(site)
-    if isinstance(value, Record):
-        return Record(value.kind, tuple((k, mark(v, site)) for k, v in value.items))
-    if isinstance(value, OneOf):
-        return OneOf(tuple(mark(o, site) for o in value.options))
-    if isinstance(value, Logits):
-        return replace(value, inputs=value.inputs.moved(site))
-    return value
 
 
 __all__ = ["Frame", "Interpreter", "Listener", "mark", "options_of"]

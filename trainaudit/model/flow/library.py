@@ -7,6 +7,8 @@ import ast
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from trainaudit.model.flow.frame import mark
+from trainaudit.model.flow.functions import call_function
 from trainaudit.model.flow.program import FlowModule
 from trainaudit.model.flow.tensors import as_tokens, condition_mask, reproduce, roll
 from trainaudit.model.flow.values import (
@@ -36,7 +38,7 @@ from trainaudit.model.flow.values import (
 from trainaudit.model.module import int_value
 
 if TYPE_CHECKING:
-    from trainaudit.model.flow.interp import Frame, Interpreter
+    from trainaudit.model.flow.frame import Evaluator, Frame
 
 # Packages whose names the model reads through the semantics below, never through their
 # source, also where the checked tree holds it (checking torch's or accelerate's own
@@ -114,7 +116,7 @@ def _per_token(kwargs: dict[str, Value]) -> bool:
     return isinstance(reduction, Const) and reduction.value == "none"
 
 
-def call(interp: Interpreter, qualname: str, args: list[Value], kwargs: dict[str, Value],
+def call(interp: Evaluator, qualname: str, args: list[Value], kwargs: dict[str, Value],
          node: ast.Call, frame: Frame) -> Value:
     site = frame.module.site(node)
     short = qualname.rsplit(".", 1)[-1]
@@ -179,20 +181,14 @@ def call(interp: Interpreter, qualname: str, args: list[Value], kwargs: dict[str
         return Opaque(("trainer", site.path, site.span.line))
     if qualname in ("builtins.enumerate",):
         inner = _arg(args, kwargs, 0, "iterable")
-        from trainaudit.model.flow.calls import element_of
-
-        element = element_of(interp, inner, node, frame) if inner is not None else UNKNOWN
+        element = interp.element_of(inner, node, frame) if inner is not None else UNKNOWN
         return ListOf(Record("tuple", ((0, Opaque(("index", site.span.line))), (1, element))),
                       inner)
     if qualname == "builtins.zip":
-        from trainaudit.model.flow.calls import element_of
-
-        parts = tuple((i, element_of(interp, a, node, frame)) for i, a in enumerate(args))
+        parts = tuple((i, interp.element_of(a, node, frame)) for i, a in enumerate(args))
         return ListOf(Record("tuple", parts))
     if qualname == "builtins.next" and args:
-        from trainaudit.model.flow.calls import element_of
-
-        return element_of(interp, args[0], node, frame)
+        return interp.element_of(args[0], node, frame)
     if qualname == "builtins.getattr" and len(args) >= 2 and isinstance(args[1], Const) \
             and isinstance(args[1].value, str):
         # ``getattr(transformers, cfg["model_class"])`` with the name known
@@ -310,7 +306,26 @@ def _cat(args: list[Value], node: ast.Call, frame: Frame) -> Value:
     return reproduce(first, "cat", node, frame.module, elts[0], tail, frame.assigned_to(node) is not None)
 
 
-def parser_method(interp: Interpreter, parser: Arguments, name: str, args: list[Value],
+def causal_call(interp: Evaluator, model: CausalLM, args: list[Value],
+                kwargs: dict[str, Value], node: ast.Call, frame: Frame) -> Value:
+    """A Hugging Face causal LM: logits aligned with ``input_ids``; given ``labels``, the
+    model shifts them itself (unless ``shift_labels`` is passed)."""
+    inputs = kwargs.get("input_ids", args[0] if args else None)
+    tokens = as_tokens(inputs) if inputs is not None else None
+    if tokens is None:
+        return Opaque(("hf-output", frame.module.name, node.lineno, node.col_offset))
+    logits = Logits(tokens, 0, tokens.ndim + 1 if tokens.ndim is not None else None)
+    site = frame.module.site(node)
+    if "shift_labels" in kwargs:
+        interp.listener.loss(site, logits, kwargs["shift_labels"], MaskValue(-100), False,
+                             False, (None, None))
+    elif "labels" in kwargs:
+        interp.listener.loss(site, logits, kwargs["labels"], MaskValue(-100), False, True,
+                             (None, None))
+    return Record("object", (("logits", logits), (0, logits), ("loss", LossValue(site))))
+
+
+def parser_method(interp: Evaluator, parser: Arguments, name: str, args: list[Value],
                   kwargs: dict[str, Value], node: ast.Call, frame: Frame) -> Value:
     """``parser.add_argument("--batch-size", type=int, default=4)`` records the default;
     ``parser.parse_args()`` is the namespace of defaults (what a run without flags gets)."""
@@ -334,7 +349,7 @@ def parser_method(interp: Interpreter, parser: Arguments, name: str, args: list[
     return Opaque(("parser-call", name, node.lineno))
 
 
-def tensor_method(interp: Interpreter, receiver: Value, name: str, args: list[Value],
+def tensor_method(interp: Evaluator, receiver: Value, name: str, args: list[Value],
                   kwargs: dict[str, Value], node: ast.Call, frame: Frame) -> Value:
     """``x.clone()``, ``x.view(-1)``, ``x.roll(-1, 0)``, ``x.masked_fill(m, v)``..."""
     if isinstance(receiver, Logits):
@@ -372,11 +387,8 @@ def tensor_method(interp: Interpreter, receiver: Value, name: str, args: list[Va
 # -- data --------------------------------------------------------------------------------
 
 
-def dataset_item(interp: Interpreter, dataset: Value, frame: Frame) -> Value:
+def dataset_item(interp: Evaluator, dataset: Value, frame: Frame) -> Value:
     """``dataset[i]``: the value of its ``__getitem__`` (a list's element)."""
-    from trainaudit.model.flow.functions import call_function
-    from trainaudit.model.flow.interp import mark
-
     if isinstance(dataset, OneOf):
         return join_all(dataset_item(interp, option, frame) for option in dataset.options)
     if isinstance(dataset, Instance):
@@ -415,24 +427,19 @@ def default_collate(item: Value) -> Value:
     return item
 
 
-def loader_batch(interp: Interpreter, loader: Loader, frame: Frame) -> Value:
-    from trainaudit.model.flow.calls import apply
-    from trainaudit.model.flow.interp import mark
-
+def loader_batch(interp: Evaluator, loader: Loader, frame: Frame) -> Value:
     item = dataset_item(interp, loader.dataset, frame)
     if loader.collate is not None and loader.call is not None and not (
             isinstance(loader.collate, Const) and loader.collate.value is None):
-        batch = apply(interp, loader.collate, [ListOf(item)], {}, loader.call, frame)
+        batch = interp.apply(loader.collate, [ListOf(item)], {}, loader.call, frame)
     else:
         batch = default_collate(item)
     return mark(batch, replace(loader.site, text="batch of this loader"))
 
 
-def _trainer(interp: Interpreter, kwargs: dict[str, Value], node: ast.Call,
+def _trainer(interp: Evaluator, kwargs: dict[str, Value], node: ast.Call,
              frame: Frame) -> None:
     """An HF ``Trainer`` runs ``model(**collate(items))`` on its data sets."""
-    from trainaudit.model.flow.calls import apply, causal_call
-
     model = kwargs.get("model")
     if not isinstance(model, CausalLM):
         return
@@ -447,6 +454,6 @@ def _trainer(interp: Interpreter, kwargs: dict[str, Value], node: ast.Call,
         elif isinstance(collator, Library):
             continue  # a library collator (DataCollatorForLanguageModeling) makes its own labels
         else:
-            batch = apply(interp, collator, [ListOf(item)], {}, node, frame)
+            batch = interp.apply(collator, [ListOf(item)], {}, node, frame)
         if isinstance(batch, Record):
             causal_call(interp, model, [], {str(k): v for k, v in batch.items}, node, frame)

@@ -12,7 +12,7 @@ from trainaudit.model.flow.functions import call_function
 from trainaudit.model.flow.values import Instance, Opaque, Value, options_of
 
 if TYPE_CHECKING:
-    from trainaudit.model.flow.interp import Frame, Interpreter
+    from trainaudit.model.flow.frame import Evaluator, Frame
 
 TRAINERS = frozenset({"lightning.Trainer", "lightning.pytorch.Trainer",
                       "pytorch_lightning.Trainer", "lightning.pytorch.trainer.Trainer",
@@ -25,7 +25,7 @@ _RUNS = {
     "test": (("dataloaders", 1, "test_dataloader", "test_step"),),
 }
 
-Iterate = Callable[["Interpreter", Value, ast.expr, "Frame"], Value]
+Iterate = Callable[["Evaluator", Value, ast.expr, "Frame"], Value]
 
 
 def is_trainer(value: Value) -> bool:
@@ -34,7 +34,7 @@ def is_trainer(value: Value) -> bool:
         and value.key[1] in TRAINERS
 
 
-def run(interp: Interpreter, method: str, args: list[Value], kwargs: dict[str, Value],
+def run(interp: Evaluator, method: str, args: list[Value], kwargs: dict[str, Value],
         node: ast.Call, frame: Frame, iterate: Iterate) -> Value:
     """``trainer.fit(module, ...)``: each step method run on a batch of its loader."""
     module = kwargs.get("model", args[0] if args else None)
@@ -64,7 +64,7 @@ def run(interp: Interpreter, method: str, args: list[Value], kwargs: dict[str, V
     return Opaque(("lightning", method, node.lineno))
 
 
-def _set_up(interp: Interpreter, datamodule: Instance, frame: Frame) -> Value:
+def _set_up(interp: Evaluator, datamodule: Instance, frame: Frame) -> Value:
     """The data module after its ``setup()`` (which makes the data sets its loader methods
     read from ``self``)."""
     setup = interp.program.method(datamodule.cls, "setup")
