@@ -11,7 +11,7 @@ from trainaudit.diagnostics import Finding
 from trainaudit.fixes import FixResult, fixer
 from trainaudit.fixes.cst import Located, code_of
 from trainaudit.fixes.toolkit import Edits, call_at, edit_each, replace_with, statement
-from trainaudit.model.flow.tensors import SAME_SHAPE
+from trainaudit.model.flow.operations import SAME_SHAPE_METHODS
 from trainaudit.payloads import IgnoreValue, LossShift, RollToSlice, ShiftRemoval
 
 
@@ -203,7 +203,7 @@ def _stands_alone(located: Located, node: cst.CSTNode) -> bool:
     """``node`` (under same-shape calls: ``ids[:, 1:].clone()``) is a whole assigned or
     returned value, or a dict value / tuple item of one."""
     parent = located.parent(node)
-    while isinstance(parent, cst.Attribute) and parent.attr.value in SAME_SHAPE \
+    while isinstance(parent, cst.Attribute) and parent.attr.value in SAME_SHAPE_METHODS \
             and isinstance(call := located.parent(parent), cst.Call) and call.func is parent:
         node, parent = call, located.parent(call)
     if isinstance(parent, cst.Assign | cst.Return):

@@ -11,6 +11,11 @@ from typing import TYPE_CHECKING
 
 from trainaudit.model.flow import library, lightning
 from trainaudit.model.flow.functions import call_function, closure_values, instantiate
+from trainaudit.model.flow.operations import (
+    PASS_ARGUMENTS,
+    POSITION_KEEPING_METHODS,
+    SAME_OBJECT_METHODS,
+)
 from trainaudit.model.flow.tensors import as_tokens
 from trainaudit.model.flow.values import (
     UNKNOWN,
@@ -47,11 +52,6 @@ if TYPE_CHECKING:
 BUILTINS = {"enumerate", "zip", "iter", "next", "list", "tuple", "dict", "len", "range",
             "isinstance", "getattr", "sorted", "reversed", "super", "print", "int", "float",
             "str", "min", "max", "sum", "any", "all", "map", "filter", "type"}
-# Methods of a model / module / loader that return the object itself.
-SELF_METHODS = {"to", "cuda", "cpu", "train", "eval", "half", "float", "bfloat16", "double",
-                "requires_grad_", "share_memory", "type", "apply", "compile"}
-# Methods of framework objects that hand their arguments back, prepared.
-PASS_ARGUMENTS = {"prepare", "prepare_model", "prepare_data_loader", "setup", "setup_dataloaders"}
 # A keyword that passes the token ids to a model.
 INPUT_KEYWORDS = ("input_ids", "idx", "input", "inputs", "x", "tokens", "src")
 
@@ -261,13 +261,13 @@ def method_call(interp: Evaluator, receiver: Value, name: str, args: list[Value]
         held = receiver.attr(name)
         if held is not None:
             return apply(interp, held, args, kwargs, node, frame)
-        return receiver if name in SELF_METHODS else Opaque((*receiver.identity, "call", name))
+        return receiver if name in SAME_OBJECT_METHODS else Opaque((*receiver.identity, "call", name))
     if isinstance(receiver, ClassValue):
         method = interp.program.method(receiver.ref, name)
         if method is not None:
             return call_function(interp, method, None, args, kwargs, node, depth)
         return Opaque(("classcall", receiver.ref, name))
-    if isinstance(receiver, CausalLM | Loader) and name in SELF_METHODS:
+    if isinstance(receiver, CausalLM | Loader) and name in SAME_OBJECT_METHODS:
         return receiver
     if isinstance(receiver, CausalLM) and name == "forward":
         return library.causal_call(interp, receiver, args, kwargs, node, frame)
@@ -284,7 +284,7 @@ def method_call(interp: Evaluator, receiver: Value, name: str, args: list[Value]
     if isinstance(receiver, Arguments):
         return library.parser_method(interp, receiver, name, args, kwargs, node, frame)
     if isinstance(receiver, LossValue):
-        return receiver if name in library.KEEP else Opaque(("loss-call", name, node.lineno))
+        return receiver if name in POSITION_KEEPING_METHODS else Opaque(("loss-call", name, node.lineno))
     if name in ("fit", "validate", "test") and lightning.is_trainer(receiver):
         return lightning.run(interp, name, args, kwargs, node, frame, element_of)
     if name in PASS_ARGUMENTS and args:  # accelerator.prepare(model, opt, loader, ...)

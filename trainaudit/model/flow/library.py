@@ -9,6 +9,12 @@ from typing import TYPE_CHECKING
 
 from trainaudit.model.flow.frame import mark
 from trainaudit.model.flow.functions import call_function
+from trainaudit.model.flow.operations import (
+    COPY_METHODS,
+    ITERATION_PASS_THROUGH,
+    MODEL_WRAPPERS,
+    POSITION_KEEPING_METHODS,
+)
 from trainaudit.model.flow.program import FlowModule
 from trainaudit.model.flow.tensors import as_tokens, condition_mask, reproduce, roll
 from trainaudit.model.flow.values import (
@@ -65,20 +71,10 @@ STACKS = {"torch.stack", "numpy.stack", "torch.vstack", "numpy.vstack"}
 CATS = {"torch.cat", "torch.concat", "torch.concatenate", "numpy.concatenate"}
 LOADERS = {"torch.utils.data.DataLoader", "torch.utils.data.dataloader.DataLoader"}
 SPLITS = {"torch.utils.data.random_split", "torch.utils.data.Subset"}
-WRAPPERS = {"torch.nn.parallel.DistributedDataParallel", "torch.nn.DataParallel",
-            "torch.compile", "peft.get_peft_model", "torch.nn.parallel.DataParallel",
-            "torch.distributed.fsdp.FullyShardedDataParallel", "tqdm.tqdm", "tqdm.auto.tqdm",
-            "builtins.iter", "builtins.list", "builtins.tuple", "builtins.sorted",
-            # iteration that yields the same elements (fewer, or again)
-            "itertools.islice", "itertools.cycle"}
+WRAPPERS = MODEL_WRAPPERS | ITERATION_PASS_THROUGH
 TRAINERS = {"transformers.Trainer", "transformers.Seq2SeqTrainer",
             "transformers.trainer.Trainer"}
 PAD_SEQUENCE = {"torch.nn.utils.rnn.pad_sequence"}
-# Tensor methods that keep every value where it is.
-KEEP = {"view", "reshape", "contiguous", "to", "long", "int", "float", "cuda", "cpu", "type",
-        "detach", "pin_memory", "numpy", "tolist", "view_as", "reshape_as", "type_as",
-        "squeeze", "unsqueeze", "flatten", "astype", "clone", "copy", "tensor"}
-COPIES = {"clone", "copy", "detach"}
 _NAMED = WRAPPERS | TRAINERS
 
 
@@ -212,7 +208,7 @@ def argument_roots(node: ast.Call, module: FlowModule) -> tuple[Site | None, Sit
     for index, name in ((0, "input"), (1, "target")):
         arg = _node_arg(node, index, name)
         while (isinstance(arg, ast.Call) and isinstance(arg.func, ast.Attribute)
-               and arg.func.attr in KEEP - COPIES):
+               and arg.func.attr in POSITION_KEEPING_METHODS - COPY_METHODS):
             arg = arg.func.value
         roots.append(module.site(arg) if isinstance(arg, ast.Name | ast.Attribute
                                                     | ast.Subscript) else None)
@@ -369,12 +365,12 @@ def tensor_method(interp: Evaluator, receiver: Value, name: str, args: list[Valu
         if name.endswith("_") and isinstance(node.func, ast.Attribute):
             interp.bind(node.func.value, result, frame)
         return result
-    if isinstance(receiver, Opaque) and name not in KEEP:
+    if isinstance(receiver, Opaque) and name not in POSITION_KEEPING_METHODS:
         return receiver.child("call", name, node.lineno, node.col_offset)
     tokens = as_tokens(receiver)
-    if tokens is None or name not in KEEP:
+    if tokens is None or name not in POSITION_KEEPING_METHODS:
         return Opaque(("tensor-call", name, node.lineno))
-    if name in COPIES:
+    if name in COPY_METHODS:
         return replace(tokens, made=frame.module.site(node))
     if name in ("flatten",) or (name in ("view", "reshape") and len(args) == 1
                                 and isinstance(args[0], Const) and args[0].value == -1):

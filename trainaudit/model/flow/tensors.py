@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 from dataclasses import replace
 
+from trainaudit.model.flow.operations import SAME_SHAPE_METHODS
 from trainaudit.model.flow.program import FlowModule
 from trainaudit.model.flow.values import (
     UNKNOWN,
@@ -30,16 +31,11 @@ from trainaudit.model.flow.values import (
 )
 from trainaudit.model.module import int_value
 
-# Methods that keep a tensor's shape (a copy, a dtype, a device): ``ids[:, 1:].clone()``
-# is still the slice, for a fix that puts ``ids`` in its place.
-SAME_SHAPE = frozenset({"clone", "contiguous", "detach", "long", "int", "float", "to", "cuda",
-                        "cpu", "type"})
-
 
 def receiver_of_same_shape(node: ast.expr) -> ast.expr:
     """``x`` of ``x.clone().to(device)``: the tensor under same-shape method calls."""
     while isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
-            and node.func.attr in SAME_SHAPE:
+            and node.func.attr in SAME_SHAPE_METHODS:
         node = node.func.value
     return node
 
