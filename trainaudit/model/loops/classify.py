@@ -126,9 +126,9 @@ class CallClassifier(FileScan):
             flag = call.args[0] if call.args else keyword(call, "mode")
             if isinstance(flag, ast.Constant) and flag.value is False:
                 return ("eval_mode", receiver, "", None)
-            if flag is None or (isinstance(flag, ast.Constant) and flag.value is True):
-                return ("train_mode", receiver, "", None)
-            return None
+            # ``train(True)``, or ``train(was_training)``: a mode saved before an
+            # evaluation and put back (it may be train mode, so it may restore it).
+            return ("train_mode", receiver, "", None)
         if attr == "forward" and (receiver in self.model_names or MODEL_NAME.search(last_name(receiver))):
             return ("forward", receiver, "", None)
         if receiver.startswith("self.") or receiver == "self":
