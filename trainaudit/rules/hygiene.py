@@ -1,5 +1,5 @@
-"""Loop hygiene (TA501–TA505): evaluation without no_grad, eval mode left on, loss tensors
-kept alive, no clipping, weight decay on norms and biases."""
+"""Loop hygiene (TA503–TA505): loss tensors kept alive, no clipping, weight decay on norms
+and biases (evaluation, TA501 and TA502, is in ``rules/evaluation``)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import ast
 import re
 from collections.abc import Iterable, Iterator
 
-from trainaudit.diagnostics import Finding, Related
+from trainaudit.diagnostics import Finding
 from trainaudit.model.loops import (
     BACKWARD_CALL,
     LOOP_TRIGGERS,
@@ -19,255 +19,18 @@ from trainaudit.model.loops import (
     loop_analysis,
     project_training_loops,
 )
-from trainaudit.model.loops.identity import identity
-from trainaudit.model.loops.ordering import Ordering
-from trainaudit.model.loops.records import UNBOUND
-from trainaudit.model.module import FunctionNode, ModuleFacts, int_value, keyword, walk_local
+from trainaudit.model.module import ModuleFacts, int_value, keyword, walk_local
 from trainaudit.model.project import Project
-from trainaudit.payloads import ClipBeforeStep, DetachAccumulated, NoGradFunction, RestoreTrainMode
+from trainaudit.payloads import ClipBeforeStep, DetachAccumulated
 from trainaudit.registry import ModuleRule, ProjectRule, RuleContext, register
 from trainaudit.rules.accumulation import FOREIGN_GRADIENTS, SELF_STEPPING
+from trainaudit.rules.evaluation import callers_disable_grad
 
 _NO_GRAD = ("no_grad", "inference_mode")
 
 
 def _grad_disabled(op: Operation) -> bool:
     return op.under(*_NO_GRAD)
-
-
-def _decorated_no_grad(analysis: LoopAnalysis, fn: FunctionNode) -> bool:
-    return any(analysis.context_name(d).endswith(_NO_GRAD) for d in fn.decorator_list)
-
-
-def _disables_grad(module: ModuleFacts, fn: FunctionNode) -> bool:
-    """``torch.set_grad_enabled(False)`` or ``requires_grad_(False)`` in the function."""
-    for node in walk_local(fn.body):
-        if isinstance(node, ast.Call):
-            name = module.call_name(node) or ""
-            if name.endswith("set_grad_enabled") and node.args and isinstance(node.args[0], ast.Constant) \
-                    and node.args[0].value is False:
-                return True
-    return False
-
-
-def _callers_disable_grad(module: ModuleFacts, analysis: LoopAnalysis, name: str) -> bool:
-    """Every call of a function in this file happens under ``torch.no_grad()`` (and there is one)."""
-    calls: list[bool] = []
-    for node in module.nodes:
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == name:
-            protected = False
-            for anc in module.ancestors(node):
-                if isinstance(anc, ast.With | ast.AsyncWith) and any(
-                        analysis.context_name(item.context_expr).endswith(_NO_GRAD) for item in anc.items):
-                    protected = True
-                    break
-                if isinstance(anc, ast.FunctionDef | ast.AsyncFunctionDef):
-                    protected = _decorated_no_grad(analysis, anc)
-                    break
-            calls.append(protected)
-    return bool(calls) and all(calls)
-
-
-@register
-class EvalWithoutNoGrad(ModuleRule):
-    """TA501: a function puts the model in eval mode and runs forward passes that record
-    autograd graphs (no ``torch.no_grad()`` / ``torch.inference_mode()``): memory and time
-    spent on graphs nobody differentiates."""
-
-    code = "TA501"
-    triggers = (".eval()",)
-
-    def check(self, module: ModuleFacts, ctx: RuleContext) -> Iterable[Finding]:
-        analysis = loop_analysis(module)
-        for name, fn in module.functions.items():
-            if _decorated_no_grad(analysis, fn) or _disables_grad(module, fn):
-                continue
-            if not any(isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
-                       and n.func.attr == "eval" for n in walk_local(fn.body)):
-                continue
-            function_ops = analysis.function_ops(name)
-            ops = function_ops.operations
-            if any(op.kind == "backward" for op in ops):
-                continue  # eval() to freeze dropout/norms while training
-            evals = [op for op in ops if op.kind == "eval_mode" and not op.via]
-            forwards = [(first, op) for first in evals for op in ops
-                        if _evaluates(module, function_ops.ordering, first, op, ops)]
-            if not forwards:
-                continue
-            short = name.rsplit(".", 1)[-1]
-            if "." not in name and _callers_disable_grad(module, analysis, short):
-                continue
-            first, forward = forwards[0]
-            message = (f"`{short}` puts `{first.receiver}` in eval mode and runs "
-                       f"`{forward.site.text}` with gradients enabled: every forward builds an "
-                       "autograd graph nobody uses")
-            trains = _may_train(module, analysis, name)
-            if trains:
-                message += f"; no automatic fix: {trains}, so @torch.no_grad() could break training"
-            yield self.report(module, forward.node or fn, message,
-                              related=[Related(module.path, first.site.line, first.site.column,
-                                               "eval mode here")],
-                              payload=None if trains else NoGradFunction(name), fixable=not trains)
-
-
-def _receiver(op: Operation) -> ast.expr | None:
-    """The object an eval/forward call runs on (``model`` in ``model.eval()`` / ``model(x)``)."""
-    call = op.node
-    if not isinstance(call, ast.Call):
-        return None
-    if op.kind == "eval_mode" or (isinstance(call.func, ast.Attribute)
-                                  and call.func.attr in ("forward", "generate")):
-        return call.func.value if isinstance(call.func, ast.Attribute) else None
-    return call.func
-
-
-def _evaluates(module: ModuleFacts, ordering: Ordering, evaluation: Operation, forward: Operation,
-               ops: tuple[Operation, ...]) -> bool:
-    """``forward`` runs the object put in eval mode by ``evaluation``, on a path after it,
-    with gradients on, and no ``train()`` in between (by order: a conservative cut)."""
-    if forward.kind != "forward" or forward.grad_mode != "enabled":
-        return False
-    if (evaluation.order, forward.order) not in ordering.follows:
-        return False  # another branch (``self.teacher.eval()`` beside the student's forward)
-    if any(t.kind == "train_mode" and evaluation.order < t.order < forward.order for t in ops):
-        return False
-    evaluated, ran = _receiver(evaluation), _receiver(forward)
-    if evaluated is None or ran is None:
-        return False
-    put, run = (identity(module, evaluated, evaluation.site.function),
-                identity(module, ran, forward.site.function))
-    return run == put or run.startswith(put + ".")  # a submodule is in eval mode too
-
-
-# Names of functions a framework (or a training loop) calls to compute a training loss.
-_TRAINING_ENTRY = re.compile(r"loss|train|step|fit|forward|update|backward", re.IGNORECASE)
-_EVALUATION_NAME = re.compile(r"eval|valid|test|infer|predict|generat|sampl|score|metric", re.IGNORECASE)
-
-
-def _may_train(module: ModuleFacts, analysis: LoopAnalysis, name: str) -> str:
-    """Why decorating ``name`` with no_grad might break training ("" when it cannot)."""
-    short = name.rsplit(".", 1)[-1]
-    if any(name in loop.helpers for loop in find_training_loops(module)):
-        return f"`{short}` is called from a training loop"
-    if analysis.file_delegation:
-        return f"a framework ({', '.join(sorted(analysis.file_delegation))}) may call `{short}` to train"
-    lowered = short.lower()
-    evaluation = _EVALUATION_NAME.search(short) and "train" not in lowered and "loss" not in lowered
-    if _TRAINING_ENTRY.search(short) and not evaluation:
-        return f"`{short}` may compute a training loss"
-    forwards = {op.receiver for op in analysis.function_ops(name).operations if op.kind == "forward"}
-    evaluated = {op.receiver for op in analysis.function_ops(name).operations if op.kind == "eval_mode"}
-    if any(not any(f == e or f.startswith(e + ".") for e in evaluated) for f in forwards):
-        return f"`{short}` also runs models it does not put in eval mode"
-    return ""
-
-
-@register
-class EvalModeNotRestored(ProjectRule):
-    """TA502: the training loop's call tree puts the model in eval mode and nothing puts it
-    back in train mode before the next step: dropout and norm statistics stay off for the
-    rest. The call tree includes enclosing loops: an ``evaluate(model)`` in the epoch loop
-    after the step loop leaves every later epoch in eval mode."""
-
-    code = "TA502"
-    families = ("loops",)
-    triggers = LOOP_TRIGGERS
-
-    def check(self, project: Project, ctx: RuleContext) -> Iterable[Finding]:
-        seen: set[tuple[str, int, int]] = set()
-        for loop in project_training_loops(project):
-            for op, where, payload in (*_left_in_loop(loop), *_left_by_enclosing(loop)):
-                key = (op.site.path, op.site.line, op.site.column)
-                if key in seen:
-                    continue
-                seen.add(key)
-                message = (f"`{op.site.text}` runs inside the training loop and nothing in the loop "
-                           f"calls `.train()` again: the following steps train in eval mode")
-                related = [Related(loop.path, loop.header.line, loop.header.column, "training loop")]
-                if where is not loop:
-                    message = (f"`{op.site.text}` runs in `{where.header.text}` around the training "
-                               "loop and nothing calls `.train()` again before the next step: "
-                               "the following epochs train in eval mode")
-                    related.append(Related(where.path, where.header.line, where.header.column,
-                                           "enclosing loop"))
-                    if op.via:
-                        related.append(Related(op.via[0].path, op.via[0].line, op.via[0].column,
-                                               "evaluation called here"))
-                yield self.finding(op.site.path, op.site.span, message, payload=payload,
-                                   fixable=payload is not None, related=related)
-
-
-Left = tuple[Operation, TrainingLoop, RestoreTrainMode | None]
-
-
-def _left_in_loop(loop: TrainingLoop) -> Iterator[Left]:
-    """Eval-mode calls of the loop's own call tree with no ``.train()`` of that model in it."""
-    trained = [op.subject for op in loop.forwards if op.grad_mode == "enabled"]
-    restored = loop.ops("train_mode")
-    for op in loop.ops("eval_mode"):
-        if op.subject == UNBOUND or not any(_same_object(op.subject, other) for other in trained):
-            continue  # a frozen model (a teacher run under no_grad), or not known
-        if any(_may_restore(other, op) for other in restored):
-            continue
-        yield op, loop, RestoreTrainMode(op.receiver)
-
-
-def _left_by_enclosing(loop: TrainingLoop) -> Iterator[Left]:
-    """Eval-mode calls an enclosing loop makes outside the step loop, after which a step of
-    that model can run with no ``.train()`` of it on the way (within one pass of the
-    enclosing loop, or before the step loop in its next pass)."""
-    for outer in loop.enclosing:
-        steps = [op for op in outer.inside(loop) if op.kind == "forward" and op.grad_mode == "enabled"]
-        restored = outer.ops("train_mode")
-        for op in outer.ops("eval_mode"):
-            if loop.header in op.loops or op.subject == UNBOUND:
-                continue  # the step loop's own (``_left_in_loop``), or not known
-            later = [step for step in steps if _same_object(op.subject, step.subject)
-                     and outer.may_run_later(op, step)]
-            if not later:
-                continue  # another model, or no step after it (evaluated after the last epoch)
-            if any(_may_restore(other, op) and (outer.may_follow(op, other) or any(
-                    outer.may_follow(other, step) for step in later)) for other in restored):
-                continue
-            yield op, outer, _restore_after_call(op)
-
-
-def _may_restore(train: Operation, evaluation: Operation) -> bool:
-    """``train`` may be of the model ``evaluation`` put in eval mode (unknown counts)."""
-    return train.subject in ("", UNBOUND) or _same_object(evaluation.subject, train.subject)
-
-
-_PLAIN_NAME = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
-
-
-def _restore_after_call(op: Operation) -> RestoreTrainMode | None:
-    """Restore right after the enclosing loop's statement that leads to the eval call (its
-    helper may be shared); no fix when that statement is in another file or the model has
-    no plain name there."""
-    if not op.via:
-        return RestoreTrainMode(op.receiver)  # in the enclosing loop's body itself
-    call = op.via[0]
-    if call.path != op.site.path or not _PLAIN_NAME.match(op.subject):
-        return None
-    return RestoreTrainMode(op.subject, after=(call.line, call.column))
-
-
-# ``.to(device)``, ``.cuda()``, ``.module``: calls and attributes that leave the same model.
-_SAME_MODEL_SUFFIX = re.compile(
-    r"\.(?:to|cuda|cpu|float|half|bfloat16|double|train|eval|requires_grad_)\([^()]*\)$|\.module$")
-
-
-def _model_text(text: str) -> str:
-    while True:
-        shorter = _SAME_MODEL_SUFFIX.sub("", text)
-        if shorter == text:
-            return text
-        text = shorter
-
-
-def _same_object(a: str, b: str) -> bool:
-    """Receiver texts of one model (``m``, ``m.module``, ``m.to(device)`` are one)."""
-    return _model_text(a) == _model_text(b)
 
 
 def _loss_names(loop: TrainingLoop) -> set[str]:
@@ -353,7 +116,7 @@ _WINDOW_HEADER = re.compile(r"^range\(.*(accum|micro)", re.IGNORECASE)
 def _only_called_without_grad(module: ModuleFacts, analysis: LoopAnalysis, stmt: ast.AST) -> bool:
     """The statement is in a helper that every call in this file runs under no_grad."""
     fn = module.enclosing_function(stmt)
-    return fn is not None and _callers_disable_grad(module, analysis, fn.name)
+    return fn is not None and callers_disable_grad(module, analysis, fn.name)
 
 
 def _converted_before(module: ModuleFacts, stmt: ast.AST, names: set[str]) -> bool:
