@@ -161,7 +161,18 @@ class AccumulatedLossNotScaled(ProjectRule):
             if accumulation is None or loop.ops("grad_scale"):
                 continue
             for backward in loop.ops("backward"):
-                if backward.framework or backward.loss is None or backward.loss.scaled is not False:
+                if backward.framework or backward.loss is None:
+                    continue
+                if backward.loss.counter:
+                    yield self.finding(
+                        backward.site.path, backward.site.span,
+                        f"`{backward.loss.text}` is divided by `{backward.loss.divisor}`, a "
+                        "counter that grows "
+                        "by one each micro-batch: the micro-batches are weighted 1, 1/2, 1/3, ... "
+                        "instead of 1/k each. Divide by the number of micro-batches per step",
+                        related=[_related(loop.ops("optimizer_step")[0], "gated optimizer step")])
+                    continue
+                if backward.loss.scaled is not False:
                     continue
                 if backward.loss.reduction not in (None, "mean"):
                     continue  # a summed loss: its author normalises it (tokens, ranks)

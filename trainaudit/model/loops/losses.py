@@ -24,7 +24,8 @@ class LossReader(CallClassifier):
         params = params_of(fn) if fn is not None else set()
         scaled, divisor = self._scaling(expr, body, params, depth=0)
         reduction = self.reduction(expr, function)
-        return LossSite(first_line(self.module.segment(expr)), scaled, divisor, reduction)
+        return LossSite(first_line(self.module.segment(expr)), scaled, divisor, reduction,
+                        counter=divisor is not None and _counts_up(body, divisor))
 
     def reduction(self, expr: ast.expr, function: str, depth: int = 0) -> str | None:
         """How the loss ``expr`` is reduced over its elements: "mean", "sum" or "none", read
@@ -156,8 +157,8 @@ class LossReader(CallClassifier):
         if classified is not None and classified[0] == "forward":
             return False, None
         text = module.segment(call.func)
-        if text.split(".")[0] in params:
-            return None, None
+        # A criterion made by a torch loss class, also one kept on ``self`` by ``__init__``
+        # (``self.criterion(out, y)``): its result is not divided.
         made = self.bindings.made_by(text)
         if made and all(m.rsplit(".", 1)[-1].endswith("Loss") or m.startswith("torch.nn.") for m in made):
             return False, None
@@ -174,6 +175,15 @@ LOSS_FUNCTIONS = frozenset({
     "gaussian_nll_loss", "margin_ranking_loss", "hinge_embedding_loss", "soft_margin_loss",
     "multilabel_soft_margin_loss", "cosine_embedding_loss", "triplet_margin_loss", "ctc_loss",
 })
+
+
+def _counts_up(body: list[ast.stmt], name: str) -> bool:
+    """``name += 1`` somewhere in the function's own code."""
+    return name.isidentifier() and any(
+        isinstance(node, ast.AugAssign) and isinstance(node.op, ast.Add)
+        and isinstance(node.target, ast.Name) and node.target.id == name
+        and isinstance(node.value, ast.Constant) and node.value.value == 1
+        for node in walk_local(body))
 
 
 def _reduction_keyword(call: ast.Call) -> str | None:

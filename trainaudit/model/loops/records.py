@@ -66,6 +66,9 @@ class LossSite:
     # where the loss call is visible (a forward of a model class of the file is read);
     # None when it is not.
     reduction: str | None = None
+    # The divisor is a name the loss's function increments by one (``micro += 1``): a
+    # micro-step counter that runs 1, 2, 3 ... across the window.
+    counter: bool = False
 
 
 @dataclass(frozen=True)

@@ -30,10 +30,10 @@ def _strip_nodes(loop: TrainingLoop) -> TrainingLoop:
                    enclosing=tuple(_strip_nodes(outer) for outer in loop.enclosing))
 
 
-# A file with only an evaluation helper (``model.eval()``) is summarised too: a loop in
-# another file may call it.
-@summarizer("loops", triggers=(*LOOP_TRIGGERS, ".eval()"),
-            requires=(*LOOP_REQUIRES, (r"\.eval\(\)",)))
+# A file with only an evaluation helper (``model.eval()``) or a clipping helper is
+# summarised too: a loop in another file may call it.
+@summarizer("loops", triggers=(*LOOP_TRIGGERS, ".eval()", "clip_grad"),
+            requires=(*LOOP_REQUIRES, (r"\.eval\(\)",), (r"clip_grad",)))
 def summarize_loops(module: ModuleFacts) -> LoopFileFacts:
     """Per-file summary: training loops, candidate loops and helpers other files may import."""
     training, candidates = _cached_loops(module)
@@ -44,7 +44,7 @@ def summarize_loops(module: ModuleFacts) -> LoopFileFacts:
         # functions whose call tree has a backward or whose text steps or evaluates something.
         text = analysis._text(fn)
         if "." in name or not (name in analysis.backward_functions or ".step(" in text
-                               or ".eval()" in text):
+                               or ".eval()" in text or "clip_grad" in text):
             continue
         ops = analysis.function_ops(name)
         if ops.operations or ops.external_calls:
