@@ -73,6 +73,9 @@ StdinNameOpt = Annotated[str | None, typer.Option(
 ExitZeroOpt = Annotated[bool, typer.Option("--exit-zero", help="Exit 0 even with findings.")]
 NoCacheOpt = Annotated[bool, typer.Option(
     "--no-cache", help="Neither read nor write .trainaudit_cache/.")]
+ForceExcludeOpt = Annotated[bool, typer.Option(
+    "--force-exclude", help="Apply `exclude` to files named on the command line too "
+                            "(for pre-commit, which names every changed file).")]
 UnsafeFixesOpt = Annotated[bool | None, typer.Option(
     "--unsafe-fixes/--no-unsafe-fixes",
     help="Also apply feature fixes (accumulation, autocast, checkpointing, clipping).")]
@@ -80,7 +83,8 @@ UnsafeFixesOpt = Annotated[bool | None, typer.Option(
 
 def _configure(paths: list[str] | None, select: list[str] | None, extend_select: list[str] | None,
                ignore: list[str] | None, config_path: Path | None, no_config: bool,
-               fail_on: str | None = None) -> tuple[Config, list[str]]:
+               fail_on: str | None = None, force_exclude: bool = False
+               ) -> tuple[Config, list[str]]:
     targets = paths or ["."]
     start = Path(targets[0]) if targets[0] != "-" else Path.cwd()
     try:
@@ -95,13 +99,17 @@ def _configure(paths: list[str] | None, select: list[str] | None, extend_select:
             changes["ignore"] = config.ignore + validate_selectors(ign, "--ignore")
         if fail_on is not None:
             changes["fail_on"] = Severity.parse(fail_on)
+        if force_exclude:
+            changes["force_exclude"] = True
         return config.with_overrides(**changes), targets
     except (ConfigError, ValueError) as exc:
         _fail(str(exc))
 
 
 def _gather(targets: list[str], config: Config, stdin_filename: str | None
-            ) -> tuple[list[SourceFile], dict[str, str]]:
+            ) -> tuple[list[SourceFile], dict[str, str], list[str]]:
+    """The files to check, the stdin overlay, and the paths that do not exist (reported
+    at the end with exit 2, as ruff: the other paths are still checked)."""
     if "-" in targets:
         if len(targets) > 1:
             _fail("'-' (stdin) cannot be combined with other paths")
@@ -109,13 +117,9 @@ def _gather(targets: list[str], config: Config, stdin_filename: str | None
         if is_notebook(name):
             _fail("notebooks are read from their files, not from stdin")
         file = SourceFile(Path(name), display_path(Path(name)), explicit=True)
-        return [file], {file.display: sys.stdin.read()}
+        return [file], {file.display: sys.stdin.read()}, []
     files, problems = discover([Path(t) for t in targets], config)
-    if problems:
-        for problem in problems:
-            err.print(f"[bold red]error:[/] {escape(problem)}")
-        raise typer.Exit(EXIT_ERROR)
-    return files, {}
+    return files, {}, problems
 
 
 def _exit_code(result: CheckResult, config: Config) -> int:
@@ -169,8 +173,8 @@ def _run_check(files: list[SourceFile], config: Config, overlay: dict[str, str],
                            progress=lambda n: bar.advance(task, n))
 
 
-def _warn_if_empty(files: list[SourceFile], targets: list[str]) -> None:
-    if not files:
+def _warn_if_empty(files: list[SourceFile], targets: list[str], missing: list[str]) -> None:
+    if not files and not missing:
         where = ", ".join(targets)
         err.print(f"[yellow]warning:[/] no Python files or notebooks found under {escape(where)}")
 
@@ -179,19 +183,19 @@ def _fix_and_write(files: list[SourceFile], config: Config, overlay: dict[str, s
                    cache: bool, quiet: bool) -> CheckResult:
     """``check --fix``: write the fixes (stdin: the fixed source to stdout), then return
     what remains, with the fixer's errors among the result's."""
-    from trainaudit.fixes.apply import fix_files, write_atomically
+    from trainaudit.fixes.apply import fix_files, write_changes
 
     analyse, project = _cache_phases(config, cache=cache, overlay=overlay)
     run = fix_files(files, config, unsafe_fixes=config.unsafe_fixes, overlay=overlay,
                     analyse=analyse, project=project)
+    written, unwritten = run.changes, list[str]()
     if overlay:
         sys.stdout.write(run.changes[0].output() if run.changes else next(iter(overlay.values())))
     else:
-        for change in run.changes:
-            write_atomically(change)
-    if not quiet and run.changes:
-        err.print(f"Fixed {len(run.changes)} file{'s' if len(run.changes) != 1 else ''}.")
-    run.remaining.errors = [*run.errors, *run.remaining.errors]
+        written, unwritten = write_changes(run.changes)
+    if not quiet and written:
+        err.print(f"Fixed {len(written)} file{'s' if len(written) != 1 else ''}.")
+    run.remaining.errors = [*run.errors, *unwritten, *run.remaining.errors]
     return run.remaining
 
 
@@ -222,18 +226,21 @@ def check(
         "--fix", help="Write safe and corrective fixes, then report what remains "
                       "(as `fix --apply`).")] = False,
     unsafe_fixes: UnsafeFixesOpt = None,
+    force_exclude: ForceExcludeOpt = False,
 ) -> None:
     """Lint training scripts. Exit 0: clean; 1: findings at or above --fail-on; 2: error."""
-    config, targets = _configure(paths, select, extend_select, ignore, config_path, no_config, fail_on)
+    config, targets = _configure(paths, select, extend_select, ignore, config_path, no_config,
+                                 fail_on, force_exclude)
     if unsafe_fixes is not None:
         config = config.with_overrides(unsafe_fixes=unsafe_fixes)
-    files, overlay = _gather(targets, config, stdin_filename)
-    _warn_if_empty(files, targets)
+    files, overlay, missing = _gather(targets, config, stdin_filename)
+    _warn_if_empty(files, targets, missing)
     accepted = _load_baseline(baseline) if baseline is not None and write_baseline is None else None
     if apply_fixes:
         result = _fix_and_write(files, config, overlay, cache=not no_cache, quiet=quiet)
     else:
         result = _run_check(files, config, overlay, cache=not no_cache, progress=not quiet)
+    result.errors = [*missing, *result.errors]
     _report_errors(result.errors)
     if write_baseline is not None or accepted is not None:
         from trainaudit.baseline import read_lines_from_disk
@@ -286,19 +293,22 @@ def fix(
         "--quiet", "-q", help="Only diffs and findings; no notes or counts.")] = False,
     exit_zero: ExitZeroOpt = False,
     no_cache: NoCacheOpt = False,
+    force_exclude: ForceExcludeOpt = False,
 ) -> None:
     """Fix findings: show the diff, or write it with --apply (safe and corrective fixes).
     Exit 1 when something would change (or, with --apply, findings remain)."""
-    from trainaudit.fixes.apply import fix_files, write_atomically
+    from trainaudit.fixes.apply import fix_files, write_changes
 
-    config, targets = _configure(paths, select, extend_select, ignore, config_path, no_config)
+    config, targets = _configure(paths, select, extend_select, ignore, config_path, no_config,
+                                 force_exclude=force_exclude)
     if unsafe_fixes is not None:
         config = config.with_overrides(unsafe_fixes=unsafe_fixes)
-    files, overlay = _gather(targets, config, stdin_filename)
-    _warn_if_empty(files, targets)
+    files, overlay, missing = _gather(targets, config, stdin_filename)
+    _warn_if_empty(files, targets, missing)
     analyse, project = _cache_phases(config, cache=not no_cache, overlay=overlay)
     run = fix_files(files, config, unsafe_fixes=config.unsafe_fixes, overlay=overlay,
                     analyse=analyse, project=project)
+    run.errors = [*missing, *run.errors]
     _report_errors(run.errors)
 
     def finish(code: int) -> NoReturn:
@@ -318,11 +328,12 @@ def fix(
             sys.stdout.write(change.diff())
             sys.stdout.flush()
     if apply and not overlay:
-        for change in run.changes:
-            write_atomically(change)
+        written, unwritten = write_changes(run.changes)
+        _report_errors(unwritten)
+        run.errors += unwritten  # exit 2: a fix that was not written is not a finding
         if not quiet:
-            noun = "file" if len(run.changes) == 1 else "files"
-            err.print(f"Fixed {len(run.changes)} {noun}.")
+            noun = "file" if len(written) == 1 else "files"
+            err.print(f"Fixed {len(written)} {noun}.")
         remaining = run.remaining
         if remaining.findings:
             from trainaudit.report.text import render_text

@@ -63,6 +63,9 @@ class Config:
     fail_on: Severity = Severity.WARNING
     unsafe_fixes: bool = False
     respect_gitignore: bool = True
+    # Apply ``exclude`` to files named on the command line too (as ruff's force-exclude):
+    # pre-commit names every changed file, excluded or not.
+    force_exclude: bool = False
     # Report every rule in test files too (by default only rules that apply to tests do).
     check_tests: bool = False
     options: Mapping[str, Any] = field(default_factory=dict)
@@ -242,7 +245,7 @@ def _from_table(table: Mapping[str, Any], file: Path, defaults: Config,
                 rule_options: Mapping[str, Any]) -> Config:
     where = str(file)
     known = _LIST_KEYS | {"per-file-ignores", "fail-on", "unsafe-fixes", "fix",
-                          "respect-gitignore", "check-tests"} | set(rule_options)
+                          "respect-gitignore", "check-tests", "force-exclude"} | set(rule_options)
     unknown = sorted(set(table) - known)
     if unknown:
         raise ConfigError(f"{where}: unknown option(s): {', '.join(unknown)}")
@@ -275,7 +278,7 @@ def _from_table(table: Mapping[str, Any], file: Path, defaults: Config,
         except ValueError as exc:
             raise ConfigError(f"{where}: fail-on: {exc}") from None
     for key, attr in (("unsafe-fixes", "unsafe_fixes"), ("respect-gitignore", "respect_gitignore"),
-                      ("check-tests", "check_tests")):
+                      ("check-tests", "check_tests"), ("force-exclude", "force_exclude")):
         if key in table:
             if not isinstance(table[key], bool):
                 raise ConfigError(f"{where}: `{key}` must be true or false")

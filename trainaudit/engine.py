@@ -27,7 +27,13 @@ from trainaudit.diagnostics import Finding, Span
 from trainaudit.discover import SourceFile
 from trainaudit.model.module import ModuleFacts, clear_walk_cache
 from trainaudit.model.project import ModuleSummary, Project
-from trainaudit.notebook import CellStarts, cell_starts, in_cells, is_notebook
+from trainaudit.notebook import (
+    CellStarts,
+    cell_starts,
+    in_cells,
+    is_notebook,
+    without_unparsable_cells,
+)
 from trainaudit.registry import (
     SUMMARIZERS,
     Gate,
@@ -233,6 +239,14 @@ class Analyzer:
         if "TA002" in self.settings.enabled:
             result.comments = suppression_comments(text)
         tree = parse_or_report(file.display, text)
+        if isinstance(tree, Finding) and result.cells:
+            text, broken = without_unparsable_cells(text)
+            if broken:  # each bad cell is a finding; the others are analysed
+                tree = parse_or_report(file.display, text)
+                if "TA001" in self.settings.enabled and not isinstance(tree, Finding):
+                    result.findings += [_syntax_finding(file.display, f"syntax error: {message}",
+                                                        line, column)
+                                        for line, column, message in broken]
         if isinstance(tree, Finding):
             if "TA001" in self.settings.enabled:
                 result.findings.append(tree)

@@ -216,3 +216,32 @@ def notebook_cell_lines(text: str, cell: int) -> list[str]:
     except NotebookError:
         return []
     return [line.rstrip("\r\n") for line in split_cells(source).get(cell, [])]
+
+
+# What replaces each line of a cell that does not parse: the line count is kept, so the
+# other cells' positions do not move.
+_UNPARSED_LINE = "# trainaudit: cell not parsed\n"
+
+
+def without_unparsable_cells(source: str) -> tuple[str, list[tuple[int, int, str]]]:
+    """An analysed source whose cells that do not parse on their own are commented out,
+    and (line, column, message) of each one's syntax error in the analysed source: one
+    broken cell is reported where it is, and the notebook's other cells still analysed."""
+    import ast
+
+    lines = source.splitlines(keepends=True)
+    starts = cell_starts(source)
+    errors: list[tuple[int, int, str]] = []
+    for index, (marker, _number) in enumerate(starts):
+        end = starts[index + 1][0] - 1 if index + 1 < len(starts) else len(lines)
+        body = "".join(lines[marker:end])  # lines after the marker (1-based marker line)
+        try:
+            ast.parse(body)
+        except SyntaxError as exc:
+            errors.append((marker + (exc.lineno or 1), exc.offset or 1, exc.msg))
+        except (ValueError, RecursionError, MemoryError) as exc:
+            errors.append((marker + 1, 1, str(exc)))
+        else:
+            continue
+        lines[marker:end] = [_UNPARSED_LINE] * (end - marker)
+    return "".join(lines), errors
