@@ -18,7 +18,7 @@ from trainaudit import __version__
 from trainaudit.catalogue import CATALOGUE, lookup
 from trainaudit.config import Config, ConfigError, load_config, validate_selectors
 from trainaudit.diagnostics import Severity
-from trainaudit.discover import SourceFile, discover, display_path
+from trainaudit.discover import SourceFile, context_files, discover, display_path
 from trainaudit.engine import CheckResult, FileResult, ProjectPhase, check_files
 from trainaudit.notebook import is_notebook
 from trainaudit.registry import all_options, load_rules
@@ -159,18 +159,24 @@ def _cache_phases(config: Config, *, cache: bool, overlay: dict[str, str]
 
 
 def _run_check(files: list[SourceFile], config: Config, overlay: dict[str, str], *,
-               cache: bool, progress: bool) -> CheckResult:
+               cache: bool, progress: bool, context: list[SourceFile]) -> CheckResult:
     """Phase 1 through the cache unless disabled; a progress bar on a terminal for big trees."""
     analyse, project = _cache_phases(config, cache=cache, overlay=overlay)
-    if not (progress and err.is_terminal and len(files) > PROGRESS_THRESHOLD):
-        return check_files(files, config, overlay=overlay, analyse=analyse, project=project)
+    if not (progress and err.is_terminal and len(files) + len(context) > PROGRESS_THRESHOLD):
+        return check_files(files, config, overlay=overlay, analyse=analyse, project=project,
+                           context=context)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     with Progress("checking", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err, transient=True) as bar:
-        task = bar.add_task("check", total=len(files))
+        task = bar.add_task("check", total=len(files) + len(context))
         return check_files(files, config, overlay=overlay, analyse=analyse, project=project,
-                           progress=lambda n: bar.advance(task, n))
+                           progress=lambda n: bar.advance(task, n), context=context)
+
+
+def _only_files(targets: list[str]) -> bool:
+    """Whether every path named is a file (or missing): pre-commit's way, not a folder's."""
+    return all(not Path(target).is_dir() for target in targets)
 
 
 def _warn_if_empty(files: list[SourceFile], targets: list[str], missing: list[str]) -> None:
@@ -227,6 +233,11 @@ def check(
                       "(as `fix --apply`).")] = False,
     unsafe_fixes: UnsafeFixesOpt = None,
     force_exclude: ForceExcludeOpt = False,
+    project_context: Annotated[bool, typer.Option(
+        "--project-context/--no-project-context",
+        help="With files named (as pre-commit does): also read the rest of the project "
+             "(the config's folder, else the git work tree), so a cross-file finding "
+             "that involves a named file is reported.")] = True,
 ) -> None:
     """Lint training scripts. Exit 0: clean; 1: findings at or above --fail-on; 2: error."""
     config, targets = _configure(paths, select, extend_select, ignore, config_path, no_config,
@@ -239,7 +250,10 @@ def check(
     if apply_fixes:
         result = _fix_and_write(files, config, overlay, cache=not no_cache, quiet=quiet)
     else:
-        result = _run_check(files, config, overlay, cache=not no_cache, progress=not quiet)
+        context = (context_files(files, config)
+                   if project_context and not overlay and _only_files(targets) else [])
+        result = _run_check(files, config, overlay, cache=not no_cache, progress=not quiet,
+                            context=context)
     result.errors = [*missing, *result.errors]
     _report_errors(result.errors)
     if write_baseline is not None or accepted is not None:

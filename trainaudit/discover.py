@@ -113,6 +113,30 @@ def discover(paths: list[Path], config: Config) -> tuple[list[SourceFile], list[
     return sorted(files.values(), key=lambda f: f.display), problems
 
 
+def project_root(config: Config) -> Path | None:
+    """The tree a run on named files reads for context: the config file's folder, else
+    the git work tree around the working directory; None when there is neither."""
+    if config.source is not None:
+        return config.root.resolve()
+    here = Path.cwd().resolve()
+    return next((folder for folder in (here, *here.parents) if (folder / ".git").exists()),
+                None)
+
+
+def context_files(files: list[SourceFile], config: Config) -> list[SourceFile]:
+    """The files of the project around ``files`` (all named on the command line) that a
+    walk of its root reaches and that are not among them: phase 2 reads them so that a
+    cross-file finding whose other end is in an unchanged file is still found."""
+    root = project_root(config)
+    if root is None or not files:
+        return []
+    named = {os.path.realpath(file.path) for file in files}
+    if not any(root == Path(path) or root in Path(path).parents for path in named):
+        return []  # the named files are outside that project
+    walked, _ = discover([root], config)
+    return [file for file in walked if os.path.realpath(file.path) not in named]
+
+
 def _skipped_folder(name: str) -> bool:
     """A folder a walk never enters, whatever the config (hidden, virtual environments,
     caches, build output)."""

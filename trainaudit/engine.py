@@ -431,28 +431,37 @@ def check_files(files: Sequence[SourceFile], config: Config, *,
                 overlay: Mapping[str, str] | None = None, jobs: int | None = None,
                 progress: Callable[[int], None] | None = None,
                 analyse: Callable[..., list[FileResult]] | None = None,
-                project: ProjectPhase | None = None, place_in_cells: bool = True
-                ) -> CheckResult:
+                project: ProjectPhase | None = None, place_in_cells: bool = True,
+                context: Sequence[SourceFile] = ()) -> CheckResult:
     """Check files and return the findings that survive selection and suppression.
 
     ``analyse`` replaces phase 1 and ``project`` phase 2 (the cache passes both).
     Findings in notebooks are placed in their cells unless ``place_in_cells`` is false
-    (the fixer works on the analysed source's lines).
+    (the fixer works on the analysed source's lines). ``context``: other files of the
+    project, read for the cross-file rules; only their findings that also involve one
+    of ``files`` (at the finding or a related place) are reported.
     """
     started = time.perf_counter()
     settings = settings_for(config)
     run = analyse or analyse_files
     # Both phases and the cache's loads; set before phase 1's workers fork (they inherit it).
     with _collector_paused():
-        results: list[FileResult] = run(files, settings, overlay=overlay, jobs=jobs,
-                                        progress=progress)
+        everything: list[FileResult] = run([*files, *context], settings, overlay=overlay,
+                                           jobs=jobs, progress=progress)
+        results = everything[:len(files)]
         if "TA001" in settings.enabled:
             results = [syntax_check(file, (overlay or {}).get(file.display), result.digest)
                        if file.explicit and not result.checked else result
                        for file, result in zip(files, results, strict=True)]
-        project_findings, errors = (project(results, settings) if project is not None
-                                    else run_project_rules(results, settings, overlay))
-    by_path = {r.path: r for r in results}
+        context_results = everything[len(files):]
+        project_findings, errors = (
+            project([*results, *context_results], settings) if project is not None
+            else run_project_rules([*results, *context_results], settings, overlay))
+    if context:
+        named = {file.display for file in files}
+        project_findings = [f for f in project_findings if f.path in named
+                            or any(place.path in named for place in f.related)]
+    by_path = {r.path: r for r in [*results, *context_results]}
     ignored: dict[str, tuple[str, ...]] = {}
 
     def ignored_here(code: str, path: str) -> bool:
