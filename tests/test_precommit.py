@@ -258,3 +258,30 @@ def test_hooks_honour_exclude_for_the_files_they_are_given(
     fixed = run_hook(project, hook_repo, pre_commit_home, "trainaudit-fix", "buggy.py")
     assert fixed.returncode == 0, fixed.stdout + fixed.stderr
     assert (project / "buggy.py").read_text() == BUGGY
+
+
+def test_documented_setup_works_against_a_local_clone(
+        project: Path, hook_repo: Path, pre_commit_home: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    # docs/ci.md's config as written, with its placeholder path pointing at a clone
+    # (issue 19: `rev: v0.2.0` named a tag that does not exist, and pre-commit exited 3).
+    clone = tmp_path_factory.mktemp("clone") / "trainaudit"
+    git(hook_repo.parent, "clone", "-q", str(hook_repo), str(clone))
+    docs = (REPO / "docs/ci.md").read_text(encoding="utf-8")
+    block = docs.split("```yaml\n# .pre-commit-config.yaml\n", 1)[1].split("```", 1)[0]
+    assert "/path/to/trainaudit" in block
+    (project / ".pre-commit-config.yaml").write_text(block.replace("/path/to/trainaudit", str(clone)))
+    git(project, "add", "-A")
+    env = _env(pre_commit_home)
+    update = subprocess.run([sys.executable, "-m", "pre_commit", "autoupdate", "--freeze"],
+                            cwd=project, env=env, capture_output=True, text=True, timeout=300)
+    assert update.returncode == 0, update.stdout + update.stderr
+    head = git(clone, "rev-parse", "HEAD").strip()
+    assert f"rev: {head}" in (project / ".pre-commit-config.yaml").read_text()
+    git(project, "add", "-A")
+    run = subprocess.run([sys.executable, "-m", "pre_commit", "run", "--files", "buggy.py",
+                          "clean.py"], cwd=project, env=env, capture_output=True, text=True,
+                         timeout=900)
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "files were modified by this hook" in run.stdout  # trainaudit-fix fixed the roll
+    assert "torch.roll" not in (project / "buggy.py").read_text()
