@@ -164,14 +164,15 @@ def _run_check(files: list[SourceFile], config: Config, overlay: dict[str, str],
     analyse, project = _cache_phases(config, cache=cache, overlay=overlay)
     if not (progress and err.is_terminal and len(files) + len(context) > PROGRESS_THRESHOLD):
         return check_files(files, config, overlay=overlay, analyse=analyse, project=project,
-                           context=context)
+                           context=context, count_advice=True)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     with Progress("checking", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err, transient=True) as bar:
         task = bar.add_task("check", total=len(files) + len(context))
         return check_files(files, config, overlay=overlay, analyse=analyse, project=project,
-                           progress=lambda n: bar.advance(task, n), context=context)
+                           progress=lambda n: bar.advance(task, n), context=context,
+                           count_advice=True)
 
 
 def _only_files(targets: list[str]) -> bool:
@@ -284,9 +285,12 @@ def check(
         if text:
             console.file.write(text + "\n")
         if err.is_terminal and not quiet:  # people watching; pipes and files get data only
-            from trainaudit.report.text import summary_line
+            from trainaudit.report.text import advice_line, summary_line
 
             err.print(summary_line(result), highlight=False, soft_wrap=True)
+            if result.advice_not_shown:
+                err.print(advice_line(result.advice_not_shown), highlight=False,
+                          soft_wrap=True, markup=False)
     code = _exit_code(result, config)
     raise typer.Exit(EXIT_OK if exit_zero and code == EXIT_FINDINGS else code)
 
@@ -373,7 +377,8 @@ def rules_command(
     output_format: Annotated[RulesFormat, typer.Option("--format", help="Output format.")
                              ] = RulesFormat.text,
 ) -> None:
-    """List the rules: code, name, severity, fix class, what each finds."""
+    """List the rules: code, name, severity, fix class, what each finds. Rules marked
+    (advice) run only when selected."""
     implemented = load_rules()
     chosen = [i for i in CATALOGUE if prefix is None or i.code.startswith(prefix.strip().upper())]
     if not chosen:
@@ -381,13 +386,15 @@ def rules_command(
     if output_format is RulesFormat.json:
         rows = [{"code": i.code, "name": i.name, "severity": i.severity.value,
                  "fix": i.fix.value if i.fix else None, "summary": i.summary,
-                 "implemented": i.code in implemented} for i in chosen]
+                 "implemented": i.code in implemented, "advice": i.advice} for i in chosen]
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
         return
     from trainaudit.report.catalogue import print_rules
 
+    # Advice is marked: it runs only when selected (not in the default selection).
     print_rules([(i.code, i.name + ("" if i.code in implemented else " (planned)"),
-                  i.severity.value, i.fix.value if i.fix else "-", i.summary) for i in chosen], out)
+                  i.severity.value + (" (advice)" if i.advice else ""),
+                  i.fix.value if i.fix else "-", i.summary) for i in chosen], out)
 
 
 RULE_PAGES = Path(__file__).resolve().parent.parent / "rules"

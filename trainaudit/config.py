@@ -47,6 +47,12 @@ def is_test_path(path: str) -> bool:
             or (name.startswith("test_") and name.endswith(".py")) or name.endswith("_test.py"))
 
 
+# The default selection: every rule that is right everywhere (errors and warnings, TA002);
+# the advice rules run when selected (``select = ["ALL"]``, ``extend-select``, a code).
+DEFAULT_SELECT: tuple[str, ...] = tuple(info.code for info in CATALOGUE if not info.advice)
+ADVICE_CODES = frozenset(info.code for info in CATALOGUE if info.advice)
+
+
 class ConfigError(Exception):
     """A configuration or usage error (exit code 2)."""
 
@@ -55,7 +61,7 @@ class ConfigError(Exception):
 class Config:
     """Settings after merging defaults, the config file and command-line flags."""
 
-    select: tuple[str, ...] = ("ALL",)
+    select: tuple[str, ...] = DEFAULT_SELECT
     extend_select: tuple[str, ...] = ()
     ignore: tuple[str, ...] = ()
     per_file_ignores: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
@@ -80,6 +86,12 @@ class Config:
             info.code for info in CATALOGUE
             if _best_match(info.code, chosen) > _best_match(info.code, self.ignore)
         )
+
+    def unselected_advice(self) -> frozenset[str]:
+        """Advice codes left out only because they were not selected (not ignored): a
+        run counts their findings to say how many were not shown."""
+        return frozenset(code for code in ADVICE_CODES - self.enabled_codes()
+                         if _best_match(code, self.ignore) < 0)
 
     def ignored_for(self, path: str) -> tuple[str, ...]:
         """Codes ignored for one file by ``per-file-ignores`` (globs relative to the config)."""

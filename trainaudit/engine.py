@@ -14,10 +14,11 @@ import hashlib
 import os
 import time
 import traceback
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -87,6 +88,8 @@ class CheckResult:
     errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
     sources: dict[str, str] = field(default_factory=dict)
+    # Findings of advice rules that were not selected, by code: counted, not reported.
+    advice_not_shown: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -432,17 +435,23 @@ def check_files(files: Sequence[SourceFile], config: Config, *,
                 progress: Callable[[int], None] | None = None,
                 analyse: Callable[..., list[FileResult]] | None = None,
                 project: ProjectPhase | None = None, place_in_cells: bool = True,
-                context: Sequence[SourceFile] = ()) -> CheckResult:
+                context: Sequence[SourceFile] = (), count_advice: bool = False
+                ) -> CheckResult:
     """Check files and return the findings that survive selection and suppression.
 
     ``analyse`` replaces phase 1 and ``project`` phase 2 (the cache passes both).
     Findings in notebooks are placed in their cells unless ``place_in_cells`` is false
     (the fixer works on the analysed source's lines). ``context``: other files of the
     project, read for the cross-file rules; only their findings that also involve one
-    of ``files`` (at the finding or a related place) are reported.
+    of ``files`` (at the finding or a related place) are reported. ``count_advice``:
+    the advice rules not selected run too, and their findings are only counted
+    (``CheckResult.advice_not_shown``).
     """
     started = time.perf_counter()
     settings = settings_for(config)
+    unselected = config.unselected_advice() if count_advice else frozenset()
+    if unselected:
+        settings = replace(settings, enabled=settings.enabled | unselected)
     run = analyse or analyse_files
     # Both phases and the cache's loads; set before phase 1's workers fork (they inherit it).
     with _collector_paused():
@@ -472,6 +481,7 @@ def check_files(files: Sequence[SourceFile], config: Config, *,
     tests: dict[str, bool] = {}
     used: dict[str, set[tuple[int, str]]] = {}  # path -> (line of the comment, code)
     findings: list[Finding] = []
+    hidden: Counter[str] = Counter()
     for finding in [f for r in results for f in r.findings] + project_findings:
         if finding.code not in settings.enabled or ignored_here(finding.code, finding.path):
             continue
@@ -485,6 +495,9 @@ def check_files(files: Sequence[SourceFile], config: Config, *,
         line = suppressing_line(finding.code, lines, owner.suppressions) if owner else None
         if line is not None:
             used.setdefault(finding.path, set()).add((line, finding.code))
+            continue
+        if finding.code in unselected:
+            hidden[finding.code] += 1
             continue
         findings.append(finding)
     if "TA002" in settings.enabled:
@@ -500,4 +513,5 @@ def check_files(files: Sequence[SourceFile], config: Config, *,
         files_cached=sum(r.cached for r in results),
         errors=[e for r in results for e in r.errors] + errors,
         seconds=time.perf_counter() - started,
+        advice_not_shown=dict(sorted(hidden.items())),
     )
