@@ -31,6 +31,9 @@ app = typer.Typer(
     no_args_is_help=True,
     help="Find, fix and prove the silent bugs of PyTorch training scripts.",
     context_settings={"help_option_names": ["-h", "--help"]},
+    # Plain help (click's): option names are never cut, at any width (rich's panels cut
+    # `--no-unsafe-fixes` at 80 columns).
+    rich_markup_mode=None,
 )
 out = Console(highlight=False, soft_wrap=True, emoji=False)
 err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
@@ -417,14 +420,26 @@ def explain(code: Annotated[str, typer.Argument(help="A rule code (TA102) or nam
                    f"Severity: {info.severity.value}. Fix: {fix}.\n", out)
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+             options_metavar="[OPTIONS] -- CMD [ARGS]... | diff BEFORE.json AFTER.json")
 def probe(
     ctx: typer.Context,
     steps: Annotated[int, typer.Option("--steps", min=1, help="Optimizer steps to run.")] = 5,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the report as JSON here.")] = None,
 ) -> None:
-    """Run a command for a few optimizer steps under runtime probes: trainaudit probe -- python train.py ARGS
-    (also torchrun / accelerate launch); trainaudit probe diff BEFORE.json AFTER.json compares two reports."""
+    """Run a training command for a few optimizer steps under runtime probes and
+    report what really happened (label offset, micro-batches per step, autocast,
+    checkpointing, memory, step time). CMD is what you would type:
+
+    \b
+      trainaudit probe --steps 5 --json report.json -- python train.py ARGS
+      trainaudit probe -- python -m pkg.train ARGS
+      trainaudit probe -- torchrun --nproc-per-node 2 train.py ARGS
+      trainaudit probe -- accelerate launch train.py ARGS
+      trainaudit probe diff before.json after.json   # the before/after table
+
+    Exit 1 with an error or warning finding, 0 without, 2 when the command
+    cannot be probed."""
     from trainaudit.probe.command import probe_command
 
     raise typer.Exit(probe_command(list(ctx.args), steps=steps, json_path=json_path, out=out, err=err))
