@@ -285,6 +285,32 @@ def test_throughput_excludes_the_warm_up_step() -> None:
     assert probe("exits_early.py", steps=1).timing_includes_warmup
 
 
+def test_step_time_is_the_median_of_the_timed_steps_with_their_spread() -> None:
+    # One step slowed by another process (a shared machine) must not move the reading
+    # (issue 19: two demo runs read 840 and 5,976 tokens/s).
+    from trainaudit.probe.probes import ProbeSession
+
+    session = ProbeSession(steps=6)
+    session.started = 0.0
+    session.step_ends = [5.0, 5.2, 5.4, 7.4, 7.6, 7.8]  # warm-up, then 0.2 s steps and one 2 s
+    assert session.step_durations() == pytest.approx([0.2, 0.2, 2.0, 0.2, 0.2])
+    assert session.step_seconds() == pytest.approx(0.2)
+    one = ProbeSession(steps=1)
+    one.started, one.step_ends = 1.0, [4.0]
+    assert one.step_seconds() == pytest.approx(3.0)  # the warm-up step is all there is
+
+
+def test_report_shows_the_spread_and_what_its_throughput_measures() -> None:
+    report = probe("grad_accum.py")
+    assert report.timed_steps == 4
+    assert report.step_seconds_min <= report.step_seconds <= report.step_seconds_max
+    buffer = io.StringIO()
+    render_report(report, Console(file=buffer, width=400, color_system=None))
+    text = buffer.getvalue()
+    assert "(median of 4 steps after the warm-up; " in text
+    assert "throughput: tokens per optimizer step (batch x sequence x micro-batches x " in text
+
+
 def test_progress_lines_go_to_the_stream_given() -> None:
     import time
 

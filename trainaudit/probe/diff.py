@@ -95,6 +95,15 @@ def _read_activations(before: ProbeReport, after: ProbeReport) -> str:
             f"{_times(ratio)} the memory a micro-batch saves for backward")
 
 
+def _step_time(report: ProbeReport) -> str:
+    """The median step time, and the fastest-slowest timed step when there are several."""
+    median = f"{report.step_seconds * 1000:,.0f} ms"
+    if report.timed_steps < 2:
+        return median
+    return (f"{median} ({report.step_seconds_min * 1000:,.0f}-"
+            f"{report.step_seconds_max * 1000:,.0f})")
+
+
 def _read_step_time(before: ProbeReport, after: ProbeReport) -> str:
     ratio = _ratio(before.step_seconds, after.step_seconds)
     micro = _ratio(before.micro_batches_per_step, after.micro_batches_per_step)
@@ -137,7 +146,7 @@ _ROWS: list[tuple[str, Callable[[ProbeReport], str],
     ("checkpointing", lambda r: "yes" if r.checkpointing else "no", _read_checkpointing),
     ("activation memory per step", lambda r: format_bytes(r.activation_bytes_per_step),
      _read_activations),
-    ("step time", lambda r: f"{r.step_seconds * 1000:,.0f} ms", _read_step_time),
+    ("step time", _step_time, _read_step_time),
     ("tokens/s", _per_second, _read_rate),
     ("time per token", _per_token, _read_per_token),
 ]

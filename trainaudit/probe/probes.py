@@ -19,7 +19,9 @@ torch exactly as it was, whether the script stopped, finished or raised.
 from __future__ import annotations
 
 import functools
+import itertools
 import os
+import statistics
 import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
@@ -462,14 +464,19 @@ class ProbeSession:
 
     # -------------------------------------------------------------- results
 
-    def step_seconds(self) -> float:
-        """Mean wall time per optimizer step, the first (warm-up) step left out when possible."""
+    def step_durations(self) -> list[float]:
+        """Wall time of each optimizer step, the first (warm-up) step left out when there
+        are two or more: it pays the first calls, the allocator and the probes' set-up."""
         ends = self.step_ends
         if len(ends) >= 2:
-            return (ends[-1] - ends[0]) / (len(ends) - 1)
-        if ends:
-            return ends[0] - self.started
-        return 0.0
+            return [later - earlier for earlier, later in itertools.pairwise(ends)]
+        return [ends[0] - self.started] if ends else []
+
+    def step_seconds(self) -> float:
+        """Median wall time per optimizer step (``step_durations``): one step slowed by
+        another process on a shared machine moves a mean, not the median."""
+        durations = self.step_durations()
+        return statistics.median(durations) if durations else 0.0
 
 
 def _unpack(tensor: Any) -> Any:

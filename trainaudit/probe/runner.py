@@ -290,6 +290,10 @@ def _add_throughput(report: ProbeReport, session: ProbeSession) -> None:
     enabled = session.scaler_enabled
     report.scaler_state = "enabled" if True in enabled else "disabled" if enabled else "none"
     report.timing_includes_warmup = len(session.step_ends) < 2
+    durations = session.step_durations()
+    if durations:
+        report.timed_steps = len(durations)
+        report.step_seconds_min, report.step_seconds_max = min(durations), max(durations)
     if report.batch_size is not None and report.sequence_length is not None and session.trained_steps:
         tokens = round(report.batch_size * report.sequence_length * report.micro_batches_per_step)
         report.tokens_per_step = tokens
