@@ -166,3 +166,17 @@ def test_fix_leaves_a_notebook_with_a_bad_cell_alone(tree: Path) -> None:
     status, _, err = invoke("fix", "--apply", "nb.ipynb", "--no-cache")
     assert (status, "Traceback" in err, "internal error" in err) == (1, False, False)
     assert (tree / "nb.ipynb").read_text() == text
+
+
+def test_shell_line_as_a_loop_body_is_python(tree: Path) -> None:
+    # `for url in urls:` / `  !wget {url}` is a valid IPython cell (issue 19: in a public
+    # notebook it was TA001, the body left as a comment).
+    cells = [
+        {"cell_type": "code", "execution_count": 1, "metadata": {}, "outputs": [],
+         "source": ["import torch\n", "for url in ['a', 'b']:\n", "  !wget \"{url}\"\n"]},
+        {"cell_type": "code", "execution_count": 2, "metadata": {}, "outputs": [],
+         "source": ["scaler = torch.cuda.amp.GradScaler()\n"]},
+    ]
+    (tree / "nb.ipynb").write_text(notebook(cells, METADATA))
+    status, out, _ = invoke("check", "nb.ipynb", "--quiet", "--no-cache")
+    assert (status, out.splitlines()) == (1, [f"nb.ipynb:cell 2:1:10: {AMP_FINDING}"])

@@ -26,7 +26,10 @@ SUFFIX = ".ipynb"
 MARKER = "# trainaudit: cell {}"
 _MARKER_LINE = re.compile(r"^# trainaudit: cell (\d+)$")
 _PLACEHOLDER = "# trainaudit: ipython {}"
-_PLACEHOLDER_LINE = re.compile(r"^[ \t]*# trainaudit: ipython (\d+)$")
+# A one-line IPython statement is a statement: `pass` keeps a block whose body it is
+# (`for url in urls:` / `    !wget {url}`) valid Python.
+_STATEMENT_PLACEHOLDER = "pass  " + _PLACEHOLDER
+_PLACEHOLDER_LINE = re.compile(r"^[ \t]*(?:pass  )?# trainaudit: ipython (\d+)$")
 # Line magics, shell escapes, help (``?obj``, ``obj?``) and captured ones (``x = !ls``).
 _IPYTHON_LINE = re.compile(
     r"^[ \t]*(?:[%!?]|[\w.]+\?{1,2}[ \t]*$|[\w.]+(?:[ \t]*,[ \t]*[\w.]+)*[ \t]*=[ \t]*[%!])")
@@ -156,9 +159,12 @@ def _analysable(text: str, hidden: list[str]) -> list[str]:
     continued = False  # the previous IPython line ended with a backslash
     for line in lines:
         if whole_cell or continued or _IPYTHON_LINE.match(line):
+            # A whole-cell magic's lines and a continued line are not statements: comments.
+            statement = not (whole_cell or continued)
             continued = line.rstrip("\r\n").endswith("\\")
             indent = line[: len(line) - len(line.lstrip(" \t"))]
-            result.append(indent + _PLACEHOLDER.format(len(hidden)) + "\n")
+            placeholder = _STATEMENT_PLACEHOLDER if statement else _PLACEHOLDER
+            result.append(indent + placeholder.format(len(hidden)) + "\n")
             hidden.append(line.rstrip("\r\n"))
         else:
             result.append(line)
