@@ -21,8 +21,9 @@ cd "$work/reference_impl"
 # Short probes: the unfixed trainer takes ~0.2 s a step on 2 cores; the fixed one takes 8
 # micro-batches a step and recomputes its blocks. Each probe's step time is the median of
 # the steps after the warm-up, shown with the fastest and slowest (the spread), so another
-# process on the machine moves one step, not the reading.
-train=(python mm_rec/scripts/train_base_model.py --steps 50 --seq-len 64 --eval-interval 1000)
+# process on the machine moves one step, not the reading. One thread: on a machine shared
+# with other work, torch's thread pool waits on busy cores and a step can take 25x longer.
+train=(python mm_rec/scripts/train_base_model.py --steps 50 --seq-len 64 --eval-interval 1000 --threads 1)
 
 # Bold step headers on a terminal only: a pipe or a file gets plain text.
 if [ -t 1 ]; then bold=$'\033[1m' plain=$'\033[0m'; else bold='' plain=''; fi

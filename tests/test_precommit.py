@@ -135,9 +135,10 @@ def test_fix_hook(project: Path, hook_repo: Path, pre_commit_home: Path) -> None
 
 def test_fix_hook_never_applies_feature_fixes(project: Path, hook_repo: Path,
                                               pre_commit_home: Path) -> None:
-    # TA301 (no autocast) is advice (info) since the severity policy: fail on info here.
+    # TA301 (no autocast) is advice (info, not in the default selection): select it and
+    # fail on info here.
     (project / "pyproject.toml").write_text(
-        "[tool.trainaudit]\nunsafe-fixes = true\nfail-on = \"info\"\n")
+        "[tool.trainaudit]\nselect = [\"ALL\"]\nunsafe-fixes = true\nfail-on = \"info\"\n")
     loop = (
         "import torch\n\n\n"
         "def train(model, loader):\n"

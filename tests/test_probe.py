@@ -298,6 +298,10 @@ def test_step_time_is_the_median_of_the_timed_steps_with_their_spread() -> None:
     one = ProbeSession(steps=1)
     one.started, one.step_ends = 1.0, [4.0]
     assert one.step_seconds() == pytest.approx(3.0)  # the warm-up step is all there is
+    # CPU time per step: the process's own clock, which a neighbour does not inflate.
+    session.cpu_started = 0.0
+    session.step_cpu_ends = [2.0, 2.1, 2.2, 2.3, 2.5, 2.6]
+    assert session.cpu_seconds_per_step() == pytest.approx(0.1)
 
 
 def test_report_shows_the_spread_and_what_its_throughput_measures() -> None:
@@ -308,6 +312,8 @@ def test_report_shows_the_spread_and_what_its_throughput_measures() -> None:
     render_report(report, Console(file=buffer, width=400, color_system=None))
     text = buffer.getvalue()
     assert "(median of 4 steps after the warm-up; " in text
+    assert report.cpu_seconds_per_step > 0
+    assert "ms (median; this process's CPU time, which other work on the machine" in text
     assert "throughput: tokens per optimizer step (batch x sequence x micro-batches x " in text
 
 

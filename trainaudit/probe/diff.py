@@ -138,6 +138,24 @@ def _read_per_token(before: ProbeReport, after: ProbeReport) -> str:
     return f"{_times(ratio)} the time to train one token: the fair comparison across batch sizes"
 
 
+def _cpu_seconds_per_token(report: ProbeReport) -> float | None:
+    tokens = report.tokens_per_step
+    return report.cpu_seconds_per_step / tokens if tokens and report.cpu_seconds_per_step else None
+
+
+def _cpu_per_token(report: ProbeReport) -> str:
+    value = _cpu_seconds_per_token(report)
+    return "-" if value is None else f"{value * 1e6:,.1f} µs"
+
+
+def _read_cpu_per_token(before: ProbeReport, after: ProbeReport) -> str:
+    ratio = _ratio(_cpu_seconds_per_token(before), _cpu_seconds_per_token(after))
+    if ratio is None:
+        return "not measured"
+    return (f"{_times(ratio)} the CPU time per token: the steady reading where other work "
+            "shares the machine")
+
+
 _ROWS: list[tuple[str, Callable[[ProbeReport], str],
                   Callable[[ProbeReport, ProbeReport], str]]] = [
     ("label offset", _offset, _read_offset),
@@ -149,6 +167,7 @@ _ROWS: list[tuple[str, Callable[[ProbeReport], str],
     ("step time", _step_time, _read_step_time),
     ("tokens/s", _per_second, _read_rate),
     ("time per token", _per_token, _read_per_token),
+    ("CPU time per token", _cpu_per_token, _read_cpu_per_token),
 ]
 
 

@@ -44,6 +44,7 @@ _COMBINE: dict[str, Callable[[Sequence[Any]], Any]] = {
     "step_seconds_min": max,
     "step_seconds_max": max,
     "timed_steps": min,
+    "cpu_seconds_per_step": max,
     "clipped_scaled_gradients": any,
     "peak_cuda_memory_bytes": _largest,
     "backward_calls": sum,

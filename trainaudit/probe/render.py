@@ -66,6 +66,13 @@ def _step_time(report: ProbeReport) -> str:
             f"{report.step_seconds_min * 1000:,.1f}-{report.step_seconds_max * 1000:,.1f} ms)")
 
 
+def _cpu_time(report: ProbeReport) -> str:
+    if report.cpu_seconds_per_step <= 0:
+        return "-"
+    return (f"{report.cpu_seconds_per_step * 1000:,.1f} ms (median; this process's CPU time, "
+            "which other work on the machine does not inflate)")
+
+
 def _throughput(report: ProbeReport) -> str:
     if report.tokens_per_second is None or report.seconds_per_token is None:
         return "-"
@@ -115,6 +122,7 @@ def _rows(report: ProbeReport) -> list[tuple[str, str]]:
         ("activation memory per step", format_bytes(report.activation_bytes_per_step)),
         ("clipping on scaled gradients", _clipping(report)),
         ("step time", _step_time(report)),
+        ("CPU time per step", _cpu_time(report)),
         ("throughput", _throughput(report)),
         ("peak CUDA memory", format_bytes(report.peak_cuda_memory_bytes)),
     ]

@@ -83,6 +83,8 @@ class ProbeReport:
     timed_steps: int = 0
     step_seconds_min: float = 0.0
     step_seconds_max: float = 0.0
+    # The median CPU time of the process per timed step: steady on a shared machine.
+    cpu_seconds_per_step: float = 0.0
     tokens_per_step: int | None = None
     tokens_per_second: float | None = None
     seconds_per_token: float | None = None

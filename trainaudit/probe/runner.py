@@ -294,6 +294,7 @@ def _add_throughput(report: ProbeReport, session: ProbeSession) -> None:
     if durations:
         report.timed_steps = len(durations)
         report.step_seconds_min, report.step_seconds_max = min(durations), max(durations)
+        report.cpu_seconds_per_step = session.cpu_seconds_per_step()
     if report.batch_size is not None and report.sequence_length is not None and session.trained_steps:
         tokens = round(report.batch_size * report.sequence_length * report.micro_batches_per_step)
         report.tokens_per_step = tokens
