@@ -288,20 +288,20 @@ def test_throughput_excludes_the_warm_up_step() -> None:
 def test_step_time_is_the_median_of_the_timed_steps_with_their_spread() -> None:
     # One step slowed by another process (a shared machine) must not move the reading
     # (issue 19: two demo runs read 840 and 5,976 tokens/s).
-    from trainaudit.probe.probes import ProbeSession
+    from trainaudit.probe.timing import StepClock
 
-    session = ProbeSession(steps=6)
-    session.started = 0.0
-    session.step_ends = [5.0, 5.2, 5.4, 7.4, 7.6, 7.8]  # warm-up, then 0.2 s steps and one 2 s
-    assert session.step_durations() == pytest.approx([0.2, 0.2, 2.0, 0.2, 0.2])
-    assert session.step_seconds() == pytest.approx(0.2)
-    one = ProbeSession(steps=1)
-    one.started, one.step_ends = 1.0, [4.0]
-    assert one.step_seconds() == pytest.approx(3.0)  # the warm-up step is all there is
+    clock = StepClock()
+    clock.started = 0.0
+    clock.ends = [5.0, 5.2, 5.4, 7.4, 7.6, 7.8]  # warm-up, then 0.2 s steps and one 2 s
+    assert clock.durations() == pytest.approx([0.2, 0.2, 2.0, 0.2, 0.2])
+    assert clock.seconds() == pytest.approx(0.2)
+    one = StepClock()
+    one.started, one.ends = 1.0, [4.0]
+    assert one.seconds() == pytest.approx(3.0)  # the warm-up step is all there is
     # CPU time per step: the process's own clock, which a neighbour does not inflate.
-    session.cpu_started = 0.0
-    session.step_cpu_ends = [2.0, 2.1, 2.2, 2.3, 2.5, 2.6]
-    assert session.cpu_seconds_per_step() == pytest.approx(0.1)
+    clock.cpu_started = 0.0
+    clock.cpu_ends = [2.0, 2.1, 2.2, 2.3, 2.5, 2.6]
+    assert clock.cpu_seconds() == pytest.approx(0.1)
 
 
 def test_report_shows_the_spread_and_what_its_throughput_measures() -> None:

@@ -8,7 +8,6 @@ Then selection, per-file ignores and suppressions, and sorting.
 
 from __future__ import annotations
 
-import ast
 import gc
 import hashlib
 import os
@@ -19,22 +18,15 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from pathlib import PurePosixPath
 from typing import Any
 
-from trainaudit.catalogue import BY_CODE
 from trainaudit.config import Config, is_test_path
-from trainaudit.diagnostics import Finding, Span
+from trainaudit.diagnostics import Finding
 from trainaudit.discover import SourceFile
 from trainaudit.model.module import ModuleFacts, clear_walk_cache
 from trainaudit.model.project import ModuleSummary, Project
-from trainaudit.notebook import (
-    CellStarts,
-    cell_starts,
-    in_cells,
-    is_notebook,
-    without_unparsable_cells,
-)
+from trainaudit.notebook import CellStarts, cell_starts, in_cells, is_notebook
+from trainaudit.parsing import module_name_for, parse_or_report, parse_source, syntax_finding
 from trainaudit.registry import (
     SUMMARIZERS,
     Gate,
@@ -104,35 +96,6 @@ class Settings:
     hash_sources: bool = False
 
 
-def module_name_for(display: str) -> tuple[str, bool]:
-    """A dotted module name guessed from a path (``pkg/data/x.py`` → ``pkg.data.x``)."""
-    parts = [p for p in PurePosixPath(display).parts if p not in ("/", ".")]
-    if ".." in parts:
-        parts = parts[len(parts) - parts[::-1].index("..") :]
-    if not parts:
-        return "", False
-    stem = parts[-1].rsplit(".", 1)[0]
-    is_package = stem == "__init__"
-    parts = parts[:-1] if is_package else [*parts[:-1], stem]
-    return ".".join(p for p in parts if p.isidentifier()), is_package
-
-
-def _syntax_finding(path: str, message: str, line: int = 1, column: int = 1) -> Finding:
-    info = BY_CODE["TA001"]
-    return Finding(info.code, info.name, info.severity, path,
-                   Span(line, max(column, 1), line, max(column, 1)), message, None)
-
-
-def parse_or_report(path: str, text: str) -> ast.Module | Finding:
-    """The module's tree, or the TA001 finding that says why it does not parse."""
-    try:
-        return ast.parse(text, filename=path)
-    except SyntaxError as exc:
-        return _syntax_finding(path, f"syntax error: {exc.msg}", exc.lineno or 1, exc.offset or 1)
-    except (ValueError, RecursionError, MemoryError) as exc:
-        return _syntax_finding(path, f"cannot parse: {exc}")
-
-
 def syntax_check(file: SourceFile, text: str | None = None, digest: str | None = None
                  ) -> FileResult:
     """TA001 alone, for a file given explicitly that the prefilter skipped: a file named on
@@ -146,7 +109,7 @@ def syntax_check(file: SourceFile, text: str | None = None, digest: str | None =
             result.errors.append(f"{file.display}: cannot read: {exc.strerror or exc}")
             return result
         except DecodeError as exc:
-            result.findings.append(_syntax_finding(file.display, f"file cannot be read: {exc}"))
+            result.findings.append(syntax_finding(file.display, f"file cannot be read: {exc}"))
             return result
     parsed = parse_or_report(file.display, text)
     if isinstance(parsed, Finding):
@@ -228,7 +191,7 @@ class Analyzer:
         except DecodeError as exc:
             result.checked = True
             if "TA001" in self.settings.enabled:
-                result.findings.append(_syntax_finding(file.display, f"file cannot be read: {exc}"))
+                result.findings.append(syntax_finding(file.display, f"file cannot be read: {exc}"))
             return result
         return self._analyse_text(file, text, readers, result)
 
@@ -241,15 +204,9 @@ class Analyzer:
             result.cells = cell_starts(text)
         if "TA002" in self.settings.enabled:
             result.comments = suppression_comments(text)
-        tree = parse_or_report(file.display, text)
-        if isinstance(tree, Finding) and result.cells:
-            text, broken = without_unparsable_cells(text)
-            if broken:  # each bad cell is a finding; the others are analysed
-                tree = parse_or_report(file.display, text)
-                if "TA001" in self.settings.enabled and not isinstance(tree, Finding):
-                    result.findings += [_syntax_finding(file.display, f"syntax error: {message}",
-                                                        line, column)
-                                        for line, column, message in broken]
+        tree, text, cell_errors = parse_source(file.display, text, notebook=bool(result.cells))
+        if "TA001" in self.settings.enabled:
+            result.findings += cell_errors
         if isinstance(tree, Finding):
             if "TA001" in self.settings.enabled:
                 result.findings.append(tree)

@@ -19,10 +19,7 @@ torch exactly as it was, whether the script stopped, finished or raised.
 from __future__ import annotations
 
 import functools
-import itertools
 import os
-import statistics
-import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
@@ -39,6 +36,7 @@ from torch.overrides import TorchFunctionMode
 
 from trainaudit.probe.flops import FlopCounter, matmul_counters, runs_in_low_precision
 from trainaudit.probe.labels import LabelSample, compare_labels, is_token_tensor
+from trainaudit.probe.timing import StepClock
 from trainaudit.probe.watchers import AutocastWatch, SchedulerWatch, WindowWatch
 
 # Label offsets are read from the first few training loss calls: enough to agree, cheap.
@@ -132,18 +130,13 @@ class ProbeSession:
     def __init__(self, *, steps: int, sample_steps: int = 1) -> None:
         self.steps = steps
         self.sample_steps = max(1, sample_steps)
-        self.started = time.perf_counter()
-        self.cpu_started = time.process_time()
+        self.clock = StepClock()
         self.stopping = False
         self.sampling = True
         # optimizer steps and micro-batches
         self.optimizer_steps = 0
         self.trained_steps = 0  # steps with a backward pass before them
         self._backward_calls_at_step = 0
-        self.step_ends: list[float] = []
-        # This process's CPU time at each step's end: what a step cost, which another
-        # process on a shared machine slows (wall time) but does not inflate.
-        self.step_cpu_ends: list[float] = []
         self.backward_calls = 0
         self.in_backward = 0
         self.world_size: int | None = None
@@ -352,8 +345,7 @@ class ProbeSession:
 
     def step_done(self) -> None:
         self.optimizer_steps += 1
-        self.step_ends.append(time.perf_counter())
-        self.step_cpu_ends.append(time.process_time())
+        self.clock.step_done()
         self.step_peaks.append(self.step_peak)
         self.step_peak = 0
         self.module_depth = 0
@@ -468,31 +460,6 @@ class ProbeSession:
         return result
 
     # -------------------------------------------------------------- results
-
-    def step_durations(self) -> list[float]:
-        """Wall time of each optimizer step, the first (warm-up) step left out when there
-        are two or more: it pays the first calls, the allocator and the probes' set-up."""
-        return _per_step(self.step_ends, self.started)
-
-    def step_seconds(self) -> float:
-        """Median wall time per optimizer step (``step_durations``): one step slowed by
-        another process on a shared machine moves a mean, not the median."""
-        durations = self.step_durations()
-        return statistics.median(durations) if durations else 0.0
-
-    def cpu_seconds_per_step(self) -> float:
-        """Median CPU time of this process per optimizer step (the warm-up step left out
-        as in ``step_durations``)."""
-        durations = _per_step(self.step_cpu_ends, self.cpu_started)
-        return statistics.median(durations) if durations else 0.0
-
-
-def _per_step(ends: Sequence[float], started: float) -> list[float]:
-    """Each step's share of a clock read at every step's end; the first step left out
-    when there are two or more."""
-    if len(ends) >= 2:
-        return [later - earlier for earlier, later in itertools.pairwise(ends)]
-    return [ends[0] - started] if ends else []
 
 
 def _unpack(tensor: Any) -> Any:
