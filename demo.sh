@@ -11,28 +11,38 @@ if [ ! -x .venv/bin/trainaudit ] || [ -n "${DEMO_REINSTALL:-}" ]; then
     .venv/bin/python -m pip install -q -e '.[torch]'
 fi
 PATH="$PWD/.venv/bin:$PATH"
+# Every line in the order it was written when stdout and stderr go to one pipe or file
+# (Python buffers a piped stdout, not stderr).
+export PYTHONUNBUFFERED=1
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cp -r reference_impl "$work/reference_impl"
 cd "$work/reference_impl"
 # Short probes: the unfixed trainer takes ~0.2 s a step on 2 cores; the fixed one takes 8
-# micro-batches a step and recomputes its blocks, so it gets 2 steps (1 warm-up, 1 timed).
-train=(python mm_rec/scripts/train_base_model.py --steps 50 --seq-len 64 --eval-interval 1000)
+# micro-batches a step and recomputes its blocks. Each probe's step time is the median of
+# the steps after the warm-up, shown with the fastest and slowest (the spread), so another
+# process on the machine moves one step, not the reading. One thread: on a machine shared
+# with other work, torch's thread pool waits on busy cores and a step can take 25x longer.
+train=(python mm_rec/scripts/train_base_model.py --steps 50 --seq-len 64 --eval-interval 1000 --threads 1)
 
-step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+# Bold step headers on a terminal only: a pipe or a file gets plain text.
+if [ -t 1 ]; then bold=$'\033[1m' plain=$'\033[0m'; else bold='' plain=''; fi
+step() { printf '\n%s== %s%s\n' "$bold" "$*" "$plain"; }
 
 step "1. trainaudit check . (the reference trainer, as reviewed)"
 trainaudit check . || true
 step "2. trainaudit fix . --unsafe-fixes (the diff, nothing written)"
 trainaudit fix . --unsafe-fixes || true
 step "3. trainaudit probe: what the unfixed trainer really does"
-trainaudit probe --steps 3 --json probe-before.json -- "${train[@]}" || true
+trainaudit probe --steps 6 --json probe-before.json -- "${train[@]}" || true
+echo "(The trainer's own 'step 1 | ... tokens/s' times its first step alone, which pays the"
+echo " first calls and the probes' set-up; the probe's throughput leaves that step out.)"
 step "4. trainaudit fix . --apply --unsafe-fixes"
 trainaudit fix . --apply --unsafe-fixes
 step "5. trainaudit check . (after the fix)"
 trainaudit check .
 step "6. trainaudit probe: the fixed trainer"
-trainaudit probe --steps 2 --json probe-after.json -- "${train[@]}" || true
+trainaudit probe --steps 4 --json probe-after.json -- "${train[@]}" || true
 step "7. trainaudit probe diff probe-before.json probe-after.json"
 trainaudit probe diff probe-before.json probe-after.json
 cat <<'NOTE'

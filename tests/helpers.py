@@ -57,7 +57,9 @@ def write_tree(root: Path, files: Mapping[str, str]) -> None:
 
 
 def config(**changes: object) -> Config:
-    return Config(options=all_options(), root=Path.cwd()).with_overrides(**changes)
+    """The default config with every rule selected, advice included (the rule tests'
+    view; the default selection is tested in test_default_selection.py)."""
+    return Config(select=("ALL",), options=all_options(), root=Path.cwd()).with_overrides(**changes)
 
 
 def check_tree(root: Path, **changes: object) -> CheckResult:

@@ -286,7 +286,7 @@ def test_parallel_phase_one_uses_the_cache(tmp_path: Path) -> None:
 
 
 def test_cache_lives_under_the_config_root(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    (tree / "pyproject.toml").write_text("[tool.trainaudit]\nfail-on = 'info'\n")
+    (tree / "pyproject.toml").write_text("[tool.trainaudit]\nselect = ['ALL']\nfail-on = 'info'\n")
     monkeypatch.chdir(tree / "pkg")
     cli = subprocess.run([sys.executable, "-m", "trainaudit", "check", "."], capture_output=True,
                          text=True)

@@ -143,8 +143,10 @@ def test_rules_piped_prints_every_name_whole() -> None:
     assert status == 0
     lines = out.splitlines()
     assert lines[0].split() == ["code", "name", "severity", "fix", "finds"]
-    assert ("TA205  ddp-accumulation-without-no-sync  warning   corrective  "
+    assert ("TA205  ddp-accumulation-without-no-sync  warning           corrective  "
             "DDP + accumulation with an all-reduce on every micro-batch") in lines
+    assert ("TA201  no-gradient-accumulation          warning (advice)  feature     "
+            "optimizer stepped every micro-batch at a small batch size, no accumulation") in lines
 
 
 def _terminal(width: int) -> tuple[Console, io.StringIO]:

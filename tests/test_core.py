@@ -171,7 +171,7 @@ def test_fix_keeps_encoding_and_line_endings(tmp_path: Path, monkeypatch: pytest
     path = tmp_path / "data.py"
     path.write_bytes(source.replace("\n", "\r\n").encode("latin-1"))
     monkeypatch.chdir(tmp_path)
-    code, _ = run("fix", "data.py", "--apply", "--no-config")
+    code, _ = run("fix", "data.py", "--apply", "--no-config", "--extend-select", "TA103")
     assert code == 0
     raw = path.read_bytes()
     assert b"caf\xe9" in raw and raw.count(b"\r\n") == raw.count(b"\n")

@@ -47,7 +47,8 @@ def unfixed(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def fixed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     copy = copy_reference(tmp_path_factory.mktemp("fixed"))
-    done = trainaudit(copy, "fix", ".", "--apply", "--unsafe-fixes", "--no-config")
+    # The reference trainer's trainaudit.toml selects every rule, the advice included.
+    done = trainaudit(copy, "fix", ".", "--apply", "--unsafe-fixes")
     assert done.returncode == 0, done.stdout + done.stderr
     return copy
 
@@ -73,7 +74,7 @@ def probe_after(fixed: Path) -> dict[str, Any]:
 
 
 def test_check_reports_the_golden_findings(unfixed: Path) -> None:
-    done = trainaudit(unfixed, "check", ".", "--no-config", "--format", "json")
+    done = trainaudit(unfixed, "check", ".", "--format", "json")
     found = [[f["code"], f["path"], f["line"]] for f in json.loads(done.stdout)["findings"]]
     assert found == json.loads(GOLDEN.read_text())
     assert done.returncode == 1
@@ -88,11 +89,11 @@ def test_probe_measures_the_reviewed_bugs(probe_before: dict[str, Any]) -> None:
 
 
 def test_fixed_trainer_checks_clean(fixed: Path) -> None:
-    done = trainaudit(fixed, "check", ".", "--no-config", "--fail-on", "warning")
+    done = trainaudit(fixed, "check", ".", "--fail-on", "warning")
     assert done.returncode == 0, done.stdout
     for path in fixed.rglob("*.py"):
         compile(path.read_text(encoding="utf-8"), str(path), "exec")
-    again = trainaudit(fixed, "fix", ".", "--unsafe-fixes", "--no-config")
+    again = trainaudit(fixed, "fix", ".", "--unsafe-fixes")
     assert (again.returncode, again.stdout) == (0, "")
 
 

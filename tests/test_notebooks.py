@@ -109,13 +109,13 @@ def test_check_fix_on_a_notebook(tree: Path) -> None:
 def test_ipython_lines_become_placeholders_keeping_line_numbers() -> None:
     source = Notebook.parse(notebook()).source
     assert source.splitlines() == [
-        "# trainaudit: cell 2", "# trainaudit: ipython 0", "# trainaudit: ipython 1",
+        "# trainaudit: cell 2", "pass  # trainaudit: ipython 0", "pass  # trainaudit: ipython 1",
         "import torch", "import torch.nn.functional as F",
         "# trainaudit: cell 3", "scaler = torch.cuda.amp.GradScaler()", "print('hello')",
         "# trainaudit: cell 4", "def loss_fn(logits, input_ids):",
         "    labels = torch.roll(input_ids, -1, dims=1)",
         "    return F.cross_entropy(logits.view(-1, logits.size(-1)), labels.view(-1))",
-        "# trainaudit: ipython 2",
+        "pass  # trainaudit: ipython 2",
         "# trainaudit: cell 5", "# trainaudit: ipython 3", "# trainaudit: ipython 4",
     ]
     nb = Notebook.parse(notebook())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import subprocess
 import sys
@@ -19,7 +20,7 @@ import torch.utils.checkpoint as checkpoint_module  # noqa: E402
 from rich.console import Console  # noqa: E402
 
 from trainaudit.probe import ProbeError, ProbeReport, render_report, run_probe  # noqa: E402
-from trainaudit.probe.labels import compare_labels  # noqa: E402
+from trainaudit.probe.labels import compare_labels, summarise  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "tests" / "probe_scripts"
@@ -284,6 +285,38 @@ def test_throughput_excludes_the_warm_up_step() -> None:
     assert probe("exits_early.py", steps=1).timing_includes_warmup
 
 
+def test_step_time_is_the_median_of_the_timed_steps_with_their_spread() -> None:
+    # One step slowed by another process (a shared machine) must not move the reading
+    # (issue 19: two demo runs read 840 and 5,976 tokens/s).
+    from trainaudit.probe.timing import StepClock
+
+    clock = StepClock()
+    clock.started = 0.0
+    clock.ends = [5.0, 5.2, 5.4, 7.4, 7.6, 7.8]  # warm-up, then 0.2 s steps and one 2 s
+    assert clock.durations() == pytest.approx([0.2, 0.2, 2.0, 0.2, 0.2])
+    assert clock.seconds() == pytest.approx(0.2)
+    one = StepClock()
+    one.started, one.ends = 1.0, [4.0]
+    assert one.seconds() == pytest.approx(3.0)  # the warm-up step is all there is
+    # CPU time per step: the process's own clock, which a neighbour does not inflate.
+    clock.cpu_started = 0.0
+    clock.cpu_ends = [2.0, 2.1, 2.2, 2.3, 2.5, 2.6]
+    assert clock.cpu_seconds() == pytest.approx(0.1)
+
+
+def test_report_shows_the_spread_and_what_its_throughput_measures() -> None:
+    report = probe("grad_accum.py")
+    assert report.timed_steps == 4
+    assert report.step_seconds_min <= report.step_seconds <= report.step_seconds_max
+    buffer = io.StringIO()
+    render_report(report, Console(file=buffer, width=400, color_system=None))
+    text = buffer.getvalue()
+    assert "(median of 4 steps after the warm-up; " in text
+    assert report.cpu_seconds_per_step > 0
+    assert "ms (median; this process's CPU time, which other work on the machine" in text
+    assert "throughput: tokens per optimizer step (batch x sequence x micro-batches x " in text
+
+
 def test_progress_lines_go_to_the_stream_given() -> None:
     import time
 
@@ -397,3 +430,53 @@ def test_reference_trainer_measures_the_reviewed_bugs() -> None:
     # SequentialLR.step calls its children's step: still one scheduler step per step
     assert report.scheduler_steps_per_optimizer_step == 1.0
     assert codes(report) == {"TA102", "TA201", "TA301"}
+
+
+# ------------------------------------- wrapped labels: evidence, not chance (issue 19)
+
+def _correct_batch(vocab: int, rows: int, length: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x = tokens[:-1], y = tokens[1:]`` over random windows: no wrap anywhere."""
+    tokens = torch.randint(0, vocab, (rows, length + 1), generator=torch.Generator().manual_seed(seed))
+    return tokens[:, :-1], tokens[:, 1:]
+
+
+@pytest.mark.parametrize("vocab", [2, 3, 5, 10, 50])
+def test_correct_script_is_never_reported_as_wrapped(vocab: int) -> None:
+    # Before: the last target equal to the row's first token by chance (1 in `vocab`)
+    # was a wrap; with 50 tokens, 4 seeds of 12 reported TA101 on 8 rows.
+    reported = []
+    for seed in range(400):
+        samples = []
+        for step in range(5):  # one probe's loss calls
+            ids, targets = _correct_batch(vocab, 8, 32, seed * 10 + step)
+            sample = compare_labels(ids, targets, -100)
+            assert sample is not None and sample.offset == 1
+            samples.append(sample)
+        _, evidence = summarise(samples)
+        assert evidence is not None
+        if evidence.wrapped:
+            reported.append(seed)
+    assert reported == []
+
+
+@pytest.mark.parametrize(("vocab", "rows", "calls"), [(50, 8, 1), (10, 8, 1), (5, 8, 2),
+                                                      (2, 8, 4), (2, 4, 6)])
+def test_a_real_roll_is_reported_once_the_rows_rule_out_chance(vocab: int, rows: int,
+                                                               calls: int) -> None:
+    samples = []
+    for call in range(calls):
+        ids = torch.randint(0, vocab, (rows, 32), generator=torch.Generator().manual_seed(call))
+        sample = compare_labels(ids, torch.roll(ids, -1, dims=1), -100)
+        assert sample is not None
+        samples.append(sample)
+    offset, evidence = summarise(samples)
+    assert evidence is not None
+    assert (offset, evidence.wrapped, evidence.wrap_rows) == (1, rows * calls, rows * calls)
+    assert math.exp(evidence.wrap_log_chance) < 1e-6
+
+
+def test_a_roll_on_too_few_rows_to_tell_from_chance_is_not_reported() -> None:
+    ids = torch.randint(0, 2, (4, 32), generator=torch.Generator().manual_seed(3))
+    _, evidence = summarise([compare_labels(ids, torch.roll(ids, -1, dims=1), -100)])  # type: ignore[list-item]
+    assert evidence is not None
+    assert (evidence.wrap_rows, evidence.wrapped) == (4, 0)  # about 2**-4: no proof

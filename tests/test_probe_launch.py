@@ -175,7 +175,7 @@ def test_probe_diff_table(tmp_path: Path) -> None:
     rows = {row.name: row for row in diff_reports(before, after)}
     assert list(rows) == ["label offset", "micro-batches per step", "autocast share",
                           "checkpointing", "activation memory per step", "step time",
-                          "tokens/s", "time per token"]
+                          "tokens/s", "time per token", "CPU time per token"]
     assert (rows["label offset"].before, rows["label offset"].after) == ("1", "1")
     assert rows["label offset"].reading == "unchanged"
     assert rows["autocast share"].before == "0%; no autocast"

@@ -18,6 +18,10 @@ class RuleInfo:
     severity: Severity
     fix: FixClass | None
     summary: str
+    # Advice: a choice often better made differently, not a bug or a weakness that holds
+    # everywhere. Not in the default selection (as ruff's defaults hold only the rules
+    # that are right everywhere); runs when selected (``ALL``, a code or a prefix).
+    advice: bool = False
 
     @property
     def slug(self) -> str:
@@ -38,13 +42,13 @@ CATALOGUE: tuple[RuleInfo, ...] = (
              "labels shifted where they are made and again at the loss "
              "(or passed pre-shifted to a model that shifts internally)"),
     RuleInfo("TA103", "roll-label-shift", I, SAFE,
-             "a roll whose wrap is neutralised: works, but fragile; rewrite as slicing"),
+             "a roll whose wrap is neutralised: works, but fragile; rewrite as slicing", advice=True),
     RuleInfo("TA104", "ignore-index-mismatch", E, CORR,
              "the value used to mask labels is not what the loss ignores"),
     RuleInfo("TA105", "missing-label-shift", E, CORR,
              "logits at position t scored against the token at position t"),
     RuleInfo("TA201", "no-gradient-accumulation", W, FEAT,
-             "optimizer stepped every micro-batch at a small batch size, no accumulation"),
+             "optimizer stepped every micro-batch at a small batch size, no accumulation", advice=True),
     RuleInfo("TA202", "accumulated-loss-not-scaled", E, CORR,
              "accumulation without dividing the loss (or grads) by the steps"),
     RuleInfo("TA203", "per-micro-batch-update", E, CORR,
@@ -56,7 +60,7 @@ CATALOGUE: tuple[RuleInfo, ...] = (
     RuleInfo("TA206", "zero-grad-before-step", E, CORR,
              "zero_grad between backward and step wipes the gradients"),
     RuleInfo("TA301", "no-mixed-precision", I, FEAT,
-             "training forward without autocast and without delegated precision"),
+             "training forward without autocast and without delegated precision", advice=True),
     RuleInfo("TA302", "deprecated-amp-api", W, SAFE,
              "torch.cuda.amp.* / torch.cpu.amp.*, any import spelling"),
     RuleInfo("TA303", "clip-before-unscale", E, CORR,
@@ -65,9 +69,9 @@ CATALOGUE: tuple[RuleInfo, ...] = (
              "a scaler exists but backward/step skip it, or update() is missing"),
     RuleInfo("TA305", "fp16-without-grad-scaler", W, CORR, "float16 autocast with no scaler"),
     RuleInfo("TA306", "grad-scaler-with-bf16", I, SAFE,
-             "scaler with bfloat16 autocast: not needed"),
+             "scaler with bfloat16 autocast: not needed", advice=True),
     RuleInfo("TA401", "no-activation-checkpointing", I, FEAT,
-             "a stack of blocks run without checkpointing in a long-sequence model"),
+             "a stack of blocks run without checkpointing in a long-sequence model", advice=True),
     RuleInfo("TA402", "checkpoint-use-reentrant-unset", W, CORR,
              "checkpoint(...) without use_reentrant="),
     RuleInfo("TA403", "checkpointing-with-kv-cache", W, CORR,
@@ -78,9 +82,9 @@ CATALOGUE: tuple[RuleInfo, ...] = (
              "model.eval() in the loop's call tree and never model.train() again"),
     RuleInfo("TA503", "loss-tensor-accumulated", W, SAFE,
              "total += loss keeps every step's graph alive"),
-    RuleInfo("TA504", "no-gradient-clipping", I, FEAT, "no clipping anywhere in the loop"),
+    RuleInfo("TA504", "no-gradient-clipping", I, FEAT, "no clipping anywhere in the loop", advice=True),
     RuleInfo("TA505", "weight-decay-on-norm-and-bias", I, None,
-             "decay applied to all parameters, norms and biases included"),
+             "decay applied to all parameters, norms and biases included", advice=True),
 )
 
 BY_CODE: dict[str, RuleInfo] = {info.code: info for info in CATALOGUE}

@@ -18,7 +18,7 @@ from trainaudit import __version__
 from trainaudit.catalogue import CATALOGUE, lookup
 from trainaudit.config import Config, ConfigError, load_config, validate_selectors
 from trainaudit.diagnostics import Severity
-from trainaudit.discover import SourceFile, discover, display_path
+from trainaudit.discover import SourceFile, context_files, discover, display_path
 from trainaudit.engine import CheckResult, FileResult, ProjectPhase, check_files
 from trainaudit.notebook import is_notebook
 from trainaudit.registry import all_options, load_rules
@@ -31,6 +31,9 @@ app = typer.Typer(
     no_args_is_help=True,
     help="Find, fix and prove the silent bugs of PyTorch training scripts.",
     context_settings={"help_option_names": ["-h", "--help"]},
+    # Plain help (click's): option names are never cut, at any width (rich's panels cut
+    # `--no-unsafe-fixes` at 80 columns).
+    rich_markup_mode=None,
 )
 out = Console(highlight=False, soft_wrap=True, emoji=False)
 err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
@@ -73,6 +76,9 @@ StdinNameOpt = Annotated[str | None, typer.Option(
 ExitZeroOpt = Annotated[bool, typer.Option("--exit-zero", help="Exit 0 even with findings.")]
 NoCacheOpt = Annotated[bool, typer.Option(
     "--no-cache", help="Neither read nor write .trainaudit_cache/.")]
+ForceExcludeOpt = Annotated[bool, typer.Option(
+    "--force-exclude", help="Apply `exclude` to files named on the command line too "
+                            "(for pre-commit, which names every changed file).")]
 UnsafeFixesOpt = Annotated[bool | None, typer.Option(
     "--unsafe-fixes/--no-unsafe-fixes",
     help="Also apply feature fixes (accumulation, autocast, checkpointing, clipping).")]
@@ -80,7 +86,8 @@ UnsafeFixesOpt = Annotated[bool | None, typer.Option(
 
 def _configure(paths: list[str] | None, select: list[str] | None, extend_select: list[str] | None,
                ignore: list[str] | None, config_path: Path | None, no_config: bool,
-               fail_on: str | None = None) -> tuple[Config, list[str]]:
+               fail_on: str | None = None, force_exclude: bool = False
+               ) -> tuple[Config, list[str]]:
     targets = paths or ["."]
     start = Path(targets[0]) if targets[0] != "-" else Path.cwd()
     try:
@@ -95,13 +102,17 @@ def _configure(paths: list[str] | None, select: list[str] | None, extend_select:
             changes["ignore"] = config.ignore + validate_selectors(ign, "--ignore")
         if fail_on is not None:
             changes["fail_on"] = Severity.parse(fail_on)
+        if force_exclude:
+            changes["force_exclude"] = True
         return config.with_overrides(**changes), targets
     except (ConfigError, ValueError) as exc:
         _fail(str(exc))
 
 
 def _gather(targets: list[str], config: Config, stdin_filename: str | None
-            ) -> tuple[list[SourceFile], dict[str, str]]:
+            ) -> tuple[list[SourceFile], dict[str, str], list[str]]:
+    """The files to check, the stdin overlay, and the paths that do not exist (reported
+    at the end with exit 2, as ruff: the other paths are still checked)."""
     if "-" in targets:
         if len(targets) > 1:
             _fail("'-' (stdin) cannot be combined with other paths")
@@ -109,13 +120,9 @@ def _gather(targets: list[str], config: Config, stdin_filename: str | None
         if is_notebook(name):
             _fail("notebooks are read from their files, not from stdin")
         file = SourceFile(Path(name), display_path(Path(name)), explicit=True)
-        return [file], {file.display: sys.stdin.read()}
+        return [file], {file.display: sys.stdin.read()}, []
     files, problems = discover([Path(t) for t in targets], config)
-    if problems:
-        for problem in problems:
-            err.print(f"[bold red]error:[/] {escape(problem)}")
-        raise typer.Exit(EXIT_ERROR)
-    return files, {}
+    return files, {}, problems
 
 
 def _exit_code(result: CheckResult, config: Config) -> int:
@@ -155,22 +162,29 @@ def _cache_phases(config: Config, *, cache: bool, overlay: dict[str, str]
 
 
 def _run_check(files: list[SourceFile], config: Config, overlay: dict[str, str], *,
-               cache: bool, progress: bool) -> CheckResult:
+               cache: bool, progress: bool, context: list[SourceFile]) -> CheckResult:
     """Phase 1 through the cache unless disabled; a progress bar on a terminal for big trees."""
     analyse, project = _cache_phases(config, cache=cache, overlay=overlay)
-    if not (progress and err.is_terminal and len(files) > PROGRESS_THRESHOLD):
-        return check_files(files, config, overlay=overlay, analyse=analyse, project=project)
+    if not (progress and err.is_terminal and len(files) + len(context) > PROGRESS_THRESHOLD):
+        return check_files(files, config, overlay=overlay, analyse=analyse, project=project,
+                           context=context, count_advice=True)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     with Progress("checking", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err, transient=True) as bar:
-        task = bar.add_task("check", total=len(files))
+        task = bar.add_task("check", total=len(files) + len(context))
         return check_files(files, config, overlay=overlay, analyse=analyse, project=project,
-                           progress=lambda n: bar.advance(task, n))
+                           progress=lambda n: bar.advance(task, n), context=context,
+                           count_advice=True)
 
 
-def _warn_if_empty(files: list[SourceFile], targets: list[str]) -> None:
-    if not files:
+def _only_files(targets: list[str]) -> bool:
+    """Whether every path named is a file (or missing): pre-commit's way, not a folder's."""
+    return all(not Path(target).is_dir() for target in targets)
+
+
+def _warn_if_empty(files: list[SourceFile], targets: list[str], missing: list[str]) -> None:
+    if not files and not missing:
         where = ", ".join(targets)
         err.print(f"[yellow]warning:[/] no Python files or notebooks found under {escape(where)}")
 
@@ -179,19 +193,19 @@ def _fix_and_write(files: list[SourceFile], config: Config, overlay: dict[str, s
                    cache: bool, quiet: bool) -> CheckResult:
     """``check --fix``: write the fixes (stdin: the fixed source to stdout), then return
     what remains, with the fixer's errors among the result's."""
-    from trainaudit.fixes.apply import fix_files, write_atomically
+    from trainaudit.fixes.apply import fix_files, write_changes
 
     analyse, project = _cache_phases(config, cache=cache, overlay=overlay)
     run = fix_files(files, config, unsafe_fixes=config.unsafe_fixes, overlay=overlay,
                     analyse=analyse, project=project)
+    written, unwritten = run.changes, list[str]()
     if overlay:
         sys.stdout.write(run.changes[0].output() if run.changes else next(iter(overlay.values())))
     else:
-        for change in run.changes:
-            write_atomically(change)
-    if not quiet and run.changes:
-        err.print(f"Fixed {len(run.changes)} file{'s' if len(run.changes) != 1 else ''}.")
-    run.remaining.errors = [*run.errors, *run.remaining.errors]
+        written, unwritten = write_changes(run.changes)
+    if not quiet and written:
+        err.print(f"Fixed {len(written)} file{'s' if len(written) != 1 else ''}.")
+    run.remaining.errors = [*run.errors, *unwritten, *run.remaining.errors]
     return run.remaining
 
 
@@ -222,18 +236,29 @@ def check(
         "--fix", help="Write safe and corrective fixes, then report what remains "
                       "(as `fix --apply`).")] = False,
     unsafe_fixes: UnsafeFixesOpt = None,
+    force_exclude: ForceExcludeOpt = False,
+    project_context: Annotated[bool, typer.Option(
+        "--project-context/--no-project-context",
+        help="With files named (as pre-commit does): also read the rest of the project "
+             "(the config's folder, else the git work tree), so a cross-file finding "
+             "that involves a named file is reported.")] = True,
 ) -> None:
     """Lint training scripts. Exit 0: clean; 1: findings at or above --fail-on; 2: error."""
-    config, targets = _configure(paths, select, extend_select, ignore, config_path, no_config, fail_on)
+    config, targets = _configure(paths, select, extend_select, ignore, config_path, no_config,
+                                 fail_on, force_exclude)
     if unsafe_fixes is not None:
         config = config.with_overrides(unsafe_fixes=unsafe_fixes)
-    files, overlay = _gather(targets, config, stdin_filename)
-    _warn_if_empty(files, targets)
+    files, overlay, missing = _gather(targets, config, stdin_filename)
+    _warn_if_empty(files, targets, missing)
     accepted = _load_baseline(baseline) if baseline is not None and write_baseline is None else None
     if apply_fixes:
         result = _fix_and_write(files, config, overlay, cache=not no_cache, quiet=quiet)
     else:
-        result = _run_check(files, config, overlay, cache=not no_cache, progress=not quiet)
+        context = (context_files(files, config)
+                   if project_context and not overlay and _only_files(targets) else [])
+        result = _run_check(files, config, overlay, cache=not no_cache, progress=not quiet,
+                            context=context)
+    result.errors = [*missing, *result.errors]
     _report_errors(result.errors)
     if write_baseline is not None or accepted is not None:
         from trainaudit.baseline import read_lines_from_disk
@@ -263,9 +288,12 @@ def check(
         if text:
             console.file.write(text + "\n")
         if err.is_terminal and not quiet:  # people watching; pipes and files get data only
-            from trainaudit.report.text import summary_line
+            from trainaudit.report.text import advice_line, summary_line
 
             err.print(summary_line(result), highlight=False, soft_wrap=True)
+            if result.advice_not_shown:
+                err.print(advice_line(result.advice_not_shown), highlight=False,
+                          soft_wrap=True, markup=False)
     code = _exit_code(result, config)
     raise typer.Exit(EXIT_OK if exit_zero and code == EXIT_FINDINGS else code)
 
@@ -286,19 +314,22 @@ def fix(
         "--quiet", "-q", help="Only diffs and findings; no notes or counts.")] = False,
     exit_zero: ExitZeroOpt = False,
     no_cache: NoCacheOpt = False,
+    force_exclude: ForceExcludeOpt = False,
 ) -> None:
     """Fix findings: show the diff, or write it with --apply (safe and corrective fixes).
     Exit 1 when something would change (or, with --apply, findings remain)."""
-    from trainaudit.fixes.apply import fix_files, write_atomically
+    from trainaudit.fixes.apply import fix_files, write_changes
 
-    config, targets = _configure(paths, select, extend_select, ignore, config_path, no_config)
+    config, targets = _configure(paths, select, extend_select, ignore, config_path, no_config,
+                                 force_exclude=force_exclude)
     if unsafe_fixes is not None:
         config = config.with_overrides(unsafe_fixes=unsafe_fixes)
-    files, overlay = _gather(targets, config, stdin_filename)
-    _warn_if_empty(files, targets)
+    files, overlay, missing = _gather(targets, config, stdin_filename)
+    _warn_if_empty(files, targets, missing)
     analyse, project = _cache_phases(config, cache=not no_cache, overlay=overlay)
     run = fix_files(files, config, unsafe_fixes=config.unsafe_fixes, overlay=overlay,
                     analyse=analyse, project=project)
+    run.errors = [*missing, *run.errors]
     _report_errors(run.errors)
 
     def finish(code: int) -> NoReturn:
@@ -318,11 +349,12 @@ def fix(
             sys.stdout.write(change.diff())
             sys.stdout.flush()
     if apply and not overlay:
-        for change in run.changes:
-            write_atomically(change)
+        written, unwritten = write_changes(run.changes)
+        _report_errors(unwritten)
+        run.errors += unwritten  # exit 2: a fix that was not written is not a finding
         if not quiet:
-            noun = "file" if len(run.changes) == 1 else "files"
-            err.print(f"Fixed {len(run.changes)} {noun}.")
+            noun = "file" if len(written) == 1 else "files"
+            err.print(f"Fixed {len(written)} {noun}.")
         remaining = run.remaining
         if remaining.findings:
             from trainaudit.report.text import render_text
@@ -348,7 +380,8 @@ def rules_command(
     output_format: Annotated[RulesFormat, typer.Option("--format", help="Output format.")
                              ] = RulesFormat.text,
 ) -> None:
-    """List the rules: code, name, severity, fix class, what each finds."""
+    """List the rules: code, name, severity, fix class, what each finds. Rules marked
+    (advice) run only when selected."""
     implemented = load_rules()
     chosen = [i for i in CATALOGUE if prefix is None or i.code.startswith(prefix.strip().upper())]
     if not chosen:
@@ -356,13 +389,15 @@ def rules_command(
     if output_format is RulesFormat.json:
         rows = [{"code": i.code, "name": i.name, "severity": i.severity.value,
                  "fix": i.fix.value if i.fix else None, "summary": i.summary,
-                 "implemented": i.code in implemented} for i in chosen]
+                 "implemented": i.code in implemented, "advice": i.advice} for i in chosen]
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
         return
     from trainaudit.report.catalogue import print_rules
 
+    # Advice is marked: it runs only when selected (not in the default selection).
     print_rules([(i.code, i.name + ("" if i.code in implemented else " (planned)"),
-                  i.severity.value, i.fix.value if i.fix else "-", i.summary) for i in chosen], out)
+                  i.severity.value + (" (advice)" if i.advice else ""),
+                  i.fix.value if i.fix else "-", i.summary) for i in chosen], out)
 
 
 RULE_PAGES = Path(__file__).resolve().parent.parent / "rules"
@@ -385,14 +420,26 @@ def explain(code: Annotated[str, typer.Argument(help="A rule code (TA102) or nam
                    f"Severity: {info.severity.value}. Fix: {fix}.\n", out)
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+             options_metavar="[OPTIONS] -- CMD [ARGS]... | diff BEFORE.json AFTER.json")
 def probe(
     ctx: typer.Context,
     steps: Annotated[int, typer.Option("--steps", min=1, help="Optimizer steps to run.")] = 5,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the report as JSON here.")] = None,
 ) -> None:
-    """Run a command for a few optimizer steps under runtime probes: trainaudit probe -- python train.py ARGS
-    (also torchrun / accelerate launch); trainaudit probe diff BEFORE.json AFTER.json compares two reports."""
+    """Run a training command for a few optimizer steps under runtime probes and
+    report what really happened (label offset, micro-batches per step, autocast,
+    checkpointing, memory, step time). CMD is what you would type:
+
+    \b
+      trainaudit probe --steps 5 --json report.json -- python train.py ARGS
+      trainaudit probe -- python -m pkg.train ARGS
+      trainaudit probe -- torchrun --nproc-per-node 2 train.py ARGS
+      trainaudit probe -- accelerate launch train.py ARGS
+      trainaudit probe diff before.json after.json   # the before/after table
+
+    Exit 1 with an error or warning finding, 0 without, 2 when the command
+    cannot be probed."""
     from trainaudit.probe.command import probe_command
 
     raise typer.Exit(probe_command(list(ctx.args), steps=steps, json_path=json_path, out=out, err=err))

@@ -47,6 +47,12 @@ def is_test_path(path: str) -> bool:
             or (name.startswith("test_") and name.endswith(".py")) or name.endswith("_test.py"))
 
 
+# The default selection: every rule that is right everywhere (errors and warnings, TA002);
+# the advice rules run when selected (``select = ["ALL"]``, ``extend-select``, a code).
+DEFAULT_SELECT: tuple[str, ...] = tuple(info.code for info in CATALOGUE if not info.advice)
+ADVICE_CODES = frozenset(info.code for info in CATALOGUE if info.advice)
+
+
 class ConfigError(Exception):
     """A configuration or usage error (exit code 2)."""
 
@@ -55,7 +61,7 @@ class ConfigError(Exception):
 class Config:
     """Settings after merging defaults, the config file and command-line flags."""
 
-    select: tuple[str, ...] = ("ALL",)
+    select: tuple[str, ...] = DEFAULT_SELECT
     extend_select: tuple[str, ...] = ()
     ignore: tuple[str, ...] = ()
     per_file_ignores: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
@@ -63,6 +69,9 @@ class Config:
     fail_on: Severity = Severity.WARNING
     unsafe_fixes: bool = False
     respect_gitignore: bool = True
+    # Apply ``exclude`` to files named on the command line too (as ruff's force-exclude):
+    # pre-commit names every changed file, excluded or not.
+    force_exclude: bool = False
     # Report every rule in test files too (by default only rules that apply to tests do).
     check_tests: bool = False
     options: Mapping[str, Any] = field(default_factory=dict)
@@ -77,6 +86,12 @@ class Config:
             info.code for info in CATALOGUE
             if _best_match(info.code, chosen) > _best_match(info.code, self.ignore)
         )
+
+    def unselected_advice(self) -> frozenset[str]:
+        """Advice codes left out only because they were not selected (not ignored): a
+        run counts their findings to say how many were not shown."""
+        return frozenset(code for code in ADVICE_CODES - self.enabled_codes()
+                         if _best_match(code, self.ignore) < 0)
 
     def ignored_for(self, path: str) -> tuple[str, ...]:
         """Codes ignored for one file by ``per-file-ignores`` (globs relative to the config)."""
@@ -242,7 +257,7 @@ def _from_table(table: Mapping[str, Any], file: Path, defaults: Config,
                 rule_options: Mapping[str, Any]) -> Config:
     where = str(file)
     known = _LIST_KEYS | {"per-file-ignores", "fail-on", "unsafe-fixes", "fix",
-                          "respect-gitignore", "check-tests"} | set(rule_options)
+                          "respect-gitignore", "check-tests", "force-exclude"} | set(rule_options)
     unknown = sorted(set(table) - known)
     if unknown:
         raise ConfigError(f"{where}: unknown option(s): {', '.join(unknown)}")
@@ -275,7 +290,7 @@ def _from_table(table: Mapping[str, Any], file: Path, defaults: Config,
         except ValueError as exc:
             raise ConfigError(f"{where}: fail-on: {exc}") from None
     for key, attr in (("unsafe-fixes", "unsafe_fixes"), ("respect-gitignore", "respect_gitignore"),
-                      ("check-tests", "check_tests")):
+                      ("check-tests", "check_tests"), ("force-exclude", "force_exclude")):
         if key in table:
             if not isinstance(table[key], bool):
                 raise ConfigError(f"{where}: `{key}` must be true or false")

@@ -98,7 +98,9 @@ def discover(paths: list[Path], config: Config) -> tuple[list[SourceFile], list[
             problems.append(f"{root}: no such file or directory")
             continue
         if root.is_file():
-            add(root, explicit=True)  # checked whatever its name or the excludes
+            # Checked whatever its name or the excludes, unless --force-exclude says otherwise.
+            if not (config.force_exclude and is_force_excluded(root, config)):
+                add(root, explicit=True)
             continue
         ignores: list[_GitIgnore] = []
         if config.respect_gitignore:
@@ -109,6 +111,51 @@ def discover(paths: list[Path], config: Config) -> tuple[list[SourceFile], list[
                     ignores = [g for g in ignores if g.base == folder or folder in g.base.parents]
         _walk(root, config, ignores, add)
     return sorted(files.values(), key=lambda f: f.display), problems
+
+
+def project_root(config: Config) -> Path | None:
+    """The tree a run on named files reads for context: the config file's folder, else
+    the git work tree around the working directory; None when there is neither."""
+    if config.source is not None:
+        return config.root.resolve()
+    here = Path.cwd().resolve()
+    return next((folder for folder in (here, *here.parents) if (folder / ".git").exists()),
+                None)
+
+
+def context_files(files: list[SourceFile], config: Config) -> list[SourceFile]:
+    """The files of the project around ``files`` (all named on the command line) that a
+    walk of its root reaches and that are not among them: phase 2 reads them so that a
+    cross-file finding whose other end is in an unchanged file is still found."""
+    root = project_root(config)
+    if root is None or not files:
+        return []
+    named = {os.path.realpath(file.path) for file in files}
+    if not any(root == Path(path) or root in Path(path).parents for path in named):
+        return []  # the named files are outside that project
+    walked, _ = discover([root], config)
+    return [file for file in walked if os.path.realpath(file.path) not in named]
+
+
+def _skipped_folder(name: str) -> bool:
+    """A folder a walk never enters, whatever the config (hidden, virtual environments,
+    caches, build output)."""
+    return (name.startswith(".") and name not in (".", "..")) or name in DEFAULT_EXCLUDE
+
+
+def is_force_excluded(path: Path, config: Config) -> bool:
+    """Whether a walk from the config's root would have left out this file: it, or a
+    folder above it (below the root), is excluded by ``exclude`` or by default. A file
+    outside the root is matched by ``exclude`` alone."""
+    real = Path(os.path.realpath(path))
+    root = config.root.resolve()
+    if root != real and root not in real.parents:
+        return config.is_excluded(str(real))
+    parts = real.relative_to(root).parts
+    if any(_skipped_folder(folder) for folder in parts[:-1]):
+        return True
+    return any(config.is_excluded(str(root.joinpath(*parts[:depth])))
+               for depth in range(1, len(parts) + 1))
 
 
 def _is_ignored(path: Path, is_dir: bool, ignores: list[_GitIgnore],
@@ -168,7 +215,7 @@ def _walk(root: Path, config: Config, ignores: list[_GitIgnore],
                 continue
             path = Path(entry.path)
             if is_dir:
-                if (name.startswith(".") or name in DEFAULT_EXCLUDE
+                if (_skipped_folder(name)
                         or os.path.exists(os.path.join(entry.path, "pyvenv.cfg"))):
                     continue
                 if config.is_excluded(str(path)) or _is_ignored(path, True, active, f"{absolute}/{name}"):

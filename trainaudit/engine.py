@@ -8,26 +8,25 @@ Then selection, per-file ignores and suppressions, and sorting.
 
 from __future__ import annotations
 
-import ast
 import gc
 import hashlib
 import os
 import time
 import traceback
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from pathlib import PurePosixPath
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from trainaudit.catalogue import BY_CODE
 from trainaudit.config import Config, is_test_path
-from trainaudit.diagnostics import Finding, Span
+from trainaudit.diagnostics import Finding
 from trainaudit.discover import SourceFile
 from trainaudit.model.module import ModuleFacts, clear_walk_cache
 from trainaudit.model.project import ModuleSummary, Project
 from trainaudit.notebook import CellStarts, cell_starts, in_cells, is_notebook
+from trainaudit.parsing import module_name_for, parse_or_report, parse_source, syntax_finding
 from trainaudit.registry import (
     SUMMARIZERS,
     Gate,
@@ -81,6 +80,8 @@ class CheckResult:
     errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
     sources: dict[str, str] = field(default_factory=dict)
+    # Findings of advice rules that were not selected, by code: counted, not reported.
+    advice_not_shown: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -93,35 +94,6 @@ class Settings:
     # that prove it hides nothing (or with TRAINAUDIT_NO_PREFILTER=1).
     prefilter: bool = True
     hash_sources: bool = False
-
-
-def module_name_for(display: str) -> tuple[str, bool]:
-    """A dotted module name guessed from a path (``pkg/data/x.py`` → ``pkg.data.x``)."""
-    parts = [p for p in PurePosixPath(display).parts if p not in ("/", ".")]
-    if ".." in parts:
-        parts = parts[len(parts) - parts[::-1].index("..") :]
-    if not parts:
-        return "", False
-    stem = parts[-1].rsplit(".", 1)[0]
-    is_package = stem == "__init__"
-    parts = parts[:-1] if is_package else [*parts[:-1], stem]
-    return ".".join(p for p in parts if p.isidentifier()), is_package
-
-
-def _syntax_finding(path: str, message: str, line: int = 1, column: int = 1) -> Finding:
-    info = BY_CODE["TA001"]
-    return Finding(info.code, info.name, info.severity, path,
-                   Span(line, max(column, 1), line, max(column, 1)), message, None)
-
-
-def parse_or_report(path: str, text: str) -> ast.Module | Finding:
-    """The module's tree, or the TA001 finding that says why it does not parse."""
-    try:
-        return ast.parse(text, filename=path)
-    except SyntaxError as exc:
-        return _syntax_finding(path, f"syntax error: {exc.msg}", exc.lineno or 1, exc.offset or 1)
-    except (ValueError, RecursionError, MemoryError) as exc:
-        return _syntax_finding(path, f"cannot parse: {exc}")
 
 
 def syntax_check(file: SourceFile, text: str | None = None, digest: str | None = None
@@ -137,7 +109,7 @@ def syntax_check(file: SourceFile, text: str | None = None, digest: str | None =
             result.errors.append(f"{file.display}: cannot read: {exc.strerror or exc}")
             return result
         except DecodeError as exc:
-            result.findings.append(_syntax_finding(file.display, f"file cannot be read: {exc}"))
+            result.findings.append(syntax_finding(file.display, f"file cannot be read: {exc}"))
             return result
     parsed = parse_or_report(file.display, text)
     if isinstance(parsed, Finding):
@@ -219,7 +191,7 @@ class Analyzer:
         except DecodeError as exc:
             result.checked = True
             if "TA001" in self.settings.enabled:
-                result.findings.append(_syntax_finding(file.display, f"file cannot be read: {exc}"))
+                result.findings.append(syntax_finding(file.display, f"file cannot be read: {exc}"))
             return result
         return self._analyse_text(file, text, readers, result)
 
@@ -232,7 +204,9 @@ class Analyzer:
             result.cells = cell_starts(text)
         if "TA002" in self.settings.enabled:
             result.comments = suppression_comments(text)
-        tree = parse_or_report(file.display, text)
+        tree, text, cell_errors = parse_source(file.display, text, notebook=bool(result.cells))
+        if "TA001" in self.settings.enabled:
+            result.findings += cell_errors
         if isinstance(tree, Finding):
             if "TA001" in self.settings.enabled:
                 result.findings.append(tree)
@@ -419,28 +393,43 @@ def check_files(files: Sequence[SourceFile], config: Config, *,
                 overlay: Mapping[str, str] | None = None, jobs: int | None = None,
                 progress: Callable[[int], None] | None = None,
                 analyse: Callable[..., list[FileResult]] | None = None,
-                project: ProjectPhase | None = None, place_in_cells: bool = True
+                project: ProjectPhase | None = None, place_in_cells: bool = True,
+                context: Sequence[SourceFile] = (), count_advice: bool = False
                 ) -> CheckResult:
     """Check files and return the findings that survive selection and suppression.
 
     ``analyse`` replaces phase 1 and ``project`` phase 2 (the cache passes both).
     Findings in notebooks are placed in their cells unless ``place_in_cells`` is false
-    (the fixer works on the analysed source's lines).
+    (the fixer works on the analysed source's lines). ``context``: other files of the
+    project, read for the cross-file rules; only their findings that also involve one
+    of ``files`` (at the finding or a related place) are reported. ``count_advice``:
+    the advice rules not selected run too, and their findings are only counted
+    (``CheckResult.advice_not_shown``).
     """
     started = time.perf_counter()
     settings = settings_for(config)
+    unselected = config.unselected_advice() if count_advice else frozenset()
+    if unselected:
+        settings = replace(settings, enabled=settings.enabled | unselected)
     run = analyse or analyse_files
     # Both phases and the cache's loads; set before phase 1's workers fork (they inherit it).
     with _collector_paused():
-        results: list[FileResult] = run(files, settings, overlay=overlay, jobs=jobs,
-                                        progress=progress)
+        everything: list[FileResult] = run([*files, *context], settings, overlay=overlay,
+                                           jobs=jobs, progress=progress)
+        results = everything[:len(files)]
         if "TA001" in settings.enabled:
             results = [syntax_check(file, (overlay or {}).get(file.display), result.digest)
                        if file.explicit and not result.checked else result
                        for file, result in zip(files, results, strict=True)]
-        project_findings, errors = (project(results, settings) if project is not None
-                                    else run_project_rules(results, settings, overlay))
-    by_path = {r.path: r for r in results}
+        context_results = everything[len(files):]
+        project_findings, errors = (
+            project([*results, *context_results], settings) if project is not None
+            else run_project_rules([*results, *context_results], settings, overlay))
+    if context:
+        named = {file.display for file in files}
+        project_findings = [f for f in project_findings if f.path in named
+                            or any(place.path in named for place in f.related)]
+    by_path = {r.path: r for r in [*results, *context_results]}
     ignored: dict[str, tuple[str, ...]] = {}
 
     def ignored_here(code: str, path: str) -> bool:
@@ -451,6 +440,7 @@ def check_files(files: Sequence[SourceFile], config: Config, *,
     tests: dict[str, bool] = {}
     used: dict[str, set[tuple[int, str]]] = {}  # path -> (line of the comment, code)
     findings: list[Finding] = []
+    hidden: Counter[str] = Counter()
     for finding in [f for r in results for f in r.findings] + project_findings:
         if finding.code not in settings.enabled or ignored_here(finding.code, finding.path):
             continue
@@ -464,6 +454,9 @@ def check_files(files: Sequence[SourceFile], config: Config, *,
         line = suppressing_line(finding.code, lines, owner.suppressions) if owner else None
         if line is not None:
             used.setdefault(finding.path, set()).add((line, finding.code))
+            continue
+        if finding.code in unselected:
+            hidden[finding.code] += 1
             continue
         findings.append(finding)
     if "TA002" in settings.enabled:
@@ -479,4 +472,5 @@ def check_files(files: Sequence[SourceFile], config: Config, *,
         files_cached=sum(r.cached for r in results),
         errors=[e for r in results for e in r.errors] + errors,
         seconds=time.perf_counter() - started,
+        advice_not_shown=dict(sorted(hidden.items())),
     )

@@ -26,7 +26,10 @@ SUFFIX = ".ipynb"
 MARKER = "# trainaudit: cell {}"
 _MARKER_LINE = re.compile(r"^# trainaudit: cell (\d+)$")
 _PLACEHOLDER = "# trainaudit: ipython {}"
-_PLACEHOLDER_LINE = re.compile(r"^[ \t]*# trainaudit: ipython (\d+)$")
+# A one-line IPython statement is a statement: `pass` keeps a block whose body it is
+# (`for url in urls:` / `    !wget {url}`) valid Python.
+_STATEMENT_PLACEHOLDER = "pass  " + _PLACEHOLDER
+_PLACEHOLDER_LINE = re.compile(r"^[ \t]*(?:pass  )?# trainaudit: ipython (\d+)$")
 # Line magics, shell escapes, help (``?obj``, ``obj?``) and captured ones (``x = !ls``).
 _IPYTHON_LINE = re.compile(
     r"^[ \t]*(?:[%!?]|[\w.]+\?{1,2}[ \t]*$|[\w.]+(?:[ \t]*,[ \t]*[\w.]+)*[ \t]*=[ \t]*[%!])")
@@ -156,9 +159,12 @@ def _analysable(text: str, hidden: list[str]) -> list[str]:
     continued = False  # the previous IPython line ended with a backslash
     for line in lines:
         if whole_cell or continued or _IPYTHON_LINE.match(line):
+            # A whole-cell magic's lines and a continued line are not statements: comments.
+            statement = not (whole_cell or continued)
             continued = line.rstrip("\r\n").endswith("\\")
             indent = line[: len(line) - len(line.lstrip(" \t"))]
-            result.append(indent + _PLACEHOLDER.format(len(hidden)) + "\n")
+            placeholder = _STATEMENT_PLACEHOLDER if statement else _PLACEHOLDER
+            result.append(indent + placeholder.format(len(hidden)) + "\n")
             hidden.append(line.rstrip("\r\n"))
         else:
             result.append(line)
@@ -216,3 +222,32 @@ def notebook_cell_lines(text: str, cell: int) -> list[str]:
     except NotebookError:
         return []
     return [line.rstrip("\r\n") for line in split_cells(source).get(cell, [])]
+
+
+# What replaces each line of a cell that does not parse: the line count is kept, so the
+# other cells' positions do not move.
+_UNPARSED_LINE = "# trainaudit: cell not parsed\n"
+
+
+def without_unparsable_cells(source: str) -> tuple[str, list[tuple[int, int, str]]]:
+    """An analysed source whose cells that do not parse on their own are commented out,
+    and (line, column, message) of each one's syntax error in the analysed source: one
+    broken cell is reported where it is, and the notebook's other cells still analysed."""
+    import ast
+
+    lines = source.splitlines(keepends=True)
+    starts = cell_starts(source)
+    errors: list[tuple[int, int, str]] = []
+    for index, (marker, _number) in enumerate(starts):
+        end = starts[index + 1][0] - 1 if index + 1 < len(starts) else len(lines)
+        body = "".join(lines[marker:end])  # lines after the marker (1-based marker line)
+        try:
+            ast.parse(body)
+        except SyntaxError as exc:
+            errors.append((marker + (exc.lineno or 1), exc.offset or 1, exc.msg))
+        except (ValueError, RecursionError, MemoryError) as exc:
+            errors.append((marker + 1, 1, str(exc)))
+        else:
+            continue
+        lines[marker:end] = [_UNPARSED_LINE] * (end - marker)
+    return "".join(lines), errors

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import difflib
 import os
+import stat
 import tempfile
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
@@ -120,6 +121,11 @@ def fix_files(files: Sequence[SourceFile], config: Config, *, unsafe_fixes: bool
             source = load(display)
             if source is None:
                 continue
+            try:  # a notebook with a cell that does not parse: TA001 says so, nothing to fix
+                ast.parse(source)
+            except SyntaxError:
+                failed.update((display, f.code) for f in found)
+                continue
             try:
                 outcome = fixers[code](source, [f for f in found if f.code == code], config.fix_options)
             except Exception as exc:  # a broken fixer must not lose the file
@@ -182,19 +188,69 @@ def _placed_in_cells(result: CheckResult, files: Mapping[str, SourceFile],
     return result
 
 
+class UnwritableFile(Exception):
+    """A fixed file that cannot (or must not) be written back; the message says why."""
+
+
 def write_atomically(change: FileChange) -> None:
-    """Replace the file in one step, keeping its encoding, line endings and mode."""
+    """Replace the file in one step, keeping its encoding, line endings, mode and owner.
+
+    A read-only file is refused (UnwritableFile): its mode says it is not to be edited,
+    and replacing it would succeed anyway where the folder is writable. Where the new
+    file cannot be given the old one's owner (another user's file in a shared folder),
+    it is rewritten in place instead, which keeps the owner."""
     path = Path(os.path.realpath(change.file.path))  # a symlink keeps pointing at the fixed file
+    display = change.file.display
+    try:
+        before = path.stat()
+    except OSError as exc:
+        raise UnwritableFile(f"{display}: cannot write the fix: {exc.strerror or exc}") from None
+    if not before.st_mode & stat.S_IWUSR or not os.access(path, os.W_OK):
+        raise UnwritableFile(f"{display}: not fixed: the file is read-only")
     data = change.output().encode(change.encoding)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".trainaudit", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".trainaudit", dir=path.parent)
+    except OSError:  # a folder we cannot write: the file itself may still be writable
+        _write_in_place(path, data, display)
+        return
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
-        try:
-            os.chmod(tmp, path.stat().st_mode & 0o7777)
-        except OSError:
-            pass
+        os.chmod(tmp, before.st_mode & 0o7777)
+        if (before.st_uid, before.st_gid) != (os.geteuid(), os.getegid()):
+            try:
+                os.chown(tmp, before.st_uid, before.st_gid)
+            except OSError:
+                Path(tmp).unlink(missing_ok=True)
+                _write_in_place(path, data, display)
+                return
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise UnwritableFile(f"{display}: cannot write the fix: {exc.strerror or exc}") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _write_in_place(path: Path, data: bytes, display: str) -> None:
+    try:
+        with open(path, "r+b") as handle:
+            handle.write(data)
+            handle.truncate()
+    except OSError as exc:
+        raise UnwritableFile(f"{display}: cannot write the fix: {exc.strerror or exc}") from None
+
+
+def write_changes(changes: Sequence[FileChange]) -> tuple[list[FileChange], list[str]]:
+    """Write every change that can be written: (the changes written, why others were not)."""
+    written: list[FileChange] = []
+    errors: list[str] = []
+    for change in changes:
+        try:
+            write_atomically(change)
+        except UnwritableFile as exc:
+            errors.append(str(exc))
+        else:
+            written.append(change)
+    return written, errors

@@ -8,6 +8,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, TypeVar
 
+from trainaudit.notebook import is_notebook, without_unparsable_cells
 from trainaudit.sources import DecodeError, source_of, text_check
 
 T = TypeVar("T")
@@ -64,8 +65,11 @@ class Project:
             text = source_of(summary.path, Path(summary.file or summary.path).read_bytes())
         except (OSError, DecodeError):
             return None
-        return text if not summary.text_check or text_check(text) == summary.text_check \
-            else None
+        if not summary.text_check:
+            return text  # a latent file: phase 1 did not read it
+        if text_check(text) != summary.text_check and is_notebook(summary.path):
+            text = without_unparsable_cells(text)[0]  # as phase 1 analysed it
+        return text if text_check(text) == summary.text_check else None
 
     @cached_property
     def _latent_by_suffix(self) -> dict[str, list[ModuleSummary]]:

@@ -95,6 +95,15 @@ def _read_activations(before: ProbeReport, after: ProbeReport) -> str:
             f"{_times(ratio)} the memory a micro-batch saves for backward")
 
 
+def _step_time(report: ProbeReport) -> str:
+    """The median step time, and the fastest-slowest timed step when there are several."""
+    median = f"{report.step_seconds * 1000:,.0f} ms"
+    if report.timed_steps < 2:
+        return median
+    return (f"{median} ({report.step_seconds_min * 1000:,.0f}-"
+            f"{report.step_seconds_max * 1000:,.0f})")
+
+
 def _read_step_time(before: ProbeReport, after: ProbeReport) -> str:
     ratio = _ratio(before.step_seconds, after.step_seconds)
     micro = _ratio(before.micro_batches_per_step, after.micro_batches_per_step)
@@ -129,6 +138,24 @@ def _read_per_token(before: ProbeReport, after: ProbeReport) -> str:
     return f"{_times(ratio)} the time to train one token: the fair comparison across batch sizes"
 
 
+def _cpu_seconds_per_token(report: ProbeReport) -> float | None:
+    tokens = report.tokens_per_step
+    return report.cpu_seconds_per_step / tokens if tokens and report.cpu_seconds_per_step else None
+
+
+def _cpu_per_token(report: ProbeReport) -> str:
+    value = _cpu_seconds_per_token(report)
+    return "-" if value is None else f"{value * 1e6:,.1f} µs"
+
+
+def _read_cpu_per_token(before: ProbeReport, after: ProbeReport) -> str:
+    ratio = _ratio(_cpu_seconds_per_token(before), _cpu_seconds_per_token(after))
+    if ratio is None:
+        return "not measured"
+    return (f"{_times(ratio)} the CPU time per token: the steady reading where other work "
+            "shares the machine")
+
+
 _ROWS: list[tuple[str, Callable[[ProbeReport], str],
                   Callable[[ProbeReport, ProbeReport], str]]] = [
     ("label offset", _offset, _read_offset),
@@ -137,9 +164,10 @@ _ROWS: list[tuple[str, Callable[[ProbeReport], str],
     ("checkpointing", lambda r: "yes" if r.checkpointing else "no", _read_checkpointing),
     ("activation memory per step", lambda r: format_bytes(r.activation_bytes_per_step),
      _read_activations),
-    ("step time", lambda r: f"{r.step_seconds * 1000:,.0f} ms", _read_step_time),
+    ("step time", _step_time, _read_step_time),
     ("tokens/s", _per_second, _read_rate),
     ("time per token", _per_token, _read_per_token),
+    ("CPU time per token", _cpu_per_token, _read_cpu_per_token),
 ]
 
 

@@ -58,7 +58,8 @@ def derive_findings(
             "TA101",
             f"{report.wrapped_label_positions} of {report.label_rows_checked} rows are trained on "
             "a wrapped label: the last target is the row's first input token and is not ignored "
-            "(a roll whose wrapped position is not masked)",
+            "(a roll whose wrapped position is not masked; every row matches, which a correct "
+            "script does by chance less than once in a million runs)",
         ))
     if (report.optimizer_steps > 0 and report.micro_batches_per_step <= 1.0
             and report.batch_size is not None):

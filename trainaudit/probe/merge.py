@@ -41,6 +41,10 @@ _COMBINE: dict[str, Callable[[Sequence[Any]], Any]] = {
     "checkpointing": any,
     "activation_bytes_per_step": max,
     "step_seconds": max,  # the slowest rank sets the pace of a synchronous step
+    "step_seconds_min": max,
+    "step_seconds_max": max,
+    "timed_steps": min,
+    "cpu_seconds_per_step": max,
     "clipped_scaled_gradients": any,
     "peak_cuda_memory_bytes": _largest,
     "backward_calls": sum,

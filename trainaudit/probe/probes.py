@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import functools
 import os
-import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
@@ -37,6 +36,7 @@ from torch.overrides import TorchFunctionMode
 
 from trainaudit.probe.flops import FlopCounter, matmul_counters, runs_in_low_precision
 from trainaudit.probe.labels import LabelSample, compare_labels, is_token_tensor
+from trainaudit.probe.timing import StepClock
 from trainaudit.probe.watchers import AutocastWatch, SchedulerWatch, WindowWatch
 
 # Label offsets are read from the first few training loss calls: enough to agree, cheap.
@@ -130,14 +130,13 @@ class ProbeSession:
     def __init__(self, *, steps: int, sample_steps: int = 1) -> None:
         self.steps = steps
         self.sample_steps = max(1, sample_steps)
-        self.started = time.perf_counter()
+        self.clock = StepClock()
         self.stopping = False
         self.sampling = True
         # optimizer steps and micro-batches
         self.optimizer_steps = 0
         self.trained_steps = 0  # steps with a backward pass before them
         self._backward_calls_at_step = 0
-        self.step_ends: list[float] = []
         self.backward_calls = 0
         self.in_backward = 0
         self.world_size: int | None = None
@@ -346,7 +345,7 @@ class ProbeSession:
 
     def step_done(self) -> None:
         self.optimizer_steps += 1
-        self.step_ends.append(time.perf_counter())
+        self.clock.step_done()
         self.step_peaks.append(self.step_peak)
         self.step_peak = 0
         self.module_depth = 0
@@ -461,15 +460,6 @@ class ProbeSession:
         return result
 
     # -------------------------------------------------------------- results
-
-    def step_seconds(self) -> float:
-        """Mean wall time per optimizer step, the first (warm-up) step left out when possible."""
-        ends = self.step_ends
-        if len(ends) >= 2:
-            return (ends[-1] - ends[0]) / (len(ends) - 1)
-        if ends:
-            return ends[0] - self.started
-        return 0.0
 
 
 def _unpack(tensor: Any) -> Any:

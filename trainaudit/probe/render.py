@@ -58,12 +58,41 @@ def _accumulation(report: ProbeReport) -> str:
     return f"loss x {scale:.3g} at backward over {window} micro-batches"
 
 
+def _step_time(report: ProbeReport) -> str:
+    median = f"{report.step_seconds * 1000:,.1f} ms"
+    if report.timed_steps < 2:
+        return median + (" (warm-up step included)" if report.timing_includes_warmup else "")
+    return (f"{median} (median of {report.timed_steps} steps after the warm-up; "
+            f"{report.step_seconds_min * 1000:,.1f}-{report.step_seconds_max * 1000:,.1f} ms)")
+
+
+def _cpu_time(report: ProbeReport) -> str:
+    if report.cpu_seconds_per_step <= 0:
+        return "-"
+    return (f"{report.cpu_seconds_per_step * 1000:,.1f} ms (median; this process's CPU time, "
+            "which other work on the machine does not inflate)")
+
+
 def _throughput(report: ProbeReport) -> str:
     if report.tokens_per_second is None or report.seconds_per_token is None:
         return "-"
-    warm = " (warm-up step included)" if report.timing_includes_warmup else ""
-    return (f"{report.tokens_per_second:,.0f} tokens/s, {report.seconds_per_token * 1e6:,.1f} "
-            f"µs per token{warm}")
+    text = (f"{report.tokens_per_second:,.0f} tokens/s, {report.seconds_per_token * 1e6:,.1f} "
+            "µs per token")
+    tokens = report.tokens_per_step
+    if report.timed_steps >= 2 and tokens and report.step_seconds_min > 0:
+        slowest, fastest = tokens / report.step_seconds_max, tokens / report.step_seconds_min
+        text += f" ({slowest:,.0f}-{fastest:,.0f} tokens/s)"
+    elif report.timing_includes_warmup:
+        text += " (warm-up step included)"
+    return text
+
+
+# What the throughput row measures, against a trainer's own log line (which often times
+# its first step alone, or counts evaluation and data loading).
+THROUGHPUT_NOTE = (
+    "throughput: tokens per optimizer step (batch x sequence x micro-batches x processes) "
+    "over the median step time, the warm-up step left out; a trainer's own tokens/s that "
+    "times its first step, or includes evaluation and data loading, reads lower.")
 
 
 def _rows(report: ProbeReport) -> list[tuple[str, str]]:
@@ -92,7 +121,8 @@ def _rows(report: ProbeReport) -> list[tuple[str, str]]:
         ("checkpointing", checkpointing),
         ("activation memory per step", format_bytes(report.activation_bytes_per_step)),
         ("clipping on scaled gradients", _clipping(report)),
-        ("step time", f"{report.step_seconds * 1000:,.1f} ms"),
+        ("step time", _step_time(report)),
+        ("CPU time per step", _cpu_time(report)),
         ("throughput", _throughput(report)),
         ("peak CUDA memory", format_bytes(report.peak_cuda_memory_bytes)),
     ]
@@ -113,6 +143,8 @@ def render_report(report: ProbeReport, console: Console) -> None:
     for i, (name, _) in enumerate(columns[0]):
         table.add_row(name, *(column[i][1] for column in columns))
     console.print(table)
+    if report.tokens_per_second is not None:
+        console.print(Text(THROUGHPUT_NOTE, style="dim"))
     for source in [report, *report.ranks]:
         if source.script_error:
             prefix = "" if source.rank is None else f"rank {source.rank}: "

@@ -78,7 +78,13 @@ class ProbeReport:
     autocast_devices: list[str] = field(default_factory=list)
     # GradScaler as used: "none", "disabled" (scale 1, clipping order not measurable), "enabled".
     scaler_state: str = "none"
-    # Throughput over the timed steps (the first, warm-up step excluded when there are two).
+    # Throughput over the timed steps (the first, warm-up step excluded when there are two):
+    # ``step_seconds`` is their median; the fastest and slowest of them show the spread.
+    timed_steps: int = 0
+    step_seconds_min: float = 0.0
+    step_seconds_max: float = 0.0
+    # The median CPU time of the process per timed step: steady on a shared machine.
+    cpu_seconds_per_step: float = 0.0
     tokens_per_step: int | None = None
     tokens_per_second: float | None = None
     seconds_per_token: float | None = None

@@ -259,7 +259,7 @@ def _report(session: ProbeSession, outcome: _Outcome) -> ProbeReport:
         autocast_fraction=(session.low_precision_flops / session.flops if session.flops else 0.0),
         checkpointing=session.checkpoint_regions > 0,
         activation_bytes_per_step=sum(peaks) // len(peaks) if peaks else 0,
-        step_seconds=session.step_seconds(),
+        step_seconds=session.clock.seconds(),
         clipped_scaled_gradients=session.clipped_scaled,
         peak_cuda_memory_bytes=_peak_cuda_memory(),
         backward_calls=session.backward_calls,
@@ -289,7 +289,12 @@ def _add_throughput(report: ProbeReport, session: ProbeSession) -> None:
     report.autocast_devices = sorted(session.autocast.devices)
     enabled = session.scaler_enabled
     report.scaler_state = "enabled" if True in enabled else "disabled" if enabled else "none"
-    report.timing_includes_warmup = len(session.step_ends) < 2
+    report.timing_includes_warmup = len(session.clock.ends) < 2
+    durations = session.clock.durations()
+    if durations:
+        report.timed_steps = len(durations)
+        report.step_seconds_min, report.step_seconds_max = min(durations), max(durations)
+        report.cpu_seconds_per_step = session.clock.cpu_seconds()
     if report.batch_size is not None and report.sequence_length is not None and session.trained_steps:
         tokens = round(report.batch_size * report.sequence_length * report.micro_batches_per_step)
         report.tokens_per_step = tokens

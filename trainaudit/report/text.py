@@ -96,6 +96,19 @@ def render_text(result: CheckResult, console: Console, *, quiet: bool = False,
         summary += f" {feature} fixable with `trainaudit fix --apply --unsafe-fixes`."
     console.print(("[green]All checks passed.[/] " if not result.findings else "") + summary,
                   highlight=False, soft_wrap=True)
+    if result.advice_not_shown:
+        console.print(advice_line(result.advice_not_shown), highlight=False, soft_wrap=True,
+                      markup=False)
+
+
+def advice_line(hidden: dict[str, int]) -> str:
+    """How many findings of unselected advice rules were not shown, and how to see them."""
+    total = sum(hidden.values())
+    each = ", ".join(f"{code} x{count}" if count > 1 else code for code, count in hidden.items())
+    codes = ",".join(hidden)
+    return (f"{total} advice finding{'s' if total != 1 else ''} not shown ({each}): "
+            f"`--extend-select {codes}` shows {'them' if total != 1 else 'it'}, "
+            f"`select = [\"ALL\"]` every rule.")
 
 
 def summary_line(result: CheckResult) -> str:
