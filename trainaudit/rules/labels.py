@@ -37,6 +37,12 @@ def _trail(reading: LossReading, limit: int = 6) -> list[Related]:
     return [_related(s, s.text or "the labels pass here") for s in reading.labels.trail[-limit:]]
 
 
+def _caller_outside(reading: LossReading) -> Site | None:
+    """The innermost call on the way to a loss from another file (a training step or an
+    evaluation calling a shared loss helper): which use of the loss this reading is."""
+    return next((site for site in reversed(reading.via) if site.path != reading.site.path), None)
+
+
 def _ignore_text(readings: Iterable[LossReading], producer_path: str) -> str:
     """The ignore value a fix writes: the loss's own literal, else PyTorch's default."""
     for reading in readings:
@@ -125,6 +131,9 @@ class DoubleLabelShift(_LabelRule):
                                                                 "again inside"))
                 related.append(_related(shift.reading.site,
                                         "the loss scores position t against token t+2"))
+                caller = _caller_outside(shift.reading)
+                if caller is not None:
+                    related.append(_related(caller, "that loss is reached from here"))
             double = all(r.offset == 2 for r in every)
             cut_inputs = any(r.logits is not None and r.logits.inputs.trimmed for r in every)
             # Inputs cut to T-1 beside the shifted labels (a collator that shifts both):

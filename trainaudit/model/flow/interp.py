@@ -43,6 +43,7 @@ from trainaudit.model.flow.values import (
     Opaque,
     Record,
     Ref,
+    Site,
     Tokens,
     Value,
     join,
@@ -79,6 +80,11 @@ class Interpreter(ModuleScope):
     def apply(self, callee: Value, args: list[Value], kwargs: dict[str, Value],
               node: ast.Call, frame: Frame) -> Value:
         return calls.apply(self, callee, args, kwargs, node, frame)
+
+    def calls_in_progress(self) -> tuple[Site, ...]:
+        """The statements of the calling frames now running, outermost first."""
+        return tuple(frame.module.site(frame.statement) for frame in self.frames[:-1]
+                     if frame.statement is not None)
 
     # -- entries -------------------------------------------------------------------
 

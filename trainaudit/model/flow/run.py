@@ -17,6 +17,7 @@ class FlowRun:
     def __init__(self, project: Project) -> None:
         self.observer = LabelObserver()
         self.interpreter = Interpreter(Program(project), self.observer)
+        self.observer.calls_in_progress = self.interpreter.calls_in_progress
         self.interpreter.run()
 
     @classmethod

@@ -4,6 +4,7 @@ labels' offset against the logits, in each context), every record a function ret
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from trainaudit.model.flow.tensors import as_tokens
@@ -31,6 +32,9 @@ class LossReading:
     ignore: MaskValue
     per_token: bool
     roots: tuple[Site | None, Site | None] = (None, None)  # the logits / labels arguments
+    # The calls in progress when the loss ran, outermost first (a training step calling a
+    # loss helper, an evaluation calling the same one).
+    via: tuple[Site, ...] = ()
 
     @property
     def offset(self) -> int | None:
@@ -63,11 +67,14 @@ class LabelObserver:
     # The values returned together with labels shifted at a site, by that site: what
     # else the producer cut (a fix that removes the shift must restore those too).
     together: dict[Site, list[tuple[Value, ...]]] = field(default_factory=dict)
+    # The calls in progress (set by the run that owns the interpreter).
+    calls_in_progress: Callable[[], tuple[Site, ...]] = lambda: ()
 
     def loss(self, site: Site, logits: Value, labels: Value, ignore: MaskValue,
              per_token: bool, internal: bool,
              roots: tuple[Site | None, Site | None] = (None, None)) -> None:
         readings: list[LossReading] = []
+        via = self.calls_in_progress()
         for logit in options_of(logits):
             for label in options_of(labels):
                 tokens = as_tokens(label)
@@ -75,7 +82,7 @@ class LabelObserver:
                     continue  # an alternative the flow cannot read proves nothing
                 tied = isinstance(logit, Logits) and tokens.stream == logit.inputs.stream
                 readings.append(LossReading(site, tokens, logit if tied else None,  # type: ignore[arg-type]
-                                            internal, ignore, per_token, roots))
+                                            internal, ignore, per_token, roots, via))
         if not readings:
             return  # labels the flow cannot read: this context says nothing
         group = self.losses.setdefault(site, [])
