@@ -4,10 +4,12 @@ what it yields (an ``IterableDataset.__iter__``, a ``get_batch`` generator)."""
 from __future__ import annotations
 
 import ast
+from functools import lru_cache
 
 from trainaudit.model.flow.values import ListOf, Opaque, Value, join, options_of
 
 
+@lru_cache(maxsize=4096)
 def is_generator(function: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
     """The function's own body yields (not a nested definition's)."""
     pending: list[ast.AST] = list(function.body)
