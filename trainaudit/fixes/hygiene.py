@@ -10,7 +10,7 @@ import libcst as cst
 
 from trainaudit.diagnostics import Finding
 from trainaudit.fixes import FixResult, fixer
-from trainaudit.fixes.cst import Located, all_names, block_of, code_of, function_by_name, names
+from trainaudit.fixes.cst import Located, block_of, code_of, function_by_name, names, names_in_scope
 from trainaudit.fixes.toolkit import (
     Edits,
     as_receiver,
@@ -78,7 +78,7 @@ def fix_eval_mode_not_restored(source: str, findings: Sequence[Finding], options
             value = _returned_computation(last)
             if value is not None:
                 # ``return f(model(x))`` must still run in eval mode: compute, restore, return.
-                name = fresh_name(all_names(located.module), "result", "eval_result")
+                name = fresh_name(names_in_scope(located.module), "result", "eval_result")
                 edits.remove.add(last)
                 edits.insert_after(last, statement(f"{name} = {code_of(value)}"), restore,
                                    statement(f"return {name}"))
