@@ -131,3 +131,72 @@ def test_reference_trainer_logs_the_same_loss_scale_after_accumulation(tmp_path:
     assert 0.8 < after[0] / before[0] < 1.25, (before, after)
     # The trainer's own logging accumulator keeps its meaning: the fix's mean is a new name.
     assert "window_loss + mean_loss," in trainer
+
+
+# -- item 5: a clip the fix adds comes after unscale_, and TA303 sees every spelling ----------
+
+SCALER_ON_SELF = '''\
+    import torch
+    import torch.nn.functional as F
+
+
+    class Trainer:
+        def __init__(self, model, optimizer):
+            self.model = model
+            self.optimizer = optimizer
+            self.scaler = torch.amp.GradScaler("cuda")
+
+        def fit(self, loader):
+            for x, y in loader:
+                with torch.autocast("cuda", dtype=torch.float16):
+                    loss = F.cross_entropy(self.model(x.cuda()), y.cuda())
+                self.optimizer.zero_grad()
+                self.scaler.scale(loss).backward()
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+
+
+    def main(model, data):
+        loader = torch.utils.data.DataLoader(data, batch_size=64)
+        Trainer(model, torch.optim.AdamW(model.parameters())).fit(loader)
+'''
+
+
+def test_clip_fix_unscales_through_a_scaler_held_on_self(tmp_path: Path) -> None:
+    out = fixed(tmp_path, SCALER_ON_SELF, select=("TA504",))
+    assert ("            self.scaler.scale(loss).backward()\n"
+            "            self.scaler.unscale_(self.optimizer)\n"
+            "            torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)\n"
+            "            self.scaler.step(self.optimizer)\n") in out
+    (tmp_path / "train.py").write_text(out)
+    assert [f.code for f in check_tree(tmp_path, select=("TA303", "TA504")).findings] == []
+
+
+TWO_STATEMENT_BACKWARD = '''\
+    import torch
+    import torch.nn.functional as F
+
+
+    def train(model, loader, optimizer):
+        scaler = torch.amp.GradScaler("cuda")
+        for x, y in loader:
+            with torch.autocast("cuda", dtype=torch.float16):
+                loss = F.cross_entropy(model(x.cuda()), y.cuda())
+            optimizer.zero_grad()
+            loss = scaler.scale(loss)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            scaler.step(optimizer)
+            scaler.update()
+'''
+
+
+def test_clip_before_unscale_seen_when_the_scaled_loss_is_bound_first(tmp_path: Path) -> None:
+    (tmp_path / "train.py").write_text(textwrap.dedent(TWO_STATEMENT_BACKWARD))
+    assert [(f.code, f.line, f.column) for f in check_tree(tmp_path, select=("TA303",)).findings] \
+        == [("TA303", 13, 9)]
+    out = fixed(tmp_path, TWO_STATEMENT_BACKWARD, select=("TA303",))
+    assert ("        scaler.unscale_(optimizer)\n"
+            "        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)\n") in out
+    (tmp_path / "train.py").write_text(out)
+    assert check_tree(tmp_path, select=("TA303",)).findings == []

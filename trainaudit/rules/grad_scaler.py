@@ -37,6 +37,21 @@ def _scaled(backward: ast.Call) -> bool:
         and receiver.func.attr == "scale"
 
 
+def _scaled_backward(facts: PrecisionFacts, function: str, backward: ast.AST | None) -> bool:
+    """A backward of scaled gradients: ``scaler.scale(loss).backward()``, or ``loss.backward()``
+    where the function bound ``loss = scaler.scale(...)`` (the two-statement spelling)."""
+    if not isinstance(backward, ast.Call):
+        return False
+    if _scaled(backward):
+        return True
+    receiver = backward.func.value if isinstance(backward.func, ast.Attribute) else None
+    if not isinstance(receiver, ast.Name):
+        return False
+    return any(isinstance(value, ast.Call) and isinstance(value.func, ast.Attribute)
+               and value.func.attr == "scale" and _receiver(value) in facts.scalers.receivers
+               for value in facts.names_in_scope(function).get(receiver.id, []))
+
+
 def _visible(facts: PrecisionFacts, spelled: str, function: str) -> bool:
     """Whether a scaler spelling can be read from a function (a fix may write it there)."""
     root = spelled.split(".", 1)[0]
@@ -82,7 +97,8 @@ class ClipBeforeUnscale(ModuleRule):
                 # Only gradients of a scaled backward are scaled (not the plain branch of
                 # ``if use_amp: scaler.scale(loss).backward() ... else: loss.backward()``).
                 before = [b for b in loop.ops("backward") if b.order < clip.order]
-                if not before or "scale(" not in before[-1].site.text:
+                if not before or not _scaled_backward(facts, before[-1].site.function,
+                                                      before[-1].node):
                     continue
                 step = ([s for s in scaler_steps if s.order > clip.order] or scaler_steps)[0]
                 step_call = step.node
@@ -117,7 +133,7 @@ class ClipBeforeUnscale(ModuleRule):
                 if id(clip_call) in seen or any(u.lineno < clip_call.lineno for u in unscales):
                     continue
                 earlier = [b for b in backwards if b.lineno <= clip_call.lineno]
-                if earlier and not _scaled(earlier[-1]):
+                if earlier and not _scaled_backward(facts, function, earlier[-1]):
                     continue
                 after = [s for s in steps if s.lineno > clip_call.lineno] or steps
                 scaler = _receiver(after[0]) if after else _receiver(scales[0])
