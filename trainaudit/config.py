@@ -11,6 +11,7 @@ from typing import Any
 
 from trainaudit.catalogue import CATALOGUE
 from trainaudit.diagnostics import Severity
+from trainaudit.requirements import declared_torch_floor, format_version
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -212,8 +213,14 @@ def project_line_length(start: Path) -> int:
 def load_config(path: Path | None, *, start: Path, rule_options: Mapping[str, Any],
                 no_config: bool = False) -> Config:
     """Load the config file (explicit ``path`` or the nearest one) over the defaults; the
-    fixes also get the project's ``line-length`` (``project_line_length``)."""
+    fixes also get the project's ``line-length`` (``project_line_length``) and the rules
+    the oldest torch it declares (``min-torch-version``, unless the config sets it)."""
     config = _load_config(path, start=start, rule_options=rule_options, no_config=no_config)
+    if config.options.get("min-torch-version") == "":
+        floor = declared_torch_floor(config.source or start)
+        if floor is not None:
+            config = replace(config, options={**config.options,
+                                              "min-torch-version": format_version(floor)})
     if "line-length" in config.fix_options:
         return config
     length = project_line_length(config.source or start)

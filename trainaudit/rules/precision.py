@@ -30,6 +30,7 @@ from trainaudit.payloads import (
     AutocastWrap,
 )
 from trainaudit.registry import ModuleRule, ProjectRule, RuleContext, register, summarizer
+from trainaudit.requirements import format_version, parse_version
 
 FAMILY = "precision"
 # A file with none of these can neither train nor delegate precision.
@@ -233,10 +234,21 @@ class DeprecatedAmpApi(ModuleRule):
     triggers = ("cuda.amp", "cpu.amp", "torch.cuda import", "torch.cpu import", "import cuda",
                 "import cpu")
 
+    # The oldest torch the project supports: "" reads it from the project's declared
+    # requirement (``trainaudit.requirements``, filled in by ``load_config``).
+    options = {"min-torch-version": ""}
+
     def check(self, module: ModuleFacts, ctx: RuleContext) -> Iterator[Finding]:
+        floor = parse_version(str(ctx.options.get("min-torch-version", "")))
         for use, payload in amp_renames(module):
-            yield self.report(
-                module, use.node,
-                f"`{use.qualname}` is deprecated since torch 2.4 (FutureWarning); "
-                f"use `{use.replacement}`",
-                payload=payload, fixable=use.fixable)
+            message = (f"`{use.qualname}` is deprecated since torch 2.4 (FutureWarning); "
+                       f"use `{use.replacement}`")
+            fixable = use.fixable
+            if floor is not None and floor < use.replacement_needs:
+                # The rename would raise AttributeError on the older torch still supported.
+                fixable = False
+                message += (f" (no automatic fix: the rewrite needs torch>="
+                            f"{format_version(use.replacement_needs)} and the project admits "
+                            f"torch {format_version(floor)})")
+            yield self.report(module, use.node, message, payload=payload if fixable else None,
+                              fixable=fixable)

@@ -148,6 +148,15 @@ class DeprecatedAmpUse:
         return True
 
     @property
+    def replacement_needs(self) -> tuple[int, int]:
+        """The torch release that introduced the replacement: ``torch.autocast`` 1.10 (an
+        import moved to ``torch.amp``: 2.0, where ``torch.amp.autocast`` is certain),
+        ``torch.amp.GradScaler`` 2.3, ``torch.amp.custom_fwd(device_type=...)`` 2.4."""
+        if self.api.kind == "autocast":
+            return (1, 10) if self.spelling == "qualified" else (2, 0)
+        return (2, 3) if self.api.kind == "GradScaler" else (2, 4)
+
+    @property
     def replacement(self) -> str:
         """How the new spelling reads, for messages."""
         if self.api.kind == "autocast":
