@@ -200,3 +200,96 @@ def test_clip_before_unscale_seen_when_the_scaled_loss_is_bound_first(tmp_path: 
             "        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)\n") in out
     (tmp_path / "train.py").write_text(out)
     assert check_tree(tmp_path, select=("TA303",)).findings == []
+
+
+# -- item 4: the autocast region covers the loss computed from the forward --------------------
+
+HELPER_FORWARD = '''\
+    import torch
+    import torch.nn.functional as F
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+    def predict(model, x):
+        return torch.sigmoid(model(x))
+
+
+    def train(model, loader, optimizer):
+        for x, y in loader:
+            probs = predict(model, x.to(device))
+            optimizer.zero_grad()
+            loss = F.binary_cross_entropy(probs, y.to(device))
+            loss.backward()
+            optimizer.step()
+        return loss.item()
+'''
+
+INLINE_LOSS = '''\
+    import torch
+    import torch.nn.functional as F
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+    def train(model, loader, optimizer):
+        for x, y in loader:
+            probs = torch.sigmoid(model(x.to(device)))
+            optimizer.zero_grad()
+            F.binary_cross_entropy(probs, y.to(device)).backward()
+            optimizer.step()
+        return probs.mean().item()
+'''
+
+
+def _train_under_autocast(source: str) -> float:
+    """Run the fixed ``train`` with its autocast switched on for the CPU (bf16), as it is on
+    a GPU: a loss outside the region would get bfloat16 probabilities and raise."""
+    torch = pytest.importorskip("torch")
+    assert 'enabled=torch.device(device).type == "cuda"' in source
+    on_cpu = source.replace('enabled=torch.device(device).type == "cuda"',
+                            'enabled=torch.device(device).type == "cpu"')
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    loader = [(torch.randn(8, 4), torch.rand(8, 1)) for _ in range(3)]
+    return float(execute(on_cpu)["train"](model, loader, torch.optim.SGD(model.parameters(), lr=0.1)))
+
+
+@pytest.mark.parametrize("source", [HELPER_FORWARD, INLINE_LOSS], ids=["helper", "inline-loss"])
+def test_autocast_fix_covers_the_loss_and_runs(tmp_path: Path, source: str) -> None:
+    out = fixed(tmp_path, source, select=("TA301",))
+    assert 0 < _train_under_autocast(out) < 10
+    (tmp_path / "train.py").write_text(out)
+    assert check_tree(tmp_path, select=("TA301",)).findings == []
+
+
+def test_autocast_fix_splits_an_inline_loss_from_its_backward(tmp_path: Path) -> None:
+    out = fixed(tmp_path, INLINE_LOSS, select=("TA301",))
+    assert ("            loss = F.binary_cross_entropy(probs, y.to(device))\n"
+            "        loss.backward()\n") in out
+
+
+LOSS_IN_ANOTHER_BLOCK = '''\
+    import torch
+    import torch.nn.functional as F
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+    def train(model, loader, optimizer):
+        for step, (x, y) in enumerate(loader):
+            probs = torch.sigmoid(model(x.to(device)))
+            if step % 2 == 0:
+                loss = F.binary_cross_entropy(probs, y.to(device))
+                loss.backward()
+                optimizer.step()
+                optimizer.zero_grad()
+'''
+
+
+def test_no_autocast_fix_where_the_loss_cannot_be_covered(tmp_path: Path) -> None:
+    (tmp_path / "train.py").write_text(textwrap.dedent(LOSS_IN_ANOTHER_BLOCK))
+    findings = check_tree(tmp_path, select=("TA301",)).findings
+    assert [(f.code, f.line, f.fix) for f in findings] == [("TA301", 9, None)]
+    assert "no automatic fix: the loss is computed outside" in findings[0].message
+    assert fix_tree(tmp_path, select=("TA301",)) == {}

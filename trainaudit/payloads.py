@@ -41,6 +41,9 @@ class AutocastWrap(FixPayload):
     torch_name: str
     add_import: bool
     function: str
+    # The line of ``<loss expression>.backward()`` right after the region: the fix computes
+    # that loss inside it (``loss = <expression>``) and calls ``loss.backward()`` after; 0: none.
+    inline_loss: int = 0
 
 
 @dataclass(frozen=True)

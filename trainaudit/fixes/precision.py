@@ -24,7 +24,7 @@ import libcst as cst
 
 from trainaudit.diagnostics import Finding
 from trainaudit.fixes import FixResult, fixer
-from trainaudit.fixes.cst import Located, code_of, fitted_call, line_length
+from trainaudit.fixes.cst import Located, code_of, fitted_call, line_length, names_in_scope
 from trainaudit.fixes.toolkit import (
     Edits,
     append_args,
@@ -32,6 +32,7 @@ from trainaudit.fixes.toolkit import (
     as_receiver,
     call_at,
     ensure_import,
+    fresh_name,
     keyword_arg,
     replace_with,
     simple_statement,
@@ -286,6 +287,16 @@ def fix_no_mixed_precision(source: str, findings: Sequence[Finding],
         context = cst.parse_expression(laid_out[len("with "):-1])
         assert isinstance(head, cst.SimpleStatementLine | cst.BaseCompoundStatement)
         wrapped = [head.with_changes(leading_lines=()), *body[start + 1 : end + 1]]
+        if data.inline_loss:
+            # ``crit(out, y).backward()``: the loss reads the forward's low-precision output,
+            # so it is computed inside the region and differentiated after it.
+            split = _split_inline_backward(body[end + 1] if end + 1 < len(body) else None,
+                                           data.inline_loss, located)
+            if split is None:
+                continue
+            assignment, backward_statement = split
+            wrapped.append(assignment)
+            edits.replace(body[end + 1], replace_with(backward_statement))
         block = cst.With(items=[cst.WithItem(context)], body=cst.IndentedBlock(body=wrapped),
                          leading_lines=head.leading_lines)
         edits.replace(head, replace_with(block))
@@ -299,6 +310,25 @@ def fix_no_mixed_precision(source: str, findings: Sequence[Finding],
     if add_import:
         module = ensure_import(module, "import torch", "torch")
     return FixResult(module.code, notes)
+
+
+def _split_inline_backward(stmt: cst.BaseStatement | None, line: int, located: Located
+                           ) -> tuple[cst.SimpleStatementLine, cst.SimpleStatementLine] | None:
+    """``<expression>.backward()`` at ``line`` as ``loss = <expression>`` and
+    ``loss.backward()`` (``loss`` a name free in the whole file)."""
+    if not isinstance(stmt, cst.SimpleStatementLine) or located.range(stmt).start.line != line \
+            or len(stmt.body) != 1 or not isinstance(stmt.body[0], cst.Expr):
+        return None
+    call = stmt.body[0].value
+    if not (isinstance(call, cst.Call) and isinstance(call.func, cst.Attribute)
+            and call.func.attr.value == "backward"):
+        return None
+    name = fresh_name(names_in_scope(located.module), "loss", "step_loss")
+    assignment = cst.SimpleStatementLine([cst.Assign(
+        targets=[cst.AssignTarget(cst.Name(name))], value=unparenthesized(call.func.value))])
+    backward = stmt.with_changes(body=[stmt.body[0].with_changes(value=call.with_changes(
+        func=call.func.with_changes(value=cst.Name(name))))])
+    return assignment, backward
 
 
 def uses_cuda(source: str) -> bool:
