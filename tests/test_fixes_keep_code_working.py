@@ -293,3 +293,69 @@ def test_no_autocast_fix_where_the_loss_cannot_be_covered(tmp_path: Path) -> Non
     assert [(f.code, f.line, f.fix) for f in findings] == [("TA301", 9, None)]
     assert "no automatic fix: the loss is computed outside" in findings[0].message
     assert fix_tree(tmp_path, select=("TA301",)) == {}
+
+
+# -- item 3: a moved scheduler call keeps its guard and every path of the step ----------------
+
+GUARDED_SCHEDULER = '''\
+    import torch
+    import torch.nn.functional as F
+
+
+    def train(model, loader, optimizer, sched=None, scaler=None, accum=2):
+        steps = 0
+        for i, (x, y) in enumerate(loader):
+            loss = F.cross_entropy(model(x), y) / accum
+            if scaler is not None:
+                scaler.scale(loss).backward()
+            else:
+                loss.backward()
+            if (i + 1) % accum == 0:
+                if scaler is not None:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
+                steps += 1
+                optimizer.zero_grad()
+            if sched is not None:
+                sched.step()
+        return steps
+'''
+
+
+def test_scheduler_fix_keeps_its_guard_and_every_step_path(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    out = fixed(tmp_path, GUARDED_SCHEDULER, select=("TA203",))
+    assert ("            else:\n"
+            "                optimizer.step()\n"
+            "            if sched is not None:\n"
+            "                sched.step()\n"
+            "            steps += 1\n") in out
+    train = execute(out)["train"]
+    model = torch.nn.Linear(4, 3)
+    loader = [(torch.randn(2, 4), torch.tensor([0, 1]))] * 6
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1)
+    assert train(model, loader, optimizer, sched) == 3
+    assert sched.last_epoch == 3  # one scheduler step per optimizer step
+    assert train(model, loader, optimizer) == 3  # no scheduler: the guard still holds
+    (tmp_path / "train.py").write_text(out)
+    assert check_tree(tmp_path, select=("TA203",)).findings == []
+
+
+def test_scheduler_under_a_guard_shared_with_other_code_is_not_moved(tmp_path: Path) -> None:
+    source = GUARDED_SCHEDULER.replace(
+        "            if sched is not None:\n                sched.step()\n",
+        "            if sched is not None:\n                sched.step()\n"
+        "                print(sched.get_last_lr())\n")
+    (tmp_path / "train.py").write_text(textwrap.dedent(source))
+    assert [f.code for f in check_tree(tmp_path, select=("TA203",)).findings] == ["TA203"]
+    assert fix_tree(tmp_path, select=("TA203",)) == {}
+
+
+def test_plateau_scheduler_fed_a_metric_is_not_a_per_micro_batch_bug(tmp_path: Path) -> None:
+    source = GUARDED_SCHEDULER.replace("                sched.step()\n",
+                                       "                sched.step(loss.item())\n")
+    (tmp_path / "train.py").write_text(textwrap.dedent(source))
+    assert check_tree(tmp_path, select=("TA203",)).findings == []

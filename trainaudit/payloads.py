@@ -205,6 +205,9 @@ class MoveToStep(FixPayload):
 
     step: Position
     kind: str
+    # The test of the ``if`` that gates the step on the accumulation boundary (the moved
+    # statement goes inside it, after whatever statement there holds the step); None: none.
+    gate: Position | None = None
 
 
 @dataclass(frozen=True)
