@@ -179,11 +179,12 @@ def _fix_and_write(files: list[SourceFile], config: Config, overlay: dict[str, s
                    cache: bool, quiet: bool) -> CheckResult:
     """``check --fix``: write the fixes (stdin: the fixed source to stdout), then return
     what remains, with the fixer's errors among the result's."""
-    from trainaudit.fixes.apply import fix_files, write_atomically
+    from trainaudit.fixes.apply import fix_files, project_context, write_atomically
 
     analyse, project = _cache_phases(config, cache=cache, overlay=overlay)
     run = fix_files(files, config, unsafe_fixes=config.unsafe_fixes, overlay=overlay,
-                    analyse=analyse, project=project)
+                    analyse=analyse, project=project,
+                    context=project_context(files, config) if not overlay else ())
     if overlay:
         sys.stdout.write(run.changes[0].output() if run.changes else next(iter(overlay.values())))
     else:
@@ -289,7 +290,7 @@ def fix(
 ) -> None:
     """Fix findings: show the diff, or write it with --apply (safe and corrective fixes).
     Exit 1 when something would change (or, with --apply, findings remain)."""
-    from trainaudit.fixes.apply import fix_files, write_atomically
+    from trainaudit.fixes.apply import fix_files, project_context, write_atomically
 
     config, targets = _configure(paths, select, extend_select, ignore, config_path, no_config)
     if unsafe_fixes is not None:
@@ -298,7 +299,8 @@ def fix(
     _warn_if_empty(files, targets)
     analyse, project = _cache_phases(config, cache=not no_cache, overlay=overlay)
     run = fix_files(files, config, unsafe_fixes=config.unsafe_fixes, overlay=overlay,
-                    analyse=analyse, project=project)
+                    analyse=analyse, project=project,
+                    context=project_context(files, config) if not overlay else ())
     _report_errors(run.errors)
 
     def finish(code: int) -> NoReturn:

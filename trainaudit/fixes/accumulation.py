@@ -26,9 +26,7 @@ from trainaudit.fixes.accumulation_settings import accumulation_setting, scale_p
 from trainaudit.fixes.cst import (
     Located,
     code_of,
-    fit_new_lines,
     function_by_name,
-    line_length,
     method_calls,
     names,
     names_in_scope,
@@ -441,7 +439,6 @@ def fix_no_accumulation(source: str, findings: Sequence[Finding], options: Mappi
     for finding in findings:
         result = add_accumulation(source, finding, steps)
         if result is not None:
-            result.source = fit_new_lines(result.source, source, line_length(options))
             return result
     return FixResult(source)
 

@@ -5,17 +5,22 @@ from __future__ import annotations
 import ast
 import difflib
 import os
+import sys
 import tempfile
+import threading
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+from typing import Any, TypeVar
 
 from trainaudit.config import Config
 from trainaudit.diagnostics import Finding, FixClass
-from trainaudit.discover import SourceFile
+from trainaudit.discover import SourceFile, discover
 from trainaudit.engine import CheckResult, FileResult, ProjectPhase, check_files
-from trainaudit.fixes import fix_priority, load_fixers
+from trainaudit.fixes import Fixer, FixResult, fix_priority, load_fixers
+from trainaudit.fixes.cst import fit_new_lines, line_length
 from trainaudit.notebook import (
     CellStarts,
     Notebook,
@@ -24,6 +29,7 @@ from trainaudit.notebook import (
     in_cells,
     is_notebook,
 )
+from trainaudit.requirements import project_root
 from trainaudit.sources import DecodeError, read_source, source_of
 
 MAX_ROUNDS = 12
@@ -70,14 +76,37 @@ def allowed_classes(unsafe_fixes: bool) -> frozenset[FixClass]:
     return frozenset(classes)
 
 
+def project_context(files: Sequence[SourceFile], config: Config) -> list[SourceFile]:
+    """The other files of the project that files named on the command line belong to (the
+    folder of the config file, else of the nearest ``pyproject.toml``, ``setup.cfg``,
+    ``setup.py`` or ``requirements*.txt``, else the working directory holding them): checked beside them, never changed, so a finding
+    that crosses files (a label shifted in data.py and again in train.py, an ``evaluate``
+    imported from another module) is found and fixed when one of its files is named alone,
+    as pre-commit names the changed files. Empty where no file is named or no root is found."""
+    named = [f for f in files if f.explicit]
+    if not named:
+        return []
+    root = config.source.parent if config.source is not None else project_root(named[0].path)
+    if root is None:  # no marker: the working directory, as ``check .`` would see it
+        cwd = Path.cwd()
+        root = cwd if Path(os.path.realpath(named[0].path)).is_relative_to(cwd.resolve()) else None
+    if root is None:
+        return []
+    found, _ = discover([root], config)
+    given = {os.path.realpath(f.path) for f in files}
+    return [f for f in found if os.path.realpath(f.path) not in given]
+
+
 def fix_files(files: Sequence[SourceFile], config: Config, *, unsafe_fixes: bool,
               overlay: Mapping[str, str] | None = None,
               analyse: Callable[..., list[FileResult]] | None = None,
-              project: ProjectPhase | None = None) -> FixRun:
+              project: ProjectPhase | None = None,
+              context: Sequence[SourceFile] = ()) -> FixRun:
     """Apply fixes in rounds (one rule code per file per round), re-checking after each.
 
-    ``analyse`` and ``project`` (the cache's phases) serve the first check only: later
-    rounds check edited text, which is not on disk."""
+    ``context`` files are checked with ``files`` (cross-file facts) but never fixed, and
+    their findings are not reported. ``analyse`` and ``project`` (the cache's phases) serve
+    the first check only: later rounds check edited text, which is not on disk."""
     fixers = load_fixers()
     allowed = allowed_classes(unsafe_fixes)
     by_display = {f.display: f for f in files}
@@ -106,7 +135,8 @@ def fix_files(files: Sequence[SourceFile], config: Config, *, unsafe_fixes: bool
             originals[display] = (texts[display], "utf-8")
         return texts[display]
 
-    result = check_files(files, config, overlay=texts, analyse=analyse, project=project,
+    checked = [*files, *context]
+    result = check_files(checked, config, overlay=texts, analyse=analyse, project=project,
                          place_in_cells=False)
     for _ in range(MAX_ROUNDS):
         todo: dict[str, list[Finding]] = defaultdict(list)
@@ -121,7 +151,8 @@ def fix_files(files: Sequence[SourceFile], config: Config, *, unsafe_fixes: bool
             if source is None:
                 continue
             try:
-                outcome = fixers[code](source, [f for f in found if f.code == code], config.fix_options)
+                outcome = _deep(partial(_fixed, fixers[code], source,
+                                        [f for f in found if f.code == code], config.fix_options))
             except Exception as exc:  # a broken fixer must not lose the file
                 errors.append(f"internal error: fix {code} failed on {display}: {exc!r}")
                 failed.add((display, code))
@@ -149,13 +180,63 @@ def fix_files(files: Sequence[SourceFile], config: Config, *, unsafe_fixes: bool
             changed = True
         if not changed:
             break
-        result = check_files(files, config, overlay=texts, place_in_cells=False)
+        result = check_files(checked, config, overlay=texts, place_in_cells=False)
     changes = [
         FileChange(by_display[d], originals[d][0], originals[d][1], texts[d], notes[d],
                    notebooks.get(d))
         for d in sorted(originals) if texts[d] != originals[d][0]
     ]
+    if context:  # only the named files' findings remain to report
+        result.findings = [f for f in result.findings if f.path in by_display]
     return FixRun(changes, _placed_in_cells(result, by_display, texts), errors)
+
+
+def _fixed(fix: Fixer, source: str, findings: Sequence[Finding], options: Mapping[str, Any]
+           ) -> FixResult:
+    """One fixer's result, its new lines laid out to the project's line length (whichever
+    fixer wrote them)."""
+    outcome = fix(source, findings, options)
+    if outcome.source != source:
+        outcome.source = fit_new_lines(outcome.source, source, line_length(options))
+    return outcome
+
+
+_T = TypeVar("_T")
+# Stack and recursion limit for a fixer retried on a deeply nested expression (LibCST walks
+# a 400-term sum one frame per term, and its metadata copies the tree recursively).
+DEEP_STACK_BYTES = 512 * 1024 * 1024
+DEEP_RECURSION_LIMIT = 100_000
+
+
+def _deep(call: Callable[[], _T]) -> _T:
+    """``call()``; on RecursionError, once more in a thread with a large stack and a high
+    recursion limit (the limit is the interpreter's: it is put back when the call ends)."""
+    try:
+        return call()
+    except RecursionError:
+        pass
+    outcome: list[_T] = []
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            outcome.append(call())
+        except BaseException as exc:  # handed to the caller's thread
+            failure.append(exc)
+
+    old_limit = sys.getrecursionlimit()
+    old_stack = threading.stack_size(DEEP_STACK_BYTES)
+    try:
+        sys.setrecursionlimit(max(old_limit, DEEP_RECURSION_LIMIT))
+        worker = threading.Thread(target=run, name="trainaudit-deep-fix")
+        worker.start()
+        worker.join()
+    finally:
+        threading.stack_size(old_stack)
+        sys.setrecursionlimit(old_limit)
+    if failure:
+        raise failure[0]
+    return outcome[0]
 
 
 def _cells(source: str) -> list[int]:
