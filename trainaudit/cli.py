@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
@@ -25,6 +25,7 @@ from trainaudit.registry import all_options, load_rules
 
 if TYPE_CHECKING:
     from trainaudit.baseline import Baseline
+    from trainaudit.fixes.apply import FileChange
 
 app = typer.Typer(
     add_completion=False,
@@ -65,6 +66,12 @@ ExtendOpt = Annotated[list[str] | None, typer.Option(
     "--extend-select", help="Codes or prefixes to add to the selection.")]
 IgnoreOpt = Annotated[list[str] | None, typer.Option(
     "--ignore", help="Codes or prefixes to ignore, in addition to the config.")]
+FixableOpt = Annotated[list[str] | None, typer.Option(
+    "--fixable", help="Only fix these codes or prefixes (as ruff); replaces the config.")]
+UnfixableOpt = Annotated[list[str] | None, typer.Option(
+    "--unfixable", help="Never fix these codes or prefixes, in addition to the config.")]
+ShowFixesOpt = Annotated[bool, typer.Option(
+    "--show-fixes", help="List the findings fixed, per file and code.")]
 ConfigOpt = Annotated[Path | None, typer.Option(
     "--config", help="Use this pyproject.toml or trainaudit.toml.", dir_okay=False)]
 NoConfigOpt = Annotated[bool, typer.Option("--no-config", help="Ignore every config file.")]
@@ -98,6 +105,26 @@ def _configure(paths: list[str] | None, select: list[str] | None, extend_select:
         return config.with_overrides(**changes), targets
     except (ConfigError, ValueError) as exc:
         _fail(str(exc))
+
+
+def _fix_choice(config: Config, fixable: list[str] | None, unfixable: list[str] | None
+                ) -> Config:
+    """``--fixable`` replaces the config's list, ``--unfixable`` adds to it (as ruff)."""
+    try:
+        if (chosen := _split(fixable)) is not None:
+            config = config.with_overrides(fixable=validate_selectors(chosen, "--fixable"))
+        if (never := _split(unfixable)) is not None:
+            config = config.with_overrides(
+                unfixable=config.unfixable + validate_selectors(never, "--unfixable"))
+    except ConfigError as exc:
+        _fail(str(exc))
+    return config
+
+
+def _show_fixes(changes: Sequence[FileChange], applied: bool) -> None:
+    from trainaudit.report.text import render_fixes
+
+    render_fixes({c.file.display: c.fixed_codes for c in changes}, err, applied=applied)
 
 
 def _gather(targets: list[str], config: Config, stdin_filename: str | None
@@ -176,7 +203,7 @@ def _warn_if_empty(files: list[SourceFile], targets: list[str]) -> None:
 
 
 def _fix_and_write(files: list[SourceFile], config: Config, overlay: dict[str, str], *,
-                   cache: bool, quiet: bool) -> CheckResult:
+                   cache: bool, quiet: bool, show_fixes: bool = False) -> CheckResult:
     """``check --fix``: write the fixes (stdin: the fixed source to stdout), then return
     what remains, with the fixer's errors among the result's."""
     from trainaudit.fixes.apply import fix_files, project_context, write_atomically
@@ -192,6 +219,8 @@ def _fix_and_write(files: list[SourceFile], config: Config, overlay: dict[str, s
             write_atomically(change)
     if not quiet and run.changes:
         err.print(f"Fixed {len(run.changes)} file{'s' if len(run.changes) != 1 else ''}.")
+    if show_fixes:
+        _show_fixes(run.changes, applied=True)
     run.remaining.errors = [*run.errors, *run.remaining.errors]
     return run.remaining
 
@@ -223,16 +252,21 @@ def check(
         "--fix", help="Write safe and corrective fixes, then report what remains "
                       "(as `fix --apply`).")] = False,
     unsafe_fixes: UnsafeFixesOpt = None,
+    fixable: FixableOpt = None,
+    unfixable: UnfixableOpt = None,
+    show_fixes: ShowFixesOpt = False,
 ) -> None:
     """Lint training scripts. Exit 0: clean; 1: findings at or above --fail-on; 2: error."""
     config, targets = _configure(paths, select, extend_select, ignore, config_path, no_config, fail_on)
+    config = _fix_choice(config, fixable, unfixable)
     if unsafe_fixes is not None:
         config = config.with_overrides(unsafe_fixes=unsafe_fixes)
     files, overlay = _gather(targets, config, stdin_filename)
     _warn_if_empty(files, targets)
     accepted = _load_baseline(baseline) if baseline is not None and write_baseline is None else None
     if apply_fixes:
-        result = _fix_and_write(files, config, overlay, cache=not no_cache, quiet=quiet)
+        result = _fix_and_write(files, config, overlay, cache=not no_cache, quiet=quiet,
+                                show_fixes=show_fixes)
     else:
         result = _run_check(files, config, overlay, cache=not no_cache, progress=not quiet)
     _report_errors(result.errors)
@@ -287,12 +321,16 @@ def fix(
         "--quiet", "-q", help="Only diffs and findings; no notes or counts.")] = False,
     exit_zero: ExitZeroOpt = False,
     no_cache: NoCacheOpt = False,
+    fixable: FixableOpt = None,
+    unfixable: UnfixableOpt = None,
+    show_fixes: ShowFixesOpt = False,
 ) -> None:
     """Fix findings: show the diff, or write it with --apply (safe and corrective fixes).
     Exit 1 when something would change (or, with --apply, findings remain)."""
     from trainaudit.fixes.apply import fix_files, project_context, write_atomically
 
     config, targets = _configure(paths, select, extend_select, ignore, config_path, no_config)
+    config = _fix_choice(config, fixable, unfixable)
     if unsafe_fixes is not None:
         config = config.with_overrides(unsafe_fixes=unsafe_fixes)
     files, overlay = _gather(targets, config, stdin_filename)
@@ -310,6 +348,8 @@ def fix(
     if overlay and not diff:  # stdin: the fixed source goes to stdout
         sys.stdout.write(run.changes[0].output() if run.changes else next(iter(overlay.values())))
         finish(EXIT_OK)
+    if show_fixes and not overlay:
+        _show_fixes(run.changes, applied=apply and not diff)
     if diff or not apply:
         for change in run.changes:
             if not quiet:

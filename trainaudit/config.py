@@ -63,6 +63,9 @@ class Config:
     exclude: tuple[str, ...] = ()
     fail_on: Severity = Severity.WARNING
     unsafe_fixes: bool = False
+    # Which codes ``fix`` may fix (as ruff's ``fixable`` / ``unfixable``): prefixes, ALL.
+    fixable: tuple[str, ...] = ("ALL",)
+    unfixable: tuple[str, ...] = ()
     respect_gitignore: bool = True
     # Report every rule in test files too (by default only rules that apply to tests do).
     check_tests: bool = False
@@ -78,6 +81,11 @@ class Config:
             info.code for info in CATALOGUE
             if _best_match(info.code, chosen) > _best_match(info.code, self.ignore)
         )
+
+    def is_fixable(self, code: str) -> bool:
+        """Whether ``fix`` may fix this code: the most specific of ``fixable`` and
+        ``unfixable`` wins (``--fixable TA3 --unfixable TA302``)."""
+        return _best_match(code, self.fixable) > _best_match(code, self.unfixable)
 
     def ignored_for(self, path: str) -> tuple[str, ...]:
         """Codes ignored for one file by ``per-file-ignores`` (globs relative to the config)."""
@@ -175,7 +183,8 @@ def _read_table(path: Path) -> dict[str, Any] | None:
     return dict(data)
 
 
-_LIST_KEYS = {"select", "extend-select", "ignore", "exclude", "extend-exclude"}
+_LIST_KEYS = {"select", "extend-select", "ignore", "exclude", "extend-exclude", "fixable",
+              "unfixable"}
 
 
 # Where a fix's generated lines must fit when the project's formatter does not say.
@@ -265,6 +274,9 @@ def _from_table(table: Mapping[str, Any], file: Path, defaults: Config,
         changes["select"] = validate_selectors(strings("select"), f"{where}: select")
     changes["extend_select"] = validate_selectors(strings("extend-select"), where)
     changes["ignore"] = validate_selectors(strings("ignore"), f"{where}: ignore")
+    if "fixable" in table:
+        changes["fixable"] = validate_selectors(strings("fixable"), f"{where}: fixable")
+    changes["unfixable"] = validate_selectors(strings("unfixable"), f"{where}: unfixable")
     changes["exclude"] = strings("exclude") + strings("extend-exclude")
     pfi = table.get("per-file-ignores", {})
     if not isinstance(pfi, dict):

@@ -8,7 +8,7 @@ import os
 import sys
 import tempfile
 import threading
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -46,6 +46,8 @@ class FileChange:
     notes: list[str] = field(default_factory=list)
     # A notebook's JSON text as read; ``original`` and ``fixed`` are analysed sources.
     notebook: str | None = None
+    # Findings the fixes removed, per code (``--show-fixes``).
+    fixed_codes: dict[str, int] = field(default_factory=dict)
 
     def diff(self) -> str:
         if self.notebook is not None:
@@ -138,10 +140,12 @@ def fix_files(files: Sequence[SourceFile], config: Config, *, unsafe_fixes: bool
     checked = [*files, *context]
     result = check_files(checked, config, overlay=texts, analyse=analyse, project=project,
                          place_in_cells=False)
+    first = Counter((f.path, f.code) for f in result.findings)
+    applied: set[tuple[str, str]] = set()
     for _ in range(MAX_ROUNDS):
         todo: dict[str, list[Finding]] = defaultdict(list)
         for finding in result.findings:
-            if (finding.fix in allowed and finding.code in fixers
+            if (finding.fix in allowed and finding.code in fixers and config.is_fixable(finding.code)
                     and (finding.path, finding.code) not in failed and finding.path in by_display):
                 todo[finding.path].append(finding)
         changed = False
@@ -176,14 +180,20 @@ def fix_files(files: Sequence[SourceFile], config: Config, *, unsafe_fixes: bool
                 starts = cell_starts(source)
                 outcome.notes = [cell_note(n, starts) for n in outcome.notes]
             texts[display] = outcome.source
+            applied.add((display, code))
             notes[display].extend(f"{code}: {n}" for n in outcome.notes)
             changed = True
         if not changed:
             break
         result = check_files(checked, config, overlay=texts, place_in_cells=False)
+    last = Counter((f.path, f.code) for f in result.findings)
+    removed: dict[str, dict[str, int]] = defaultdict(dict)
+    for display, code in sorted(applied):
+        if (count := first[display, code] - last[display, code]) > 0:
+            removed[display][code] = count
     changes = [
         FileChange(by_display[d], originals[d][0], originals[d][1], texts[d], notes[d],
-                   notebooks.get(d))
+                   notebooks.get(d), removed[d])
         for d in sorted(originals) if texts[d] != originals[d][0]
     ]
     if context:  # only the named files' findings remain to report
