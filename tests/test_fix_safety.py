@@ -83,16 +83,6 @@ RUNS: dict[str, str] = {
                                     "d = TextDataset(torch.randint(0, 16, (24,)), 6); "
                                     "train_step(m, torch.utils.data.default_collate([d[i] for i in range(len(d))]), o); "
                                     "observed = m"),
-    "labels/ta102_collate_both_sides": (
-        "m = TinyTagger(); o = torch.optim.SGD(m.parameters(), lr=0.1); "
-        "rows = [{'ids': [(i + j) % 16 for j in range(6)], 'mask': [1] * 6} for i in range(8)]; "
-        "train(lambda ids, attention_mask: m(ids), rows, o); observed = m"),
-    "labels/ta102_collate_keys_both_sides": (
-        "m = TinyTagger(); o = torch.optim.SGD(m.parameters(), lr=0.1); "
-        "train(m, [{'input_ids': [(i + j) % 16 for j in range(6)], 'attention_mask': [1] * 6} "
-        "for i in range(8)], o); observed = m"),
-    "labels/ta102_dataset_both_sides": ("m = TinyTagger(); o = torch.optim.SGD(m.parameters(), lr=0.1); "
-                                        "train(m, torch.randint(0, 16, (258,)).tolist(), o); observed = m"),
     "labels/ta104_minus_one": "m = TinyTagger(); observed = loss_fn(m, torch.randint(0, 16, (2, 6)))",
     "labels/ta105_copy_dataset": ("m = TinyTagger(); o = torch.optim.SGD(m.parameters(), lr=0.1); "
                                   "d = CopyDataset(torch.randint(0, 16, (4, 6)).tolist()); "
@@ -118,7 +108,6 @@ RUNS: dict[str, str] = {
 
 CANNOT_RUN: dict[str, str] = {
     "labels/ta102_hf_preshifted": "downloads a Hugging Face model (`from_pretrained(\"gpt2\")`)",
-    "labels/ta102_collator_class_both_sides": "a Hugging Face model (`AutoModelForCausalLM.from_config`)",
     "labels/ta102_hf_slice_assign": "downloads a Hugging Face model (`from_pretrained(\"tiny-gpt\")`)",
     "loops/ta202_micro_step": "a nanoGPT-shaped module script on `torch.nn.Module()`, which has no forward",
     "loops/ta205_gated_no_sync": "DistributedDataParallel on CUDA devices (`model.cuda()`, NCCL)",

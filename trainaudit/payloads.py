@@ -146,14 +146,11 @@ class RollToSlice(FixPayload):
 class ShiftRemoval(FixPayload):
     """TA102: undo the data-side shift: the statement at the finding gets ``replacement``
     as its value (when there is one) and the statements spanning the ``delete`` line
-    ranges go; each ``uncut`` slice (position, source text), one that shortens a tensor
-    of the producer, is replaced by the tensor it slices (a collator that shifts the
-    labels *and* cuts the inputs: both lines become the whole tensor)."""
+    ranges go. (A producer that also cuts the inputs gets no fix: see the rule.)"""
 
     replacement: str | None
     delete: tuple[tuple[int, int], ...]
     note: str
-    uncut: tuple[tuple[Position, str], ...] = ()
 
 
 @dataclass(frozen=True)
