@@ -19,6 +19,7 @@ import pytest
 from tests.helpers import check_tree, fix_tree
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = REPO_ROOT / "fixtures"
 
 
 def fixed(tmp_path: Path, source: str, name: str = "train.py", **changes: Any) -> str:
@@ -135,31 +136,7 @@ def test_reference_trainer_logs_the_same_loss_scale_after_accumulation(tmp_path:
 
 # -- item 5: a clip the fix adds comes after unscale_, and TA303 sees every spelling ----------
 
-SCALER_ON_SELF = '''\
-    import torch
-    import torch.nn.functional as F
-
-
-    class Trainer:
-        def __init__(self, model, optimizer):
-            self.model = model
-            self.optimizer = optimizer
-            self.scaler = torch.amp.GradScaler("cuda")
-
-        def fit(self, loader):
-            for x, y in loader:
-                with torch.autocast("cuda", dtype=torch.float16):
-                    loss = F.cross_entropy(self.model(x.cuda()), y.cuda())
-                self.optimizer.zero_grad()
-                self.scaler.scale(loss).backward()
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-
-
-    def main(model, data):
-        loader = torch.utils.data.DataLoader(data, batch_size=64)
-        Trainer(model, torch.optim.AdamW(model.parameters())).fit(loader)
-'''
+SCALER_ON_SELF = (FIXTURES / "loops/codemods/ta504_scaler_on_self.in.py").read_text()
 
 
 def test_clip_fix_unscales_through_a_scaler_held_on_self(tmp_path: Path) -> None:
@@ -204,42 +181,9 @@ def test_clip_before_unscale_seen_when_the_scaled_loss_is_bound_first(tmp_path: 
 
 # -- item 4: the autocast region covers the loss computed from the forward --------------------
 
-HELPER_FORWARD = '''\
-    import torch
-    import torch.nn.functional as F
+HELPER_FORWARD = (FIXTURES / "precision/codemods/autocast_helper_forward.in.py").read_text()
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-
-
-    def predict(model, x):
-        return torch.sigmoid(model(x))
-
-
-    def train(model, loader, optimizer):
-        for x, y in loader:
-            probs = predict(model, x.to(device))
-            optimizer.zero_grad()
-            loss = F.binary_cross_entropy(probs, y.to(device))
-            loss.backward()
-            optimizer.step()
-        return loss.item()
-'''
-
-INLINE_LOSS = '''\
-    import torch
-    import torch.nn.functional as F
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-
-
-    def train(model, loader, optimizer):
-        for x, y in loader:
-            probs = torch.sigmoid(model(x.to(device)))
-            optimizer.zero_grad()
-            F.binary_cross_entropy(probs, y.to(device)).backward()
-            optimizer.step()
-        return probs.mean().item()
-'''
+INLINE_LOSS = (FIXTURES / "precision/codemods/autocast_inline_loss.in.py").read_text()
 
 
 def _train_under_autocast(source: str) -> float:
@@ -297,31 +241,7 @@ def test_no_autocast_fix_where_the_loss_cannot_be_covered(tmp_path: Path) -> Non
 
 # -- item 3: a moved scheduler call keeps its guard and every path of the step ----------------
 
-GUARDED_SCHEDULER = '''\
-    import torch
-    import torch.nn.functional as F
-
-
-    def train(model, loader, optimizer, sched=None, scaler=None, accum=2):
-        steps = 0
-        for i, (x, y) in enumerate(loader):
-            loss = F.cross_entropy(model(x), y) / accum
-            if scaler is not None:
-                scaler.scale(loss).backward()
-            else:
-                loss.backward()
-            if (i + 1) % accum == 0:
-                if scaler is not None:
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    optimizer.step()
-                steps += 1
-                optimizer.zero_grad()
-            if sched is not None:
-                sched.step()
-        return steps
-'''
+GUARDED_SCHEDULER = (FIXTURES / "loops/codemods/ta203_guarded_scheduler.in.py").read_text()
 
 
 def test_scheduler_fix_keeps_its_guard_and_every_step_path(tmp_path: Path) -> None:
@@ -346,16 +266,18 @@ def test_scheduler_fix_keeps_its_guard_and_every_step_path(tmp_path: Path) -> No
 
 def test_scheduler_under_a_guard_shared_with_other_code_is_not_moved(tmp_path: Path) -> None:
     source = GUARDED_SCHEDULER.replace(
-        "            if sched is not None:\n                sched.step()\n",
-        "            if sched is not None:\n                sched.step()\n"
-        "                print(sched.get_last_lr())\n")
+        "        if sched is not None:\n            sched.step()\n",
+        "        if sched is not None:\n            sched.step()\n"
+        "            print(sched.get_last_lr())\n")
+    assert source != GUARDED_SCHEDULER
     (tmp_path / "train.py").write_text(textwrap.dedent(source))
     assert [f.code for f in check_tree(tmp_path, select=("TA203",)).findings] == ["TA203"]
     assert fix_tree(tmp_path, select=("TA203",)) == {}
 
 
 def test_plateau_scheduler_fed_a_metric_is_not_a_per_micro_batch_bug(tmp_path: Path) -> None:
-    source = GUARDED_SCHEDULER.replace("                sched.step()\n",
-                                       "                sched.step(loss.item())\n")
+    source = GUARDED_SCHEDULER.replace("            sched.step()\n",
+                                       "            sched.step(loss.item())\n")
+    assert source != GUARDED_SCHEDULER
     (tmp_path / "train.py").write_text(textwrap.dedent(source))
     assert check_tree(tmp_path, select=("TA203",)).findings == []
