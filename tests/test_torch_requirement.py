@@ -98,3 +98,30 @@ def test_configured_version_overrides_the_declaration(tmp_path: Path) -> None:
         '[tool.trainaudit]\nmin-torch-version = "2.2"\n')
     (tmp_path / "train.py").write_text(textwrap.dedent(DEPRECATED))
     assert _check_json(tmp_path) == [(4, None), (7, None), (9, "safe")]
+
+
+FP16_NO_SCALER = '''\
+    import torch
+    import torch.nn.functional as F
+
+
+    def train(model, loader, optimizer):
+        for x, y in loader:
+            with torch.autocast("cuda", dtype=torch.float16):
+                loss = F.cross_entropy(model(x.cuda()), y.cuda())
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+'''
+
+
+@pytest.mark.parametrize(("declared", "fix"), [("torch>=1.13", None), ("torch>=2.3", "corrective")])
+def test_added_grad_scaler_respects_the_declared_torch(tmp_path: Path, declared: str,
+                                                       fix: str | None) -> None:
+    (tmp_path / "pyproject.toml").write_text(
+        f'[project]\nname = "p"\ndependencies = ["{declared}"]\n')
+    (tmp_path / "train.py").write_text(textwrap.dedent(FP16_NO_SCALER))
+    with chdir(tmp_path):
+        result = CliRunner().invoke(app, ["check", ".", "--select", "TA305", "--format", "json",
+                                          "--no-cache"])
+    assert [(f["code"], f["fix"]) for f in json.loads(result.stdout)["findings"]] == [("TA305", fix)]

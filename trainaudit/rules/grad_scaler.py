@@ -13,9 +13,11 @@ from trainaudit.diagnostics import Finding, Related, Span
 from trainaudit.model.loops import find_training_loops
 from trainaudit.model.module import ModuleFacts, keyword, walk_local
 from trainaudit.model.precision import PrecisionFacts, ScalerObject, dotted, torch_alias
+from trainaudit.model.precision.api import AMP_SINCE
 from trainaudit.model.precision.repairs import scaler_removal
 from trainaudit.payloads import ScalerInsertion, ScalerRepair, UnscaleBeforeClip
 from trainaudit.registry import ModuleRule, RuleContext, register
+from trainaudit.requirements import format_version, parse_version
 
 # -- TA303 / TA304: the scaler's protocol ---------------------------------------------------
 
@@ -231,6 +233,9 @@ def _function_of(module: ModuleFacts, node: ast.AST) -> str:
 
 # -- TA305 / TA306: dtype against scaler -----------------------------------------------------
 
+# The torch release that introduced ``torch.amp.GradScaler``, which TA305's fix writes.
+GRAD_SCALER_SINCE = AMP_SINCE["GradScaler"]
+
 
 def _training_context(facts: PrecisionFacts, function: str) -> bool:
     """Whether code in ``function`` takes part in a training step."""
@@ -279,11 +284,18 @@ class Fp16WithoutGradScaler(ModuleRule):
             if not _training_context(facts, function):
                 continue
             payload = _scaler_fix(facts, site.call, function)
-            yield self.report(
-                module, site.call,
-                "float16 autocast in training without a GradScaler: small gradients underflow "
-                "to zero; add `torch.amp.GradScaler` (or use bfloat16)",
-                payload=payload, fixable=payload is not None)
+            message = ("float16 autocast in training without a GradScaler: small gradients "
+                       "underflow to zero; add `torch.amp.GradScaler` (or use bfloat16)")
+            floor = parse_version(str(ctx.options.get("min-torch-version", "")))
+            if payload is not None and floor is not None and floor < GRAD_SCALER_SINCE:
+                # ``torch.amp.GradScaler`` would raise AttributeError on the older torch the
+                # project still supports (the TA302 option says which).
+                payload = None
+                message += (f" (no automatic fix: `torch.amp.GradScaler` needs torch>="
+                            f"{format_version(GRAD_SCALER_SINCE)} and the project admits torch "
+                            f"{format_version(floor)})")
+            yield self.report(module, site.call, message, payload=payload,
+                              fixable=payload is not None)
 
 
 def _optimizer_scales(facts: PrecisionFacts, autocast: ast.Call) -> bool:
