@@ -15,11 +15,15 @@ import math
 import re
 import sys
 import warnings
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.helpers import check_tree, fix_tree
+from trainaudit.diagnostics import Severity
 
 torch = pytest.importorskip("torch")
 
@@ -28,6 +32,10 @@ FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 _CLASSIFIER_STEP = "m = classifier(); o = torch.optim.SGD(m.parameters(), lr=0.1); {call}; observed = m"
 _TAGGER_STEP = ("m = TinyTagger(); o = torch.optim.SGD(m.parameters(), lr=0.1); "
                 "ids = torch.randint(0, 16, (2, 6)); {call}; observed = m")
+
+_BINARY_STEP = ("m = torch.nn.Linear(4, 1); o = torch.optim.SGD(m.parameters(), lr=0.1); "
+                "batches = [(torch.randn(4, 4), torch.rand(4, 1)) for _ in range(3)]; "
+                "observed = (train(m, batches, o), m)")
 
 # How to run one pair: statements executed after the fixture's module code, in its namespace
 # with the helpers below; they leave what to compare in ``observed``.
@@ -69,6 +77,12 @@ RUNS: dict[str, str] = {
         "probe_every=2); observed = (s, s.training)"),
     "loops/ta503_item_and_detach": "m = classifier(); train(m, loader(), epochs=1); observed = m",
     "loops/ta504_add_clip": "m = classifier(); train(m, dataset()); observed = m",
+    "loops/ta203_guarded_scheduler": (
+        "m = classifier(); o = torch.optim.SGD(m.parameters(), lr=0.1); "
+        "s = torch.optim.lr_scheduler.StepLR(o, step_size=1); steps = train(m, loader(), o, s); "
+        "observed = (m, steps, s.last_epoch)"),
+    "precision/autocast_inline_loss": _BINARY_STEP,
+    "precision/autocast_helper_forward": _BINARY_STEP,
     "labels/ta103_collate_key": ("observed = collate_fn([{'input_ids': torch.arange(6) + i} for i in range(3)])"),
     "labels/ta103_dataset_roll": ("d = TokenDataset(torch.arange(24), 6); "
                                   "observed = [d[i] for i in range(len(d))]"),
@@ -83,16 +97,6 @@ RUNS: dict[str, str] = {
                                     "d = TextDataset(torch.randint(0, 16, (24,)), 6); "
                                     "train_step(m, torch.utils.data.default_collate([d[i] for i in range(len(d))]), o); "
                                     "observed = m"),
-    "labels/ta102_collate_both_sides": (
-        "m = TinyTagger(); o = torch.optim.SGD(m.parameters(), lr=0.1); "
-        "rows = [{'ids': [(i + j) % 16 for j in range(6)], 'mask': [1] * 6} for i in range(8)]; "
-        "train(lambda ids, attention_mask: m(ids), rows, o); observed = m"),
-    "labels/ta102_collate_keys_both_sides": (
-        "m = TinyTagger(); o = torch.optim.SGD(m.parameters(), lr=0.1); "
-        "train(m, [{'input_ids': [(i + j) % 16 for j in range(6)], 'attention_mask': [1] * 6} "
-        "for i in range(8)], o); observed = m"),
-    "labels/ta102_dataset_both_sides": ("m = TinyTagger(); o = torch.optim.SGD(m.parameters(), lr=0.1); "
-                                        "train(m, torch.randint(0, 16, (258,)).tolist(), o); observed = m"),
     "labels/ta104_minus_one": "m = TinyTagger(); observed = loss_fn(m, torch.randint(0, 16, (2, 6)))",
     "labels/ta105_copy_dataset": ("m = TinyTagger(); o = torch.optim.SGD(m.parameters(), lr=0.1); "
                                   "d = CopyDataset(torch.randint(0, 16, (4, 6)).tolist()); "
@@ -118,7 +122,6 @@ RUNS: dict[str, str] = {
 
 CANNOT_RUN: dict[str, str] = {
     "labels/ta102_hf_preshifted": "downloads a Hugging Face model (`from_pretrained(\"gpt2\")`)",
-    "labels/ta102_collator_class_both_sides": "a Hugging Face model (`AutoModelForCausalLM.from_config`)",
     "labels/ta102_hf_slice_assign": "downloads a Hugging Face model (`from_pretrained(\"tiny-gpt\")`)",
     "loops/ta202_micro_step": "a nanoGPT-shaped module script on `torch.nn.Module()`, which has no forward",
     "loops/ta205_gated_no_sync": "DistributedDataParallel on CUDA devices (`model.cuda()`, NCCL)",
@@ -126,6 +129,7 @@ CANNOT_RUN: dict[str, str] = {
     "loops/ta205_other_model_no_sync": "DistributedDataParallel needs an initialised process group",
     "loops/ta503_all_reduce_detach": "`dist.all_reduce` needs an initialised process group",
     "loops/ta504_scaler_clip": "moves its batches to CUDA (`x.cuda()`)",
+    "loops/ta504_scaler_on_self": "moves its batches to CUDA (`x.cuda()`)",
     "precision/scaler_parameter": "float16 autocast with a CUDA GradScaler (`GradScaler(\"cuda\")`)",
     "precision/version_guard_kept": "a CUDA GradScaler at import time",
 }
@@ -146,6 +150,12 @@ def _pairs() -> list[Path]:
 
 def _key(pair: Path) -> str:
     return f"{pair.parent.parent.name}/{pair.name.removesuffix('.in.py')}"
+
+
+def _family_select(pair: Path) -> dict[str, object]:
+    """The selection the pair's fix is made with: its family's ``SELECT`` file."""
+    select = pair.parent.parent / "SELECT"
+    return {"select": tuple(select.read_text().split())} if select.exists() else {}
 
 
 def _cannot_run(key: str) -> str | None:
@@ -276,3 +286,31 @@ def test_fixed_code_runs_and_safe_fixes_keep_results(pair: Path) -> None:
     assert len(before.numbers) == len(after.numbers)
     for a, b in zip(before.numbers, after.numbers, strict=True):
         assert math.isclose(a, b, rel_tol=1e-3, abs_tol=1e-4)
+
+
+# -- self-consistency: a fix leaves nothing new behind ---------------------------------------
+
+
+def _severe(findings: list[Any]) -> Counter[str]:
+    return Counter(f.code for f in findings if f.severity in (Severity.ERROR, Severity.WARNING))
+
+
+@pytest.mark.parametrize("pair", _pairs(), ids=_key)
+def test_fix_removes_its_findings_and_adds_no_warning_or_error(pair: Path, tmp_path: Path) -> None:
+    """``fix --apply --unsafe-fixes`` on a copy: re-checked with every rule, the findings it
+    fixed are gone and no finding at warning or error appears that was not there before
+    (a fixer that writes another rule's bug fails here)."""
+    source = pair.read_text()
+    (tmp_path / "train.py").write_text(source)
+    select = _family_select(pair)
+    fixed_codes = {f.code for f in check_tree(tmp_path, **select).findings if f.fix is not None}
+    before = check_tree(tmp_path, select=("ALL",)).findings
+    out = fix_tree(tmp_path, unsafe_fixes=True, **select)
+    if pair.with_name(pair.name.replace(".in.py", ".out.py")).read_text() == source:
+        assert out == {}  # a pair that shows a fix is *not* made
+        return
+    (tmp_path / "train.py").write_text(out["train.py"])
+    after = check_tree(tmp_path, select=("ALL",)).findings
+    assert [f for f in check_tree(tmp_path, **select).findings if f.code in fixed_codes
+            and f.fix is not None] == []
+    assert _severe(after) - _severe(before) == Counter()

@@ -52,7 +52,7 @@ def test_every_fixable_finding_carries_a_payload(source: Path, tmp_path: Path) -
 
 @pytest.mark.parametrize(("case", "code", "payload"), [
     ("loops/zero_grad_only_on_skip_branch.py", "TA204", ZeroGradAfterStep("optimizer")),
-    ("loops/gated_zero_grad_in_else.py", "TA203", MoveToStep((13, 13), "zero_grad")),
+    ("loops/gated_zero_grad_in_else.py", "TA203", MoveToStep((13, 13), "zero_grad", (11, 12))),
     ("loops/codemods/ta501_add_no_grad.in.py", "TA501", NoGradFunction("evaluate")),
     ("loops/codemods/ta504_add_clip.in.py", "TA504",
      ClipBeforeStep(model="model", optimizer="optimizer", scaler=None, unscaled=False)),

@@ -65,6 +65,14 @@ def test_the_context_is_the_config_root_and_honours_exclude(project: Path) -> No
     assert findings("pkg/train.py")[:2] == (0, [])
 
 
-def test_without_git_or_config_there_is_no_context(project: Path) -> None:
+def test_without_git_or_config_the_working_directory_is_the_context(project: Path) -> None:
     subprocess.run(["rm", "-rf", str(project / ".git")], check=True)
-    assert findings("pkg/train.py")[:2] == (0, [])
+    assert findings("pkg/train.py")[:2] == (1, [DOUBLE_SHIFT])
+
+
+def test_a_named_file_outside_the_working_directory_has_no_context(
+        project: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    subprocess.run(["rm", "-rf", str(project / ".git")], check=True)
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    (elsewhere / "train.py").write_text(TRAIN)
+    assert findings(str(elsewhere / "train.py"))[:2] == (0, [])

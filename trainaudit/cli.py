@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
@@ -25,6 +25,7 @@ from trainaudit.registry import all_options, load_rules
 
 if TYPE_CHECKING:
     from trainaudit.baseline import Baseline
+    from trainaudit.fixes.apply import FileChange
 
 app = typer.Typer(
     add_completion=False,
@@ -68,6 +69,12 @@ ExtendOpt = Annotated[list[str] | None, typer.Option(
     "--extend-select", help="Codes or prefixes to add to the selection.")]
 IgnoreOpt = Annotated[list[str] | None, typer.Option(
     "--ignore", help="Codes or prefixes to ignore, in addition to the config.")]
+FixableOpt = Annotated[list[str] | None, typer.Option(
+    "--fixable", help="Only fix these codes or prefixes (as ruff); replaces the config.")]
+UnfixableOpt = Annotated[list[str] | None, typer.Option(
+    "--unfixable", help="Never fix these codes or prefixes, in addition to the config.")]
+ShowFixesOpt = Annotated[bool, typer.Option(
+    "--show-fixes", help="List the findings fixed, per file and code.")]
 ConfigOpt = Annotated[Path | None, typer.Option(
     "--config", help="Use this pyproject.toml or trainaudit.toml.", dir_okay=False)]
 NoConfigOpt = Annotated[bool, typer.Option("--no-config", help="Ignore every config file.")]
@@ -107,6 +114,26 @@ def _configure(paths: list[str] | None, select: list[str] | None, extend_select:
         return config.with_overrides(**changes), targets
     except (ConfigError, ValueError) as exc:
         _fail(str(exc))
+
+
+def _fix_choice(config: Config, fixable: list[str] | None, unfixable: list[str] | None
+                ) -> Config:
+    """``--fixable`` replaces the config's list, ``--unfixable`` adds to it (as ruff)."""
+    try:
+        if (chosen := _split(fixable)) is not None:
+            config = config.with_overrides(fixable=validate_selectors(chosen, "--fixable"))
+        if (never := _split(unfixable)) is not None:
+            config = config.with_overrides(
+                unfixable=config.unfixable + validate_selectors(never, "--unfixable"))
+    except ConfigError as exc:
+        _fail(str(exc))
+    return config
+
+
+def _show_fixes(changes: Sequence[FileChange], applied: bool) -> None:
+    from trainaudit.report.text import render_fixes
+
+    render_fixes({c.file.display: c.fixed_codes for c in changes}, err, applied=applied)
 
 
 def _gather(targets: list[str], config: Config, stdin_filename: str | None
@@ -178,6 +205,11 @@ def _run_check(files: list[SourceFile], config: Config, overlay: dict[str, str],
                            count_advice=True)
 
 
+def _named_files_only(overlay: dict[str, str] | None, targets: list[str]) -> bool:
+    """Files named (not folders, not stdin): their project is read beside them."""
+    return not overlay and _only_files(targets)
+
+
 def _only_files(targets: list[str]) -> bool:
     """Whether every path named is a file (or missing): pre-commit's way, not a folder's."""
     return all(not Path(target).is_dir() for target in targets)
@@ -190,14 +222,15 @@ def _warn_if_empty(files: list[SourceFile], targets: list[str], missing: list[st
 
 
 def _fix_and_write(files: list[SourceFile], config: Config, overlay: dict[str, str], *,
-                   cache: bool, quiet: bool) -> CheckResult:
+                   cache: bool, quiet: bool, show_fixes: bool = False,
+                   context: list[SourceFile] | None = None) -> CheckResult:
     """``check --fix``: write the fixes (stdin: the fixed source to stdout), then return
     what remains, with the fixer's errors among the result's."""
     from trainaudit.fixes.apply import fix_files, write_changes
 
     analyse, project = _cache_phases(config, cache=cache, overlay=overlay)
     run = fix_files(files, config, unsafe_fixes=config.unsafe_fixes, overlay=overlay,
-                    analyse=analyse, project=project)
+                    analyse=analyse, project=project, context=context or ())
     written, unwritten = run.changes, list[str]()
     if overlay:
         sys.stdout.write(run.changes[0].output() if run.changes else next(iter(overlay.values())))
@@ -205,6 +238,8 @@ def _fix_and_write(files: list[SourceFile], config: Config, overlay: dict[str, s
         written, unwritten = write_changes(run.changes)
     if not quiet and written:
         err.print(f"Fixed {len(written)} file{'s' if len(written) != 1 else ''}.")
+    if show_fixes:
+        _show_fixes(written, applied=True)
     run.remaining.errors = [*run.errors, *unwritten, *run.remaining.errors]
     return run.remaining
 
@@ -242,20 +277,25 @@ def check(
         help="With files named (as pre-commit does): also read the rest of the project "
              "(the config's folder, else the git work tree), so a cross-file finding "
              "that involves a named file is reported.")] = True,
+    fixable: FixableOpt = None,
+    unfixable: UnfixableOpt = None,
+    show_fixes: ShowFixesOpt = False,
 ) -> None:
     """Lint training scripts. Exit 0: clean; 1: findings at or above --fail-on; 2: error."""
     config, targets = _configure(paths, select, extend_select, ignore, config_path, no_config,
                                  fail_on, force_exclude)
+    config = _fix_choice(config, fixable, unfixable)
     if unsafe_fixes is not None:
         config = config.with_overrides(unsafe_fixes=unsafe_fixes)
     files, overlay, missing = _gather(targets, config, stdin_filename)
     _warn_if_empty(files, targets, missing)
     accepted = _load_baseline(baseline) if baseline is not None and write_baseline is None else None
+    context = (context_files(files, config)
+               if project_context and _named_files_only(overlay, targets) else [])
     if apply_fixes:
-        result = _fix_and_write(files, config, overlay, cache=not no_cache, quiet=quiet)
+        result = _fix_and_write(files, config, overlay, cache=not no_cache, quiet=quiet,
+                                show_fixes=show_fixes, context=context)
     else:
-        context = (context_files(files, config)
-                   if project_context and not overlay and _only_files(targets) else [])
         result = _run_check(files, config, overlay, cache=not no_cache, progress=not quiet,
                             context=context)
     result.errors = [*missing, *result.errors]
@@ -315,6 +355,9 @@ def fix(
     exit_zero: ExitZeroOpt = False,
     no_cache: NoCacheOpt = False,
     force_exclude: ForceExcludeOpt = False,
+    fixable: FixableOpt = None,
+    unfixable: UnfixableOpt = None,
+    show_fixes: ShowFixesOpt = False,
 ) -> None:
     """Fix findings: show the diff, or write it with --apply (safe and corrective fixes).
     Exit 1 when something would change (or, with --apply, findings remain)."""
@@ -322,13 +365,15 @@ def fix(
 
     config, targets = _configure(paths, select, extend_select, ignore, config_path, no_config,
                                  force_exclude=force_exclude)
+    config = _fix_choice(config, fixable, unfixable)
     if unsafe_fixes is not None:
         config = config.with_overrides(unsafe_fixes=unsafe_fixes)
     files, overlay, missing = _gather(targets, config, stdin_filename)
     _warn_if_empty(files, targets, missing)
     analyse, project = _cache_phases(config, cache=not no_cache, overlay=overlay)
     run = fix_files(files, config, unsafe_fixes=config.unsafe_fixes, overlay=overlay,
-                    analyse=analyse, project=project)
+                    analyse=analyse, project=project,
+                    context=context_files(files, config) if _named_files_only(overlay, targets) else ())
     run.errors = [*missing, *run.errors]
     _report_errors(run.errors)
 
@@ -339,6 +384,8 @@ def fix(
     if overlay and not diff:  # stdin: the fixed source goes to stdout
         sys.stdout.write(run.changes[0].output() if run.changes else next(iter(overlay.values())))
         finish(EXIT_OK)
+    if show_fixes and not overlay:
+        _show_fixes(run.changes, applied=apply and not diff)
     if diff or not apply:
         for change in run.changes:
             if not quiet:

@@ -11,6 +11,7 @@ from typing import Any
 
 from trainaudit.catalogue import CATALOGUE
 from trainaudit.diagnostics import Severity
+from trainaudit.requirements import declared_torch_floor, format_version
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -68,6 +69,9 @@ class Config:
     exclude: tuple[str, ...] = ()
     fail_on: Severity = Severity.WARNING
     unsafe_fixes: bool = False
+    # Which codes ``fix`` may fix (as ruff's ``fixable`` / ``unfixable``): prefixes, ALL.
+    fixable: tuple[str, ...] = ("ALL",)
+    unfixable: tuple[str, ...] = ()
     respect_gitignore: bool = True
     # Apply ``exclude`` to files named on the command line too (as ruff's force-exclude):
     # pre-commit names every changed file, excluded or not.
@@ -92,6 +96,10 @@ class Config:
         run counts their findings to say how many were not shown."""
         return frozenset(code for code in ADVICE_CODES - self.enabled_codes()
                          if _best_match(code, self.ignore) < 0)
+    def is_fixable(self, code: str) -> bool:
+        """Whether ``fix`` may fix this code: the most specific of ``fixable`` and
+        ``unfixable`` wins (``--fixable TA3 --unfixable TA302``)."""
+        return _best_match(code, self.fixable) > _best_match(code, self.unfixable)
 
     def ignored_for(self, path: str) -> tuple[str, ...]:
         """Codes ignored for one file by ``per-file-ignores`` (globs relative to the config)."""
@@ -189,7 +197,8 @@ def _read_table(path: Path) -> dict[str, Any] | None:
     return dict(data)
 
 
-_LIST_KEYS = {"select", "extend-select", "ignore", "exclude", "extend-exclude"}
+_LIST_KEYS = {"select", "extend-select", "ignore", "exclude", "extend-exclude", "fixable",
+              "unfixable"}
 
 
 # Where a fix's generated lines must fit when the project's formatter does not say.
@@ -227,8 +236,14 @@ def project_line_length(start: Path) -> int:
 def load_config(path: Path | None, *, start: Path, rule_options: Mapping[str, Any],
                 no_config: bool = False) -> Config:
     """Load the config file (explicit ``path`` or the nearest one) over the defaults; the
-    fixes also get the project's ``line-length`` (``project_line_length``)."""
+    fixes also get the project's ``line-length`` (``project_line_length``) and the rules
+    the oldest torch it declares (``min-torch-version``, unless the config sets it)."""
     config = _load_config(path, start=start, rule_options=rule_options, no_config=no_config)
+    if config.options.get("min-torch-version") == "":
+        floor = declared_torch_floor(config.source or start)
+        if floor is not None:
+            config = replace(config, options={**config.options,
+                                              "min-torch-version": format_version(floor)})
     if "line-length" in config.fix_options:
         return config
     length = project_line_length(config.source or start)
@@ -273,6 +288,9 @@ def _from_table(table: Mapping[str, Any], file: Path, defaults: Config,
         changes["select"] = validate_selectors(strings("select"), f"{where}: select")
     changes["extend_select"] = validate_selectors(strings("extend-select"), where)
     changes["ignore"] = validate_selectors(strings("ignore"), f"{where}: ignore")
+    if "fixable" in table:
+        changes["fixable"] = validate_selectors(strings("fixable"), f"{where}: fixable")
+    changes["unfixable"] = validate_selectors(strings("unfixable"), f"{where}: unfixable")
     changes["exclude"] = strings("exclude") + strings("extend-exclude")
     pfi = table.get("per-file-ignores", {})
     if not isinstance(pfi, dict):

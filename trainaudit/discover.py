@@ -5,11 +5,12 @@ from __future__ import annotations
 import fnmatch
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from trainaudit.config import DEFAULT_EXCLUDE, Config
+from trainaudit.requirements import project_root as packaging_root
 
 # What a folder walk checks: Python files and Jupyter notebooks.
 SOURCE_SUFFIXES = (".py", ".pyi", ".ipynb")
@@ -113,24 +114,33 @@ def discover(paths: list[Path], config: Config) -> tuple[list[SourceFile], list[
     return sorted(files.values(), key=lambda f: f.display), problems
 
 
-def project_root(config: Config) -> Path | None:
+def project_root(config: Config, named: Sequence[Path] = ()) -> Path | None:
     """The tree a run on named files reads for context: the config file's folder, else
-    the git work tree around the working directory; None when there is neither."""
+    the git work tree around the working directory, else the nearest folder above the
+    first named file with a packaging or requirements file, else the working directory
+    when the named files are in it; None when there is none of these."""
     if config.source is not None:
         return config.root.resolve()
     here = Path.cwd().resolve()
-    return next((folder for folder in (here, *here.parents) if (folder / ".git").exists()),
-                None)
+    git = next((folder for folder in (here, *here.parents) if (folder / ".git").exists()), None)
+    if git is not None or not named:
+        return git
+    marked = packaging_root(named[0])
+    if marked is not None:
+        return marked
+    real = [Path(os.path.realpath(path)) for path in named]
+    return here if all(here in path.parents for path in real) else None
 
 
 def context_files(files: list[SourceFile], config: Config) -> list[SourceFile]:
     """The files of the project around ``files`` (all named on the command line) that a
-    walk of its root reaches and that are not among them: phase 2 reads them so that a
-    cross-file finding whose other end is in an unchanged file is still found."""
-    root = project_root(config)
+    walk of its root reaches and that are not among them: phase 2 reads them (``check``,
+    ``fix``) so that a cross-file finding whose other end is in an unchanged file is
+    still found; they are never fixed."""
+    named = {os.path.realpath(file.path) for file in files}
+    root = project_root(config, [Path(path) for path in sorted(named)])
     if root is None or not files:
         return []
-    named = {os.path.realpath(file.path) for file in files}
     if not any(root == Path(path) or root in Path(path).parents for path in named):
         return []  # the named files are outside that project
     walked, _ = discover([root], config)

@@ -41,6 +41,9 @@ class AutocastWrap(FixPayload):
     torch_name: str
     add_import: bool
     function: str
+    # The line of ``<loss expression>.backward()`` right after the region: the fix computes
+    # that loss inside it (``loss = <expression>``) and calls ``loss.backward()`` after; 0: none.
+    inline_loss: int = 0
 
 
 @dataclass(frozen=True)
@@ -143,14 +146,11 @@ class RollToSlice(FixPayload):
 class ShiftRemoval(FixPayload):
     """TA102: undo the data-side shift: the statement at the finding gets ``replacement``
     as its value (when there is one) and the statements spanning the ``delete`` line
-    ranges go; each ``uncut`` slice (position, source text), one that shortens a tensor
-    of the producer, is replaced by the tensor it slices (a collator that shifts the
-    labels *and* cuts the inputs: both lines become the whole tensor)."""
+    ranges go. (A producer that also cuts the inputs gets no fix: see the rule.)"""
 
     replacement: str | None
     delete: tuple[tuple[int, int], ...]
     note: str
-    uncut: tuple[tuple[Position, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -202,6 +202,9 @@ class MoveToStep(FixPayload):
 
     step: Position
     kind: str
+    # The test of the ``if`` that gates the step on the accumulation boundary (the moved
+    # statement goes inside it, after whatever statement there holds the step); None: none.
+    gate: Position | None = None
 
 
 @dataclass(frozen=True)

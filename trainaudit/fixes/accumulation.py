@@ -25,13 +25,11 @@ from trainaudit.fixes import FixResult, fixer
 from trainaudit.fixes.accumulation_settings import accumulation_setting, scale_per_step_quantities
 from trainaudit.fixes.cst import (
     Located,
-    all_names,
     code_of,
-    fit_new_lines,
     function_by_name,
-    line_length,
     method_calls,
     names,
+    names_in_scope,
     only_call,
     target_names,
     top_statement,
@@ -303,7 +301,7 @@ def add_accumulation(source: str, finding: Finding, steps: int) -> FixResult | N
         return None
 
     function = _enclosing_function(located, loop)
-    taken = all_names(function if function is not None else module)
+    taken = names_in_scope(module)
     edits = Edits()
     window = fresh_name(taken, "window", "batch_window", "accumulation_window")
     ddp = payload.ddp
@@ -441,7 +439,6 @@ def fix_no_accumulation(source: str, findings: Sequence[Finding], options: Mappi
     for finding in findings:
         result = add_accumulation(source, finding, steps)
         if result is not None:
-            result.source = fit_new_lines(result.source, source, line_length(options))
             return result
     return FixResult(source)
 

@@ -6,17 +6,22 @@ import ast
 import difflib
 import os
 import stat
+import sys
 import tempfile
-from collections import defaultdict
+import threading
+from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+from typing import Any, TypeVar
 
 from trainaudit.config import Config
 from trainaudit.diagnostics import Finding, FixClass
 from trainaudit.discover import SourceFile
 from trainaudit.engine import CheckResult, FileResult, ProjectPhase, check_files
-from trainaudit.fixes import fix_priority, load_fixers
+from trainaudit.fixes import Fixer, FixResult, fix_priority, load_fixers
+from trainaudit.fixes.cst import fit_new_lines, line_length
 from trainaudit.notebook import (
     CellStarts,
     Notebook,
@@ -41,6 +46,8 @@ class FileChange:
     notes: list[str] = field(default_factory=list)
     # A notebook's JSON text as read; ``original`` and ``fixed`` are analysed sources.
     notebook: str | None = None
+    # Findings the fixes removed, per code (``--show-fixes``).
+    fixed_codes: dict[str, int] = field(default_factory=dict)
 
     def diff(self) -> str:
         if self.notebook is not None:
@@ -74,11 +81,13 @@ def allowed_classes(unsafe_fixes: bool) -> frozenset[FixClass]:
 def fix_files(files: Sequence[SourceFile], config: Config, *, unsafe_fixes: bool,
               overlay: Mapping[str, str] | None = None,
               analyse: Callable[..., list[FileResult]] | None = None,
-              project: ProjectPhase | None = None) -> FixRun:
+              project: ProjectPhase | None = None,
+              context: Sequence[SourceFile] = ()) -> FixRun:
     """Apply fixes in rounds (one rule code per file per round), re-checking after each.
 
-    ``analyse`` and ``project`` (the cache's phases) serve the first check only: later
-    rounds check edited text, which is not on disk."""
+    ``context`` files are checked with ``files`` (cross-file facts) but never fixed, and
+    their findings are not reported. ``analyse`` and ``project`` (the cache's phases) serve
+    the first check only: later rounds check edited text, which is not on disk."""
     fixers = load_fixers()
     allowed = allowed_classes(unsafe_fixes)
     by_display = {f.display: f for f in files}
@@ -107,12 +116,15 @@ def fix_files(files: Sequence[SourceFile], config: Config, *, unsafe_fixes: bool
             originals[display] = (texts[display], "utf-8")
         return texts[display]
 
-    result = check_files(files, config, overlay=texts, analyse=analyse, project=project,
+    checked = [*files, *context]
+    result = check_files(checked, config, overlay=texts, analyse=analyse, project=project,
                          place_in_cells=False)
+    first = Counter((f.path, f.code) for f in result.findings)
+    applied: set[tuple[str, str]] = set()
     for _ in range(MAX_ROUNDS):
         todo: dict[str, list[Finding]] = defaultdict(list)
         for finding in result.findings:
-            if (finding.fix in allowed and finding.code in fixers
+            if (finding.fix in allowed and finding.code in fixers and config.is_fixable(finding.code)
                     and (finding.path, finding.code) not in failed and finding.path in by_display):
                 todo[finding.path].append(finding)
         changed = False
@@ -127,7 +139,8 @@ def fix_files(files: Sequence[SourceFile], config: Config, *, unsafe_fixes: bool
                 failed.update((display, f.code) for f in found)
                 continue
             try:
-                outcome = fixers[code](source, [f for f in found if f.code == code], config.fix_options)
+                outcome = _deep(partial(_fixed, fixers[code], source,
+                                        [f for f in found if f.code == code], config.fix_options))
             except Exception as exc:  # a broken fixer must not lose the file
                 errors.append(f"internal error: fix {code} failed on {display}: {exc!r}")
                 failed.add((display, code))
@@ -151,17 +164,73 @@ def fix_files(files: Sequence[SourceFile], config: Config, *, unsafe_fixes: bool
                 starts = cell_starts(source)
                 outcome.notes = [cell_note(n, starts) for n in outcome.notes]
             texts[display] = outcome.source
+            applied.add((display, code))
             notes[display].extend(f"{code}: {n}" for n in outcome.notes)
             changed = True
         if not changed:
             break
-        result = check_files(files, config, overlay=texts, place_in_cells=False)
+        result = check_files(checked, config, overlay=texts, place_in_cells=False)
+    last = Counter((f.path, f.code) for f in result.findings)
+    removed: dict[str, dict[str, int]] = defaultdict(dict)
+    for display, code in sorted(applied):
+        if (count := first[display, code] - last[display, code]) > 0:
+            removed[display][code] = count
     changes = [
         FileChange(by_display[d], originals[d][0], originals[d][1], texts[d], notes[d],
-                   notebooks.get(d))
+                   notebooks.get(d), removed[d])
         for d in sorted(originals) if texts[d] != originals[d][0]
     ]
+    if context:  # only the named files' findings remain to report
+        result.findings = [f for f in result.findings if f.path in by_display]
     return FixRun(changes, _placed_in_cells(result, by_display, texts), errors)
+
+
+def _fixed(fix: Fixer, source: str, findings: Sequence[Finding], options: Mapping[str, Any]
+           ) -> FixResult:
+    """One fixer's result, its new lines laid out to the project's line length (whichever
+    fixer wrote them)."""
+    outcome = fix(source, findings, options)
+    if outcome.source != source:
+        outcome.source = fit_new_lines(outcome.source, source, line_length(options))
+    return outcome
+
+
+_T = TypeVar("_T")
+# Stack and recursion limit for a fixer retried on a deeply nested expression (LibCST walks
+# a 400-term sum one frame per term, and its metadata copies the tree recursively).
+DEEP_STACK_BYTES = 512 * 1024 * 1024
+DEEP_RECURSION_LIMIT = 100_000
+
+
+def _deep(call: Callable[[], _T]) -> _T:
+    """``call()``; on RecursionError, once more in a thread with a large stack and a high
+    recursion limit (the limit is the interpreter's: it is put back when the call ends)."""
+    try:
+        return call()
+    except RecursionError:
+        pass
+    outcome: list[_T] = []
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            outcome.append(call())
+        except BaseException as exc:  # handed to the caller's thread
+            failure.append(exc)
+
+    old_limit = sys.getrecursionlimit()
+    old_stack = threading.stack_size(DEEP_STACK_BYTES)
+    try:
+        sys.setrecursionlimit(max(old_limit, DEEP_RECURSION_LIMIT))
+        worker = threading.Thread(target=run, name="trainaudit-deep-fix")
+        worker.start()
+        worker.join()
+    finally:
+        threading.stack_size(old_stack)
+        sys.setrecursionlimit(old_limit)
+    if failure:
+        raise failure[0]
+    return outcome[0]
 
 
 def _cells(source: str) -> list[int]:

@@ -39,7 +39,7 @@ from trainaudit.payloads import CheckpointStack, payload_of
 GUARD = "self.gradient_checkpointing and self.training"
 ENABLE_METHOD = '''
 def gradient_checkpointing_enable(self, enable: bool = True) -> None:
-    """Recompute each block's activations during backward instead of keeping them."""
+    """Recompute each block's activations in backward instead of keeping them."""
     self.gradient_checkpointing = enable
 '''
 

@@ -277,7 +277,21 @@ def _block_body(block: cst.BaseSuite) -> Sequence[cst.CSTNode]:
     return block.body if isinstance(block, cst.IndentedBlock) else []
 
 
-def all_names(node: cst.CSTNode) -> set[str]:
-    """Every name a node reads or binds."""
-    found = names(node)
-    return found.used | found.assigned
+class _Identifiers(cst.CSTVisitor):
+    def __init__(self) -> None:
+        self.found: set[str] = set()
+
+    def visit_Name(self, node: cst.Name) -> None:
+        self.found.add(node.value)
+
+
+def names_in_scope(module: cst.Module) -> set[str]:
+    """Every identifier a name generated anywhere in ``module`` could collide with: the
+    locals of every function (enclosing ones included), parameters, globals, imports,
+    comprehension targets and attribute names (``self.window_loss``), in every scope.
+
+    A superset on purpose: a fresh name only has to avoid them all, and missing one scope
+    (a closure's, a ``global`` one) would let a fix rebind a variable the code still reads."""
+    visitor = _Identifiers()
+    module.visit(visitor)
+    return visitor.found

@@ -10,7 +10,7 @@ import libcst as cst
 
 from trainaudit.diagnostics import Finding
 from trainaudit.fixes import FixResult, fixer
-from trainaudit.fixes.cst import Located, all_names, block_of, code_of, function_by_name, names
+from trainaudit.fixes.cst import Located, block_of, code_of, function_by_name, names, names_in_scope
 from trainaudit.fixes.toolkit import (
     Edits,
     as_receiver,
@@ -78,7 +78,7 @@ def fix_eval_mode_not_restored(source: str, findings: Sequence[Finding], options
             value = _returned_computation(last)
             if value is not None:
                 # ``return f(model(x))`` must still run in eval mode: compute, restore, return.
-                name = fresh_name(all_names(located.module), "result", "eval_result")
+                name = fresh_name(names_in_scope(located.module), "result", "eval_result")
                 edits.remove.add(last)
                 edits.insert_after(last, statement(f"{name} = {code_of(value)}"), restore,
                                    statement(f"return {name}"))
@@ -166,8 +166,14 @@ def fix_no_gradient_clipping(source: str, findings: Sequence[Finding], options: 
         if call is None:
             return None
         new = []
-        if payload.scaler and not payload.unscaled:
-            new.append(statement(f"{payload.scaler}.unscale_({payload.optimizer})"))
+        # The step the clip goes before says whether a scaler steps the optimizer
+        # (``self.scaler.step(self.optimizer)``): clipping then needs ``unscale_`` first, or
+        # the fix would write a TA303 bug.
+        func = call.func
+        stepper = code_of(func.value) if isinstance(func, cst.Attribute) and call.args else None
+        scaler = stepper if stepper is not None and stepper != payload.optimizer else payload.scaler
+        if scaler and not payload.unscaled:
+            new.append(statement(f"{scaler}.unscale_({payload.optimizer})"))
         new.append(statement(f"torch.nn.utils.clip_grad_norm_({payload.model}.parameters(), 1.0)"))
         edits.insert_before(located.statement_of(call), *new)
         return f"clip the gradient norm of `{payload.model}` to 1.0 before the step"

@@ -11,7 +11,6 @@ from trainaudit.diagnostics import Finding
 from trainaudit.fixes import FixResult, fixer
 from trainaudit.fixes.cst import Located, code_of
 from trainaudit.fixes.toolkit import Edits, call_at, edit_each, replace_with, statement
-from trainaudit.model.flow.operations import SAME_SHAPE_METHODS
 from trainaudit.payloads import IgnoreValue, LossShift, RollToSlice, ShiftRemoval
 
 
@@ -132,8 +131,6 @@ def fix_double_shift(source: str, findings: Sequence[Finding],
                      options: Mapping[str, Any]) -> FixResult:
     """Remove the shift where the labels are made, so the loss-side shift is the only one."""
     def edit(located: Located, edits: Edits, finding: Finding, payload: ShiftRemoval) -> str | None:
-        if payload.uncut:
-            return _uncut(located, edits, payload)
         nodes = located.at(finding.span.line, finding.span.column, cst.BaseExpression)
         if not nodes:
             return None
@@ -150,68 +147,6 @@ def fix_double_shift(source: str, findings: Sequence[Finding],
         return payload.note
 
     return edit_each(source, findings, ShiftRemoval, edit)
-
-
-def _uncut(located: Located, edits: Edits, payload: ShiftRemoval) -> str | None:
-    """Each slice of ``payload.uncut`` becomes the tensor it slices; all of them or none
-    (each must be a whole assigned value, or a dict value / tuple item of one)."""
-    found: list[cst.Subscript] = []
-    for (line, column), text in payload.uncut:
-        nodes = [n for n in located.at(line, column, cst.Subscript)
-                 if _compact(n) == "".join(text.split())]
-        if not nodes or not _stands_alone(located, nodes[0]):
-            return None
-        assert isinstance(nodes[0], cst.Subscript)
-        found.append(nodes[0])
-    gone: set[cst.CSTNode] = set()
-    for node in found:
-        assign = located.parent(node)
-        if isinstance(assign, cst.Assign) and len(assign.targets) == 1 \
-                and _compact(assign.targets[0].target) == _compact(node.value):
-            gone.add(located.statement_of(node))  # ``x = x[:, :-1]`` would become ``x = x``
-        else:
-            edits.replace(node, replace_with(node.value))
-    edits.remove |= {_guard_of(located, statement, gone) for statement in gone}
-    return payload.note
-
-
-def _compact(node: cst.CSTNode) -> str:
-    return "".join(code_of(node).split())
-
-
-def _guard_of(located: Located, statement: cst.CSTNode, gone: set[cst.CSTNode]) -> cst.CSTNode:
-    """What goes with a removed statement: an ``if`` (no ``else``, no call in its test)
-    that only guarded removed statements (``if "attention_mask" in batch:``), else itself."""
-    block = located.parent(statement)
-    if not isinstance(block, cst.IndentedBlock):
-        return statement
-    guard = located.parent(block)
-    if isinstance(guard, cst.If) and guard.orelse is None and set(block.body) <= gone \
-            and not any(isinstance(n, cst.Call) for n in _walk(guard.test)):
-        return guard
-    return statement
-
-
-def _walk(node: cst.CSTNode) -> list[cst.CSTNode]:
-    found = [node]
-    for child in node.children:
-        found += _walk(child)
-    return found
-
-
-def _stands_alone(located: Located, node: cst.CSTNode) -> bool:
-    """``node`` (under same-shape calls: ``ids[:, 1:].clone()``) is a whole assigned or
-    returned value, or a dict value / tuple item of one."""
-    parent = located.parent(node)
-    while isinstance(parent, cst.Attribute) and parent.attr.value in SAME_SHAPE_METHODS \
-            and isinstance(call := located.parent(parent), cst.Call) and call.func is parent:
-        node, parent = call, located.parent(call)
-    if isinstance(parent, cst.Assign | cst.Return):
-        return True
-    if isinstance(parent, cst.DictElement | cst.Element) and parent.value is node:
-        holder = located.parent(parent)
-        return isinstance(located.parent(holder), cst.Assign | cst.Return)
-    return False
 
 
 @fixer("TA104")

@@ -35,6 +35,8 @@ from trainaudit.payloads import (
 )
 
 Rewrite = Callable[[Any], Any]
+# What a move takes: the statement, or the guard ``if`` holding only it.
+Movable = cst.SimpleStatementLine | cst.If
 
 
 def divided(expr: cst.BaseExpression, divisor: str) -> cst.BinaryOperation:
@@ -108,7 +110,7 @@ def _after_step(located: Located, step_stmt: cst.CSTNode) -> cst.CSTNode:
     return last
 
 
-def _moved(stmt: cst.SimpleStatementLine) -> cst.SimpleStatementLine:
+def _moved(stmt: Movable) -> Movable:
     """A statement to re-insert elsewhere: its comment lines go with it, blank lines do not."""
     return stmt.with_changes(leading_lines=[line for line in stmt.leading_lines if line.comment])
 
@@ -125,7 +127,11 @@ def _drop_if_emptied(located: Located, edits: Edits, stmt: cst.CSTNode) -> None:
 def _move_to_step(source: str, findings: Sequence[Finding], note: Callable[[str], str]
                   ) -> FixResult:
     """Move each finding's statement next to its optimizer step (``MoveToStep``): a clip
-    just before the step, anything else after the step's run."""
+    just before the step, anything else after the step's run. What moves keeps its guards
+    (``if sched is not None:`` moves whole), and it goes where every path of the step
+    passes (after an ``if scaler: scaler.step(o) else: o.step()`` inside the accumulation
+    gate, not into one of its branches). Where a guard holds other statements too, or the
+    statement is inside a ``with``/``try``, nothing is moved."""
 
     def edit(located: Located, edits: Edits, finding: Finding, payload: MoveToStep) -> str | None:
         op_stmt = _call_statement(located, (finding.span.line, finding.span.column))
@@ -133,15 +139,79 @@ def _move_to_step(source: str, findings: Sequence[Finding], note: Callable[[str]
         if op_stmt is None or step_stmt is None or op_stmt is step_stmt \
                 or op_stmt in edits.remove or len(op_stmt.body) != 1:
             return None
-        edits.remove.add(op_stmt)
-        _drop_if_emptied(located, edits, op_stmt)
+        gate = _gate_at(located, payload.gate)
+        unit = _movable_unit(located, op_stmt, step_stmt, gate)
+        if unit is None:
+            return None
+        anchor = _step_anchor(located, step_stmt, unit, gate)
+        moved = _moved(unit)
+        edits.remove.add(unit)
+        _drop_if_emptied(located, edits, unit)
         if payload.kind == "clip":
-            edits.insert_before(step_stmt, _moved(op_stmt))
+            edits.insert_before(anchor, moved)
         else:
-            edits.insert_after(_after_step(located, step_stmt), _moved(op_stmt))
+            edits.insert_after(_after_step(located, anchor) if anchor is step_stmt else anchor,
+                               moved)
         return note(code_of(op_stmt.body[0]).strip())
 
     return edit_each(source, findings, MoveToStep, edit)
+
+
+def _gate_at(located: Located, where: tuple[int, int] | None) -> cst.If | None:
+    """The accumulation gate: the ``if`` whose test starts at ``where``."""
+    if where is None:
+        return None
+    for node in located.at(*where, cst.BaseExpression):
+        parent = located.parents.get(node)
+        if isinstance(parent, cst.If) and parent.test is node:
+            return parent
+    return None
+
+
+def _ancestors(located: Located, node: cst.CSTNode) -> list[cst.CSTNode]:
+    found = []
+    current = located.parents.get(node)
+    while current is not None:
+        found.append(current)
+        current = located.parents.get(current)
+    return found
+
+
+def _movable_unit(located: Located, op_stmt: cst.SimpleStatementLine, step_stmt: cst.CSTNode,
+                  gate: cst.If | None) -> Movable | None:
+    """The statement to move: ``op_stmt``, or the guard ``if`` around it that holds nothing
+    else (its test kept); None when a guard the step does not share holds more, or a
+    ``with``/``try`` holds it. Loops and the gate's other branch are what it leaves."""
+    shared = set(_ancestors(located, step_stmt))
+    unit: Movable = op_stmt
+    for ancestor in _ancestors(located, op_stmt):
+        if ancestor in shared:
+            return unit
+        if isinstance(ancestor, cst.With | cst.Try | cst.ExceptHandler | cst.Finally):
+            return None
+        if not isinstance(ancestor, cst.If) or ancestor is gate:
+            continue
+        body = ancestor.body
+        if (ancestor.orelse is not None or not isinstance(body, cst.IndentedBlock)
+                or len(body.body) != 1 or body.body[0] is not unit):
+            return None  # a guard shared with other statements, or an if/else: keep it
+        unit = ancestor
+    return unit
+
+
+def _step_anchor(located: Located, step_stmt: cst.CSTNode, unit: cst.CSTNode,
+                 gate: cst.If | None) -> cst.CSTNode:
+    """The statement the moved one goes next to: the step, or the outermost statement
+    around it inside the gate (below what the step shares with ``unit``) that is not the
+    gate itself: an ``if``/``else`` choosing how to step runs on every path once left."""
+    shared = set(_ancestors(located, unit))
+    anchor = step_stmt
+    for ancestor in _ancestors(located, step_stmt):
+        if ancestor in shared or ancestor is gate:
+            break
+        if isinstance(ancestor, cst.SimpleStatementLine | cst.BaseCompoundStatement):
+            anchor = ancestor
+    return anchor
 
 
 @fixer("TA203")

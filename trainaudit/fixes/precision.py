@@ -5,8 +5,7 @@
   ``torch.amp.custom_fwd(device_type="cuda")``; positional arguments become
   keywords where the new signature's positions differ; imports from
   ``torch.cuda.amp`` / ``torch.cuda`` move to ``torch.amp`` / ``torch``, keeping aliases.
-- TA301 (feature): wrap the forward and loss of the training step in
-  ``torch.autocast(device_type=..., dtype=torch.bfloat16)``.
+- TA301 (feature): in ``autocast.py``.
 - TA303: ``scaler.unscale_(optimizer)`` before the clip.
 - TA304: route backward / step through the scaler, add ``scaler.update()``.
 - TA305: add a ``torch.amp.GradScaler`` before the training loop and use it.
@@ -24,7 +23,7 @@ import libcst as cst
 
 from trainaudit.diagnostics import Finding
 from trainaudit.fixes import FixResult, fixer
-from trainaudit.fixes.cst import Located, code_of, fitted_call, line_length
+from trainaudit.fixes.cst import Located, code_of
 from trainaudit.fixes.toolkit import (
     Edits,
     append_args,
@@ -48,7 +47,6 @@ from trainaudit.model.precision import (
 )
 from trainaudit.payloads import (
     AmpRename,
-    AutocastWrap,
     ScalerInsertion,
     ScalerRemoval,
     ScalerRepair,
@@ -239,79 +237,6 @@ def _drop_plain_amp_imports(module: cst.Module) -> cst.Module:
             return updated_node.with_changes(names=names)
 
     return module.visit(Drop())
-
-
-# -- TA301: wrap the training forward in autocast ------------------------------------------
-
-
-@fixer("TA301")
-def fix_no_mixed_precision(source: str, findings: Sequence[Finding],
-                           options: Mapping[str, Any]) -> FixResult:
-    dtype = str(options.get("autocast-dtype", "bfloat16"))
-    if dtype not in ("bfloat16", "float16"):
-        return FixResult(source, [f"autocast-dtype {dtype!r} is not bfloat16 or float16; not fixed"])
-    located = Located(source)
-    edits = Edits()
-    notes: list[str] = []
-    add_import = False
-    for finding in findings:
-        data = payload_of(finding, AutocastWrap)
-        if data is None:
-            continue
-        first = statement_at_line(located, data.first_line)
-        if first is None:
-            continue
-        parent = located.parent(first)
-        if not isinstance(parent, cst.IndentedBlock | cst.Module):
-            continue
-        body = list(parent.body)
-        start = body.index(first)
-        end = start
-        while end + 1 < len(body) and located.range(body[end]).end.line < data.last_line:
-            end += 1
-        torch_name = data.torch_name
-        device = data.device_type
-        literal = device[:1] in ("'", '"')
-        if literal and (device.strip("'\"") != "cuda" or not uses_cuda(source)):
-            notes.append(f"line {finding.line}: not fixed: the script never uses a GPU, and "
-                         "autocast on a CPU is emulated (slower) or off")
-            continue
-        arguments = [f"device_type={device}", f"dtype={torch_name}.{dtype}"]
-        if not literal:  # the script picks its device: autocast only where it runs on CUDA
-            arguments.append(f'enabled={device} == "cuda"')
-        head = body[start]
-        laid_out = fitted_call(f"{torch_name}.autocast", arguments, prefix="with ", suffix=":",
-                               column=located.range(head).start.column,
-                               limit=line_length(options))
-        context = cst.parse_expression(laid_out[len("with "):-1])
-        assert isinstance(head, cst.SimpleStatementLine | cst.BaseCompoundStatement)
-        wrapped = [head.with_changes(leading_lines=()), *body[start + 1 : end + 1]]
-        block = cst.With(items=[cst.WithItem(context)], body=cst.IndentedBlock(body=wrapped),
-                         leading_lines=head.leading_lines)
-        edits.replace(head, replace_with(block))
-        edits.remove |= set(body[start + 1 : end + 1])
-        add_import = add_import or data.add_import
-        notes.append(f"line {finding.line}: forward and loss run under "
-                     f"torch.autocast({', '.join(arguments)})")
-    if edits.empty:
-        return FixResult(source)
-    module = edits.apply(located.module)
-    if add_import:
-        module = ensure_import(module, "import torch", "torch")
-    return FixResult(module.code, notes)
-
-
-def uses_cuda(source: str) -> bool:
-    """Whether a script names CUDA anywhere (``"cuda"``, ``.cuda()``, ``torch.cuda``): a
-    script that never does runs on the CPU, where a ``"cuda"`` autocast is a no-op."""
-    try:
-        tree = ast.parse(source)
-    except SyntaxError:
-        return False
-    return any((isinstance(node, ast.Constant) and isinstance(node.value, str)
-                and node.value.startswith("cuda"))
-               or (isinstance(node, ast.Attribute) and node.attr == "cuda")
-               for node in ast.walk(tree))
 
 
 # -- TA303: unscale before clipping ---------------------------------------------------------

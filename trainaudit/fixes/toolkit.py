@@ -285,19 +285,8 @@ def keyword_arg(name: str, value: cst.BaseExpression) -> cst.Arg:
 
 
 def append_args(call: cst.Call, extra: Sequence[cst.Arg]) -> cst.Call:
-    """Add arguments at the end, keeping a trailing comma's layout."""
-    args = list(call.args)
-    if not args:
-        return call.with_changes(args=list(extra))
-    last = args[-1]
-    trailing = last.comma if isinstance(last.comma, cst.Comma) else None
-    args[-1] = arg_with_comma(last.with_changes(comma=cst.MaybeSentinel.DEFAULT))
-    if trailing is not None and "\n" in code_of(trailing):
-        args[-1] = last  # a multi-line call: put each new argument on its own line
-        new = [a.with_changes(comma=trailing) for a in extra]
-        return call.with_changes(args=[*args, *new])
-    new = [arg_with_comma(a) for a in extra[:-1]] + [extra[-1]]
-    return call.with_changes(args=[*args, *new])
+    """Add arguments at the end, keeping the call's layout (see ``_joined``)."""
+    return call.with_changes(args=_joined(list(call.args), list(extra)))
 
 
 def unparenthesized(expr: cst.BaseExpression) -> cst.BaseExpression:
@@ -312,36 +301,67 @@ def as_receiver(expr: cst.BaseExpression) -> cst.BaseExpression:
         return expr
     return expr.with_changes(lpar=[cst.LeftParen()], rpar=[cst.RightParen()])
 
-def _multiline_commas(last: cst.Comma | cst.MaybeSentinel, previous: cst.Comma | cst.MaybeSentinel | None
-                      ) -> tuple[cst.Comma, cst.Comma] | None:
-    """(comma between items, comma after the last item) of a one-item-a-line list, else None."""
-    if not isinstance(last, cst.Comma) or not isinstance(last.whitespace_after, cst.ParenthesizedWhitespace):
-        return None
-    if isinstance(previous, cst.Comma) and isinstance(previous.whitespace_after, cst.ParenthesizedWhitespace):
-        return previous, last
-    indent = cst.SimpleWhitespace(last.whitespace_after.last_line.value + "    ")
-    return last.with_changes(whitespace_after=last.whitespace_after.with_changes(last_line=indent)), last
-
-
 _SPACE_COMMA = cst.Comma(whitespace_after=cst.SimpleWhitespace(" "))
 
 
+def _line_break(indent: str, comment: cst.TrailingWhitespace | None = None
+                ) -> cst.ParenthesizedWhitespace:
+    """A line break inside brackets, the next line indented by ``indent`` (relative to the
+    statement), keeping a comment at the end of the line broken."""
+    return cst.ParenthesizedWhitespace(first_line=comment or cst.TrailingWhitespace(),
+                                       indent=True, last_line=cst.SimpleWhitespace(indent))
+
+
+def _broken(whitespace: object) -> cst.ParenthesizedWhitespace | None:
+    return whitespace if isinstance(whitespace, cst.ParenthesizedWhitespace) else None
+
+
+def _after_item(item: Any) -> str:
+    """The name of the whitespace after an item when it has no comma (an Arg or a Param)."""
+    return "whitespace_after_arg" if isinstance(item, cst.Arg) else "whitespace_after_param"
+
+
 def _joined(items: list[Any], new: list[Any]) -> list[Any]:
-    """Append items to a comma-separated list, keeping its layout (one line, or one a line)."""
+    """Append items to a comma-separated list (call arguments, parameters), keeping its
+    layout: on the same line as the last item when the items share lines, one a line
+    (at the items' indentation) when they are one a line; a trailing comma stays
+    trailing, a comment after the last item stays on its line, and the line break
+    before the closing bracket stays before it (no trailing space, no item at column 0)."""
     if not items:
         return [n.with_changes(comma=_SPACE_COMMA) for n in new[:-1]] + new[-1:]
     last = items[-1]
-    layout = _multiline_commas(last.comma, items[-2].comma if len(items) > 1 else None)
-    if layout is not None:
-        between, final = layout
-        items = [*items[:-1], last.with_changes(comma=between)]
-        new = [n.with_changes(comma=between) for n in new[:-1]] + [new[-1].with_changes(comma=final)]
-        return [*items, *new]
-    trailing = last.comma
+    previous = items[-2].comma if len(items) > 1 else None
+    between = _broken(getattr(previous, "whitespace_after", None))
+    comma = last.comma if isinstance(last.comma, cst.Comma) else None
+    closing = _broken(comma.whitespace_after) if comma is not None else None
+    if closing is not None:  # ``x,\n)``: a trailing comma, then the closing bracket's line
+        indent = between.last_line.value if between is not None \
+            else closing.last_line.value + "    "
+        old_last = last.with_changes(comma=comma.with_changes(  # type: ignore[union-attr]
+            whitespace_after=_line_break(indent, closing.first_line)))
+        separator = cst.Comma(whitespace_after=_line_break(indent))
+        final = cst.Comma(whitespace_after=_line_break(closing.last_line.value))
+        return [*items[:-1], old_last, *(n.with_changes(comma=separator) for n in new[:-1]),
+                new[-1].with_changes(comma=final)]
+    attribute = _after_item(last)
+    trailing_break = comma is None and _broken(getattr(last, attribute, None)) is not None
+    if between is not None and (trailing_break or comma is None):
+        # One item a line, no trailing comma: the new items go on lines of their own.
+        separator = cst.Comma(whitespace_after=_line_break(between.last_line.value))
+        old_last = last.with_changes(comma=separator, **{attribute: cst.SimpleWhitespace("")})
+        added = [n.with_changes(comma=separator) for n in new[:-1]]
+        tail = new[-1].with_changes(**{attribute: getattr(last, attribute)})
+        return [*items[:-1], old_last, *added, tail]
+    if trailing_break:  # ``f(\n    a, b\n)``: the break before ``)`` moves after the new items
+        old_last = last.with_changes(comma=_SPACE_COMMA, **{attribute: cst.SimpleWhitespace("")})
+        added = [n.with_changes(comma=_SPACE_COMMA) for n in new[:-1]]
+        return [*items[:-1], old_last, *added,
+                new[-1].with_changes(**{attribute: getattr(last, attribute)})]
+    # All on one line (a trailing comma, if any, stays trailing).
+    kept = comma if comma is not None else cst.MaybeSentinel.DEFAULT
     items = [*items[:-1], last.with_changes(comma=_SPACE_COMMA)]
-    new = [n.with_changes(comma=_SPACE_COMMA) for n in new[:-1]] + [new[-1].with_changes(
-        comma=cst.MaybeSentinel.DEFAULT if trailing is cst.MaybeSentinel.DEFAULT else trailing)]
-    return [*items, *new]
+    added = [n.with_changes(comma=_SPACE_COMMA) for n in new[:-1]]
+    return [*items, *added, new[-1].with_changes(comma=kept)]
 
 
 def add_parameters(fn: cst.FunctionDef, params: Sequence[tuple[str, str, str]]) -> cst.FunctionDef:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 
 from rich.console import Console
@@ -116,3 +117,22 @@ def summary_line(result: CheckResult) -> str:
     n = len(result.findings)
     return (f"trainaudit: {n} finding{'s' if n != 1 else ''}; {result.files_seen} files seen, "
             f"{result.files_checked} checked, {result.files_cached} cached [{result.seconds:.2f}s]")
+
+
+def render_fixes(fixed: Mapping[str, Mapping[str, int]], console: Console, *,
+                 applied: bool) -> None:
+    """``--show-fixes``: the findings the fixes removed, per file and code (as ruff lists
+    them); ``applied``: written (else what ``--apply`` would fix)."""
+    total = sum(sum(codes.values()) for codes in fixed.values())
+    if not total:
+        console.print("No fixes applied." if applied else "No fixes available.", highlight=False)
+        return
+    verb = "Fixed" if applied else "Would fix"
+    console.print(f"{verb} {total} finding{'s' if total != 1 else ''}:", highlight=False)
+    for path, codes in sorted(fixed.items()):
+        if not codes:
+            continue
+        console.print(f"- {path}:", markup=False, highlight=False)
+        for code, count in sorted(codes.items()):
+            console.print(f"    {count} × {code} ({BY_CODE[code].name})", markup=False,
+                          highlight=False)

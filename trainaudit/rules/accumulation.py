@@ -7,6 +7,7 @@ from ``steps.py`` is judged with the helper's body inlined.
 
 from __future__ import annotations
 
+import ast
 from collections.abc import Iterable, Iterator
 
 from trainaudit.diagnostics import Finding, Related, Severity
@@ -228,15 +229,32 @@ class PerMicroBatchUpdate(ProjectRule):
             if accumulation is None:
                 continue
             step = loop.ops("optimizer_step")[0]
+            gate = accumulation.gate
             for op in loop.ops("scheduler_step", "clip", "zero_grad"):
-                if not _per_micro_batch(loop, accumulation, op):
+                if not _per_micro_batch(loop, accumulation, op) or _metric_driven(op):
                     continue
                 message = (f"`{op.site.text}` runs on every micro-batch while the optimizer "
                            f"steps once per accumulation window: {self._WHAT[op.kind]}")
                 fixable = _same_file(loop, op, step) and op.site.function == step.site.function
-                payload = MoveToStep((step.site.line, step.site.column), op.kind)
+                payload = MoveToStep((step.site.line, step.site.column), op.kind,
+                                     (gate.site.line, gate.site.column) if gate else None)
                 yield self.finding(op.site.path, op.site.span, message,
                                    payload=payload if fixable else None, fixable=fixable, related=[_related(step, "gated optimizer step")])
+
+
+def _metric_driven(op: Operation) -> bool:
+    """``sched.step(val_loss)``: a scheduler stepped with a metric (``ReduceLROnPlateau``)
+    reacts to what it is fed, not to a count of optimizer steps: no per-micro-batch bug."""
+    if op.kind != "scheduler_step":
+        return False
+    call = op.node
+    if call is None:  # a summary from the project phase keeps the call's text, not its node
+        try:
+            call = ast.parse(f"({op.site.text})", mode="eval").body
+        except SyntaxError:
+            return False
+    return isinstance(call, ast.Call) and (
+        bool(call.args) or any(k.arg == "metrics" for k in call.keywords))
 
 
 def _steps_between_windows(loop: TrainingLoop, step: Operation) -> bool:

@@ -13,9 +13,11 @@ from trainaudit.diagnostics import Finding, Related, Span
 from trainaudit.model.loops import find_training_loops
 from trainaudit.model.module import ModuleFacts, keyword, walk_local
 from trainaudit.model.precision import PrecisionFacts, ScalerObject, dotted, torch_alias
+from trainaudit.model.precision.api import AMP_SINCE
 from trainaudit.model.precision.repairs import scaler_removal
 from trainaudit.payloads import ScalerInsertion, ScalerRepair, UnscaleBeforeClip
 from trainaudit.registry import ModuleRule, RuleContext, register
+from trainaudit.requirements import format_version, parse_version
 
 # -- TA303 / TA304: the scaler's protocol ---------------------------------------------------
 
@@ -35,6 +37,21 @@ def _scaled(backward: ast.Call) -> bool:
     receiver = backward.func.value if isinstance(backward.func, ast.Attribute) else None
     return isinstance(receiver, ast.Call) and isinstance(receiver.func, ast.Attribute) \
         and receiver.func.attr == "scale"
+
+
+def _scaled_backward(facts: PrecisionFacts, function: str, backward: ast.AST | None) -> bool:
+    """A backward of scaled gradients: ``scaler.scale(loss).backward()``, or ``loss.backward()``
+    where the function bound ``loss = scaler.scale(...)`` (the two-statement spelling)."""
+    if not isinstance(backward, ast.Call):
+        return False
+    if _scaled(backward):
+        return True
+    receiver = backward.func.value if isinstance(backward.func, ast.Attribute) else None
+    if not isinstance(receiver, ast.Name):
+        return False
+    return any(isinstance(value, ast.Call) and isinstance(value.func, ast.Attribute)
+               and value.func.attr == "scale" and _receiver(value) in facts.scalers.receivers
+               for value in facts.names_in_scope(function).get(receiver.id, []))
 
 
 def _visible(facts: PrecisionFacts, spelled: str, function: str) -> bool:
@@ -82,7 +99,8 @@ class ClipBeforeUnscale(ModuleRule):
                 # Only gradients of a scaled backward are scaled (not the plain branch of
                 # ``if use_amp: scaler.scale(loss).backward() ... else: loss.backward()``).
                 before = [b for b in loop.ops("backward") if b.order < clip.order]
-                if not before or "scale(" not in before[-1].site.text:
+                if not before or not _scaled_backward(facts, before[-1].site.function,
+                                                      before[-1].node):
                     continue
                 step = ([s for s in scaler_steps if s.order > clip.order] or scaler_steps)[0]
                 step_call = step.node
@@ -117,7 +135,7 @@ class ClipBeforeUnscale(ModuleRule):
                 if id(clip_call) in seen or any(u.lineno < clip_call.lineno for u in unscales):
                     continue
                 earlier = [b for b in backwards if b.lineno <= clip_call.lineno]
-                if earlier and not _scaled(earlier[-1]):
+                if earlier and not _scaled_backward(facts, function, earlier[-1]):
                     continue
                 after = [s for s in steps if s.lineno > clip_call.lineno] or steps
                 scaler = _receiver(after[0]) if after else _receiver(scales[0])
@@ -215,6 +233,9 @@ def _function_of(module: ModuleFacts, node: ast.AST) -> str:
 
 # -- TA305 / TA306: dtype against scaler -----------------------------------------------------
 
+# The torch release that introduced ``torch.amp.GradScaler``, which TA305's fix writes.
+GRAD_SCALER_SINCE = AMP_SINCE["GradScaler"]
+
 
 def _training_context(facts: PrecisionFacts, function: str) -> bool:
     """Whether code in ``function`` takes part in a training step."""
@@ -263,11 +284,18 @@ class Fp16WithoutGradScaler(ModuleRule):
             if not _training_context(facts, function):
                 continue
             payload = _scaler_fix(facts, site.call, function)
-            yield self.report(
-                module, site.call,
-                "float16 autocast in training without a GradScaler: small gradients underflow "
-                "to zero; add `torch.amp.GradScaler` (or use bfloat16)",
-                payload=payload, fixable=payload is not None)
+            message = ("float16 autocast in training without a GradScaler: small gradients "
+                       "underflow to zero; add `torch.amp.GradScaler` (or use bfloat16)")
+            floor = parse_version(str(ctx.options.get("min-torch-version", "")))
+            if payload is not None and floor is not None and floor < GRAD_SCALER_SINCE:
+                # ``torch.amp.GradScaler`` would raise AttributeError on the older torch the
+                # project still supports (the TA302 option says which).
+                payload = None
+                message += (f" (no automatic fix: `torch.amp.GradScaler` needs torch>="
+                            f"{format_version(GRAD_SCALER_SINCE)} and the project admits torch "
+                            f"{format_version(floor)})")
+            yield self.report(module, site.call, message, payload=payload,
+                              fixable=payload is not None)
 
 
 def _optimizer_scales(facts: PrecisionFacts, autocast: ast.Call) -> bool:

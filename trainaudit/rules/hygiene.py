@@ -158,7 +158,7 @@ class NoGradientClipping(ProjectRule):
             head = step.site.text.split("(")[0]
             payload = ClipBeforeStep(
                 model=forward.receiver, optimizer=step.receiver,
-                scaler=step.site.text.split(".")[0] if "scaler" in head else None,
+                scaler=head.rsplit(".", 1)[0] if "scaler" in head else None,
                 unscaled=bool(loop.ops("unscale"))) if forward is not None and fixable else None
             yield self.finding(step.site.path, step.site.span, message, fixable=fixable,
                                payload=payload)

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Iterator
 
 from trainaudit.diagnostics import Finding, Related
 from trainaudit.model.flow.program import FAMILY, FlowSource
-from trainaudit.model.flow.values import MaskValue, Producer, Site, Trim
+from trainaudit.model.flow.values import MaskValue, Producer, Site
 from trainaudit.model.labels.analysis import LabelAnalysis
 from trainaudit.model.labels.entries import TRIGGERS, flow_source
 from trainaudit.model.labels.observe import LossReading
@@ -136,22 +136,27 @@ class DoubleLabelShift(_LabelRule):
                     related.append(_related(caller, "that loss is reached from here"))
             double = all(r.offset == 2 for r in every)
             cut_inputs = any(r.logits is not None and r.logits.inputs.trimmed for r in every)
-            # Inputs cut to T-1 beside the shifted labels (a collator that shifts both):
-            # both lines get the whole tensor back, where the flow proves that is all.
-            cuts = analysis.cuts_to_restore(site, producer, every) \
-                if double and cut_inputs else None
+            fixable = _label_side_fixable(producer, double, cut_inputs)
+            message = (f"`{producer.named()}` is already shifted here ({_describe(producer)}) "
+                       f"and {how} at {loss.path}:{loss.span.line}: position t is trained on "
+                       "token t+2. Remove one of the two shifts.")
+            if double and cut_inputs:
+                # Inputs cut to T-1 beside the shifted labels (``x = chunk[:-1]``): undoing
+                # the data side would feed the model one token more per sequence (past a
+                # positional table sized to the window), so the shift to remove is the
+                # loss's, which a fix cannot yet locate on the logits' side.
+                message += (" No automatic fix: the inputs are cut beside the labels here, so "
+                            "removing this shift would change what the model is fed; remove "
+                            "the other shift (at the loss, or the model's) by hand instead")
             yield self.finding(
-                site.path, site.span,
-                f"`{producer.named()}` is already shifted here ({_describe(producer)}) and {how} "
-                f"at {loss.path}:{loss.span.line}: position t is trained on token t+2. "
-                f"Remove one of the two shifts.",
-                related=_unique(related),
-                payload=_both_sides(site, loss, cuts) if cuts is not None else ShiftRemoval(
+                site.path, site.span, message, related=_unique(related),
+                payload=ShiftRemoval(
                     _unshifted(producer),
                     tuple(_shift_helpers(first.reading, producer)),
                     f"removed the label shift at {site.path}:{site.span.line}; "
-                    f"the loss at {loss.path}:{loss.span.line} already shifts"),
-                fixable=cuts is not None or _label_side_fixable(producer, double, cut_inputs))
+                    f"the loss at {loss.path}:{loss.span.line} already shifts")
+                if fixable else None,
+                fixable=fixable)
 
 
 @register
@@ -302,18 +307,6 @@ def _label_side_fixable(producer: Producer, double: bool, cut_inputs: bool) -> b
     return double and producer.input_text is not None and not cut_inputs and (
         producer.kind in ("slice-assign", "fill-assign")
         or producer.fix_form in ("assign", "assign-roll"))
-
-
-def _both_sides(site: Site, loss: Site, cuts: tuple[Trim, ...]) -> ShiftRemoval:
-    """The fix of a producer that shifts the labels and cuts the inputs: the label slice
-    and every cut become the whole tensor, so the loss's own shift lines them up."""
-    slices = [site, *(cut.site for cut in cuts)]
-    lines = ", ".join(str(line) for line in sorted({s.span.line for s in slices}))
-    return ShiftRemoval(
-        None, (),
-        f"removed the label shift and the input cut at {site.path}:{lines}; "
-        f"the loss at {loss.path}:{loss.span.line} already shifts",
-        tuple(((s.span.line, s.span.column), s.text) for s in slices))
 
 
 def _unshifted(producer: Producer) -> str | None:

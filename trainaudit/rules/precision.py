@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import ast
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from trainaudit.diagnostics import Finding, Span
 from trainaudit.model.loops import BACKWARD_CALL, find_training_loops
-from trainaudit.model.module import ModuleFacts
+from trainaudit.model.module import ModuleFacts, walk_local
 from trainaudit.model.precision import (
     DELEGATING_CALLS,
     PrecisionFacts,
-    TrainingStep,
     device_type_code,
     torch_alias,
 )
@@ -30,6 +29,7 @@ from trainaudit.payloads import (
     AutocastWrap,
 )
 from trainaudit.registry import ModuleRule, ProjectRule, RuleContext, register, summarizer
+from trainaudit.requirements import format_version, parse_version
 
 FAMILY = "precision"
 # A file with none of these can neither train nor delegate precision.
@@ -61,6 +61,8 @@ class UnguardedForward:
     function: str
     first_line: int  # statements to wrap: the forward's through the loss's
     last_line: int
+    inline_loss: int  # the line of ``<loss>.backward()`` whose loss goes inside; 0: none
+    fixable: bool  # False: the loss cannot be covered (see ``_wrap_range``)
     device_type: str  # source text for ``device_type=``
     torch_name: str
     add_import: bool
@@ -82,17 +84,89 @@ def _device_targeted(text: str) -> str:
     return "gpu" if _GPU.search(text) else "none"
 
 
-def _wrap_range(facts: PrecisionFacts, step: TrainingStep, forward: ast.Call) -> tuple[int, int]:
+def _wrap_range(facts: PrecisionFacts, forward: ast.AST, backward: ast.Call,
+                loss_statements: Sequence[ast.stmt], function: str, *,
+                loss_unknown: bool = False) -> tuple[int, int, int] | None:
+    """(first line, last line, inline-loss line) to put under autocast: the statements from
+    the one that runs the forward (a helper's call in ``function``, where the backward is)
+    through the loss computed from its output, in the innermost block holding both. A
+    backward whose receiver computes the loss (``F.bce(p, y).backward()``) gives its line as
+    the third item: the fix computes that loss inside the region. None when the loss cannot
+    be covered: a loss outside the region reads low-precision outputs (``binary_cross_entropy``
+    then fails on the dtype). With ``loss_unknown`` (the loss was not followed) the region
+    runs up to the backward, covering whatever computes the loss."""
+    backward_statement = facts.statement_of(backward)
+    anchor = _statement_reaching(facts, forward, function)
+    if backward_statement is None or anchor is None:
+        return None
+    placed = _common_block(facts, anchor, backward_statement)
+    if placed is None:
+        return None
+    block, first, container = placed
+    # The loss statements, earliest (the one reading the forward's output) last.
+    in_block = [s for s in loss_statements if s in block
+                and block.index(first) <= block.index(s) < block.index(container)]
+    last = max(in_block, key=block.index) if in_block else first
+    if loss_statements:
+        if loss_statements[-1] not in in_block and loss_statements[-1] is not first:
+            return None
+        return first.lineno, last.end_lineno or last.lineno, 0
+    before = block[block.index(container) - 1]
+    # No loss statement: the backward's receiver is the loss (``crit(out, y).backward()``).
+    if container is backward_statement and _inline_backward(backward_statement, backward):
+        return first.lineno, before.end_lineno or before.lineno, backward_statement.lineno
+    if loss_unknown:
+        return first.lineno, before.end_lineno or before.lineno, 0
+    return None
+
+
+def _statement_reaching(facts: PrecisionFacts, forward: ast.AST, function: str) -> ast.stmt | None:
+    """The statement of ``function`` that runs the forward: its own, or the call of the
+    helper (another function of the file) that holds it."""
     statement = facts.statement_of(forward)
-    assert statement is not None
-    block = facts.statement_list(statement)
-    last = statement
-    if block is not None and step.forward_function == step.function:
-        for loss_statement in step.loss_statements:
-            if loss_statement in block and statement.lineno <= loss_statement.lineno < step.backward.lineno \
-                    and loss_statement.lineno > last.lineno:
-                last = loss_statement
-    return statement.lineno, last.end_lineno or last.lineno
+    if statement is None:
+        return None
+    owner = next((a for a in facts.module.ancestors(statement)
+                  if isinstance(a, ast.FunctionDef | ast.AsyncFunctionDef)), None)
+    scope = facts.scope_of(function) if function else None
+    if owner is scope:
+        return statement
+    if owner is None:
+        return None
+    helper = owner.name
+    body = scope.body if scope is not None else facts.module.tree.body
+    for node in walk_local(body):
+        if isinstance(node, ast.Call) and (
+                (isinstance(node.func, ast.Name) and node.func.id == helper)
+                or (isinstance(node.func, ast.Attribute) and node.func.attr == helper)):
+            return facts.statement_of(node)
+    return None
+
+
+def _common_block(facts: PrecisionFacts, anchor: ast.stmt, backward: ast.stmt
+                  ) -> tuple[list[ast.stmt], ast.stmt, ast.stmt] | None:
+    """(block, statement of it holding ``anchor``, later statement of it holding
+    ``backward``) for the innermost block where both meet."""
+    backward_chain = [backward, *(a for a in facts.module.ancestors(backward)
+                                  if isinstance(a, ast.stmt))]
+    current: ast.stmt | None = anchor
+    while current is not None:
+        block = facts.statement_list(current)
+        if block is not None:
+            container = next((s for s in backward_chain if s in block), None)
+            if container is not None:
+                return (block, current, container) \
+                    if block.index(current) < block.index(container) else None
+        parent = facts.module.parents.get(current)
+        current = parent if isinstance(parent, ast.stmt) else None
+    return None
+
+
+def _inline_backward(statement: ast.stmt, backward: ast.Call) -> bool:
+    """``<loss expression>.backward()`` as a statement of its own."""
+    return (isinstance(statement, ast.Expr) and statement.value is backward
+            and isinstance(backward.func, ast.Attribute) and not backward.args
+            and not backward.keywords and isinstance(backward.func.value, ast.Call))
 
 
 @summarizer(FAMILY, triggers=SUMMARY_TRIGGERS, requires=SUMMARY_REQUIRES)
@@ -104,7 +178,7 @@ def summarize_precision(module: ModuleFacts) -> PrecisionSummary:
     seen: set[int] = set()
     traced: set[int] = set()
 
-    def add(forward: ast.Call, function: str, lines: tuple[int, int]) -> None:
+    def add(forward: ast.Call, function: str, lines: tuple[int, int, int] | None) -> None:
         # Unit tests compare float32 numbers on purpose; they are not training scripts.
         if in_tests or any(part.startswith("test") for part in function.split(".")):
             return
@@ -112,8 +186,10 @@ def summarize_precision(module: ModuleFacts) -> PrecisionSummary:
             span=module.span(forward),
             text=module.segment(forward),
             function=function,
-            first_line=lines[0],
-            last_line=lines[1],
+            first_line=lines[0] if lines else 0,
+            last_line=lines[1] if lines else 0,
+            inline_loss=lines[2] if lines else 0,
+            fixable=lines is not None,
             device_type=device_type_code(facts, function, forward, alias or "torch"),
             torch_name=alias or "torch",
             add_import=alias is None,
@@ -136,7 +212,8 @@ def summarize_precision(module: ModuleFacts) -> PrecisionSummary:
         seen.add(id(forward))
         if facts.under_autocast(forward) or facts.under_autocast(step.backward):
             continue
-        add(forward, step.forward_function, _wrap_range(facts, step, forward))
+        add(forward, step.forward_function, _wrap_range(
+            facts, forward, step.backward, step.loss_statements, step.function))
     # Where the loss cannot be followed, the loop model's last forward before the backward.
     for loop in loops:
         forwards = [op for op in loop.forwards if isinstance(op.node, ast.Call)
@@ -156,9 +233,12 @@ def summarize_precision(module: ModuleFacts) -> PrecisionSummary:
             seen.add(id(forward))
             if facts.under_autocast(forward) or any("autocast" in c for c in op.contexts):
                 continue
-            statement = facts.statement_of(forward)
-            assert statement is not None
-            add(forward, op.site.function, (statement.lineno, statement.end_lineno or statement.lineno))
+            loss_of = backward.node
+            assert isinstance(loss_of, ast.Call)
+            # The loss was not followed: the region runs up to the backward (whatever
+            # computes the loss in between is covered), in one block, or there is no fix.
+            add(forward, op.site.function, _wrap_range(
+                facts, forward, loss_of, (), backward.site.function, loss_unknown=True))
     return PrecisionSummary(
         unguarded=tuple(unguarded),
         delegations=tuple((d.kind, getattr(d.node, "lineno", 1)) for d in facts.delegations),
@@ -202,14 +282,18 @@ class NoMixedPrecision(ProjectRule):
             if {facts[p].device for p in linked if p in facts} <= {"none"}:
                 continue
             for forward in summary.unguarded:
+                message = (f"training forward `{_short(forward.text)}` runs in float32: no "
+                           "autocast covers it and no precision is delegated (Accelerator, "
+                           "Fabric, FSDP MixedPrecision, bf16 weights)")
+                if not forward.fixable:
+                    message += ("; no automatic fix: the loss is computed outside any block "
+                                "that could hold the forward under autocast")
                 yield self.finding(
-                    path, forward.span,
-                    f"training forward `{_short(forward.text)}` runs in float32: no autocast "
-                    "covers it and no precision is delegated (Accelerator, Fabric, FSDP "
-                    "MixedPrecision, bf16 weights)",
+                    path, forward.span, message, fixable=forward.fixable,
                     payload=AutocastWrap(forward.first_line, forward.last_line,
                                          forward.device_type, forward.torch_name,
-                                         forward.add_import, forward.function),
+                                         forward.add_import, forward.function,
+                                         forward.inline_loss) if forward.fixable else None,
                 )
 
 
@@ -233,10 +317,21 @@ class DeprecatedAmpApi(ModuleRule):
     triggers = ("cuda.amp", "cpu.amp", "torch.cuda import", "torch.cpu import", "import cuda",
                 "import cpu")
 
+    # The oldest torch the project supports: "" reads it from the project's declared
+    # requirement (``trainaudit.requirements``, filled in by ``load_config``).
+    options = {"min-torch-version": ""}
+
     def check(self, module: ModuleFacts, ctx: RuleContext) -> Iterator[Finding]:
+        floor = parse_version(str(ctx.options.get("min-torch-version", "")))
         for use, payload in amp_renames(module):
-            yield self.report(
-                module, use.node,
-                f"`{use.qualname}` is deprecated since torch 2.4 (FutureWarning); "
-                f"use `{use.replacement}`",
-                payload=payload, fixable=use.fixable)
+            message = (f"`{use.qualname}` is deprecated since torch 2.4 (FutureWarning); "
+                       f"use `{use.replacement}`")
+            fixable = use.fixable
+            if floor is not None and floor < use.replacement_needs:
+                # The rename would raise AttributeError on the older torch still supported.
+                fixable = False
+                message += (f" (no automatic fix: the rewrite needs torch>="
+                            f"{format_version(use.replacement_needs)} and the project admits "
+                            f"torch {format_version(floor)})")
+            yield self.report(module, use.node, message, payload=payload if fixable else None,
+                              fixable=fixable)

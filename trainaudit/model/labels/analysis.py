@@ -9,14 +9,11 @@ from functools import cached_property
 
 from trainaudit.model.flow.run import FlowRun
 from trainaudit.model.flow.values import (
-    Const,
     MaskMark,
     Producer,
     ShiftStep,
     Site,
     Tokens,
-    Trim,
-    Value,
 )
 from trainaudit.model.labels.observe import LossReading, PairReading
 from trainaudit.model.project import Project
@@ -96,38 +93,6 @@ class LabelAnalysis:
         return [r for readings in self.definite.values() for r in readings
                 if any(step.site == site for step in r.labels.steps)]
 
-    def cuts_to_restore(self, site: Site, producer: Producer,
-                        readings: list[LossReading]) -> tuple[Trim, ...] | None:
-        """For labels ``ids[..., 1:]`` made beside inputs ``ids[..., :-1]`` (a collator
-        that shifts both) and shifted again at every loss: the input-side cuts a fix
-        restores with the label slice, so both become ``ids``. None: no such fix is
-        proven (another tensor of the producer is cut some other way, a loss reads the
-        labels without the inputs, the two slices are not the complementary pair)."""
-        base = producer.input_text
-        prefix = _spelling(producer.site.text, base or "", "1:")
-        if producer.kind != "slice" or base is None or producer.fix_form not in FORMS \
-                or prefix is None:
-            return None
-        if any(r.logits is None for r in self.labelled
-               if any(step.site == site for step in r.labels.steps)):
-            return None  # a loss the labels reach without inputs the flow can tie
-        inputs = {r.logits.inputs.trimmed if r.logits is not None else None for r in readings}
-        trim = inputs.pop() if len(inputs) == 1 else None
-        if trim is None or trim.base != base or trim.site.path != site.path \
-                or _spelling(trim.site.text, base, ":-1") != prefix:
-            return None
-        cuts: set[Trim] = set()
-        for items in self.observer.together.get(site, []):
-            for value in items:
-                cut = _cut_of(value, site)
-                if cut is None:
-                    return None
-                if isinstance(cut, Trim):
-                    cuts.add(cut)
-        if trim not in cuts:
-            return None  # the inputs were not cut by the labels' producer
-        return tuple(sorted(cuts, key=lambda t: (t.site.span.line, t.site.span.column)))
-
     def missing_shifts(self) -> dict[Site, LossReading]:
         """Loss sites where every context the flow can follow scores position t against
         token t (a context it cannot follow proves nothing either way)."""
@@ -182,40 +147,6 @@ def _extra_steps(reading: LossReading) -> list[ShiftStep]:
     if reading.internal:
         steps.append(ShiftStep(1, reading.site, None, internal=True))
     return steps
-
-
-FORMS = ("assign", "part")  # where a fix may put a slice's base in place of the slice
-
-
-def _spelling(text: str, base: str, tail: str) -> str | None:
-    """The index prefix of ``base[<prefix><tail>]`` (``""``, ``":,"``, ``"...,"``),
-    spaces ignored; None for any other spelling."""
-    compact, name = "".join(text.split()), "".join(base.split())
-    for prefix in ("", ":,", "...,"):
-        if compact == f"{name}[{prefix}{tail}]":
-            return prefix
-    return None
-
-
-def _cut_of(value: Value, site: Site) -> Trim | bool | None:
-    """How a value returned beside the labels shifted at ``site`` stands to a fix that
-    removes the shift: a cut it restores, True (its length does not change), None
-    (shortened another way, or unknown: no fix)."""
-    if isinstance(value, Tokens):
-        if any(step.site == site for step in value.steps):
-            return True  # the labels themselves
-        if value.steps:
-            return None
-        trim = value.trimmed
-        if trim is None:
-            return True
-        if trim.base is None or trim.fix_form not in FORMS or trim.site.path != site.path \
-                or _spelling(trim.site.text, trim.base, ":-1") is None:
-            return None
-        return trim
-    # A number or string keeps; anything else unknown (``torch.arange(T - 1)``) may
-    # depend on the old length.
-    return True if isinstance(value, Const) else None
 
 
 def _last_roll(tokens: Tokens) -> Producer | None:

@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 
 from trainaudit.model.flow.tensors import as_tokens
 from trainaudit.model.flow.values import (
-    UNKNOWN,
     Logits,
     LossValue,
     MaskValue,
@@ -64,9 +63,6 @@ class LabelObserver:
     masked_losses: set[Site] = field(default_factory=set)
     # What each ``for`` loop iterates, by (path, line) of the loop, in every context.
     iterations: dict[tuple[str, int], list[Value]] = field(default_factory=dict)
-    # The values returned together with labels shifted at a site, by that site: what
-    # else the producer cut (a fix that removes the shift must restore those too).
-    together: dict[Site, list[tuple[Value, ...]]] = field(default_factory=dict)
     # The calls in progress (set by the run that owns the interpreter).
     calls_in_progress: Callable[[], tuple[Site, ...]] = lambda: ()
 
@@ -93,7 +89,6 @@ class LabelObserver:
         for option in options_of(value):
             if not isinstance(option, Record):
                 continue
-            self._together(option)
             tensors = [t for v in option.values() if (t := as_tokens(v)) is not None]
             for rolled in tensors:
                 if rolled.wrap is None or not rolled.steps:
@@ -104,19 +99,6 @@ class LabelObserver:
                         reading = PairReading(source, rolled, site)
                         if reading not in self.pairs:
                             self.pairs.append(reading)
-
-    def _together(self, record: Record) -> None:
-        items = tuple(record.values())
-        for value in items:
-            if not isinstance(value, Tokens):
-                continue
-            for step in value.steps:
-                if step.producer is None:
-                    continue
-                seen = self.together.setdefault(step.site, [])
-                if items not in seen:
-                    # Past the limit, one unknown stands for the rest (no fix).
-                    seen.append(items if len(seen) < 8 else (UNKNOWN,))
 
     def iterated(self, site: Site, value: Value) -> None:
         seen = self.iterations.setdefault((site.path, site.span.line), [])

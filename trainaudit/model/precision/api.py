@@ -120,6 +120,12 @@ def low_dtype_of(module: ModuleFacts, node: ast.AST | None) -> str | None:
 # -- deprecated API uses -----------------------------------------------------------------
 
 
+# The torch release that introduced each new spelling a fix writes (``torch.autocast``,
+# ``torch.amp.GradScaler``, ``torch.amp.custom_fwd(device_type=...)``).
+AMP_SINCE: dict[str, tuple[int, int]] = {"autocast": (1, 10), "GradScaler": (2, 3),
+                                         "custom_fwd": (2, 4), "custom_bwd": (2, 4)}
+
+
 @dataclass(frozen=True)
 class DeprecatedAmpUse:
     """One reference to a deprecated AMP callable.
@@ -146,6 +152,15 @@ class DeprecatedAmpUse:
             assert isinstance(call, ast.Call)
             return not any(isinstance(a, ast.Starred) for a in call.args)
         return True
+
+    @property
+    def replacement_needs(self) -> tuple[int, int]:
+        """The torch release that introduced the replacement: ``torch.autocast`` 1.10 (an
+        import moved to ``torch.amp``: 2.0, where ``torch.amp.autocast`` is certain),
+        ``torch.amp.GradScaler`` 2.3, ``torch.amp.custom_fwd(device_type=...)`` 2.4."""
+        if self.api.kind == "autocast" and self.spelling != "qualified":
+            return (2, 0)
+        return AMP_SINCE[self.api.kind]
 
     @property
     def replacement(self) -> str:
