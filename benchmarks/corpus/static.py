@@ -1,0 +1,158 @@
+"""Run ``trainaudit check`` on generated projects and score the findings against the truth.
+
+Each project is checked alone (its modules are named ``data``, ``model``…, like
+every other project's), in this process through the same calls the CLI makes
+(``load_config`` → ``discover`` → ``check_files``) on the project's absolute path,
+selecting only the label codes.
+``check_project_cli`` runs the real command instead, to cross-check the two.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from benchmarks.corpus.composition import AXES, LABEL_CODES
+
+FOUND_FALSE = ("TA101", "TA102", "TA105")  # never on a clean twin
+
+
+def check_project(folder: Path) -> list[dict[str, Any]]:
+    """The label findings in one project: ``{"code", "path", "line"}``, paths relative to it."""
+    from trainaudit.config import load_config
+    from trainaudit.discover import discover
+    from trainaudit.engine import check_files
+    from trainaudit.registry import all_options
+
+    folder = folder.resolve()
+    config = load_config(None, start=folder, rule_options=all_options(), no_config=False)
+    config = config.with_overrides(select=LABEL_CODES)
+    files, problems = discover([folder], config)
+    if problems:
+        raise RuntimeError(f"{folder}: {problems}")
+    result = check_files(files, config, jobs=1)
+    if result.errors:
+        raise RuntimeError(f"{folder}: {result.errors}")
+    return [{"code": f.code, "path": Path(f.path).resolve().relative_to(folder).as_posix(),
+             "line": f.line} for f in result.findings]
+
+
+def check_project_cli(folder: Path) -> list[dict[str, Any]]:
+    """The same as ``check_project``, by running ``trainaudit check --format json``."""
+    run = subprocess.run(
+        [sys.executable, "-m", "trainaudit", "check", ".", "--format", "json", "--no-cache",
+         "--select", ",".join(LABEL_CODES)],
+        cwd=folder, capture_output=True, text=True, check=False)
+    if run.returncode not in (0, 1):
+        raise RuntimeError(f"{folder}: exit {run.returncode}: {run.stderr}")
+    findings = json.loads(run.stdout)["findings"]
+    return [{"code": f["code"], "path": f["path"], "line": f["line"]} for f in findings]
+
+
+@dataclass
+class Outcome:
+    """One checked twin: its truth and the codes found."""
+
+    truth: dict[str, Any]
+    found: list[str]
+
+    @property
+    def expected(self) -> set[str]:
+        return set(self.truth["codes"])
+
+    @property
+    def exact(self) -> bool:
+        return set(self.found) == self.expected
+
+    @property
+    def missed_double_shift(self) -> bool:
+        return self.truth["twin"] == "bug" and "TA102" not in self.found
+
+    @property
+    def false_on_clean(self) -> set[str]:
+        """Codes among TA101/TA102/TA105 found on a clean twin that its truth does not expect."""
+        if self.truth["twin"] != "clean":
+            return set()
+        return {c for c in self.found if c in FOUND_FALSE and c not in self.expected}
+
+
+@dataclass
+class Score:
+    """The figures over many outcomes."""
+
+    outcomes: list[Outcome] = field(default_factory=list)
+
+    def add(self, truth: dict[str, Any], findings: Iterable[Mapping[str, Any]]) -> Outcome:
+        outcome = Outcome(truth, sorted({f["code"] for f in findings}))
+        self.outcomes.append(outcome)
+        return outcome
+
+    def bugs(self) -> list[Outcome]:
+        return [o for o in self.outcomes if o.truth["twin"] == "bug"]
+
+    def cleans(self) -> list[Outcome]:
+        return [o for o in self.outcomes if o.truth["twin"] == "clean"]
+
+    def recall(self) -> tuple[int, int]:
+        bugs = self.bugs()
+        return sum(not o.missed_double_shift for o in bugs), len(bugs)
+
+    def per_code(self) -> dict[str, tuple[int, int, int]]:
+        """Code → (true positives, false positives, false negatives) over all twins."""
+        table: dict[str, list[int]] = {code: [0, 0, 0] for code in LABEL_CODES}
+        for o in self.outcomes:
+            for code in LABEL_CODES:
+                found, expected = code in o.found, code in o.expected
+                if found and expected:
+                    table[code][0] += 1
+                elif found:
+                    table[code][1] += 1
+                elif expected:
+                    table[code][2] += 1
+        return {code: (v[0], v[1], v[2]) for code, v in table.items()}
+
+    def part_misses(self) -> list[tuple[str, str, int, int]]:
+        """(axis, part, bug twins with this part whose TA102 was missed, bug twins with it)."""
+        seen: Counter[tuple[str, str]] = Counter()
+        missed: Counter[tuple[str, str]] = Counter()
+        for o in self.bugs():
+            for axis, part in o.truth["parts"].items():
+                seen[axis, part] += 1
+                missed[axis, part] += o.missed_double_shift
+        return [(axis, part, missed[axis, part], seen[axis, part])
+                for axis, parts in AXES.items() for part in parts if seen[axis, part]]
+
+    def report(self) -> str:
+        """The figures as text: recall, clean false positives, per-code and per-part tables."""
+        found, total = self.recall()
+        cleans = self.cleans()
+        false = [o for o in cleans if o.false_on_clean]
+        exact = sum(o.exact for o in self.outcomes)
+        lines = [
+            f"twins checked: {len(self.outcomes)} ({total} bug, {len(cleans)} clean)",
+            f"TA102 recall on bug twins: {found}/{total} = {_pct(found, total)}",
+            f"clean twins with a false TA101/TA102/TA105: {len(false)}/{len(cleans)}",
+            f"twins whose label codes are exactly the truth: {exact}/{len(self.outcomes)}",
+            "",
+            "per code over all twins (TP / FP / FN):",
+        ]
+        for code, (tp, fp, fn) in self.per_code().items():
+            lines.append(f"  {code}: {tp} / {fp} / {fn}")
+        lines += ["", "per part: bug twins whose TA102 was missed / bug twins with the part",
+                  f"  {'axis':<11} {'part':<17} {'missed':>7} {'of':>5} {'miss %':>7}"]
+        for axis, part, missed, seen in self.part_misses():
+            lines.append(f"  {axis:<11} {part:<17} {missed:>7} {seen:>5} {_pct(missed, seen):>7}")
+        if false:
+            lines += ["", "clean twins with a false finding:"]
+            lines += [f"  {o.truth['key']}: {sorted(o.false_on_clean)}" for o in false[:40]]
+        return "\n".join(lines) + "\n"
+
+
+def _pct(part: int, whole: int) -> str:
+    return f"{100.0 * part / whole:.1f}%" if whole else "-"
