@@ -6,8 +6,10 @@ a small training project with its ground truth in ``truth.json``.
 
 from __future__ import annotations
 
+import ast
 import json
 import random
+import shutil
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -76,9 +78,15 @@ def vary_one(base: Composition, axis: str, part: str) -> Composition | None:
 
 
 def write_project(root: Path, comp: Composition, twin: str) -> dict[str, Any]:
-    """Write one twin under ``root`` (created); return its ground truth."""
-    root.mkdir(parents=True, exist_ok=True)
+    """Write one twin under ``root`` (created, or replaced when it holds an earlier
+    project); return its ground truth."""
+    if root.exists():
+        if not (root / TRUTH_FILE).exists() and any(root.iterdir()):
+            raise FileExistsError(f"{root} exists and is not a generated project")
+        shutil.rmtree(root)
+    root.mkdir(parents=True)
     for name, text in assemble(comp, twin).items():
+        ast.parse(text, filename=f"{comp.key()}/{twin}/{name}")  # a generator bug, not a finding
         (root / name).write_text(text, encoding="utf-8")
     expected = truth(comp, twin)
     (root / TRUTH_FILE).write_text(json.dumps(expected, indent=1, sort_keys=True) + "\n",

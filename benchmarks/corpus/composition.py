@@ -29,7 +29,8 @@ from benchmarks.corpus.producers import (
 )
 from benchmarks.corpus.transports import LOADERS, WRAPPERS
 
-LOOPS = ("plain", "epoch", "helper", "trainer", "lightning")
+LOOPS = ("plain", "epoch", "helper", "trainer", "lightning", "lightning_dm")
+LIGHTNING_LOOPS = frozenset({"lightning", "lightning_dm"})
 VALIDATIONS = ("none", "other_file")
 CLEAN_MODES = ("loss", "producer")
 TWINS = ("clean", "bug")
@@ -44,7 +45,7 @@ AXES: dict[str, tuple[str, ...]] = {
 }
 # Parts that cannot run on this machine (no transformers, accelerate or lightning): static only.
 STATIC_ONLY = {("body", b) for b in HF_BODIES} | {("consumer", c) for c in HF_CONSUMERS} | {
-    ("wrapper", "accelerate"), ("loop", "lightning")}
+    ("wrapper", "accelerate"), ("loop", "lightning"), ("loop", "lightning_dm")}
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,7 @@ class Composition:
 # The plainest composition: every part of it is one the flow model has long read. The
 # "parts alone" table varies one axis of it at a time.
 BASELINE = Composition(
-    source="randint", tensor="native", formula="clone_slice", container="map_dict",
+    source="packed_stream", tensor="tensor", formula="clone_slice", container="map_dict",
     loader="inline", wrapper="plain", move="none", body="tensor", placement="none",
     consumer="inline_ce", loop="plain", validation="none", clean_mode="loss")
 
@@ -114,7 +115,9 @@ def problems(c: Composition) -> list[str]:
         out.append("a tuple generator moves tuple batches")
     if hf_body != hf_loss:
         out.append("HF causal LMs are scored with labels= and only they are")
-    if c.consumer == "hf_renamed" and (c.batch != "dict" or c.move == "per_tensor"):
+    if (c.body == "loss_inside") != (c.consumer == "model_loss"):
+        out.append("a model that scores its targets is called with them, and only it")
+    if c.consumer == "hf_renamed" and (c.batch != "dict" or c.move.startswith("per_tensor")):
         out.append("renaming shift_labels needs a dict batch moved whole")
     if c.consumer == "aux_branch" and c.body != "flag":
         out.append("the auxiliary branch needs a model with a return_aux flag")
@@ -122,8 +125,10 @@ def problems(c: Composition) -> list[str]:
         out.append("a roll or a mask formula shifts at the producer")
     if hf_loss and c.clean_mode != "loss":
         out.append("a causal LM always shifts")
-    if c.loop == "lightning" and (c.wrapper != "plain" or c.move != "none" or direct
-                                  or c.validation != "none" or c.placement != "none"):
+    if c.loop == "lightning_dm" and c.loader != "inline":
+        out.append("a Lightning data module makes its own DataLoader")
+    if c.loop in LIGHTNING_LOOPS and (c.wrapper != "plain" or c.move != "none" or direct
+                                      or c.validation != "none" or c.placement != "none"):
         out.append("Lightning walks its loaders, moves batches and places the model itself")
     return out
 

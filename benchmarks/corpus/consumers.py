@@ -3,6 +3,8 @@
 A consumer either shifts (compares ``logits[..., :-1, :]`` with ``labels[..., 1:]``)
 or scores position t against label t. HF consumers hand ``labels=`` to a causal LM,
 which always shifts inside; ``hf_renamed`` first renames pre-made ``shift_labels``.
+``model_loss`` hands the targets to a project model whose forward computes the loss
+(nanoGPT's ``model(x, y)``), shifting there or not as the twin says.
 """
 
 from __future__ import annotations
@@ -12,9 +14,9 @@ from dataclasses import dataclass
 from benchmarks.corpus.models import logits_lines
 
 CONSUMERS = ("inline_ce", "shift_vars", "criterion", "loss_helper", "aux_branch",
-             "hf_labels", "hf_renamed")
+             "model_loss", "hf_labels", "hf_renamed")
 HF_CONSUMERS = frozenset({"hf_labels", "hf_renamed"})
-MOVES = ("none", "per_tensor", "dict_comp", "tuple_gen")
+MOVES = ("none", "per_tensor", "per_tensor_kw", "dict_comp", "tuple_gen")
 
 LOSS_HELPER = """\
 import torch.nn.functional as F
@@ -75,6 +77,8 @@ def loss_lines(consumer: str, body: str, shifts: bool, names: StepNames
     if consumer == "hf_renamed":
         return ['batch["labels"] = batch.pop("shift_labels")', f"outputs = {model}(**batch)",
                 "loss = outputs.loss"], set()
+    if consumer == "model_loss":  # the model's forward scores the targets it is given
+        return [f"logits, loss = {model}(ids, labels)"], set()
     if consumer == "aux_branch":
         forward = ["if USE_AUX:", f"    logits, aux_loss = {model}(ids, return_aux=True)",
                    "else:", f"    logits = {model}(ids)", "    aux_loss = 0.0"]
@@ -113,5 +117,8 @@ def step_lines(consumer: str, body: str, shifts: bool, batch: str, move: str,
             lines.append("ids, labels = batch")
     if move == "per_tensor":
         lines += [f"ids = ids.to({device})", f"labels = labels.to({device})"]
+    elif move == "per_tensor_kw":
+        lines.append(f"ids, labels = ids.to({device}, non_blocking=True), "
+                     f"labels.to({device}, non_blocking=True)")
     loss, imports = loss_lines(consumer, body, shifts, names)
     return lines + loss, imports

@@ -3,7 +3,7 @@
 Loop shapes: a plain loop in ``main``, an epoch loop around a step loop, a
 ``train_step(model, batch, ...)`` helper in ``steps.py``, a ``Trainer`` class in
 ``trainer.py`` holding the model, the loaders and the criterion on ``self``, and a
-Lightning ``training_step`` (static only). Validation, when chosen, is
+Lightning ``training_step`` fed a loader or a ``LightningDataModule`` (static only). Validation, when chosen, is
 ``evaluate(model, val_loader, ...)`` in ``evaluation.py`` with the same loss.
 """
 
@@ -48,8 +48,8 @@ def assemble(c: Composition, twin: str) -> dict[str, str]:
     producer_shift, loss_shift = shifts(c, twin)
     label_key = "shift_labels" if c.consumer == "hf_renamed" else "labels"
     produced = render_producer(c.producer, bool(producer_shift), label_key)
-    files = {"data.py": produced.text, "model.py": model_file(c.body)}
     loss_shifts = bool(loss_shift)
+    files = {"data.py": produced.text, "model.py": model_file(c.body, loss_shifts)}
     if c.consumer == "loss_helper":
         files["losses.py"] = loss_helper_file(loss_shifts)
     if c.wrapper == "progress":
@@ -61,7 +61,9 @@ def assemble(c: Composition, twin: str) -> dict[str, str]:
     files.update(setup.files)
     model_import, model_expr = construct(c.body)
     train.imports.add(model_import)
-    main = ["torch.manual_seed(0)", 'device = torch.device("cpu")', *setup.lines,
+    # A Lightning data module makes its own loader (lit.py).
+    loaders = [] if c.loop == "lightning_dm" else setup.lines
+    main = ["torch.manual_seed(0)", 'device = torch.device("cpu")', *loaders,
             f"model = {model_expr}"]
     placed, placed_imports = placement_lines(c.placement)
     train.imports |= placed_imports
@@ -116,11 +118,15 @@ def assemble(c: Composition, twin: str) -> dict[str, str]:
             main.append("val_loss = trainer.validate()")
     else:
         files["lit.py"] = _lightning(c, loss_shifts, produced, criterion)
-        train.imports.add("from lit import LitLM")
         train.imports.add("import lightning.pytorch as pl")
         main += ["lit = LitLM(model)",
-                 'trainer = pl.Trainer(max_steps=MAX_STEPS, accelerator="cpu", logger=False)',
-                 "trainer.fit(lit, train_dataloaders=train_loader)"]
+                 'trainer = pl.Trainer(max_steps=MAX_STEPS, accelerator="cpu", logger=False)']
+        if c.loop == "lightning_dm":
+            train.imports.add("from lit import LitLM, LMData")
+            main += ["trainer.fit(lit, datamodule=LMData())"]
+        else:
+            train.imports.add("from lit import LitLM")
+            main += ["trainer.fit(lit, train_dataloaders=train_loader)"]
     train.parts.append("def main():\n" + block(main, 4))
     train.parts.append('if __name__ == "__main__":\n    main()\n')
     files["train.py"] = train.text()
@@ -196,4 +202,23 @@ def _lightning(c: Composition, loss_shifts: bool, produced: Produced, criterion:
     ]
     file.parts.append("class LitLM(pl.LightningModule):\n"
                       + block(["\n".join(methods).rstrip("\n")], 4))
+    if c.loop == "lightning_dm":
+        collate = f", collate_fn={produced.collate}" if produced.collate else ""
+        file.imports |= {"from torch.utils.data import DataLoader",
+                         "from data import " + ", ".join(produced.imports)}
+        file.parts.append(_DATA_MODULE.format(dataset=produced.dataset_class, collate=collate))
     return file.text()
+
+
+_DATA_MODULE = """\
+class LMData(pl.LightningDataModule):
+    def __init__(self, batch_size=BATCH):
+        super().__init__()
+        self.batch_size = batch_size
+
+    def setup(self, stage=None):
+        self.train_set = {dataset}("train")
+
+    def train_dataloader(self):
+        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True{collate})
+"""

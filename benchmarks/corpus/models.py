@@ -2,19 +2,22 @@
 
 Project bodies are tiny position-wise modules (embedding → tanh → head), so a CPU
 runs a step in milliseconds; they return a tensor, a tuple, a dict, or a tensor
-or a tuple by flag (``return_aux=True``). HF bodies are causal LMs made with
+or a tuple by flag (``return_aux=True``), or compute the loss of the targets they
+are given (``loss_inside``, nanoGPT's ``model(x, y)``). HF bodies are causal LMs made with
 ``from_pretrained``, ``from_config`` or ``getattr(transformers, cfg["model_class"])``:
 static only (``transformers`` is not a dependency).
 """
 
 from __future__ import annotations
 
-BODIES = ("tensor", "tuple", "dict", "flag", "hf_pretrained", "hf_config", "hf_getattr")
-HF_BODIES = frozenset({"hf_pretrained", "hf_config", "hf_getattr"})
+BODIES = ("tensor", "tuple", "dict", "flag", "loss_inside", "hf_pretrained", "hf_config",
+          "hf_getattr", "hf_table")
+HF_BODIES = frozenset({"hf_pretrained", "hf_config", "hf_getattr", "hf_table"})
 PLACEMENTS = ("none", "to_device", "compile_guarded", "ddp_guarded")
 
 _MODULE = """\
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -34,6 +37,20 @@ _RETURNS = {
     "tensor": ("", "        return logits\n"),
     "tuple": ("", "        return logits, hidden\n"),
     "dict": ("", '        return {"logits": logits, "hidden": hidden}\n'),
+    "loss_inside_shifted": (
+        ", targets=None",
+        "        if targets is None:\n"
+        "            return logits, None\n"
+        "        loss = F.cross_entropy(logits[:, :-1, :].reshape(-1, logits.size(-1)),\n"
+        "                               targets[:, 1:].reshape(-1), ignore_index=-100)\n"
+        "        return logits, loss\n"),
+    "loss_inside": (
+        ", targets=None",
+        "        if targets is None:\n"
+        "            return logits, None\n"
+        "        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1),\n"
+        "                               ignore_index=-100)\n"
+        "        return logits, loss\n"),
     "flag": (", return_aux=False",
              "        if return_aux:\n"
              "            return logits, hidden.pow(2).mean()\n"
@@ -66,14 +83,25 @@ def build_model(cfg=CONFIG):
     model_class = getattr(transformers, cfg["model_class"])
     return model_class.from_pretrained(cfg["checkpoint"])
 """,
+    "hf_table": """\
+from transformers import GPT2LMHeadModel, LlamaForCausalLM
+
+MODEL_CLASSES = {"gpt2": GPT2LMHeadModel, "llama": LlamaForCausalLM}
+CONFIG = {"arch": "gpt2", "checkpoint": "gpt2"}
+
+
+def build_model(cfg=CONFIG):
+    return MODEL_CLASSES[cfg["arch"]].from_pretrained(cfg["checkpoint"])
+""",
 }
 
 
-def model_file(body: str) -> str:
-    """The text of ``model.py``."""
+def model_file(body: str, loss_shifts: bool) -> str:
+    """The text of ``model.py``; ``loss_shifts`` says whether a loss inside the model shifts."""
     if body in HF_BODIES:
         return _HF[body]
-    params, returns = _RETURNS[body]
+    params, returns = _RETURNS[f"{body}_shifted" if body == "loss_inside" and loss_shifts
+                               else body]
     return _MODULE.format(params=params, returns=returns)
 
 

@@ -35,7 +35,10 @@ def probe_project(folder: Path, timeout: float = TIMEOUT_S) -> dict[str, Any]:
     result: dict[str, Any] = {"truth": truth, "folder": str(folder), "rc": run.returncode,
                               "label_offset": None}
     if report.exists():
-        result["label_offset"] = json.loads(report.read_text(encoding="utf-8"))["label_offset"]
+        measured = json.loads(report.read_text(encoding="utf-8"))
+        result["label_offset"] = measured["label_offset"]
+        if str(measured.get("script_exit", "")).startswith("error"):
+            result["error"] = measured["script_exit"]
     if run.returncode not in (0, 1) or not report.exists():
         result["error"] = run.stderr[-2000:]
     return result

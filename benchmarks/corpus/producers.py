@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 from benchmarks.corpus.text import block
 
-SOURCES = ("randint", "random_ints", "char_class", "append_loop", "encode_helper", "packed_stream")
+SOURCES = ("randint", "random_ints", "char_class", "tokenizer_attr", "append_loop", "encode_helper",
+           "packed_stream")
 TENSORS = ("native", "tensor", "as_tensor", "from_numpy")
 # "native": the source already made tensors (torch.randint), nothing converts them.
 # Formulas in SHIFT_ONLY have no unshifted spelling (their clean twin shifts at the producer).
@@ -108,6 +109,30 @@ def make_sequences(split):
     tokenizer = CharTokenizer(ALPHABET + text)
     step = BLOCK + 1
     return [tokenizer.encode(text[i:i + step]) for i in range(0, len(text) - step, step)]
+""",
+    # The data set holds the tokenizer and encodes in __init__ (the layout SPEC §1 reviews).
+    "tokenizer_attr": """\
+class CharTokenizer:
+    def __init__(self, alphabet):
+        self.stoi = {c: i for i, c in enumerate(alphabet)}
+        self.vocab_size = len(self.stoi)
+
+    def encode(self, text):
+        ids = []
+        for ch in text:
+            ids.append(self.stoi.get(ch, 0))
+        return ids
+
+
+def make_chunks(split):
+    text = make_text(split)
+    step = BLOCK + 1
+    return [text[i:i + step] for i in range(0, len(text) - step, step)]
+
+
+def make_sequences(split):
+    tokenizer = CharTokenizer(ALPHABET)
+    return [tokenizer.encode(chunk) for chunk in make_chunks(split)]
 """,
     "append_loop": """\
 def encode(text):
@@ -216,6 +241,10 @@ def render_producer(choice: ProducerChoice, shifted: bool, label_key: str = "lab
                 "        count = len(stream) // (BLOCK + 1)\n"
                 "        self.blocks = stream[: count * (BLOCK + 1)].view(count, BLOCK + 1)\n")
         size, item = "self.blocks.size(0)", "self.blocks[idx]"
+    elif choice.source == "tokenizer_attr":
+        init = ("        self.tokenizer = CharTokenizer(ALPHABET)\n"
+                "        self.sequences = [self.tokenizer.encode(chunk) for chunk in make_chunks(split)]\n")
+        size, item = "len(self.sequences)", make.format("self.sequences[idx]")
     else:
         init = "        self.sequences = make_sequences(split)\n"
         size, item = "len(self.sequences)", make.format("self.sequences[idx]")

@@ -24,7 +24,8 @@ FOUND_FALSE = ("TA101", "TA102", "TA105")  # never on a clean twin
 
 
 def check_project(folder: Path) -> list[dict[str, Any]]:
-    """The label findings in one project: ``{"code", "path", "line"}``, paths relative to it."""
+    """The label findings in one project: ``{"code", "path", "line", "related"}`` (the
+    files its related places are in), paths relative to the project."""
     from trainaudit.config import load_config
     from trainaudit.discover import discover
     from trainaudit.engine import check_files
@@ -39,8 +40,12 @@ def check_project(folder: Path) -> list[dict[str, Any]]:
     result = check_files(files, config, jobs=1)
     if result.errors:
         raise RuntimeError(f"{folder}: {result.errors}")
-    return [{"code": f.code, "path": Path(f.path).resolve().relative_to(folder).as_posix(),
-             "line": f.line} for f in result.findings]
+
+    def local(path: str) -> str:
+        return Path(path).resolve().relative_to(folder).as_posix()
+
+    return [{"code": f.code, "path": local(f.path), "line": f.line,
+             "related": sorted({local(r.path) for r in f.related})} for f in result.findings]
 
 
 def check_project_cli(folder: Path) -> list[dict[str, Any]]:
@@ -52,7 +57,8 @@ def check_project_cli(folder: Path) -> list[dict[str, Any]]:
     if run.returncode not in (0, 1):
         raise RuntimeError(f"{folder}: exit {run.returncode}: {run.stderr}")
     findings = json.loads(run.stdout)["findings"]
-    return [{"code": f["code"], "path": f["path"], "line": f["line"]} for f in findings]
+    return [{"code": f["code"], "path": f["path"], "line": f["line"],
+             "related": sorted({r["path"] for r in f["related"]})} for f in findings]
 
 
 @dataclass
@@ -61,6 +67,8 @@ class Outcome:
 
     truth: dict[str, Any]
     found: list[str]
+    # Files a TA102 finding is in or names in ``related``.
+    double_shift_files: set[str] = field(default_factory=set)
 
     @property
     def expected(self) -> set[str]:
@@ -89,7 +97,10 @@ class Score:
     outcomes: list[Outcome] = field(default_factory=list)
 
     def add(self, truth: dict[str, Any], findings: Iterable[Mapping[str, Any]]) -> Outcome:
-        outcome = Outcome(truth, sorted({f["code"] for f in findings}))
+        findings = list(findings)
+        files = {path for f in findings if f["code"] == "TA102"
+                 for path in [f["path"], *f.get("related", [])]}
+        outcome = Outcome(truth, sorted({f["code"] for f in findings}), files)
         self.outcomes.append(outcome)
         return outcome
 
@@ -102,6 +113,14 @@ class Score:
     def recall(self) -> tuple[int, int]:
         bugs = self.bugs()
         return sum(not o.missed_double_shift for o in bugs), len(bugs)
+
+    def placement(self) -> tuple[int, int, int, int]:
+        """(found TA102 reported in data.py, found TA102; of the found with a validation
+        file, those naming evaluation.py, and how many such)."""
+        found = [o for o in self.bugs() if not o.missed_double_shift]
+        validated = [o for o in found if o.truth["parts"]["validation"] == "other_file"]
+        return (sum("data.py" in o.double_shift_files for o in found), len(found),
+                sum("evaluation.py" in o.double_shift_files for o in validated), len(validated))
 
     def per_code(self) -> dict[str, tuple[int, int, int]]:
         """Code → (true positives, false positives, false negatives) over all twins."""
@@ -134,11 +153,14 @@ class Score:
         cleans = self.cleans()
         false = [o for o in cleans if o.false_on_clean]
         exact = sum(o.exact for o in self.outcomes)
+        at_data, found_n, named_val, validated = self.placement()
         lines = [
             f"twins checked: {len(self.outcomes)} ({total} bug, {len(cleans)} clean)",
             f"TA102 recall on bug twins: {found}/{total} = {_pct(found, total)}",
             f"clean twins with a false TA101/TA102/TA105: {len(false)}/{len(cleans)}",
             f"twins whose label codes are exactly the truth: {exact}/{len(self.outcomes)}",
+            f"found TA102 naming the producer's file (data.py): {at_data}/{found_n}; naming "
+            f"the validation loss (evaluation.py) where there is one: {named_val}/{validated}",
             "",
             "per code over all twins (TP / FP / FN):",
         ]

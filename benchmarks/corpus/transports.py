@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from benchmarks.corpus.producers import Produced
 
-LOADERS = ("inline", "factory_tuple", "factory_dict", "factory_index", "factory_four", "direct")
+LOADERS = ("inline", "inline_kwargs", "factory_tuple", "factory_dict", "factory_index", "factory_four", "direct")
 WRAPPERS = ("plain", "enumerate", "islice", "zip_range", "progress", "accelerate")
 
 PROGRESS_FILE = '''\
@@ -79,6 +79,15 @@ def loader_setup(loader: str, produced: Produced) -> LoaderSetup:
             f"num_workers=0{collate})",
             f"val_loader = DataLoader(val_set, batch_size=BATCH{collate})",
         ], {"from torch.utils.data import DataLoader", data_import}, {})
+    if loader == "inline_kwargs":
+        return LoaderSetup([
+            f'train_set = {dataset}(split="train")',
+            f'val_set = {dataset}(split="val")',
+            f"train_loader = DataLoader(dataset=train_set, batch_size=BATCH{_shuffle(produced)}, "
+            "num_workers=0, pin_memory=False, persistent_workers=False, "
+            f"generator=torch.Generator().manual_seed(0){collate})",
+            f"val_loader = DataLoader(dataset=val_set, batch_size=BATCH, shuffle=False{collate})",
+        ], {"from torch.utils.data import DataLoader", data_import}, {})
     names = {"factory_tuple": ["train", "val"], "factory_dict": ["train", "val"],
              "factory_index": ["train", "val", "test"],
              "factory_four": ["train", "val", "test", "calib"]}[loader]
@@ -108,9 +117,10 @@ def loader_setup(loader: str, produced: Produced) -> LoaderSetup:
 
 
 def loop_header(wrapper: str, loader_ref: str, produced: Produced) -> tuple[list[str], set[str]]:
-    """The ``for`` line of the step loop (and a first body line for a batch function)."""
+    """The ``for`` line of the step loop (and, unindented, a first body line for a batch
+    function)."""
     if produced.direct == "get_batch":
-        return ["for step in range(MAX_STEPS):", '    batch = get_batch("train")'], {
+        return ["for step in range(MAX_STEPS):", 'batch = get_batch("train")'], {
             "from data import get_batch"}
     if wrapper == "enumerate":
         return [f"for step, batch in enumerate({loader_ref}):"], set()
