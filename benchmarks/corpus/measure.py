@@ -5,8 +5,9 @@ at run time (``trainaudit probe``) on a stratified sample of the runnable ones.
 
 ``--count`` compositions (each a clean and a bug twin) are written under ``--out``
 (a temporary folder by default) and checked one project at a time. ``--probe K``
-runs every runnable part at least K times under the probe and compares the
-measured label offset with the ground truth (0: no probe runs). The report goes to
+runs every runnable part at least K times under the probe (``--probe-all``: both
+twins of every runnable composition) and compares the measured label offset with
+the ground truth and with what ``check`` said (0: no probe runs). The report goes to
 stdout and, with ``--report FILE``, to that file.
 """
 
@@ -17,11 +18,12 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from benchmarks.corpus.compose import ALL_PARTS, sample, vary_one, write_corpus, write_project
-from benchmarks.corpus.composition import BASELINE, Composition
+from benchmarks.corpus.composition import BASELINE, TWINS, Composition
 from benchmarks.corpus.probe import ProbeScore, probe_project, stratified
 from benchmarks.corpus.static import Score, check_project, check_project_cli
 
@@ -60,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--probe", type=int, default=0, metavar="K",
                         help="probe runs so that every runnable part runs at least K times")
+    parser.add_argument("--probe-all", action="store_true",
+                        help="probe both twins of every runnable composition (slow: ~2 s each)")
+    parser.add_argument("--jobs", type=int, default=1, help="probe runs at a time")
     parser.add_argument("--out", type=Path, default=None, help="where the projects are written")
     parser.add_argument("--report", type=Path, default=None, help="also write the report here")
     parser.add_argument("--cli", action="store_true",
@@ -80,16 +85,20 @@ def main(argv: list[str] | None = None) -> int:
         folders[int(folder.name.split("-")[0]), truth["twin"]] = folder
     static_seconds = time.perf_counter() - started
     header = (f"command: python -m benchmarks.corpus.measure --count {args.count} "
-              f"--seed {args.seed} --probe {args.probe}{' --cli' if args.cli else ''}\n"
+              f"--seed {args.seed} --probe {args.probe}{' --probe-all' if args.probe_all else ''}"
+              f"{' --cli' if args.cli else ''}\n"
               f"compositions: {len(comps)} (runnable on a CPU: "
               f"{sum(c.runnable() for c in comps)}); projects under {out}\n"
               f"static check: {static_seconds:.0f} s\n\n")
     text = header + score.report() + "\n" + parts_alone(out / "alone", check)
-    if args.probe:
+    if args.probe or args.probe_all:
+        chosen = ([(i, twin) for i, c in enumerate(comps) if c.runnable() for twin in TWINS]
+                  if args.probe_all else stratified(comps, args.probe))
+        targets = [folders[key] for key in chosen]
         probes = ProbeScore()
-        for index, twin in stratified(comps, args.probe):
-            folder = folders[index, twin]
-            probes.add(probe_project(folder), findings[folder])
+        with ThreadPoolExecutor(max(args.jobs, 1)) as pool:  # each run is its own process
+            for folder, run in zip(targets, pool.map(probe_project, targets), strict=True):
+                probes.add(run, findings[folder])
         text += "\n" + probes.report()
     sys.stdout.write(text)
     if args.report:
