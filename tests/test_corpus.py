@@ -15,7 +15,14 @@ from pathlib import Path
 import pytest
 
 from benchmarks.corpus.compose import ALL_PARTS, sample, vary_one, write_project
-from benchmarks.corpus.composition import BASELINE, TWINS, Composition, problems, truth
+from benchmarks.corpus.composition import (
+    BASELINE,
+    NAMED,
+    TWINS,
+    Composition,
+    problems,
+    truth,
+)
 from benchmarks.corpus.loops import assemble
 from benchmarks.corpus.probe import probe_project
 from benchmarks.corpus.static import FOUND_FALSE, check_project
@@ -52,7 +59,8 @@ KNOWN_ALONE: dict[tuple[str, str, str], list[str]] = {
     ("loop", "lightning_dm", "bug"): [],
 }
 
-# Twins of the seeded sample whose label codes are not the truth today:
+# Twins of the seeded sample and of the named compositions (the mm-rec layout) whose
+# label codes are not the truth today:
 # "<the composition's parts>/<twin>" -> the parts that alone lose TA102 (KNOWN_ALONE).
 KNOWN_MISSES: dict[str, str] = {
     "randint-native-pad_mismatch-map_tuple-factory_four-accelerate-per_tensor_kw-tensor-ddp_guarded-shift_vars-trainer-none-producer/clean": "a combination (no part alone makes it wrong)",
@@ -109,6 +117,9 @@ KNOWN_MISSES: dict[str, str] = {
     "append_loop-as_tensor-roll_masked-iterable_dict-factory_four-zip_range-none-tuple-compile_guarded-shift_vars-epoch-none-producer/bug": "container=iterable_dict, body=tuple",
     "append_loop-from_numpy-pad_mismatch-collator_class-factory_dict-enumerate-per_tensor-tensor-compile_guarded-loss_helper-helper-other_file-producer/clean": "a combination (no part alone makes it wrong)",
     "append_loop-from_numpy-pad_mismatch-collator_class-factory_dict-enumerate-per_tensor-tensor-compile_guarded-loss_helper-helper-other_file-producer/bug": "a combination (no part alone makes it wrong)",
+    "char_class-tensor-clone_slice-map_dict-factory_tuple-enumerate-per_tensor-flag-to_device-aux_branch-helper-other_file-loss/bug": "source=char_class, placement=to_device, consumer=aux_branch",
+    "char_class-tensor-roll_masked-map_dict-factory_tuple-enumerate-per_tensor-flag-to_device-aux_branch-helper-other_file-producer/clean": "value lost by source=char_class, placement=to_device, consumer=aux_branch",
+    "char_class-tensor-roll_masked-map_dict-factory_tuple-enumerate-per_tensor-flag-to_device-aux_branch-helper-other_file-producer/bug": "source=char_class, placement=to_device, consumer=aux_branch",
 }
 
 # Twins with a false TA101/TA102/TA105 today: key -> the false codes.
@@ -154,6 +165,23 @@ def test_twins_truth() -> None:
     assert [truth(hf, t)["label_offset"] for t in TWINS] == [1, 2]
 
 
+def test_named_compositions() -> None:
+    assert sorted(NAMED) == ["mm-rec-review-fix", "mm-rec-review-roll"]
+    fix, roll = NAMED["mm-rec-review-fix"], NAMED["mm-rec-review-roll"]
+    assert problems(fix) == problems(roll) == []
+    assert fix.runnable() and roll.runnable()
+    assert [truth(fix, t)["codes"] for t in TWINS] == [[], ["TA102"]]
+    assert [truth(roll, t)["codes"] for t in TWINS] == [["TA103"], ["TA102"]]
+    files = assemble(fix, "bug")
+    assert sorted(files) == ["data.py", "evaluation.py", "loaders.py", "model.py", "steps.py",
+                             "train.py"]
+    assert "return [self.stoi.get(c, 0) for c in text]" in files["data.py"]
+    assert "ids = torch.tensor(self.sequences[idx], dtype=torch.long)" in files["data.py"]
+    assert "train_loader, val_loader = create_data_loaders(batch_size=BATCH)" in files["train.py"]
+    assert "    logits, aux_loss = model(ids, return_aux=True)\n" in files["steps.py"]
+    assert "torch.roll(ids, shifts=-1, dims=0)" in assemble(roll, "bug")["data.py"]
+
+
 def test_baseline_files() -> None:
     bug, clean = assemble(BASELINE, "bug"), assemble(BASELINE, "clean")
     assert sorted(bug) == ["data.py", "model.py", "train.py"]
@@ -193,7 +221,7 @@ def test_parts_alone(tmp_path: Path) -> None:
 
 def test_seeded_sample_static(tmp_path: Path) -> None:
     wrong, fixed, false, seen = [], [], {}, set()
-    for index, comp in enumerate(sample(COUNT, SEED)):
+    for index, comp in enumerate(sample(COUNT, SEED) + list(NAMED.values())):
         for twin in TWINS:
             key = f"{comp.key()}/{twin}"
             seen.add(key)
@@ -216,16 +244,21 @@ def test_seeded_sample_static(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_probe_measures_the_ground_truth(tmp_path: Path) -> None:
-    # Two bug and two clean twins, the first runnable compositions of four producer containers.
+    # Two clean and two bug twins, the first runnable compositions of four producer
+    # containers, and the bug twin of the mm-rec layout.
     chosen: list[tuple[Composition, str]] = []
     for comp in sample(COUNT, SEED):
         if comp.runnable() and comp.container not in {c.container for c, _ in chosen}:
             chosen.append((comp, TWINS[len(chosen) % 2]))
     chosen = chosen[:4]
     assert len(chosen) == 4
+    chosen.append((NAMED["mm-rec-review-fix"], "bug"))  # the layout SPEC §1 reviews
+    measured = []
     for index, (comp, twin) in enumerate(chosen):
         folder = tmp_path / f"{index}-{twin}"
         expected = write_project(folder, comp, twin)
         run = probe_project(folder)
         assert "error" not in run, run.get("error")
         assert run["label_offset"] == expected["label_offset"], comp.key()
+        measured.append(run["label_offset"])
+    assert measured == [1, 2, 1, 2, 2]

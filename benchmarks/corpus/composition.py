@@ -96,6 +96,24 @@ BASELINE = Composition(
     consumer="inline_ce", loop="plain", validation="none", clean_mode="loss")
 
 
+# Compositions with a name: the layout of the training code the review in SPEC §1 is
+# about (a character tokenizer class, torch.tensor of its list, a factory of loaders,
+# a model whose forward returns a tuple by flag, an auxiliary branch, a train_step
+# helper, validation in another file), with the review's roll and with its fix.
+NAMED = {
+    "mm-rec-review-fix": Composition(
+        source="char_class", tensor="tensor", formula="clone_slice", container="map_dict",
+        loader="factory_tuple", wrapper="enumerate", move="per_tensor", body="flag",
+        placement="to_device", consumer="aux_branch", loop="helper", validation="other_file",
+        clean_mode="loss"),
+    "mm-rec-review-roll": Composition(
+        source="char_class", tensor="tensor", formula="roll_masked", container="map_dict",
+        loader="factory_tuple", wrapper="enumerate", move="per_tensor", body="flag",
+        placement="to_device", consumer="aux_branch", loop="helper", validation="other_file",
+        clean_mode="producer"),
+}
+
+
 def problems(c: Composition) -> list[str]:
     """Why the parts do not fit together (empty when they do)."""
     out = []

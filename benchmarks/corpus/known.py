@@ -4,7 +4,8 @@
 
 The test states the ground truth exactly and lists, by name, what ``check`` misses
 today: the parts that alone lose TA102 on the baseline's bug twin, and the twins of
-the seeded sample whose label codes are not the truth (with the parts to blame).
+the seeded sample and of the named compositions whose label codes are not the
+truth (with the parts to blame).
 Run this after the flow model changes and paste what it prints over the tables.
 """
 
@@ -16,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 from benchmarks.corpus.compose import ALL_PARTS, sample, vary_one, write_project
-from benchmarks.corpus.composition import BASELINE, TWINS, Composition
+from benchmarks.corpus.composition import BASELINE, NAMED, TWINS, Composition
 from benchmarks.corpus.static import FOUND_FALSE, check_project
 
 
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             for axis, part, twin in sorted(wrong_alone, key=_in_axes_order)]
     out += ["}", "", "KNOWN_MISSES = {"]
     false_on_clean = []
-    for index, comp in enumerate(sample(args.count, args.seed)):
+    for index, comp in enumerate(sample(args.count, args.seed) + list(NAMED.values())):
         for twin in TWINS:
             folder = root / f"{index:03d}-{twin}"
             truth = write_project(folder, comp, twin)

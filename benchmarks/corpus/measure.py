@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.corpus.compose import ALL_PARTS, sample, vary_one, write_corpus, write_project
-from benchmarks.corpus.composition import BASELINE, TWINS, Composition
+from benchmarks.corpus.composition import BASELINE, NAMED, TWINS, Composition
 from benchmarks.corpus.probe import ProbeScore, probe_project, stratified
 from benchmarks.corpus.static import Score, check_project, check_project_cli
 
@@ -47,6 +47,23 @@ def parts_alone(root: Path, check: Callable[[Path], list[dict[str, Any]]]) -> st
                 if a != axis and p != getattr(BASELINE, a)]
         lines.append(f"  {axis + '=' + part:<28} {'found' if found else 'MISSED':<7}"
                      + (f" (with {', '.join(also)})" if also else ""))
+    return "\n".join(lines) + "\n"
+
+
+def named(root: Path, check: Callable[[Path], list[dict[str, Any]]]) -> str:
+    """Both twins of each named composition: the codes expected and found, and the files
+    a TA102 names."""
+    lines = ["named compositions: twin, codes expected -> found (files TA102 names)"]
+    for name, comp in NAMED.items():
+        for twin in TWINS:
+            folder = root / f"{name}-{twin}"
+            expected = write_project(folder, comp, twin)["codes"]
+            findings = check(folder)
+            files = sorted({p for f in findings if f["code"] == "TA102"
+                            for p in [f["path"], *f.get("related", [])]})
+            found = sorted({f["code"] for f in findings})
+            lines.append(f"  {name} / {twin}: {expected} -> {found}"
+                         + (f" ({', '.join(files)})" if files else ""))
     return "\n".join(lines) + "\n"
 
 
@@ -90,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
               f"compositions: {len(comps)} (runnable on a CPU: "
               f"{sum(c.runnable() for c in comps)}); projects under {out}\n"
               f"static check: {static_seconds:.0f} s\n\n")
-    text = header + score.report() + "\n" + parts_alone(out / "alone", check)
+    text = (header + score.report() + "\n" + parts_alone(out / "alone", check) + "\n"
+            + named(out / "named", check))
     if args.probe or args.probe_all:
         chosen = ([(i, twin) for i, c in enumerate(comps) if c.runnable() for twin in TWINS]
                   if args.probe_all else stratified(comps, args.probe))

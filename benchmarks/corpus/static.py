@@ -136,16 +136,23 @@ class Score:
                     table[code][2] += 1
         return {code: (v[0], v[1], v[2]) for code, v in table.items()}
 
-    def part_misses(self) -> list[tuple[str, str, int, int]]:
-        """(axis, part, bug twins with this part whose TA102 was missed, bug twins with it)."""
+    def part_misses(self) -> list[tuple[str, str, int, int, int, int]]:
+        """Per part: (axis, part, bug twins with it whose TA102 was missed, bug twins with
+        it, twins with it whose label codes are not the truth, twins with it)."""
         seen: Counter[tuple[str, str]] = Counter()
         missed: Counter[tuple[str, str]] = Counter()
-        for o in self.bugs():
+        twins: Counter[tuple[str, str]] = Counter()
+        wrong: Counter[tuple[str, str]] = Counter()
+        for o in self.outcomes:
             for axis, part in o.truth["parts"].items():
-                seen[axis, part] += 1
-                missed[axis, part] += o.missed_double_shift
-        return [(axis, part, missed[axis, part], seen[axis, part])
-                for axis, parts in AXES.items() for part in parts if seen[axis, part]]
+                twins[axis, part] += 1
+                wrong[axis, part] += not o.exact
+                if o.truth["twin"] == "bug":
+                    seen[axis, part] += 1
+                    missed[axis, part] += o.missed_double_shift
+        return [(axis, part, missed[axis, part], seen[axis, part], wrong[axis, part],
+                 twins[axis, part])
+                for axis, parts in AXES.items() for part in parts if twins[axis, part]]
 
     def report(self) -> str:
         """The figures as text: recall, clean false positives, per-code and per-part tables."""
@@ -166,10 +173,13 @@ class Score:
         ]
         for code, (tp, fp, fn) in self.per_code().items():
             lines.append(f"  {code}: {tp} / {fp} / {fn}")
-        lines += ["", "per part: bug twins whose TA102 was missed / bug twins with the part",
-                  f"  {'axis':<11} {'part':<17} {'missed':>7} {'of':>5} {'miss %':>7}"]
-        for axis, part, missed, seen in self.part_misses():
-            lines.append(f"  {axis:<11} {part:<17} {missed:>7} {seen:>5} {_pct(missed, seen):>7}")
+        lines += ["", "per part: bug twins whose TA102 was missed / bug twins with the part; "
+                  "twins (both) whose label codes are not exactly the truth / twins with it",
+                  f"  {'axis':<11} {'part':<17} {'missed':>7} {'of':>5} {'miss %':>7}"
+                  f" {'wrong':>7} {'of':>5} {'wrong %':>7}"]
+        for axis, part, missed, seen, wrong, twins in self.part_misses():
+            lines.append(f"  {axis:<11} {part:<17} {missed:>7} {seen:>5} {_pct(missed, seen):>7}"
+                         f" {wrong:>7} {twins:>5} {_pct(wrong, twins):>7}")
         if false:
             lines += ["", "clean twins with a false finding:"]
             lines += [f"  {o.truth['key']}: {sorted(o.false_on_clean)}" for o in false[:40]]
