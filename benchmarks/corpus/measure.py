@@ -17,6 +17,7 @@ import argparse
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,9 +29,12 @@ from benchmarks.corpus.probe import ProbeScore, probe_project, stratified
 from benchmarks.corpus.static import Score, check_project, check_project_cli
 
 
-def parts_alone(root: Path, check: Callable[[Path], list[dict[str, Any]]]) -> str:
+def parts_alone(root: Path, check: Callable[[Path], list[dict[str, Any]]]
+                ) -> tuple[str, set[tuple[str, str]]]:
     """The bug twin of ``BASELINE`` with one part changed at a time (and the fewest other
-    axes changed that make it fit): is TA102 still found? Says which part alone loses it."""
+    axes changed that make it fit): is TA102 still found? Says which part alone loses it;
+    returns the table and those parts."""
+    losing: set[tuple[str, str]] = set()
     lines = [f"parts alone: the bug twin of the baseline ({BASELINE.key()}) with one part "
              "changed; TA102 found?"]
     base_found = "TA102" in {f["code"] for f in check(_written(root / "baseline", BASELINE))}
@@ -43,10 +47,29 @@ def parts_alone(root: Path, check: Callable[[Path], list[dict[str, Any]]]) -> st
             lines.append(f"  {axis + '=' + part:<28} (fits no near composition)")
             continue
         found = "TA102" in {f["code"] for f in check(_written(root / f"{axis}-{part}", comp))}
+        if not found:
+            losing.add((axis, part))
         also = [f"{a}={p}" for a, p in comp.parts().items()
                 if a != axis and p != getattr(BASELINE, a)]
         lines.append(f"  {axis + '=' + part:<28} {'found' if found else 'MISSED':<7}"
                      + (f" (with {', '.join(also)})" if also else ""))
+    return "\n".join(lines) + "\n", losing
+
+
+def combinations(score: Score, losing: set[tuple[str, str]]) -> str:
+    """Bug twins none of whose parts alone loses TA102: how many are missed, and the
+    parts most often in the missed ones (what a combination of parts loses)."""
+    free = [o for o in score.bugs()
+            if not any(item in losing for item in o.truth["parts"].items())]
+    missed = [o for o in free if o.missed_double_shift]
+    lines = [f"combinations: bug twins with no part that alone loses TA102: {len(free)}; "
+             f"missed: {len(missed)}"]
+    if missed:
+        seen = Counter(item for o in free for item in o.truth["parts"].items())
+        lost = Counter(item for o in missed for item in o.truth["parts"].items())
+        lines.append("  parts by share of misses among them (missed / with the part):")
+        ranked = sorted(lost, key=lambda item: (-lost[item] / seen[item], item))
+        lines += [f"    {a}={p}: {lost[a, p]}/{seen[a, p]}" for a, p in ranked[:12]]
     return "\n".join(lines) + "\n"
 
 
@@ -107,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
               f"compositions: {len(comps)} (runnable on a CPU: "
               f"{sum(c.runnable() for c in comps)}); projects under {out}\n"
               f"static check: {static_seconds:.0f} s\n\n")
-    text = (header + score.report() + "\n" + parts_alone(out / "alone", check) + "\n"
+    alone, losing = parts_alone(out / "alone", check)
+    text = (header + score.report() + "\n" + alone + "\n" + combinations(score, losing) + "\n"
             + named(out / "named", check))
     if args.probe or args.probe_all:
         chosen = ([(i, twin) for i, c in enumerate(comps) if c.runnable() for twin in TWINS]
