@@ -9,6 +9,8 @@ Lightning ``training_step`` fed a loader or a ``LightningDataModule`` (static on
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from benchmarks.corpus.composition import Composition, shifts
 from benchmarks.corpus.consumers import (
     StepNames,
@@ -41,6 +43,11 @@ class _File:
 
     def text(self) -> str:
         return imports_text(self.imports) + "\n" + CONSTANTS + "\n\n" + "\n\n".join(self.parts)
+
+
+# (file, loader expression, names, optimizer update lines, via the train_step helper)
+# -> the step loop's lines.
+StepLoop = Callable[["_File", str, StepNames, list[str], bool], list[str]]
 
 
 def assemble(c: Composition, twin: str) -> dict[str, str]:
@@ -162,7 +169,7 @@ def _evaluation(c: Composition, loss_shifts: bool, produced: Produced, criterion
 
 
 def _trainer(c: Composition, loss_shifts: bool, produced: Produced, criterion: bool,
-             step_loop: object) -> str:
+             step_loop: StepLoop) -> str:
     file = _File("import torch", "from torch import nn")
     names = StepNames("self.model", "self.device", "self.criterion")
     placed = "model.to(self.device)" if c.placement == "to_device" else "model"
@@ -170,7 +177,6 @@ def _trainer(c: Composition, loss_shifts: bool, produced: Produced, criterion: b
             "self.train_loader = train_loader", "self.val_loader = val_loader"]
     if criterion:
         init.append(f"self.criterion = {criterion_expr()}")
-    assert callable(step_loop)
     update = [u.replace("optimizer", "self.optimizer") for u in UPDATE]
     loop = step_loop(file, "self.train_loader", names, update, False)
     methods = [
