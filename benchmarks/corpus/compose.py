@@ -1,0 +1,102 @@
+"""Sample compositions deterministically from a seed and write them out as projects.
+
+Each composition becomes two folders, ``<index>-clean`` and ``<index>-bug``, each
+a small training project with its ground truth in ``truth.json``.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import random
+import shutil
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from benchmarks.corpus.composition import AXES, TWINS, Composition, problems, truth
+from benchmarks.corpus.loops import assemble
+
+TRUTH_FILE = "truth.json"
+
+
+ALL_PARTS = [(axis, part) for axis, parts in AXES.items() for part in parts]
+
+
+def _draw(rng: random.Random, axis: str, part: str) -> Composition:
+    chosen = {name: rng.choice(parts) for name, parts in AXES.items()}
+    chosen[axis] = part
+    return Composition(**chosen)
+
+
+def sample(count: int, seed: int = 0) -> list[Composition]:
+    """``count`` distinct compositions whose parts fit together, the same for the same seed.
+
+    The i-th composition is built around the i-th part (cycling over every part of
+    every axis), the other axes drawn uniformly with misfits rejected, so a part that
+    fits few others (a batch function, Lightning) still appears about
+    ``count / len(ALL_PARTS)`` times.
+    """
+    rng = random.Random(seed)
+    seen: set[Composition] = set()
+    out: list[Composition] = []
+    misses = 0
+    while len(out) < count:
+        axis, part = ALL_PARTS[(len(out) + misses) % len(ALL_PARTS)]
+        for _ in range(5000):
+            comp = _draw(rng, axis, part)
+            if comp not in seen and not problems(comp):
+                seen.add(comp)
+                out.append(comp)
+                break
+        else:  # this part has no unseen fitting composition left
+            misses += 1
+            if misses > count * len(ALL_PARTS):
+                raise RuntimeError(f"only {len(out)} distinct compositions fit")
+    return out
+
+
+def vary_one(base: Composition, axis: str, part: str) -> Composition | None:
+    """``base`` with ``axis`` set to ``part``, and as few other axes changed as make it fit
+    (tried in the order of ``AXES``; None when no change of up to two axes fits)."""
+    first = replace(base, **{axis: part})
+    if not problems(first):
+        return first
+    others = [(a, p) for a, parts in AXES.items() if a != axis for p in parts if p != getattr(base, a)]
+    for a, p in others:
+        comp = replace(first, **{a: p})
+        if not problems(comp):
+            return comp
+    for i, (a, p) in enumerate(others):
+        for b, q in others[i + 1:]:
+            if b != a:
+                comp = replace(first, **{a: p, b: q})
+                if not problems(comp):
+                    return comp
+    return None
+
+
+def write_project(root: Path, comp: Composition, twin: str) -> dict[str, Any]:
+    """Write one twin under ``root`` (created, or replaced when it holds an earlier
+    project); return its ground truth."""
+    if root.exists():
+        if not (root / TRUTH_FILE).exists() and any(root.iterdir()):
+            raise FileExistsError(f"{root} exists and is not a generated project")
+        shutil.rmtree(root)
+    root.mkdir(parents=True)
+    for name, text in assemble(comp, twin).items():
+        ast.parse(text, filename=f"{comp.key()}/{twin}/{name}")  # a generator bug, not a finding
+        (root / name).write_text(text, encoding="utf-8")
+    expected = truth(comp, twin)
+    (root / TRUTH_FILE).write_text(json.dumps(expected, indent=1, sort_keys=True) + "\n",
+                                   encoding="utf-8")
+    return expected
+
+
+def write_corpus(root: Path, comps: list[Composition]) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """Write both twins of every composition; yield each project's folder and truth."""
+    for index, comp in enumerate(comps):
+        for twin in TWINS:
+            folder = root / f"{index:05d}-{twin}"
+            yield folder, write_project(folder, comp, twin)
