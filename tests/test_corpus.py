@@ -32,99 +32,15 @@ SEED, COUNT = 16, 40
 # The baseline's twins with one part changed (``vary_one``) whose label codes are not the
 # truth today: (axis, part, twin) -> the codes ``check`` reports (for the reader; the test
 # asserts only that they are still not the truth, and that nothing false is among them).
-KNOWN_ALONE: dict[tuple[str, str, str], list[str]] = {
-    ("source", "random_ints", "bug"): [],
-    ("source", "char_class", "bug"): [],
-    ("source", "tokenizer_attr", "bug"): [],
-    ("source", "encode_helper", "bug"): [],
-    ("formula", "full_like_slice", "bug"): [],
-    ("container", "iterable_dict", "bug"): [],
-    ("container", "iterable_tuple", "bug"): [],
-    ("container", "batch_fn", "bug"): [],
-    ("container", "batch_gen", "bug"): [],
-    ("loader", "direct", "bug"): [],
-    ("wrapper", "islice", "bug"): [],
-    ("wrapper", "progress", "bug"): [],
-    ("move", "dict_comp", "bug"): [],
-    ("move", "tuple_gen", "bug"): [],
-    ("body", "tuple", "bug"): [],
-    ("body", "dict", "bug"): [],
-    ("body", "hf_getattr", "bug"): [],
-    ("body", "hf_table", "bug"): [],
-    ("placement", "to_device", "bug"): [],
-    ("consumer", "aux_branch", "bug"): [],
-    ("consumer", "hf_renamed", "bug"): [],
-    ("consumer", "hf_renamed", "clean"): ['TA105'],
-    ("loop", "lightning", "bug"): [],
-    ("loop", "lightning_dm", "bug"): [],
-}
+KNOWN_ALONE: dict[tuple[str, str, str], list[str]] = {}
 
 # Twins of the seeded sample and of the named compositions (the mm-rec layout) whose
 # label codes are not the truth today:
 # "<the composition's parts>/<twin>" -> the parts that alone lose TA102 (KNOWN_ALONE).
-KNOWN_MISSES: dict[str, str] = {
-    "randint-native-pad_mismatch-map_tuple-factory_four-accelerate-per_tensor_kw-tensor-ddp_guarded-shift_vars-trainer-none-producer/clean": "a combination (no part alone makes it wrong)",
-    "randint-native-pad_mismatch-map_tuple-factory_four-accelerate-per_tensor_kw-tensor-ddp_guarded-shift_vars-trainer-none-producer/bug": "a combination (no part alone makes it wrong)",
-    "random_ints-tensor-clone_slice-collator_class-factory_dict-islice-dict_comp-tuple-to_device-loss_helper-trainer-none-loss/bug": "source=random_ints, wrapper=islice, move=dict_comp, body=tuple, placement=to_device",
-    "char_class-tensor-roll_unmasked-map_tuple-factory_four-enumerate-per_tensor_kw-flag-ddp_guarded-shift_vars-epoch-none-producer/clean": "value lost by source=char_class",
-    "char_class-tensor-roll_unmasked-map_tuple-factory_four-enumerate-per_tensor_kw-flag-ddp_guarded-shift_vars-epoch-none-producer/bug": "source=char_class",
-    "tokenizer_attr-as_tensor-pair_slices-collate_fn-factory_four-islice-per_tensor_kw-flag-none-loss_helper-helper-other_file-loss/bug": "source=tokenizer_attr, wrapper=islice",
-    "append_loop-from_numpy-roll_masked-iterable_dict-factory_index-accelerate-per_tensor_kw-flag-none-loss_helper-plain-other_file-producer/clean": "value lost by container=iterable_dict",
-    "append_loop-from_numpy-roll_masked-iterable_dict-factory_index-accelerate-per_tensor_kw-flag-none-loss_helper-plain-other_file-producer/bug": "container=iterable_dict",
-    "encode_helper-from_numpy-pair_slices-iterable_dict-factory_index-enumerate-none-hf_pretrained-ddp_guarded-hf_labels-trainer-other_file-loss/bug": "source=encode_helper, container=iterable_dict",
-    "packed_stream-as_tensor-clone_slice-iterable_dict-inline-islice-per_tensor-hf_table-compile_guarded-hf_labels-epoch-other_file-loss/bug": "container=iterable_dict, wrapper=islice, body=hf_table",
-    "packed_stream-tensor-roll_masked-iterable_tuple-inline_kwargs-zip_range-per_tensor_kw-flag-none-criterion-trainer-other_file-producer/clean": "value lost by container=iterable_tuple",
-    "packed_stream-tensor-roll_masked-iterable_tuple-inline_kwargs-zip_range-per_tensor_kw-flag-none-criterion-trainer-other_file-producer/bug": "container=iterable_tuple",
-    "tokenizer_attr-as_tensor-full_like_slice-iterable_tuple-factory_tuple-progress-tuple_gen-dict-ddp_guarded-loss_helper-epoch-none-loss/bug": "source=tokenizer_attr, formula=full_like_slice, container=iterable_tuple, wrapper=progress, move=tuple_gen, body=dict",
-    "random_ints-from_numpy-pad_mismatch-map_tuple-factory_index-enumerate-per_tensor_kw-dict-compile_guarded-shift_vars-plain-none-producer/clean": "value lost by source=random_ints, body=dict",
-    "random_ints-from_numpy-pad_mismatch-map_tuple-factory_index-enumerate-per_tensor_kw-dict-compile_guarded-shift_vars-plain-none-producer/bug": "source=random_ints, body=dict",
-    "tokenizer_attr-from_numpy-clone_slice-collate_fn-factory_four-plain-none-flag-compile_guarded-loss_helper-plain-other_file-loss/bug": "source=tokenizer_attr",
-    "packed_stream-tensor-full_like_slice-iterable_tuple-factory_dict-zip_range-per_tensor_kw-flag-ddp_guarded-criterion-helper-none-producer/bug": "formula=full_like_slice, container=iterable_tuple",
-    "random_ints-from_numpy-roll_masked-map_dict-factory_four-islice-per_tensor-tuple-to_device-inline_ce-helper-other_file-producer/clean": "value lost by source=random_ints, wrapper=islice, body=tuple, placement=to_device",
-    "random_ints-from_numpy-roll_masked-map_dict-factory_four-islice-per_tensor-tuple-to_device-inline_ce-helper-other_file-producer/bug": "source=random_ints, wrapper=islice, body=tuple, placement=to_device",
-    "tokenizer_attr-from_numpy-pair_slices-iterable_tuple-factory_index-islice-none-hf_getattr-compile_guarded-hf_labels-trainer-none-loss/bug": "source=tokenizer_attr, container=iterable_tuple, wrapper=islice, body=hf_getattr",
-    "encode_helper-tensor-roll_unmasked-map_tuple-inline-accelerate-none-tensor-to_device-criterion-trainer-none-producer/clean": "value lost by source=encode_helper, placement=to_device",
-    "encode_helper-tensor-roll_unmasked-map_tuple-inline-accelerate-none-tensor-to_device-criterion-trainer-none-producer/bug": "source=encode_helper, placement=to_device",
-    "append_loop-as_tensor-pad_mismatch-collator_class-factory_four-enumerate-per_tensor_kw-tuple-compile_guarded-inline_ce-trainer-none-producer/clean": "value lost by body=tuple",
-    "append_loop-as_tensor-pad_mismatch-collator_class-factory_four-enumerate-per_tensor_kw-tuple-compile_guarded-inline_ce-trainer-none-producer/bug": "body=tuple",
-    "char_class-from_numpy-pad_mismatch-map_dict-factory_tuple-islice-dict_comp-tuple-to_device-inline_ce-epoch-other_file-producer/clean": "value lost by source=char_class, wrapper=islice, move=dict_comp, body=tuple, placement=to_device",
-    "char_class-from_numpy-pad_mismatch-map_dict-factory_tuple-islice-dict_comp-tuple-to_device-inline_ce-epoch-other_file-producer/bug": "source=char_class, wrapper=islice, move=dict_comp, body=tuple, placement=to_device",
-    "random_ints-tensor-full_like_slice-map_tuple-factory_index-plain-per_tensor_kw-tensor-ddp_guarded-shift_vars-epoch-none-producer/bug": "source=random_ints, formula=full_like_slice",
-    "tokenizer_attr-tensor-clone_slice-iterable_dict-factory_index-islice-per_tensor-dict-ddp_guarded-inline_ce-helper-none-loss/bug": "source=tokenizer_attr, container=iterable_dict, wrapper=islice, body=dict",
-    "random_ints-from_numpy-roll_masked-iterable_tuple-inline-islice-per_tensor-dict-to_device-loss_helper-plain-other_file-producer/clean": "value lost by source=random_ints, container=iterable_tuple, wrapper=islice, body=dict, placement=to_device",
-    "random_ints-from_numpy-roll_masked-iterable_tuple-inline-islice-per_tensor-dict-to_device-loss_helper-plain-other_file-producer/bug": "source=random_ints, container=iterable_tuple, wrapper=islice, body=dict, placement=to_device",
-    "packed_stream-as_tensor-full_like_slice-collate_fn-factory_tuple-progress-per_tensor-tensor-to_device-loss_helper-epoch-other_file-loss/bug": "formula=full_like_slice, wrapper=progress, placement=to_device",
-    "char_class-tensor-clone_slice-collator_class-factory_index-islice-none-loss_inside-compile_guarded-model_loss-plain-other_file-loss/bug": "source=char_class, wrapper=islice",
-    "packed_stream-from_numpy-clone_slice-batch_fn-direct-plain-per_tensor-hf_config-ddp_guarded-hf_labels-epoch-other_file-loss/bug": "container=batch_fn, loader=direct",
-    "random_ints-as_tensor-clone_slice-batch_gen-direct-enumerate-per_tensor_kw-flag-none-loss_helper-plain-other_file-producer/bug": "source=random_ints, container=batch_gen, loader=direct",
-    "packed_stream-tensor-roll_unmasked-iterable_dict-inline-plain-per_tensor_kw-flag-none-loss_helper-trainer-none-producer/clean": "value lost by container=iterable_dict",
-    "packed_stream-tensor-roll_unmasked-iterable_dict-inline-plain-per_tensor_kw-flag-none-loss_helper-trainer-none-producer/bug": "container=iterable_dict",
-    "encode_helper-tensor-clone_slice-iterable_tuple-inline_kwargs-enumerate-tuple_gen-tensor-compile_guarded-inline_ce-plain-other_file-producer/bug": "source=encode_helper, container=iterable_tuple, move=tuple_gen",
-    "char_class-from_numpy-pair_slices-collator_class-factory_tuple-islice-per_tensor_kw-tuple-none-criterion-helper-none-producer/bug": "source=char_class, wrapper=islice, body=tuple",
-    "packed_stream-as_tensor-full_like_slice-iterable_dict-factory_dict-islice-dict_comp-flag-compile_guarded-aux_branch-plain-other_file-producer/bug": "formula=full_like_slice, container=iterable_dict, wrapper=islice, move=dict_comp, consumer=aux_branch",
-    "packed_stream-as_tensor-full_like_slice-iterable_tuple-factory_index-progress-per_tensor_kw-flag-none-aux_branch-epoch-none-loss/bug": "formula=full_like_slice, container=iterable_tuple, wrapper=progress, consumer=aux_branch",
-    "append_loop-as_tensor-clone_slice-map_tuple-factory_four-plain-per_tensor-flag-none-shift_vars-trainer-other_file-producer/bug": "a combination (no part alone makes it wrong)",
-    "encode_helper-as_tensor-pair_slices-batch_fn-direct-plain-none-tensor-to_device-criterion-trainer-other_file-producer/bug": "source=encode_helper, container=batch_fn, loader=direct, placement=to_device",
-    "char_class-as_tensor-full_like_slice-iterable_tuple-factory_four-plain-per_tensor-tuple-to_device-shift_vars-trainer-other_file-producer/bug": "source=char_class, formula=full_like_slice, container=iterable_tuple, body=tuple, placement=to_device",
-    "append_loop-as_tensor-roll_unmasked-iterable_tuple-inline-enumerate-per_tensor_kw-dict-to_device-criterion-trainer-other_file-producer/clean": "value lost by container=iterable_tuple, body=dict, placement=to_device",
-    "append_loop-as_tensor-roll_unmasked-iterable_tuple-inline-enumerate-per_tensor_kw-dict-to_device-criterion-trainer-other_file-producer/bug": "container=iterable_tuple, body=dict, placement=to_device",
-    "append_loop-tensor-full_like_slice-map_tuple-inline_kwargs-islice-per_tensor_kw-tuple-none-inline_ce-epoch-other_file-producer/bug": "formula=full_like_slice, wrapper=islice, body=tuple",
-    "char_class-tensor-roll_unmasked-map_tuple-inline-zip_range-per_tensor-tensor-compile_guarded-shift_vars-epoch-none-producer/clean": "value lost by source=char_class",
-    "char_class-tensor-roll_unmasked-map_tuple-inline-zip_range-per_tensor-tensor-compile_guarded-shift_vars-epoch-none-producer/bug": "source=char_class",
-    "encode_helper-tensor-full_like_slice-iterable_dict-factory_four-progress-per_tensor_kw-tensor-compile_guarded-loss_helper-trainer-other_file-loss/bug": "source=encode_helper, formula=full_like_slice, container=iterable_dict, wrapper=progress",
-    "tokenizer_attr-tensor-clone_slice-iterable_tuple-factory_index-accelerate-per_tensor-flag-none-shift_vars-trainer-none-loss/bug": "source=tokenizer_attr, container=iterable_tuple",
-    "append_loop-as_tensor-roll_masked-iterable_dict-factory_four-zip_range-none-tuple-compile_guarded-shift_vars-epoch-none-producer/clean": "value lost by container=iterable_dict, body=tuple",
-    "append_loop-as_tensor-roll_masked-iterable_dict-factory_four-zip_range-none-tuple-compile_guarded-shift_vars-epoch-none-producer/bug": "container=iterable_dict, body=tuple",
-    "append_loop-from_numpy-pad_mismatch-collator_class-factory_dict-enumerate-per_tensor-tensor-compile_guarded-loss_helper-helper-other_file-producer/clean": "a combination (no part alone makes it wrong)",
-    "append_loop-from_numpy-pad_mismatch-collator_class-factory_dict-enumerate-per_tensor-tensor-compile_guarded-loss_helper-helper-other_file-producer/bug": "a combination (no part alone makes it wrong)",
-    "char_class-tensor-clone_slice-map_dict-factory_tuple-enumerate-per_tensor-flag-to_device-aux_branch-helper-other_file-loss/bug": "source=char_class, placement=to_device, consumer=aux_branch",
-    "char_class-tensor-roll_masked-map_dict-factory_tuple-enumerate-per_tensor-flag-to_device-aux_branch-helper-other_file-producer/clean": "value lost by source=char_class, placement=to_device, consumer=aux_branch",
-    "char_class-tensor-roll_masked-map_dict-factory_tuple-enumerate-per_tensor-flag-to_device-aux_branch-helper-other_file-producer/bug": "source=char_class, placement=to_device, consumer=aux_branch",
-}
+KNOWN_MISSES: dict[str, str] = {}
 
 # Twins with a false TA101/TA102/TA105 today: key -> the false codes.
-KNOWN_FALSE_ON_CLEAN: dict[str, list[str]] = {
-}
+KNOWN_FALSE_ON_CLEAN: dict[str, list[str]] = {}
 
 
 def _codes(folder: Path) -> list[str]:
