@@ -15,7 +15,6 @@ from trainaudit.model.flow.outline import (
     DefinitionNode,
     Outline,
     definitions_in,
-    outline_of,
     parse_owner,
 )
 from trainaudit.model.flow.values import Ref, Site
@@ -44,24 +43,28 @@ class FlowSource:
     defines: frozenset[str] = frozenset()  # top-level functions and classes
     calls: frozenset[str] = frozenset()  # simple names the file calls (``f(...)``, ``x.f(...)``)
     outline: Outline | None = None  # None: parse the whole file when it is read
+    # Top-level definitions with the simple names each calls.
+    calls_by_definition: tuple[tuple[str, frozenset[str]], ...] = ()
 
 
 class FlowModule:
     """One module: its facts, and its definitions parsed one top-level definition at a
     time, when a query first reads one."""
 
-    def __init__(self, summary: ModuleSummary, flow: FlowSource, source: str) -> None:
-        self._outline = flow.outline
+    def __init__(self, summary: ModuleSummary, flow: FlowSource, source: str,
+                 tree: ast.Module | None = None) -> None:
+        """``tree``: the module already parsed whole (a latent file), read as it is."""
+        self._outline = flow.outline if tree is None else None
         self._lines = physical_lines(source)
         self._parsed: dict[str, DefinitionNode] = {}
-        tree = None
-        if flow.outline is not None:
+        if self._outline is not None:
             try:
-                tree = ast.parse(flow.outline.skeleton(self._lines), filename=summary.path)
+                tree = ast.parse(self._outline.skeleton(self._lines), filename=summary.path)
             except (SyntaxError, ValueError):  # a stub the file's layout defeats: read it all
                 self._outline = None
         if tree is None:
             tree = ast.parse(source, filename=summary.path)
+        if self._outline is None:
             self._parsed = definitions_in(tree.body)
         imports = ImportTable(dict(summary.aliases), set(summary.imports))
         self.facts = ModuleFacts(summary.path, summary.module_name, source, tree,
@@ -153,7 +156,7 @@ class Program:
             source = self.project.text_of(summary) if summary is not None else None
             if summary is not None and source is not None:
                 try:
-                    module = FlowModule(*_with_facts(summary, source), source)
+                    module = _flow_module(summary, source)
                 except (SyntaxError, ValueError, RecursionError):
                     module = None
             self._modules[name] = module
@@ -179,21 +182,23 @@ class Program:
         ``SINK_IMPORT_DEPTH`` such hops. An import alone is not enough: in a library
         where everything imports everything, that would be every file."""
         flows = {s.path: s.facts[FAMILY] for s in self.project.modules if FAMILY in s.facts}
-        seen = {path for path, flow in flows.items() if flow.sinks}
-        frontier = set(seen)
+        # A sink module is called through the definitions that hold its sinks; a module
+        # reached in turn (a step helper calling a loss helper) through its definitions
+        # that call those.
+        frontier = {path: flow.defines for path, flow in flows.items() if flow.sinks}
+        seen = set(frontier)
         importers = self.project.importers
-        for hop in range(SINK_IMPORT_DEPTH):
-            reached = set()
-            for path in frontier:
-                # A sink module is called through the definitions that hold its sinks; a
-                # module reached in turn (a step helper calling a loss helper) through any
-                # of its top-level definitions.
-                names = flows[path].defines if hop == 0 else _top_level(flows[path])
+        for _ in range(SINK_IMPORT_DEPTH):
+            reached: dict[str, frozenset[str]] = {}
+            for path, names in frontier.items():
                 for source in importers.get(path, ()):
                     flow = flows.get(source)
-                    if source not in seen and flow is not None and flow.calls & names:
-                        reached.add(source)
-            seen |= reached
+                    if source in seen or flow is None or not flow.calls & names:
+                        continue
+                    calling = frozenset(name for name, called in flow.calls_by_definition
+                                        if called & names)
+                    reached[source] = reached.get(source, frozenset()) | calling
+            seen |= set(reached)
             frontier = reached
         return seen
 
@@ -294,21 +299,15 @@ class Program:
         return names
 
 
-def _with_facts(summary: ModuleSummary, source: str) -> tuple[ModuleSummary, FlowSource]:
-    """A module's summary and flow facts; for a file phase 1 skipped (latent), made now
-    from its source: imports, outline, and no entries of its own."""
+def _flow_module(summary: ModuleSummary, source: str) -> FlowModule:
+    """A module as the flow reads it; a file phase 1 skipped (latent) is parsed whole,
+    once, here: its imports from that tree, no entries of its own."""
     if FAMILY in summary.facts:
-        return summary, summary.facts[FAMILY]
+        return FlowModule(summary, summary.facts[FAMILY], source)
     tree = ast.parse(source, filename=summary.path)
     facts = ModuleFacts(summary.path, summary.module_name, source, tree,
                         summary.path.endswith("__init__.py"))
     summary = ModuleSummary(summary.path, summary.module_name,
                             frozenset(facts.imports.modules), dict(facts.imports.aliases),
                             file=summary.file)
-    return summary, FlowSource(facts.is_package, (), sinks=False, outline=outline_of(tree))
-
-
-def _top_level(flow: FlowSource) -> frozenset[str]:
-    if flow.outline is None:
-        return flow.defines
-    return frozenset(name for name in flow.outline.members if "." not in name)
+    return FlowModule(summary, FlowSource(facts.is_package, (), sinks=False), source, tree)

@@ -156,4 +156,13 @@ def flow_source(module: ModuleFacts) -> FlowSource:
         and (criterion or causal_lm or _holds_line(sink_lines, stmt)))
     called = frozenset(callee for call in every_call if (callee := _call_name(call)) is not None)
     return FlowSource(module.is_package, tuple(entries), sinks, defines, called,
-                      outline_of(module.tree))
+                      outline_of(module.tree), _calls_by_definition(module.tree.body))
+
+
+def _calls_by_definition(body: list[ast.stmt]) -> tuple[tuple[str, frozenset[str]], ...]:
+    """Each top-level function or class with the simple names its code calls: a module
+    reached from a loss module is reached in turn through the definitions that call it."""
+    return tuple((stmt.name, frozenset(name for call in iter_calls(stmt.body)
+                                       if (name := _call_name(call)) is not None))
+                 for stmt in body
+                 if isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef))
