@@ -160,9 +160,11 @@ def flow_source(module: ModuleFacts) -> FlowSource:
 
 
 def _calls_by_definition(body: list[ast.stmt]) -> tuple[tuple[str, frozenset[str]], ...]:
-    """Each top-level function or class with the simple names its code calls: a module
+    """Each top-level function or class with the simple names its code calls (methods and
+    nested functions included): a module
     reached from a loss module is reached in turn through the definitions that call it."""
-    return tuple((stmt.name, frozenset(name for call in iter_calls(stmt.body)
-                                       if (name := _call_name(call)) is not None))
+    return tuple((stmt.name, frozenset(name for node in ast.walk(stmt)
+                                       if isinstance(node, ast.Call)
+                                       and (name := _call_name(node)) is not None))
                  for stmt in body
                  if isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef))
