@@ -178,3 +178,24 @@ def test_probe_measures_the_ground_truth(tmp_path: Path) -> None:
         assert run["label_offset"] == expected["label_offset"], comp.key()
         measured.append(run["label_offset"])
     assert measured == [1, 2, 1, 2, 2]
+
+
+@pytest.mark.slow
+def test_fixed_projects_run_and_train_on_the_next_token(tmp_path: Path) -> None:
+    # Issue 18: both twins of the mm-rec layout and of two runnable sample compositions,
+    # fixed with --unsafe-fixes, compile, gain no warning or error, run, and the bug
+    # twins whose TA102 was fixed now train on offset 1.
+    from benchmarks.corpus.fixes import fix_and_run
+
+    comps = [NAMED["mm-rec-review-fix"], *[c for c in sample(COUNT, SEED) if c.runnable()][:2]]
+    results = []
+    for index, comp in enumerate(comps):
+        for twin in TWINS:
+            folder = tmp_path / f"{index}-{twin}"
+            write_project(folder, comp, twin)
+            results.append(fix_and_run(folder))
+    for result in results:
+        assert (result["broken"], result["new_serious"], result["error"]) == ([], [], None)
+        assert result["offset"] == result["expected_offset"], result
+    mm_rec_bug = results[TWINS.index("bug")]
+    assert mm_rec_bug["fixed"].get("TA102") == 1 and mm_rec_bug["offset"] == 1
