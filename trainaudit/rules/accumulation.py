@@ -26,6 +26,7 @@ from trainaudit.model.loops import (
 )
 from trainaudit.model.loops.identity import DDP_WRAPPERS, FSDP_WRAPPERS
 from trainaudit.model.loops.records import BatchSize
+from trainaudit.model.loops.summaries import helper_loss
 from trainaudit.model.project import Project
 from trainaudit.payloads import (
     AccumulationRewrite,
@@ -167,22 +168,23 @@ class AccumulatedLossNotScaled(ProjectRule):
             for backward in loop.ops("backward"):
                 if backward.framework or backward.loss is None:
                     continue
-                if backward.loss.counter:
+                loss = helper_loss(project, backward.loss)
+                if loss.counter:
                     yield self.finding(
                         backward.site.path, backward.site.span,
-                        f"`{backward.loss.text}` is divided by `{backward.loss.divisor}`, a "
+                        f"`{loss.text}` is divided by `{loss.divisor}`, a "
                         "counter that grows "
                         "by one each micro-batch: the micro-batches are weighted 1, 1/2, 1/3, ... "
                         "instead of 1/k each. Divide by the number of micro-batches per step",
                         related=[_related(loop.ops("optimizer_step")[0], "gated optimizer step")])
                     continue
-                if backward.loss.scaled is not False:
+                if loss.scaled is not False:
                     continue
-                if backward.loss.reduction not in (None, "mean"):
+                if loss.reduction not in (None, "mean"):
                     continue  # a summed loss: its author normalises it (tokens, ranks)
                 steps = accumulation.steps
                 message = (f"gradients of {steps or 'several'} micro-batches are summed but "
-                           f"`{backward.loss.text}` is not divided by the accumulation steps: "
+                           f"`{loss.text}` is not divided by the accumulation steps: "
                            "the update grows with the number of micro-batches")
                 if steps is None:
                     message += "; no automatic fix: the number of micro-batches is not visible"

@@ -24,8 +24,37 @@ class LossReader(CallClassifier):
         params = params_of(fn) if fn is not None else set()
         scaled, divisor = self._scaling(expr, body, params, depth=0)
         reduction = self.reduction(expr, function)
+        helper = self._imported_helper(expr, body) if scaled is None else None
         return LossSite(first_line(self.module.segment(expr)), scaled, divisor, reduction,
-                        counter=divisor is not None and _counts_up(body, divisor))
+                        counter=divisor is not None and _counts_up(body, divisor),
+                        helper=helper)
+
+    def _imported_helper(self, expr: ast.expr, body: list[ast.stmt]) -> str | None:
+        """The imported function a loss is the plain result of (``loss_fn(out, y)``, or a
+        name every assignment of which is such a call), qualified."""
+        calls = [expr] if isinstance(expr, ast.Call) else []
+        if isinstance(expr, ast.Name):
+            sources = list(assignments(body, expr.id))
+            if not sources or not all(isinstance(v, ast.Call) for v in sources):
+                return None
+            calls = [v for v in sources if isinstance(v, ast.Call)]
+        names = {self.module.call_name(call) if isinstance(call.func, ast.Name)
+                 and self.module.is_imported(call.func.id) else None for call in calls}
+        name = names.pop() if len(names) == 1 else None
+        return name if name is not None and "." in name else None
+
+    def returned_loss(self, function: str) -> LossSite | None:
+        """For a top-level function that returns a torch loss: whether what it returns is
+        divided, and how it is reduced (what a loop in another file calling it reads)."""
+        fn = self.module.functions.get(function)
+        if fn is None:
+            return None
+        returns = [n.value for n in walk_local(fn.body) if isinstance(n, ast.Return)
+                   and n.value is not None]
+        if len(returns) != 1:
+            return None
+        site = self.loss_site(returns[0], function)
+        return site if site is not None and site.reduction is not None else None
 
     def reduction(self, expr: ast.expr, function: str, depth: int = 0) -> str | None:
         """How the loss ``expr`` is reduced over its elements: "mean", "sum" or "none", read

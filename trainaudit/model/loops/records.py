@@ -69,6 +69,10 @@ class LossSite:
     # The divisor is a name the loss's function increments by one (``micro += 1``): a
     # micro-step counter that runs 1, 2, 3 ... across the window.
     counter: bool = False
+    # Where the scaling is not known here: the imported function whose result is the loss
+    # (``loss = loss_fn(out, y)`` with ``loss_fn`` from another module), qualified; the
+    # project phase reads that function's own verdict (``LoopFileFacts.returned_losses``).
+    helper: str | None = None
 
 
 @dataclass(frozen=True)

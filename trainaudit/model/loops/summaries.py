@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from trainaudit.model.loops.analysis import _cached_loops, is_training_loop, loop_analysis
 from trainaudit.model.loops.arguments import parameter_objects, rebound
 from trainaudit.model.loops.ordering import Ordering, merged_ordering
 from trainaudit.model.loops.patterns import LOOP_REQUIRES, LOOP_TRIGGERS
-from trainaudit.model.loops.records import ExternalCall, FunctionOps, Operation, TrainingLoop
+from trainaudit.model.loops.records import (
+    ExternalCall,
+    FunctionOps,
+    LossSite,
+    Operation,
+    TrainingLoop,
+)
 from trainaudit.model.module import ModuleFacts
 from trainaudit.model.project import Project
 from trainaudit.registry import summarizer
@@ -23,6 +29,9 @@ class LoopFileFacts:
     candidate_loops: tuple[TrainingLoop, ...]  # loops that may train through an imported helper
     functions: dict[str, FunctionOps]  # top-level functions with training operations
     targets_gpu: bool = False  # the file can put work on a GPU (see ``FileScan.traits``)
+    # Top-level functions that return a torch loss, with what they return (``loss_fn``
+    # imported by a training loop elsewhere).
+    returned_losses: dict[str, LossSite] = field(default_factory=dict)
 
 
 def _strip_nodes(loop: TrainingLoop) -> TrainingLoop:
@@ -32,8 +41,10 @@ def _strip_nodes(loop: TrainingLoop) -> TrainingLoop:
 
 # A file with only an evaluation helper (``model.eval()``) or a clipping helper is
 # summarised too: a loop in another file may call it.
-@summarizer("loops", triggers=(*LOOP_TRIGGERS, ".eval()", "clip_grad"),
-            requires=(*LOOP_REQUIRES, (r"\.eval\(\)",), (r"clip_grad",)))
+@summarizer("loops", triggers=(*LOOP_TRIGGERS, ".eval()", "clip_grad", "_loss(", "Loss(",
+                               "cross_entropy("),
+            requires=(*LOOP_REQUIRES, (r"\.eval\(\)",), (r"clip_grad",), (r"_loss\(",),
+                      (r"Loss\(",), (r"cross_entropy\(",)))
 def summarize_loops(module: ModuleFacts) -> LoopFileFacts:
     """Per-file summary: training loops, candidate loops and helpers other files may import."""
     training, candidates = _cached_loops(module)
@@ -49,9 +60,26 @@ def summarize_loops(module: ModuleFacts) -> LoopFileFacts:
         ops = analysis.function_ops(name)
         if ops.operations or ops.external_calls:
             functions[name] = replace(ops, operations=tuple(replace(op, node=None) for op in ops.operations))
+    returned = {name: site for name in module.functions if "." not in name
+                and (site := analysis.returned_loss(name)) is not None}
     return LoopFileFacts(tuple(_strip_nodes(loop) for loop in training),
                          tuple(_strip_nodes(loop) for loop in candidates), functions,
-                         "gpu" in analysis.traits)
+                         "gpu" in analysis.traits, returned)
+
+
+def helper_loss(project: Project, loss: LossSite) -> LossSite:
+    """A loss the plain result of a function imported from another checked file, read
+    with that function's own verdict (divided or not, how reduced); else as it is."""
+    if loss.helper is None or loss.scaled is not None:
+        return loss
+    resolved = project.resolve_symbol(loss.helper)
+    facts = project.by_path[resolved[0].path].facts.get("loops") if resolved else None
+    returned = facts.returned_losses.get(resolved[1]) if isinstance(facts, LoopFileFacts) \
+        and resolved is not None else None
+    if returned is None:
+        return loss
+    return replace(loss, scaled=returned.scaled, divisor=returned.divisor,
+                   reduction=returned.reduction)
 
 
 def _merge_external(loop: TrainingLoop, project: Project) -> TrainingLoop:
