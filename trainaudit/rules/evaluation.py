@@ -18,6 +18,7 @@ from trainaudit.model.loops import (
     project_training_loops,
 )
 from trainaudit.model.loops.identity import identity
+from trainaudit.model.loops.losses import LOSS_FUNCTIONS
 from trainaudit.model.loops.ordering import Ordering
 from trainaudit.model.loops.records import UNBOUND
 from trainaudit.model.module import FunctionNode, ModuleFacts, walk_local
@@ -79,15 +80,12 @@ def callers_disable_grad(module: ModuleFacts, analysis: LoopAnalysis, name: str,
     return True
 
 
-_LOSS_FUNCTION = re.compile(r"^torch\.nn\.functional\.(\w+_loss|kl_div|cross_entropy|"
-                            r"binary_cross_entropy\w*|nll_loss)$")
-
-
 def _computes_loss(module: ModuleFacts, fn: FunctionNode) -> bool:
     """The function computes a loss with a torch loss function (a distillation loss with a
     teacher in eval mode): part of a training step, run every step wherever it is called."""
-    return any(isinstance(node, ast.Call) and _LOSS_FUNCTION.match(module.call_name(node) or "")
-               for node in walk_local(fn.body))
+    names = (module.call_name(node) for node in walk_local(fn.body) if isinstance(node, ast.Call))
+    return any(name is not None and name.startswith("torch.nn.functional.")
+               and name.rsplit(".", 1)[-1] in LOSS_FUNCTIONS for name in names)
 
 
 def _repeated(module: ModuleFacts, fn: FunctionNode, forward: ast.AST | None) -> bool:

@@ -40,6 +40,7 @@ from trainaudit.model.flow.values import (
     Tokens,
     Unknown,
     Value,
+    constant_key_of,
     join,
     join_all,
     mask_of,
@@ -60,14 +61,6 @@ def constant_key(node: ast.expr) -> object | None:
     if isinstance(node, ast.Constant) and isinstance(node.value, str | int) \
             and not isinstance(node.value, bool):
         return node.value
-    return None
-
-
-def constant_key_of(value: Value) -> object | None:
-    """A value usable as a record key: a str or int constant."""
-    if isinstance(value, Const) and isinstance(value.value, str | int) \
-            and not isinstance(value.value, bool):
-        return value.value
     return None
 
 
@@ -286,7 +279,7 @@ def method_call(interp: Evaluator, receiver: Value, name: str, args: list[Value]
     if isinstance(receiver, LossValue):
         return receiver if name in POSITION_KEEPING_METHODS else Opaque(("loss-call", name, node.lineno))
     if name in ("fit", "validate", "test") and lightning.is_trainer(receiver):
-        return lightning.run(interp, name, args, kwargs, node, frame, element_of)
+        return lightning.run(interp, name, args, kwargs, node, frame)
     if name in PASS_ARGUMENTS and args:  # accelerator.prepare(model, opt, loader, ...)
         return args[0] if len(args) == 1 else Record("tuple", tuple(enumerate(args)))
     if isinstance(receiver, Tokens | Logits | Opaque):

@@ -7,8 +7,7 @@ from __future__ import annotations
 import ast
 from typing import TYPE_CHECKING
 
-from trainaudit.model.flow import calls
-from trainaudit.model.flow.values import Const, ListOf, Opaque, Record, Value
+from trainaudit.model.flow.values import Const, ListOf, Opaque, Record, Value, constant_key_of
 
 if TYPE_CHECKING:
     from trainaudit.model.flow.frame import Evaluator, Frame
@@ -28,8 +27,8 @@ def evaluate(interp: Evaluator, node: Comprehension, frame: Frame) -> Value:
             return per_item
         for generator in node.generators:
             iterable = interp.eval(generator.iter, frame)
-            interp.bind(generator.target, calls.element_of(interp, iterable, generator.iter,
-                                                           frame), frame)
+            interp.bind(generator.target, interp.element_of(iterable, generator.iter, frame),
+                        frame)
         if isinstance(node, ast.DictComp):
             return Opaque(("dict", frame.module.name, node.lineno, node.col_offset))
         return ListOf(interp.eval(node.elt, frame))
@@ -58,7 +57,7 @@ def _per_item(interp: Evaluator, node: Comprehension, frame: Frame) -> Value | N
         bound: Value = Record("tuple", ((0, Const(key)), (1, value))) if over_items else value
         interp.bind(generator.target, bound, frame)
         if isinstance(node, ast.DictComp):
-            new_key = calls.constant_key_of(interp.eval(node.key, frame))
+            new_key = constant_key_of(interp.eval(node.key, frame))
             if new_key is None:
                 return None
             items.append((new_key, interp.eval(node.value, frame)))

@@ -10,7 +10,6 @@ from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from trainaudit.model.flow.program import FlowModule, Program
-from trainaudit.model.flow.tensors import is_part
 from trainaudit.model.flow.values import (
     Logits,
     LossValue,
@@ -59,13 +58,6 @@ class Frame:
         if isinstance(stmt, ast.Assign) and stmt.value is node and len(stmt.targets) == 1:
             return stmt.targets[0]
         return None
-
-    def value_form(self, node: ast.expr) -> str:
-        """For a fix of ``node`` alone: "assign" (a whole right-hand side), "part"
-        (``tensors.is_part``), else ""."""
-        if self.assigned_to(node) is not None:
-            return "assign"
-        return "part" if is_part(self.statement, node) else ""
 
 
 class Evaluator(Protocol):

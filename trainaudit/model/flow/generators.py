@@ -6,7 +6,7 @@ from __future__ import annotations
 import ast
 from functools import lru_cache
 
-from trainaudit.model.flow.values import ListOf, Opaque, Value, join, options_of
+from trainaudit.model.flow.values import ListOf, Opaque, Value, join_all
 
 
 @lru_cache(maxsize=4096)
@@ -25,8 +25,4 @@ def is_generator(function: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
 
 def yielded(values: list[Value]) -> Value:
     """What iterating a generator gives: each value it yields, joined."""
-    joined: Value | None = None
-    for value in values:
-        for option in options_of(value):
-            joined = option if joined is None else join(joined, option)
-    return ListOf(joined if joined is not None else Opaque(("empty-generator",)))
+    return ListOf(join_all(values) if values else Opaque(("empty-generator",)))

@@ -375,7 +375,7 @@ class Interpreter(ModuleScope):
         if isinstance(value, ListOf):
             return value.element if not isinstance(node.slice, ast.Slice) else value
         if isinstance(value, Tokens):
-            return slice_tokens(value, node, frame.module, frame.value_form(node))
+            return slice_tokens(value, node, frame.module, frame.assigned_to(node) is not None)
         if isinstance(value, Logits):
             return slice_logits(value, node, frame.module)
         if isinstance(value, LossValue):
@@ -396,7 +396,7 @@ class Interpreter(ModuleScope):
             if isinstance(node.slice, ast.Slice | ast.Tuple):
                 tokens = as_tokens(value)
                 assert tokens is not None
-                return slice_tokens(tokens, node, frame.module, frame.value_form(node))
+                return slice_tokens(tokens, node, frame.module, frame.assigned_to(node) is not None)
             return value.child("sub", frame.module.text(node.slice))
         if isinstance(value, CausalLM | Loader | Library | ClassValue | FunctionValue
                       | BoundMethod | Const):

@@ -5,7 +5,6 @@ module's (``train_dataloader()`` after ``setup()``), or of its own loader method
 from __future__ import annotations
 
 import ast
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from trainaudit.model.flow.functions import call_function
@@ -25,9 +24,6 @@ _RUNS = {
     "test": (("dataloaders", 1, "test_dataloader", "test_step"),),
 }
 
-Iterate = Callable[["Evaluator", Value, ast.expr, "Frame"], Value]
-
-
 def is_trainer(value: Value) -> bool:
     """A Lightning ``Trainer`` made by the library (an opaque result of its class)."""
     return isinstance(value, Opaque) and len(value.key) > 1 and value.key[0] == "lib" \
@@ -35,7 +31,7 @@ def is_trainer(value: Value) -> bool:
 
 
 def run(interp: Evaluator, method: str, args: list[Value], kwargs: dict[str, Value],
-        node: ast.Call, frame: Frame, iterate: Iterate) -> Value:
+        node: ast.Call, frame: Frame) -> Value:
     """``trainer.fit(module, ...)``: each step method run on a batch of its loader."""
     module = kwargs.get("model", args[0] if args else None)
     datamodule = kwargs.get("datamodule")
@@ -58,7 +54,7 @@ def run(interp: Evaluator, method: str, args: list[Value], kwargs: dict[str, Val
             step_ref = interp.program.method(option.cls, step)
             if loader is None or step_ref is None:
                 continue
-            batch = iterate(interp, loader, node, frame)
+            batch = interp.element_of(loader, node, frame)
             call_function(interp, step_ref, option, [batch, Opaque(("batch_idx",))], {}, node,
                           frame.depth + 1)
     return Opaque(("lightning", method, node.lineno))

@@ -10,13 +10,10 @@ copy or a filled tensor (``labels[:-1] = ids[1:]``).
 
 from __future__ import annotations
 
-# Tensor methods that keep a tensor's shape (a copy, a dtype, a device): ``ids[:, 1:].clone()``
-# is still the slice, for a fix that puts ``ids`` in its place.
-SAME_SHAPE_METHODS = frozenset({"clone", "contiguous", "detach", "long", "int", "float", "to",
-                                "cuda", "cpu", "type"})
-# Tensor methods that keep every value at its position (the shape may change around the
-# sequence axis: a view, a squeeze, a batch axis added).
-POSITION_KEEPING_METHODS = SAME_SHAPE_METHODS | frozenset({
+# Tensor methods that keep every value at its position (a copy, a dtype, a device; the
+# shape may change around the sequence axis: a view, a squeeze, a batch axis added).
+POSITION_KEEPING_METHODS = frozenset({
+    "clone", "contiguous", "detach", "long", "int", "float", "to", "cuda", "cpu", "type",
     "view", "reshape", "pin_memory", "numpy", "tolist", "view_as", "reshape_as", "type_as",
     "squeeze", "unsqueeze", "flatten", "astype", "copy", "tensor", "half", "bfloat16",
     "double", "short", "clamp", "clip", "requires_grad_"})

@@ -11,7 +11,6 @@ from __future__ import annotations
 import ast
 from dataclasses import replace
 
-from trainaudit.model.flow.operations import SAME_SHAPE_METHODS
 from trainaudit.model.flow.program import FlowModule
 from trainaudit.model.flow.values import (
     UNKNOWN,
@@ -30,27 +29,6 @@ from trainaudit.model.flow.values import (
     Wrap,
 )
 from trainaudit.model.module import int_value
-
-
-def receiver_of_same_shape(node: ast.expr) -> ast.expr:
-    """``x`` of ``x.clone().to(device)``: the tensor under same-shape method calls."""
-    while isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
-            and node.func.attr in SAME_SHAPE_METHODS:
-        node = node.func.value
-    return node
-
-
-def is_part(stmt: ast.stmt | None, node: ast.expr) -> bool:
-    """``node`` is an item of a dict / tuple / list that is the whole value assigned or
-    returned, or the value itself, maybe under same-shape calls (``ids[:, 1:].clone()``):
-    a fix may put another expression in its place alone."""
-    whole = stmt.value if isinstance(stmt, ast.Assign | ast.Return) else None
-    items: list[ast.expr | None] = [whole]
-    if isinstance(whole, ast.Dict):
-        items = list(whole.values)
-    elif isinstance(whole, ast.Tuple | ast.List):
-        items = list(whole.elts)
-    return any(item is not None and receiver_of_same_shape(item) is node for item in items)
 
 
 def as_tokens(value: Value) -> Tokens | None:
@@ -124,9 +102,10 @@ def _ndim_after(elts: list[ast.expr], ndim: int | None) -> int | None:
 
 
 def slice_tokens(tokens: Tokens, node: ast.Subscript, module: FlowModule,
-                 form: str = "") -> Value:
+                 whole_value: bool = False) -> Value:
     """``tokens[...]``: a shift where the sequence axis starts later, a dropped tail.
-    ``form``: how the slice stands in its statement (``Frame.value_form``)."""
+    ``whole_value``: the slice is a statement's whole right-hand side (a fix may rewrite
+    it alone)."""
     elts = elements(node)
     index = _seq_index(elts, tokens.ndim, logits=False)
     ndim = _ndim_after(elts, tokens.ndim)
@@ -145,10 +124,11 @@ def slice_tokens(tokens: Tokens, node: ast.Subscript, module: FlowModule,
     if amount:
         simple = not symbol and element.upper is None
         producer = Producer("slice", module.site(node),
-                            module.text(node.value) if simple else None, fix_form=form)
+                            module.text(node.value) if simple else None,
+                            fix_form="assign" if whole_value else "")
         result = replace(result, steps=(*result.steps, ShiftStep(amount, module.site(node), producer)))
     if is_drop_last(element):
-        result = replace(result, trimmed=Trim(module.site(node), module.text(node.value), form))
+        result = replace(result, trimmed=Trim(module.site(node)))
     if is_drop_last(element) and result.wrap is not None and result.wrap.neutralizer is None:
         result = replace(result, wrap=replace(result.wrap, neutralizer=Neutralizer(
             "slice", module.site(node))))

@@ -88,6 +88,14 @@ class MaskValue:
         return None
 
 
+def constant_key_of(value: Value) -> object | None:
+    """A value usable as a record key: a str or int constant."""
+    if isinstance(value, Const) and isinstance(value.value, str | int) \
+            and not isinstance(value.value, bool):
+        return value.value
+    return None
+
+
 def mask_of(value: Value) -> MaskValue | None:
     """A value read as a mask or ignore value: an int literal, or an unknown whose access
     path names it (``tokenizer.pad_token_id``: a real token id)."""
@@ -158,12 +166,9 @@ class MaskMark:
 
 @dataclass(frozen=True)
 class Trim:
-    """A slice that dropped a tensor's last position (``ids[:, :-1]``): where, and, when
-    it is the plain ``[..., :-1]`` of a name, that tensor's source (what a fix restores)."""
+    """A slice that dropped a tensor's last position (``ids[:, :-1]``): where."""
 
     site: Site
-    base: str | None = None
-    fix_form: str = ""  # "assign" / "part": a whole right-hand side / a dict or tuple item
 
 
 @dataclass(frozen=True)
