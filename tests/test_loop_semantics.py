@@ -9,7 +9,7 @@ import textwrap
 import pytest
 
 from trainaudit.model.loops import TrainingLoop, find_training_loops
-from trainaudit.model.loops.identity import identity, made_by_class, wrappers_of
+from trainaudit.model.objects import file_objects
 from trainaudit.model.module import ModuleFacts
 
 
@@ -95,8 +95,11 @@ def test_identity_follows_aliases_and_wrappers() -> None:
     names = {n.id: n for n in ast.walk(module.tree) if isinstance(n, ast.Name)}
     teacher = next(n.func.value for n in ast.walk(module.tree) if isinstance(n, ast.Call)  # type: ignore[attr-defined]
                    and isinstance(n.func, ast.Attribute) and n.func.attr == "eval")
-    keys = {identity(module, names[n], "Distiller.step") for n in ("net", "model", "raw")}
-    assert keys == {"self.student"}
-    assert identity(module, teacher, "Distiller.step") == "self.teacher"
-    assert wrappers_of(module, names["model"], "Distiller.step") == {"DistributedDataParallel"}
-    assert made_by_class(module, names["net"], "Distiller.step") is None
+    objects = file_objects(module)
+    keys = {objects.key(names[n], "Distiller.step") for n in ("net", "model", "raw")}
+    assert len(keys) == 1
+    assert objects.key(teacher, "Distiller.step") not in keys
+    assert {objects.name(names[n], "Distiller.step") for n in ("net", "model", "raw")} == {"self.student"}
+    assert objects.wrappers(names["model"], "Distiller.step") == {"DistributedDataParallel"}
+    assert objects.made_by_class(names["net"], "Distiller.step") is None
+    assert objects.kind(names["model"], "Distiller.step") == "model"

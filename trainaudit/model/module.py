@@ -317,6 +317,8 @@ def child_blocks(stmt: ast.stmt) -> Iterator[list[ast.stmt]]:
             yield block
     for handler in getattr(stmt, "handlers", ()):
         yield handler.body
+    for case in getattr(stmt, "cases", ()):
+        yield case.body
 
 
 def child_nodes(node: ast.AST) -> list[ast.AST]:

@@ -24,9 +24,9 @@ from trainaudit.model.loops import (
     project_training_loops,
     targets_gpu,
 )
-from trainaudit.model.loops.identity import DDP_WRAPPERS, FSDP_WRAPPERS
 from trainaudit.model.loops.records import BatchSize
 from trainaudit.model.loops.summaries import helper_loss
+from trainaudit.model.objects import DDP_WRAPPERS, FSDP_WRAPPERS
 from trainaudit.model.project import Project
 from trainaudit.payloads import (
     AccumulationRewrite,

@@ -17,7 +17,6 @@ from trainaudit.model.loops import (
     loop_analysis,
     project_training_loops,
 )
-from trainaudit.model.loops.identity import identity
 from trainaudit.model.loops.losses import LOSS_FUNCTIONS
 from trainaudit.model.loops.ordering import Ordering
 from trainaudit.model.loops.records import UNBOUND
@@ -151,17 +150,6 @@ class EvalWithoutNoGrad(ModuleRule):
                               payload=None if trains else NoGradFunction(name), fixable=not trains)
 
 
-def _receiver(op: Operation) -> ast.expr | None:
-    """The object an eval/forward call runs on (``model`` in ``model.eval()`` / ``model(x)``)."""
-    call = op.node
-    if not isinstance(call, ast.Call):
-        return None
-    if op.kind == "eval_mode" or (isinstance(call.func, ast.Attribute)
-                                  and call.func.attr in ("forward", "generate")):
-        return call.func.value if isinstance(call.func, ast.Attribute) else None
-    return call.func
-
-
 def _evaluates(module: ModuleFacts, ordering: Ordering, evaluation: Operation, forward: Operation,
                ops: tuple[Operation, ...]) -> bool:
     """``forward`` runs the object put in eval mode by ``evaluation``, on a path after it,
@@ -172,12 +160,12 @@ def _evaluates(module: ModuleFacts, ordering: Ordering, evaluation: Operation, f
         return False  # another branch (``self.teacher.eval()`` beside the student's forward)
     if any(t.kind == "train_mode" and evaluation.order < t.order < forward.order for t in ops):
         return False
-    evaluated, ran = _receiver(evaluation), _receiver(forward)
-    if evaluated is None or ran is None:
+    if UNBOUND in (evaluation.subject, forward.subject):
         return False
-    put, run = (identity(module, evaluated, evaluation.site.function),
-                identity(module, ran, forward.site.function))
-    return run == put or run.startswith(put + ".")  # a submodule is in eval mode too
+    # Objects as the object model names them in the walked function (a helper's parameter
+    # by its argument); a submodule is in eval mode too.
+    return _same_object(evaluation.subject, forward.subject) or \
+        forward.subject.startswith(evaluation.subject + ".")
 
 
 # Names of functions a framework (or a training loop) calls to compute a training loss.
@@ -293,19 +281,7 @@ def _restore_after_call(op: Operation) -> RestoreTrainMode | None:
     return RestoreTrainMode(op.subject, after=(call.line, call.column))
 
 
-# ``.to(device)``, ``.cuda()``, ``.module``: calls and attributes that leave the same model.
-_SAME_MODEL_SUFFIX = re.compile(
-    r"\.(?:to|cuda|cpu|float|half|bfloat16|double|train|eval|requires_grad_)\([^()]*\)$|\.module$")
-
-
-def _model_text(text: str) -> str:
-    while True:
-        shorter = _SAME_MODEL_SUFFIX.sub("", text)
-        if shorter == text:
-            return text
-        text = shorter
-
-
 def _same_object(a: str, b: str) -> bool:
-    """Receiver texts of one model (``m``, ``m.module``, ``m.to(device)`` are one)."""
-    return _model_text(a) == _model_text(b)
+    """Two operations' subjects are one model: the object model names every spelling of an
+    object alike (``m``, ``m.module``, ``m.to(device)``, ``self.m`` set from ``m``)."""
+    return a == b

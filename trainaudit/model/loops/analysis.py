@@ -16,9 +16,7 @@ from trainaudit.model.loops.arguments import (
     rebound_arguments,
 )
 from trainaudit.model.loops.batch import batch_size_of
-from trainaudit.model.loops.bindings import blocks, params_of
 from trainaudit.model.loops.cfg import FlowGraph
-from trainaudit.model.loops.identity import object_name, wrappers_of
 from trainaudit.model.loops.losses import LossReader
 from trainaudit.model.loops.ordering import EventLog, Ordering
 from trainaudit.model.loops.patterns import TRAINY, looks_like_accumulation_test, terminates
@@ -31,7 +29,8 @@ from trainaudit.model.loops.records import (
     Site,
     TrainingLoop,
 )
-from trainaudit.model.module import ModuleFacts, walk_local
+from trainaudit.model.module import ModuleFacts, child_blocks, parameter_names, walk_local
+from trainaudit.model.objects import file_objects
 
 
 @dataclass(frozen=True)
@@ -175,7 +174,7 @@ class LoopAnalysis(LossReader):
             via = (*state.via, self.site(call, state.function))
             events: list[Operation | ExternalCall] = [*callee_ops, *callee_external]
             events.sort(key=lambda event: event.order)
-            objects = parameter_objects(positional_parameters(fn), params_of(fn),
+            objects = parameter_objects(positional_parameters(fn), parameter_names(fn),
                                         isinstance(call.func, ast.Attribute),
                                         call_arguments(module, call, state.function))
             mapping: dict[int, int] = {}
@@ -210,9 +209,9 @@ class LoopAnalysis(LossReader):
         """The object name of the model a forward or a mode switch runs on ("" for other kinds)."""
         func = call.func
         if kind == "forward" and not (isinstance(func, ast.Attribute) and func.attr == "forward"):
-            return object_name(self.module, func, function)
+            return file_objects(self.module).name(func, function)
         if kind in ("forward", "eval_mode", "train_mode") and isinstance(func, ast.Attribute):
-            return object_name(self.module, func.value, function)
+            return file_objects(self.module).name(func.value, function)
         return ""
 
 
@@ -230,7 +229,7 @@ class LoopAnalysis(LossReader):
                     yield from visit(stmt.body, function, (*outer, stmt))
                     yield from visit(stmt.orelse, function, outer)
                     continue
-                for block in blocks(stmt):
+                for block in child_blocks(stmt):
                     yield from visit(block, function, outer)
 
         yield from visit(self.module.tree.body, "", ())
@@ -275,7 +274,7 @@ class LoopAnalysis(LossReader):
         found: set[str] = set()
         for op in ops:
             if op.kind == "forward" and isinstance(op.node, ast.Call):
-                found.update(wrappers_of(self.module, op.node.func, op.site.function))
+                found.update(file_objects(self.module).wrappers(op.node.func, op.site.function))
         return frozenset(found)
 
     def with_batch_size(self, record: TrainingLoop) -> TrainingLoop:
@@ -323,7 +322,7 @@ class LoopAnalysis(LossReader):
         fn = self.module.functions[name]
         events = self._function_events(name)
         decorators = tuple(self.context_name(d) for d in fn.decorator_list)
-        return FunctionOps(name, tuple(sorted(params_of(fn))), tuple(events.operations),
+        return FunctionOps(name, tuple(sorted(parameter_names(fn))), tuple(events.operations),
                            tuple(events.external), decorators, events.ordering,
                            positional_parameters(fn))
 

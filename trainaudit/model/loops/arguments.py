@@ -1,7 +1,7 @@
 """Which object a helper's parameter is at one call: ``evaluate(ema, loader)`` binds
 ``evaluate``'s ``model`` to ``ema``, so ``model.eval()`` inside puts ``ema`` in eval mode.
 
-Arguments are named as ``identity.object_name`` names them in the caller (aliases, ``.to()``,
+Arguments are named by the object model (``objects.FileObjects.name``: aliases, ``.to()``,
 ``.module`` and wrappers followed). A parameter the call does not visibly give (a default,
 ``*args``, an argument after ``*rest``) is ``UNBOUND``: unknown, never a guess by name.
 So is an object a helper makes itself (``model = load(path); model.eval()``): the caller's
@@ -15,20 +15,21 @@ import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
 
-from trainaudit.model.loops.bindings import assignments, params_of
-from trainaudit.model.loops.identity import object_name
+from trainaudit.model.definitions import assignments
 from trainaudit.model.loops.records import UNBOUND, CallArguments, ExternalCall, Operation
-from trainaudit.model.module import FunctionNode, ModuleFacts, walk_local
+from trainaudit.model.module import FunctionNode, ModuleFacts, parameter_names, walk_local
+from trainaudit.model.objects import file_objects
 
 
 def call_arguments(module: ModuleFacts, call: ast.Call, caller: str) -> CallArguments:
     """The call's arguments by their object names in ``caller`` (up to a ``*rest``)."""
+    objects = file_objects(module)
     positional: list[str] = []
     for arg in call.args:
         if isinstance(arg, ast.Starred):
             break
-        positional.append(object_name(module, arg, caller))
-    keywords = tuple((kw.arg, object_name(module, kw.value, caller)) for kw in call.keywords
+        positional.append(objects.name(arg, caller))
+    keywords = tuple((kw.arg, objects.name(kw.value, caller)) for kw in call.keywords
                      if kw.arg is not None)
     return CallArguments(tuple(positional), keywords)
 
@@ -89,7 +90,7 @@ def made_here(fn: FunctionNode, subject: str) -> bool:
     if root is None:
         return False
     name = root.group()
-    if name in params_of(fn) or next(assignments(fn.body, name), False) is False:
+    if name in parameter_names(fn) or next(assignments(fn.body, name), False) is False:
         return False
     return not any(isinstance(node, ast.Global | ast.Nonlocal) and name in node.names
                    for node in walk_local(fn.body))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ast
 from dataclasses import replace
 
-from trainaudit.model.loops.bindings import assignments, target_key
+from trainaudit.model.definitions import assignments, target_key
 from trainaudit.model.loops.records import BatchSize, LoopNode
 from trainaudit.model.module import FunctionNode, ModuleFacts, int_value, keyword
 

@@ -3,55 +3,23 @@
 from __future__ import annotations
 
 import ast
-import re
 
-from trainaudit.model.loops.patterns import (
-    CLIP_METHODS,
-    FACTORY,
-    MODEL_NAME,
-    OPTIMIZER_NAME,
-    SCHEDULER_NAME,
-    last_name,
-)
+from trainaudit.model.loops.patterns import CLIP_METHODS, FACTORY
 from trainaudit.model.loops.records import OpKind
 from trainaudit.model.loops.scan import FileScan
 from trainaudit.model.module import keyword
+from trainaudit.model.objects import Kind, file_objects
 
 # Methods that switch a wrapper's gradient all-reduce off and on (apex DDP, FSDP2).
 SYNC_SWITCHES = frozenset({"disable_allreduce", "enable_allreduce", "set_requires_gradient_sync"})
 
 
-# A trailing subscript: an element of a collection, named by the collection.
-_ELEMENT = re.compile(r"\[[^\[\]]*\]$")
-
-
 class CallClassifier(FileScan):
     """Classifies the training-relevant calls and assignments of a file."""
 
-    def _is_optimizer(self, text: str) -> bool:
-        last = last_name(_ELEMENT.sub("", text))  # ``optimizers[1]``: one of the optimizers
-        if OPTIMIZER_NAME.search(last) and not SCHEDULER_NAME.search(last):
-            return True
-        for made in self.bindings.made_by(text):
-            lowered = made.lower()
-            if "lr_scheduler" in lowered or "schedul" in lowered:
-                return False
-            if "optim" in lowered or made.rsplit(".", 1)[-1] in (
-                    "AdamW", "Adam", "SGD", "Adafactor", "Lion", "RMSprop", "Adagrad"):
-                return True
-        return False
-
-    def _is_scheduler(self, text: str) -> bool:
-        if SCHEDULER_NAME.search(last_name(text)):
-            return True
-        for made in self.bindings.made_by(text):
-            lowered, last = made.lower(), made.rsplit(".", 1)[-1]
-            if "pipeline" in lowered:
-                continue
-            if ("lr_scheduler" in lowered or "schedule_with_warmup" in lowered
-                    or last.endswith(("LR", "Scheduler", "Schedulers")) or last == "get_scheduler"):
-                return True
-        return False
+    def _kind(self, expr: ast.expr, function: str) -> Kind:
+        """What the object of ``expr`` is, by the one object model of the file."""
+        return file_objects(self.module).kind(expr, function)
 
     def _framework(self, receiver: str) -> str:
         lowered = receiver.lower()
@@ -74,7 +42,7 @@ class CallClassifier(FileScan):
                 if name.rsplit(".", 1)[-1] in CLIP_METHODS:
                     return ("clip", "", "", None)
                 return None
-            if text in self.model_names or MODEL_NAME.search(text):
+            if self._kind(func, function) == "model":
                 return ("forward", text, "", None)
             return None
         if not isinstance(func, ast.Attribute):
@@ -101,11 +69,12 @@ class CallClassifier(FileScan):
         if attr in CLIP_METHODS or qualified.rsplit(".", 1)[-1] in CLIP_METHODS:
             return ("clip", receiver, self._framework(receiver), None)
         if attr == "step":
-            if "scaler" in receiver.lower() and call.args:
+            kind = self._kind(func.value, function)
+            if kind == "scaler" and call.args:
                 return ("optimizer_step", module.segment(call.args[0]), "", None)
-            if self._is_scheduler(receiver):
+            if kind == "scheduler":
                 return ("scheduler_step", receiver, "", None)
-            if self._is_optimizer(receiver):
+            if kind == "optimizer":
                 return ("optimizer_step", receiver, self._framework(receiver), None)
             if self.imports_deepspeed and ("engine" in receiver.lower() or "model" in receiver.lower()):
                 return ("optimizer_step", receiver, "deepspeed", None)
@@ -116,7 +85,7 @@ class CallClassifier(FileScan):
             return ("zero_grad", receiver, "", None)
         if attr == "unscale_" and call.args:
             return ("unscale", module.segment(call.args[0]), "", None)
-        if attr == "update" and "scaler" in receiver.lower():
+        if attr == "update" and self._kind(func.value, function) == "scaler":
             return ("scaler_update", receiver, "", None)
         if module.is_imported(receiver.split(".")[0]) and receiver.split(".")[0] != receiver:
             return None
@@ -129,16 +98,16 @@ class CallClassifier(FileScan):
             # ``train(True)``, or ``train(was_training)``: a mode saved before an
             # evaluation and put back (it may be train mode, so it may restore it).
             return ("train_mode", receiver, "", None)
-        if attr == "forward" and (receiver in self.model_names or MODEL_NAME.search(last_name(receiver))):
+        if attr == "forward" and self._kind(func.value, function) == "model":
             return ("forward", receiver, "", None)
         if receiver.startswith("self.") or receiver == "self":
             text = module.segment(func)
-            if text in self.model_names or (
-                    receiver == "self" and MODEL_NAME.search(attr) and not self._is_method(attr, function)):
+            if self._kind(func, function) == "model" and not (
+                    receiver == "self" and self._is_method(attr, function)):
                 return ("forward", text, "", None)
             return None
         text = module.segment(func)
-        if text in self.model_names:
+        if self._kind(func, function) == "model":
             return ("forward", text, "", None)
         return None
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import ast
 import re
 
-from trainaudit.model.loops.bindings import assignments, params_of
+from trainaudit.model.definitions import assignments
 from trainaudit.model.loops.classify import CallClassifier
-from trainaudit.model.loops.identity import made_by_class, origin
 from trainaudit.model.loops.patterns import first_line, names_in
 from trainaudit.model.loops.records import LossSite
-from trainaudit.model.module import keyword, walk_local
+from trainaudit.model.module import keyword, parameter_names, walk_local
+from trainaudit.model.objects import file_objects
 
 
 class LossReader(CallClassifier):
@@ -21,8 +21,7 @@ class LossReader(CallClassifier):
             return None
         fn = self.module.functions.get(function)
         body: list[ast.stmt] = fn.body if fn is not None else self.module.tree.body
-        params = params_of(fn) if fn is not None else set()
-        scaled, divisor = self._scaling(expr, body, params, depth=0)
+        scaled, divisor = self._scaling(expr, function, depth=0)
         reduction = self.reduction(expr, function)
         helper = self._imported_helper(expr, body) if scaled is None else None
         return LossSite(first_line(self.module.segment(expr)), scaled, divisor, reduction,
@@ -98,7 +97,7 @@ class LossReader(CallClassifier):
         criterion = self._criterion(func, function)
         if criterion is not None:
             return _reduction_keyword(criterion) or "mean"
-        cls = made_by_class(module, func, function)
+        cls = file_objects(module).made_by_class(func, function)
         if cls is not None:
             forward = f"{module.scope_name(cls)}.forward" if module.scope_name(cls) else f"{cls.name}.forward"
             if forward in module.functions:
@@ -112,15 +111,18 @@ class LossReader(CallClassifier):
 
     def _criterion(self, func: ast.expr, function: str) -> ast.Call | None:
         """The ``nn.CrossEntropyLoss(...)`` call a criterion name was made by."""
-        made, _ = origin(self.module, func, function)
-        if isinstance(made, ast.Call) and (self.module.call_name(made) or "").rsplit(".", 1)[-1].endswith("Loss") \
-                and (self.module.call_name(made) or "").startswith("torch.nn."):
-            return made
+        found = file_objects(self.module).object_of(func, function)
+        for made in found.constructions if found is not None else ():
+            name = self.module.call_name(made) or ""
+            if name.startswith("torch.nn.") and name.endswith("Loss"):
+                return made
         return None
 
-    def _scaling(self, expr: ast.expr, body: list[ast.stmt], params: set[str],
-                 depth: int) -> tuple[bool | None, str | None]:
+    def _scaling(self, expr: ast.expr, function: str, depth: int) -> tuple[bool | None, str | None]:
         module = self.module
+        fn = module.functions.get(function)
+        body: list[ast.stmt] = fn.body if fn is not None else module.tree.body
+        params = parameter_names(fn) if fn is not None else set()
         if depth > 4:
             return None, None
         if isinstance(expr, ast.BinOp):
@@ -132,7 +134,7 @@ class LossReader(CallClassifier):
                         return True, module.segment(side.right)
                     if any(re.search(r"accum|scale|inv|recip", n, re.I) for n in names_in(side)):
                         return True, module.segment(side)
-            results = [self._scaling(side, body, params, depth + 1) for side in (expr.left, expr.right)]
+            results = [self._scaling(side, function, depth + 1) for side in (expr.left, expr.right)]
             if any(r[0] for r in results):
                 return next(r for r in results if r[0])
             if all(r[0] is False for r in results):
@@ -142,7 +144,7 @@ class LossReader(CallClassifier):
             if expr.func.attr in ("div", "div_", "true_divide"):
                 return True, module.segment(expr.args[0]) if expr.args else None
             if expr.func.attr in ("mean", "sum", "float", "contiguous", "squeeze", "to"):
-                return self._scaling(expr.func.value, body, params, depth + 1)
+                return self._scaling(expr.func.value, function, depth + 1)
         if isinstance(expr, ast.Name):
             if expr.id in params:
                 return None, None
@@ -153,21 +155,21 @@ class LossReader(CallClassifier):
             for source in sources:
                 if source is None:  # an augmented division
                     return True, None
-                verdicts.append(self._scaling(source, body, params, depth + 1))
+                verdicts.append(self._scaling(source, function, depth + 1))
             if any(v[0] for v in verdicts):
                 return next(v for v in verdicts if v[0])
             if all(v[0] is False for v in verdicts):
                 return False, None
             return None, None
         if isinstance(expr, ast.Subscript):
-            return self._scaling(expr.value, body, params, depth + 1)
+            return self._scaling(expr.value, function, depth + 1)
         if isinstance(expr, ast.Attribute) and expr.attr == "loss":
-            return self._scaling(expr.value, body, params, depth + 1)
+            return self._scaling(expr.value, function, depth + 1)
         if isinstance(expr, ast.Call):
-            return self._call_scaling(expr, params, depth)
+            return self._call_scaling(expr, function, depth)
         return None, None
 
-    def _call_scaling(self, call: ast.Call, params: set[str], depth: int) -> tuple[bool | None, str | None]:
+    def _call_scaling(self, call: ast.Call, function: str, depth: int) -> tuple[bool | None, str | None]:
         module = self.module
         name = module.call_name(call) or ""
         if name.startswith("torch.nn.functional.") or (name.startswith("torch.") and "loss" in name.lower()):
@@ -176,19 +178,19 @@ class LossReader(CallClassifier):
             fn = module.functions[call.func.id]
             returns = [n.value for n in walk_local(fn.body)
                        if isinstance(n, ast.Return) and n.value is not None]
-            verdicts = [self._scaling(r, fn.body, params_of(fn), depth + 1) for r in returns]
+            verdicts = [self._scaling(r, call.func.id, depth + 1) for r in returns]
             if verdicts and any(v[0] for v in verdicts):
                 return next(v for v in verdicts if v[0])
             if verdicts and all(v[0] is False for v in verdicts):
                 return False, None
             return None, None
-        classified = self.classify(call, "")
+        classified = self.classify(call, function)
         if classified is not None and classified[0] == "forward":
             return False, None
-        text = module.segment(call.func)
         # A criterion made by a torch loss class, also one kept on ``self`` by ``__init__``
         # (``self.criterion(out, y)``): its result is not divided.
-        made = self.bindings.made_by(text)
+        found = file_objects(module).object_of(call.func, function)
+        made = found.makers if found is not None else []
         if made and all(m.rsplit(".", 1)[-1].endswith("Loss") or m.startswith("torch.nn.") for m in made):
             return False, None
         return None, None

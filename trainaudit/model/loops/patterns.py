@@ -30,10 +30,6 @@ ACCUMULATION_NAME = re.compile(
     r"|last_step|optimizer_step|should_update|do_update|is_update|sync\b|^sync",
     re.IGNORECASE,
 )
-OPTIMIZER_NAME = re.compile(r"optim|^opt(_|\d|$)|_opt$|^opts?$", re.IGNORECASE)
-# ``scheduler``, ``lr_scheduler``, ``sched``, ``lr_schedulers``; not ``pp_schedule`` (pipelines).
-SCHEDULER_NAME = re.compile(r"(^|_)(lr_?)?sched(uler)?s?$|^lr_sched|^lr$|_lr$|warmup", re.IGNORECASE)
-MODEL_NAME = re.compile(r"model|^net$|network|^module$|^engine$|_engine$|^policy$", re.IGNORECASE)
 # Calls that make a model rather than run one (``build_model()``, ``create_model(cfg)``).
 FACTORY = ("build_", "create_", "make_", "get_", "load_", "init_", "setup_", "prepare_")
 CLIP_METHODS = frozenset({"clip_grad_norm_", "clip_grad_value_", "clip_grad_norm",

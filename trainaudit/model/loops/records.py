@@ -90,7 +90,7 @@ class Operation:
     framework: str = ""  # for delegated calls: "accelerate", "fabric", "deepspeed", "lightning"
     loss: LossSite | None = None  # backward only
     # Forwards and mode switches: the object by its name in the walked loop's function
-    # (``identity.object_name``), a helper's parameter replaced by the call's argument
+    # (``objects.FileObjects.name``), a helper's parameter replaced by the call's argument
     # (``evaluate(ema, ...)`` puts ``ema`` in eval mode); ``UNBOUND`` when a parameter has no
     # argument the walk can see; "" where not computed (``receiver`` stands for it).
     bound: str = ""

@@ -7,8 +7,8 @@ import re
 from functools import cached_property
 
 from trainaudit.diagnostics import Span
-from trainaudit.model.loops.bindings import Bindings
-from trainaudit.model.loops.patterns import BACKWARD_CALL_RE, TRAINY, first_line
+from trainaudit.model.definitions import assignments, target_key
+from trainaudit.model.loops.patterns import BACKWARD_CALL_RE, TRAINY, first_line, last_name
 from trainaudit.model.loops.records import LoopNode, Site
 from trainaudit.model.module import ModuleFacts, walk_local
 
@@ -35,10 +35,6 @@ class FileScan:
         self.module = module
 
     # -- file-level facts ---------------------------------------------------------
-
-    @cached_property
-    def bindings(self) -> Bindings:
-        return Bindings(self.module)
 
     @cached_property
     def imports_deepspeed(self) -> bool:
@@ -239,18 +235,41 @@ class FileScan:
             if name is not None and name.endswith("set_grad_enabled"):
                 return _grad_switch(call)
             if isinstance(expr, ast.Name | ast.Attribute):
-                chosen = [m for m in self.bindings.made_by(module.segment(expr)) if "|" in m]
+                chosen = [m for m in self._made_by(expr) if "|" in m]
                 if chosen:  # ``with sync():`` where ``sync = a if k else b``
                     return "|".join(sorted(set(chosen)))
             return name or first_line(module.segment(expr))
         if isinstance(expr, ast.Name | ast.Attribute):
-            made = self.bindings.made_by(module.segment(expr))
+            made = self._made_by(expr)
             if made:
                 return "|".join(sorted(set(made)))
             return module.qualname(expr) or module.segment(expr)
         if isinstance(expr, ast.IfExp):
             return f"{self.context_name(expr.body)}|{self.context_name(expr.orelse)}"
         return first_line(module.segment(expr))
+
+    def _made_by(self, expr: ast.expr) -> list[str]:
+        """What a name (or ``self.x``) used as a context was assigned where it is used (its
+        function, else the file; every method for ``self.x``): the call that made it, or
+        ``a|b`` for ``a if k else b`` (calls, or the callables ``nullcontext if last else
+        ddp.no_sync`` entered as ``with sync():``)."""
+        module = self.module
+        key = target_key(expr)
+        if key is None:
+            return []
+        fn = module.enclosing_function(expr)
+        if isinstance(expr, ast.Attribute):
+            cls = module.enclosing_class(expr)
+            bodies = [f.body for name, f in module.functions.items()
+                      if cls is not None and name.startswith(module.scope_name(cls) + ".")]
+            values = [node.value for body in bodies for node in walk_local(body)
+                      if isinstance(node, ast.Assign) and any(
+                          isinstance(t, ast.Attribute) and target_key(t) == key for t in node.targets)]
+        else:
+            values = [v for v in assignments(fn.body, key) if v is not None] if fn is not None else []
+            values = values or [v for v in assignments(module.tree.body, key) if v is not None]
+        made = [_maker(module, value) for value in values]
+        return [m for m in made if m]
 
     def _loop_site(self, loop: LoopNode, function: str) -> Site:
         """The loop's header: from ``for``/``while`` to the end of its iterable or test."""
@@ -265,6 +284,20 @@ class FileScan:
         return Site(module.path, span, function, first_line(header))
 
     # -- losses -------------------------------------------------------------------
+
+
+def _maker(module: ModuleFacts, value: ast.expr) -> str | None:
+    """The qualified call a value is made by; ``a|b`` for a conditional of two calls or
+    two callables."""
+    if isinstance(value, ast.Await):
+        value = value.value
+    if isinstance(value, ast.Call):
+        return module.call_name(value) or last_name(module.segment(value.func))
+    if isinstance(value, ast.IfExp):
+        sides = [_maker(module, side) or (module.qualname(side) if isinstance(side, ast.Name | ast.Attribute)
+                                          else None) for side in (value.body, value.orelse)]
+        return "|".join(s for s in sides if s) if all(sides) else None
+    return None
 
 
 def _grad_switch(call: ast.Call) -> str:

@@ -1,0 +1,113 @@
+"""References: the places an object can live, read from spellings, and groups of them."""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Container, Iterable
+from dataclasses import dataclass
+
+from trainaudit.model.flow.operations import PASS_ARGUMENTS
+from trainaudit.model.module import ModuleFacts, parameter_names, walk_local
+
+
+@dataclass(frozen=True)
+class Ref:
+    """One place an object can live: ``scope`` is a function, a class (for ``self.``
+    attributes) or ``''`` (module globals); ``spelled`` as written there (``[]`` for the
+    elements of a container)."""
+
+    scope: str
+    spelled: str
+
+
+class UnionFind:
+    """Refs joined into groups."""
+
+    def __init__(self) -> None:
+        self.parent: dict[Ref, Ref] = {}
+
+    def find(self, ref: Ref) -> Ref:
+        root = self.parent.setdefault(ref, ref)
+        while root != self.parent[root]:
+            root = self.parent[root]
+        self.parent[ref] = root
+        return root
+
+    def union(self, a: Ref, b: Ref) -> None:
+        self.parent[self.find(a)] = self.find(b)
+
+
+class Refs(UnionFind):
+    """Spellings to refs, and the union-find of one object's refs."""
+
+    def __init__(self, module: ModuleFacts) -> None:
+        super().__init__()
+        self.module = module
+        self._locals: dict[str, set[str]] = {}
+
+    def local_names(self, function: str) -> set[str]:
+        if function not in self._locals:
+            fn = self.module.functions[function]
+            names = parameter_names(fn)
+            declared_global: set[str] = set()
+            for node in walk_local(fn.body):
+                if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+                    names.add(node.id)
+                elif isinstance(node, ast.Global | ast.Nonlocal):
+                    declared_global.update(node.names)
+            self._locals[function] = names - declared_global
+        return self._locals[function]
+
+    def resolve(self, spelled: str, function: str) -> Ref | None:
+        root = spelled.split(".", 1)[0].split("[", 1)[0]
+        module = self.module
+        if root in ("self", "cls"):
+            fn = module.functions.get(function)
+            cls = module.enclosing_class(fn) if fn is not None else None
+            return Ref(module.scope_name(cls), spelled) if cls is not None else None
+        scope = function
+        while scope:
+            if scope in module.functions and root in self.local_names(scope):
+                return Ref(scope, spelled)
+            scope = scope.rpartition(".")[0]
+        return Ref("", spelled)
+
+
+def spelling(node: ast.AST) -> str | None:
+    """The source spelling of a ``Name``/``Attribute`` chain (``self.scaler``), with a
+    subscript as its container's elements (``optimizers[]``); no aliasing."""
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        base = spelling(node.value)
+        return f"{base}.{node.attr}" if base and "[" not in base else None
+    if isinstance(node, ast.Subscript):
+        base = spelling(node.value)
+        return f"{base}[]" if base and "[" not in base else None
+    return None
+
+
+def origin_name(group: Iterable[Ref], built: Container[Ref], aliases: Container[Ref]) -> str:
+    """The name of a group of refs where its object was made: a ref a construction was
+    assigned to, else one no other ref was assigned to (a parameter, a global), else any;
+    a plain name before ``self.x``, then the first alphabetically (stable)."""
+    refs = list(group)
+    pool = [r for r in refs if r in built] or [r for r in refs if r not in aliases] or refs
+    return min(pool, key=lambda r: (r.spelled.startswith("self."), "[" in r.spelled,
+                                    r.spelled, r.scope)).spelled
+
+
+def last_name(spelled: str) -> str:
+    """``opt`` of ``self.opt``, ``optimizers`` of ``optimizers[]``."""
+    return spelled.rsplit(".", 1)[-1].replace("[]", "")
+
+
+def handed_back(value: ast.expr) -> list[ast.expr] | None:
+    """The values a tuple assignment unpacks one by one: a tuple display, or a framework
+    call handing its arguments back (``accelerator.prepare(model, opt)``)."""
+    if isinstance(value, ast.Tuple | ast.List):
+        return list(value.elts)
+    if isinstance(value, ast.Call) and isinstance(value.func, ast.Attribute) \
+            and value.func.attr in PASS_ARGUMENTS and not value.keywords:
+        return list(value.args)
+    return None
