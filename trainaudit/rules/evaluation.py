@@ -123,7 +123,7 @@ class EvalWithoutNoGrad(ModuleRule):
             if not any(isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
                        and n.func.attr == "eval" for n in walk_local(fn.body)):
                 continue
-            function_ops = analysis.function_ops(name)
+            function_ops = analysis.function_ops(name, own=True)
             ops = function_ops.operations
             if any(op.kind == "backward" for op in ops):
                 continue  # eval() to freeze dropout/norms while training

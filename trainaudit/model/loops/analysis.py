@@ -53,6 +53,7 @@ class FunctionEvents:
     external: list[ExternalCall]
     helpers: list[str]
     ordering: Ordering
+    own_operations: list[Operation]  # objects named as the function itself names them
 
 
 class LoopAnalysis(LossReader):
@@ -312,17 +313,21 @@ class LoopAnalysis(LossReader):
         log = EventLog()
         self.walk(fn.body, WalkState(name, visiting=visiting | {name}, log=log), ops, external, helpers)
         self._order = saved
+        own = ops
         ops, external = own_objects_unbound(fn, ops, external)
-        events = FunctionEvents(ops, external, helpers, log.ordering(self.flow_graph(name), None))
+        events = FunctionEvents(ops, external, helpers, log.ordering(self.flow_graph(name), None), own)
         self._functions[name] = events
         return events
 
-    def function_ops(self, name: str) -> FunctionOps:
-        """A function's call tree relative to its own body (what a caller in another file gets)."""
+    def function_ops(self, name: str, own: bool = False) -> FunctionOps:
+        """A function's call tree relative to its own body: what a caller in another file gets
+        (the objects the function makes itself ``UNBOUND``), or with ``own`` the objects as
+        the function names them."""
         fn = self.module.functions[name]
         events = self._function_events(name)
         decorators = tuple(self.context_name(d) for d in fn.decorator_list)
-        return FunctionOps(name, tuple(sorted(parameter_names(fn))), tuple(events.operations),
+        operations = events.own_operations if own else events.operations
+        return FunctionOps(name, tuple(sorted(parameter_names(fn))), tuple(operations),
                            tuple(events.external), decorators, events.ordering,
                            positional_parameters(fn))
 

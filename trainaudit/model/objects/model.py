@@ -251,8 +251,9 @@ class FileObjects:
                     self._assign(ast.Subscript(target, ast.Constant(0)), element, function)
                 continue
             if isinstance(option, ast.Dict):
-                for element in option.values:
-                    self._assign(ast.Subscript(target, ast.Constant(0)), element, function)
+                for key, element in zip(option.keys, option.values, strict=True):
+                    entry = key if isinstance(key, ast.Constant) else ast.Constant(0)
+                    self._assign(ast.Subscript(target, entry), element, function)
                 continue
             inner, wrappers = self._peel(option)
             self._wrapped.setdefault(ref, set()).update(wrappers)
@@ -394,6 +395,8 @@ class FileObjects:
                     for base in self.module.class_bases(self.module.classes[maker])):
                 return "model"
         methods = {c.method for c in found.calls}
+        if {"step", "zero_grad"} <= methods or "add_param_group" in methods:
+            return "optimizer"
         if "unscale_" in methods or any(
                 c.method == "scale" and isinstance(parent := self.module.parents.get(c.call), ast.Attribute)
                 and parent.attr == "backward" for c in found.calls):

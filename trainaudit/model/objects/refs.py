@@ -75,7 +75,9 @@ class Refs(UnionFind):
 
 def spelling(node: ast.AST) -> str | None:
     """The source spelling of a ``Name``/``Attribute`` chain (``self.scaler``), with a
-    subscript as its container's elements (``optimizers[]``); no aliasing."""
+    subscript as its container's elements (``optimizers[]``), or as one entry where a
+    string key names it (``state["optimizer"]``: a record of different objects); no
+    aliasing."""
     if isinstance(node, ast.Name):
         return node.id
     if isinstance(node, ast.Attribute):
@@ -83,7 +85,9 @@ def spelling(node: ast.AST) -> str | None:
         return f"{base}.{node.attr}" if base and "[" not in base else None
     if isinstance(node, ast.Subscript):
         base = spelling(node.value)
-        return f"{base}[]" if base and "[" not in base else None
+        key = node.slice
+        entry = f"[{key.value!r}]" if isinstance(key, ast.Constant) and isinstance(key.value, str) else "[]"
+        return f"{base}{entry}" if base and "[" not in base else None
     return None
 
 
@@ -98,7 +102,10 @@ def origin_name(group: Iterable[Ref], built: Container[Ref], aliases: Container[
 
 
 def last_name(spelled: str) -> str:
-    """``opt`` of ``self.opt``, ``optimizers`` of ``optimizers[]``."""
+    """``opt`` of ``self.opt``, ``optimizers`` of ``optimizers[]``, ``optimizer`` of
+    ``state["optimizer"]``."""
+    if spelled.endswith("']"):
+        return spelled.rsplit("['", 1)[-1][:-2]
     return spelled.rsplit(".", 1)[-1].replace("[]", "")
 
 
