@@ -214,7 +214,7 @@ class GradScalerBypassed(ModuleRule):
             for node in module.calls_by_function.get(function, []):
                 if not (isinstance(node.func, ast.Attribute) and node.func.attr == "step"
                         and not node.args and not node.keywords
-                        and facts.is_optimizer(_receiver(node))):
+                        and facts.is_optimizer(node.func.value)):
                     continue
                 spelled = scaler.spelling_in(function)
                 named = spelled or _receiver(scaler.uses("scale")[0].call) or "scaler"
@@ -307,7 +307,7 @@ def _optimizer_scales(facts: PrecisionFacts, autocast: ast.Call) -> bool:
     for node in ast.walk(enabled):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) \
                 and node.func.id == "isinstance" and node.args \
-                and facts.is_optimizer(dotted(node.args[0])):
+                and facts.is_optimizer(node.args[0]):
             return True
     return False
 
@@ -332,7 +332,7 @@ def _scaler_fix(facts: PrecisionFacts, autocast: ast.Call, function: str) -> Sca
         backwards = [c for c in calls if isinstance(c.func, ast.Attribute) and c.func.attr == "backward"
                      and not facts.steps.delegating_backward(c)]
         optimizer_steps = [c for c in calls if isinstance(c.func, ast.Attribute) and c.func.attr == "step"
-                           and not c.args and facts.is_optimizer(_receiver(c))]
+                           and not c.args and facts.is_optimizer(c.func.value)]
         if not backwards or not optimizer_steps:
             continue
         device_node = autocast.args[0] if autocast.args else next(

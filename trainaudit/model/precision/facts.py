@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from trainaudit.model.module import FunctionNode, ModuleFacts, argument, keyword, walk_local
+from trainaudit.model.objects import Kind, file_objects
 from trainaudit.model.precision.api import (
     AUTOCAST_APIS,
     CLIP_FUNCTIONS,
@@ -391,36 +392,25 @@ class PrecisionFacts:
     # -- optimizers and clipping ----------------------------------------------------------
 
     @cached_property
-    def optimizer_names(self) -> set[str]:
-        """Spellings bound to optimizers (``torch.optim.AdamW(...)``) or named so."""
-        names: set[str] = set()
-        for spelled, values in self.bindings.items():
-            for value in values:
-                if isinstance(value, ast.Call):
-                    qual = self.module.call_name(value) or ""
-                    if (qual.startswith("torch.optim.") and "lr_scheduler" not in qual) \
-                            or qual.rsplit(".", 1)[-1] in ("AdamW", "Adam", "SGD", "Lion", "Adafactor"):
-                        names.add(spelled)
-        return names
-
-    @cached_property
     def steps_an_optimizer(self) -> bool:
         """Some ``optimizer.step()`` / ``scaler.step(optimizer)`` / ``engine.step()`` in the file."""
         for call in self._calls():
             if isinstance(call.func, ast.Attribute) and call.func.attr == "step":
                 receiver = dotted(call.func.value) or ""
-                if self.is_optimizer(receiver) or "scaler" in receiver.lower() \
+                if self.kind_of(call.func.value) in ("optimizer", "scaler") \
                         or any(h in receiver.lower() for h in DELEGATING_BACKWARD):
                     return True
         return False
 
-    def is_optimizer(self, spelled: str | None) -> bool:
-        if spelled is None:
-            return False
-        last = spelled.rsplit(".", 1)[-1].lower()
-        if "sched" in last or "scaler" in last:
-            return False
-        return spelled in self.optimizer_names or "optim" in last or last in ("opt", "optimiser")
+    def kind_of(self, expr: ast.expr | None) -> Kind:
+        """What the object of ``expr`` is, by the one object model of the file."""
+        if expr is None:
+            return ""
+        fn = self.module.enclosing_function(expr)
+        return file_objects(self.module).kind(expr, self.module.scope_name(fn) if fn is not None else "")
+
+    def is_optimizer(self, expr: ast.expr | None) -> bool:
+        return self.kind_of(expr) == "optimizer"
 
     def is_clip_call(self, call: ast.Call) -> bool:
         """``torch.nn.utils.clip_grad_norm_(...)`` on raw gradients (not a framework's clip)."""
