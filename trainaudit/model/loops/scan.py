@@ -42,13 +42,12 @@ class FileScan:
                    for name in self.module.imports.modules)
 
     @cached_property
-    def _scan(self) -> tuple[frozenset[str], bool, frozenset[str], frozenset[str]]:
-        """One pass over the tree: (file delegation, DDP used, defined names, model names)."""
+    def _scan(self) -> tuple[frozenset[str], bool, frozenset[str]]:
+        """One pass over the tree: (file delegation, DDP used, defined names)."""
         module = self.module
         delegation: set[str] = set()
         ddp = False
         defined: set[str] = set()
-        models: set[str] = set()
         wrappers = ("DistributedDataParallel", "DDP", "FullyShardedDataParallel", "FSDP")
         for node in module.nodes:
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
@@ -67,16 +66,7 @@ class FileScan:
                     delegation.add("deepspeed")
                 if last in wrappers:
                     ddp = True
-                if isinstance(node.func, ast.Attribute) and node.func.attr in (
-                        "parameters", "named_parameters", "eval", "state_dict"):
-                    text = module.segment(node.func.value)
-                    if text and "optim" not in text.lower() and "(" not in text:
-                        models.add(text)
-            elif isinstance(node, ast.Assign) and isinstance(node.value, ast.Call):
-                maker = (module.call_name(node.value) or "").rsplit(".", 1)[-1]
-                if maker in (*wrappers, "compile", "DataParallel"):
-                    models.update(module.segment(target) for target in node.targets)
-        return frozenset(delegation), ddp, frozenset(defined), frozenset(models)
+        return frozenset(delegation), ddp, frozenset(defined)
 
     @cached_property
     def traits(self) -> frozenset[str]:
@@ -148,11 +138,6 @@ class FileScan:
     def defined_names(self) -> frozenset[str]:
         """Functions and classes defined anywhere in the file, by their own name."""
         return self._scan[2]
-
-    @property
-    def model_names(self) -> frozenset[str]:
-        """Source texts that name a model: receivers of .parameters()/.eval(), DDP(...) results."""
-        return self._scan[3]
 
     # -- prefilter ------------------------------------------------------------------
 
