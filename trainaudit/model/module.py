@@ -184,6 +184,14 @@ class ModuleFacts:
         return self._walk[0]
 
     @cached_property
+    def nodes_by_type(self) -> dict[type, list[ast.AST]]:
+        """Every node grouped by its type, in walk order (one pass over ``nodes``)."""
+        found: dict[type, list[ast.AST]] = {}
+        for node in self.nodes:
+            found.setdefault(type(node), []).append(node)
+        return found
+
+    @cached_property
     def parents(self) -> dict[ast.AST, ast.AST]:
         """Child → parent for every node of the tree (keys in walk order)."""
         return self._walk[1]

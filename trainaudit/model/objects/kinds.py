@@ -27,6 +27,11 @@ _NOT_MODELS = tuple(f"{c}.{m}" for c in ("Tokenizer", "TokenizerFast", "Config",
 # Methods only a model (among the kinds) has.
 MODEL_METHODS = frozenset({"parameters", "named_parameters", "eval", "train", "forward",
                             "modules", "named_modules", "children", "load_state_dict"})
+# The methods the object model records on an object: what tells its kind, and a scaler's.
+OBJECT_METHODS = MODEL_METHODS | {"step", "zero_grad", "add_param_group", "unscale_", "scale", "update"}
+# How the callables that build schedulers end (``OneCycleLR``, ``get_scheduler``,
+# ``get_linear_schedule_with_warmup``): only these calls are asked what they build.
+SCHEDULER_SUFFIXES = ("LR", "Scheduler", "Schedulers", "Plateau", "Restarts", "scheduler", "warmup")
 
 
 def kind_of_maker(maker: str) -> Kind:

@@ -28,12 +28,15 @@ from __future__ import annotations
 import ast
 import weakref
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from trainaudit.model.flow.operations import MODEL_WRAPPERS, SAME_OBJECT_METHODS
 from trainaudit.model.module import ModuleFacts, keyword, walk_local
 from trainaudit.model.objects.kinds import (
     MODEL_METHODS,
     NEITHER,
+    OBJECT_METHODS,
+    SCHEDULER_SUFFIXES,
     WRAPPER_NAMES,
     Kind,
     kind_by_name,
@@ -69,11 +72,17 @@ class FileObject:
     calls: list[ObjectCall] = field(default_factory=list)
     wrappers: set[str] = field(default_factory=set)
     kind: Kind = ""
-    # Functions that can see it: its locals' and parameters' scopes, the methods of the
-    # class holding it, the functions calling its methods (all, for a module global).
+    # Functions that can see a scaler: its locals' and parameters' scopes, the methods of
+    # the class holding it, the functions calling its methods (all, for a module global).
     reach: set[str] = field(default_factory=set)
-    # The name it had where it was made (see ``_origin_name``).
-    name: str = ""
+    # Refs a construction was assigned to, and refs given another ref's object.
+    built_at: frozenset[Ref] = frozenset()
+    aliases: frozenset[Ref] = frozenset()
+
+    @cached_property
+    def name(self) -> str:
+        """The name it had where it was made (``refs.origin_name``)."""
+        return origin_name(self.refs, self.built_at, self.aliases)
 
     def uses(self, method: str) -> list[ObjectCall]:
         return [c for c in self.calls if c.method == method]
@@ -101,7 +110,8 @@ class FileObjects:
 
     def __init__(self, module: ModuleFacts) -> None:
         self.module = module
-        self._refs = Refs(module)
+        self._scope_at = _scopes_by_line(module)
+        self._refs = Refs(module, self._scope_at)
         # The same, without what crosses into another function's parameters (a call's
         # argument, ``self.x = x`` in ``__init__``): an object as one function names it,
         # which the loop model binds per call (``loops.arguments``).
@@ -220,18 +230,34 @@ class FileObjects:
         return None, wrappers
 
     def _scan(self) -> None:
-        module = self.module
-        for function, fn_body in [("", module.tree.body),
-                                  *((name, fn.body) for name, fn in module.functions.items())]:
-            for node in walk_local(fn_body):
-                if isinstance(node, ast.Assign | ast.AnnAssign) and node.value is not None:
-                    targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-                    for target in targets:
-                        self._assign(target, node.value, function)
-                elif isinstance(node, ast.For | ast.AsyncFor | ast.comprehension):
+        """Every assignment, loop target and call of the file's functions and module level
+        (class bodies are no scope of their own here), each in the function it runs in."""
+        by_type = self.module.nodes_by_type
+        scope_at = self._scope_at
+
+        def scope(node: ast.AST) -> str | None:
+            line = getattr(node, "lineno", 0)
+            return scope_at[line] if line < len(scope_at) else None
+
+        for assignment in (ast.Assign, ast.AnnAssign):
+            for node in by_type.get(assignment, ()):
+                assert isinstance(node, ast.Assign | ast.AnnAssign)
+                function = scope(node)
+                if node.value is None or function is None:
+                    continue
+                for target in node.targets if isinstance(node, ast.Assign) else [node.target]:
+                    self._assign(target, node.value, function)
+        for loop in (ast.For, ast.AsyncFor, ast.comprehension):
+            for node in by_type.get(loop, ()):
+                assert isinstance(node, ast.For | ast.AsyncFor | ast.comprehension)
+                function = scope(node.target)
+                if function is not None:
                     self._iterate(node.target, node.iter, function)
-                elif isinstance(node, ast.Call):
-                    self._call(node, function)
+        for node in by_type.get(ast.Call, ()):
+            assert isinstance(node, ast.Call)
+            function = scope(node)
+            if function is not None:
+                self._call(node, function)
 
     def _assign(self, target: ast.expr, value: ast.expr, function: str) -> None:
         if isinstance(target, ast.Tuple | ast.List):
@@ -256,7 +282,8 @@ class FileObjects:
                     self._assign(ast.Subscript(target, entry), element, function)
                 continue
             inner, wrappers = self._peel(option)
-            self._wrapped.setdefault(ref, set()).update(wrappers)
+            if wrappers:
+                self._wrapped.setdefault(ref, set()).update(wrappers)
             source = self._ref(inner, function) if inner is not None else None
             if source is not None:
                 self._refs.union(ref, source)
@@ -296,19 +323,19 @@ class FileObjects:
 
     def _call(self, call: ast.Call, function: str) -> None:
         func = call.func
-        if isinstance(func, ast.Attribute):
+        if isinstance(func, ast.Attribute) and func.attr in OBJECT_METHODS:
             receiver = self._ref(func.value, function)
             if receiver is not None:
                 self._calls.setdefault(receiver, []).append(ObjectCall(func.attr, call, function))
             if func.attr in ("step", "unscale_") and call.args:
                 self._mark_optimizer(call.args[0], function, only_if_scaler=receiver)
-        name = self.module.call_name(call) or ""
-        if kind_of_maker(name) == "scheduler" and call.args:
-            self._mark_optimizer(call.args[0], function)
-        for kw in call.keywords:
-            if kw.arg == "optimizer" and kind_of_maker(name) == "scheduler":
-                self._mark_optimizer(kw.value, function)
-        self._join_arguments(call, function)
+        short = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+        if short.endswith(SCHEDULER_SUFFIXES) and kind_of_maker(self.module.call_name(call) or "") == "scheduler":
+            given = call.args[0] if call.args else keyword(call, "optimizer")
+            if given is not None:
+                self._mark_optimizer(given, function)
+        if call.args or call.keywords:
+            self._join_arguments(call, function)
 
     def _mark_optimizer(self, expr: ast.expr, function: str, only_if_scaler: Ref | None = None) -> None:
         ref = self._ref(expr, function)
@@ -353,19 +380,24 @@ class FileObjects:
         groups: dict[Ref, set[Ref]] = {}
         for ref in [*refs.parent, *self._built, *self._calls, *self._wrapped]:
             groups.setdefault(refs.find(ref), set()).add(ref)
+        # Only groups something is known of: a plain local is no object worth a record.
+        known = {refs.find(r) for r in [*self._built, *self._calls, *self._wrapped, *self._optimizer_args,
+                                        *(argument for _, argument in self._scaler_arguments)]}
         scaler_roots: set[Ref] = set()
         objects: dict[Ref, FileObject] = {}
-        for root, group in groups.items():
+        for root in known:
+            group = groups.get(root) or {root}
             built = [b for r in group for b in self._built.get(r, [])]
             calls = sorted((c for r in group for c in self._calls.get(r, [])),
                            key=lambda c: (c.call.lineno, c.call.col_offset))
             found = FileObject(group, [c for c, _ in built], [m for _, m in built], calls,
                                {w for r in group for w in self._wrapped.get(r, ())})
-            found.name = origin_name(group, self._built, self._aliases)
+            found.built_at = frozenset(r for r in group if r in self._built)
+            found.aliases = frozenset(r for r in group if r in self._aliases)
             found.kind = self._kind(found)
             if found.kind == "scaler":
                 scaler_roots.add(root)
-            found.reach = self._reach(found)
+                found.reach = self._reach(found)
             objects[root] = found
         for scaler, argument in self._scaler_arguments:
             target = objects.get(refs.find(argument))
@@ -403,6 +435,8 @@ class FileObjects:
             return "scaler"
         if found.wrappers or methods & MODEL_METHODS:
             return "model"
+        if not found.calls and not found.makers:
+            return ""  # nothing to go by but a name, and nothing asks what it is
         names = [last_name(m) for m in found.makers] or sorted(last_name(r.spelled) for r in found.refs)
         for name in names:
             kind = kind_by_name(name, has_calls=bool(found.calls) or bool(found.makers))
@@ -420,6 +454,21 @@ class FileObjects:
             else:
                 reach.add(ref.scope)
         return reach
+
+
+def _scopes_by_line(module: ModuleFacts) -> list[str | None]:
+    """Line → the function whose own code that line is (``''`` at module level, None in a
+    class body), innermost definitions last so they win."""
+    scopes: list[str | None] = [""] * (len(module.lines) + 2)
+    spans: list[tuple[int, int, str | None]] = [
+        (cls.lineno, cls.end_lineno or cls.lineno, None) for cls in module.nodes_by_type.get(ast.ClassDef, ())
+        if isinstance(cls, ast.ClassDef)]
+    spans += [(fn.body[0].lineno if fn.body else fn.lineno, fn.end_lineno or fn.lineno, name)
+              for name, fn in module.functions.items()]
+    # Outer definitions first: a nested one starts later (or on the same line and ends sooner).
+    for start, end, name in sorted(spans, key=lambda s: (s[0], -s[1])):
+        scopes[start:end + 1] = [name] * (end + 1 - start)
+    return scopes
 
 
 _FILES: weakref.WeakKeyDictionary[ModuleFacts, FileObjects] = weakref.WeakKeyDictionary()

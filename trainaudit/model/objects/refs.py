@@ -7,7 +7,7 @@ from collections.abc import Container, Iterable
 from dataclasses import dataclass
 
 from trainaudit.model.flow.operations import PASS_ARGUMENTS
-from trainaudit.model.module import ModuleFacts, parameter_names, walk_local
+from trainaudit.model.module import ModuleFacts, parameter_names
 
 
 @dataclass(frozen=True)
@@ -38,36 +38,47 @@ class UnionFind:
 
 
 class Refs(UnionFind):
-    """Spellings to refs, and the union-find of one object's refs."""
+    """Spellings to refs, and the union-find of one object's refs. ``scope_at`` is the
+    function each line of the file runs in (None in a class body)."""
 
-    def __init__(self, module: ModuleFacts) -> None:
+    def __init__(self, module: ModuleFacts, scope_at: list[str | None]) -> None:
         super().__init__()
         self.module = module
-        self._locals: dict[str, set[str]] = {}
+        self._locals: dict[str, set[str]] = {name: parameter_names(fn) for name, fn in module.functions.items()}
+        declared_global: dict[str, set[str]] = {}
+        by_type = module.nodes_by_type
+        for node in by_type.get(ast.Name, ()):
+            if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+                function = scope_at[node.lineno] if node.lineno < len(scope_at) else None
+                if function:
+                    self._locals[function].add(node.id)
+        for kind in (ast.Global, ast.Nonlocal):
+            for node in by_type.get(kind, ()):
+                if not isinstance(node, ast.Global | ast.Nonlocal):
+                    continue
+                function = scope_at[node.lineno] if node.lineno < len(scope_at) else None
+                if function:
+                    declared_global.setdefault(function, set()).update(node.names)
+        for function, names in declared_global.items():
+            self._locals[function] -= names
+        self._classes: dict[str, str | None] = {}
 
-    def local_names(self, function: str) -> set[str]:
-        if function not in self._locals:
-            fn = self.module.functions[function]
-            names = parameter_names(fn)
-            declared_global: set[str] = set()
-            for node in walk_local(fn.body):
-                if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
-                    names.add(node.id)
-                elif isinstance(node, ast.Global | ast.Nonlocal):
-                    declared_global.update(node.names)
-            self._locals[function] = names - declared_global
-        return self._locals[function]
+    def _class_of(self, function: str) -> str | None:
+        if function not in self._classes:
+            fn = self.module.functions.get(function)
+            cls = self.module.enclosing_class(fn) if fn is not None else None
+            self._classes[function] = self.module.scope_name(cls) if cls is not None else None
+        return self._classes[function]
 
     def resolve(self, spelled: str, function: str) -> Ref | None:
         root = spelled.split(".", 1)[0].split("[", 1)[0]
-        module = self.module
         if root in ("self", "cls"):
-            fn = module.functions.get(function)
-            cls = module.enclosing_class(fn) if fn is not None else None
-            return Ref(module.scope_name(cls), spelled) if cls is not None else None
+            cls = self._class_of(function)
+            return Ref(cls, spelled) if cls is not None else None
         scope = function
         while scope:
-            if scope in module.functions and root in self.local_names(scope):
+            names = self._locals.get(scope)
+            if names is not None and root in names:
                 return Ref(scope, spelled)
             scope = scope.rpartition(".")[0]
         return Ref("", spelled)

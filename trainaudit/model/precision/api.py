@@ -6,7 +6,6 @@ callables, dtype spellings, and each reference to ``torch.cuda.amp.*`` /
 from __future__ import annotations
 
 import ast
-import weakref
 from dataclasses import dataclass
 
 from trainaudit.model.module import ModuleFacts
@@ -74,23 +73,9 @@ CLIP_FUNCTIONS = ("clip_grad_norm_", "clip_grad_value_", "clip_grad_norm", "clip
 SCALER_METHODS = ("scale", "unscale_", "step", "update")
 
 
-_NODE_INDEX: weakref.WeakKeyDictionary[ModuleFacts, dict[type, list[ast.AST]]] = (
-    weakref.WeakKeyDictionary())
-
-
 def nodes_by_type(module: ModuleFacts) -> dict[type, list[ast.AST]]:
-    """Every node of a file grouped by its type, in walk order (built once per file).
-
-    Read from ``module.parents`` (which other rules build anyway), so it costs no
-    extra tree walk.
-    """
-    found = _NODE_INDEX.get(module)
-    if found is None:
-        found = {}
-        for node in module.parents:
-            found.setdefault(type(node), []).append(node)
-        _NODE_INDEX[module] = found
-    return found
+    """Every node of a file grouped by its type, in walk order (``ModuleFacts.nodes_by_type``)."""
+    return module.nodes_by_type
 
 
 def dotted(node: ast.AST) -> str | None:
