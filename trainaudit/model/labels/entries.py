@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import bisect
+from bisect import bisect_right
 
 from trainaudit.model.flow.outline import outline_of
 from trainaudit.model.flow.program import FlowSource
@@ -156,15 +157,22 @@ def flow_source(module: ModuleFacts) -> FlowSource:
         and (criterion or causal_lm or _holds_line(sink_lines, stmt)))
     called = frozenset(callee for call in every_call if (callee := _call_name(call)) is not None)
     return FlowSource(module.is_package, tuple(entries), sinks, defines, called,
-                      outline_of(module.tree), _calls_by_definition(module.tree.body))
+                      outline_of(module.tree), _calls_by_definition(module.tree.body, every_call))
 
 
-def _calls_by_definition(body: list[ast.stmt]) -> tuple[tuple[str, frozenset[str]], ...]:
+def _calls_by_definition(body: list[ast.stmt], calls: list[ast.Call]
+                         ) -> tuple[tuple[str, frozenset[str]], ...]:
     """Each top-level function or class with the simple names its code calls (methods and
-    nested functions included): a module
-    reached from a loss module is reached in turn through the definitions that call it."""
-    return tuple((stmt.name, frozenset(name for node in ast.walk(stmt)
-                                       if isinstance(node, ast.Call)
-                                       and (name := _call_name(node)) is not None))
-                 for stmt in body
-                 if isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef))
+    nested functions included): a module reached from a loss module is reached in turn
+    through the definitions that call it. ``calls``: every call of the file (each goes to
+    the definition whose lines hold it; no second walk of the tree)."""
+    definitions = [stmt for stmt in body
+                   if isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)]
+    starts = [min([stmt.lineno, *(d.lineno for d in stmt.decorator_list)]) for stmt in definitions]
+    names: list[set[str]] = [set() for _ in definitions]
+    for call in calls:
+        index = bisect_right(starts, call.lineno) - 1
+        if index >= 0 and call.lineno <= (definitions[index].end_lineno or 0) \
+                and (name := _call_name(call)) is not None:
+            names[index].add(name)
+    return tuple((stmt.name, frozenset(found)) for stmt, found in zip(definitions, names, strict=True))
