@@ -94,6 +94,11 @@ class Operation:
     # (``evaluate(ema, ...)`` puts ``ema`` in eval mode); ``UNBOUND`` when a parameter has no
     # argument the walk can see; "" where not computed (``receiver`` stands for it).
     bound: str = ""
+    # A clip recognised by the name of a function imported from another module
+    # (``clip_gradients(model, 1.0)`` from ``utils``): that call, for the project phase to
+    # run the function's own operations in its place where its file is checked (the
+    # ``loops`` summarizer fills it in; ``summaries._merge_external`` reads it).
+    imported: ExternalCall | None = None
     node: ast.AST | None = field(default=None, compare=False, repr=False)
 
     @property
