@@ -25,6 +25,37 @@ SYNC_SWITCHES = frozenset({"disable_allreduce", "enable_allreduce", "set_require
 _ELEMENT = re.compile(r"\[[^\[\]]*\]$")
 
 
+def makes_scheduler(made: str) -> bool:
+    """Whether a call of this (qualified) name makes a learning-rate scheduler: torch's
+    and transformers' schedulers, and factories named for one (``build_scheduler``)."""
+    lowered, last = made.lower(), made.rsplit(".", 1)[-1]
+    if "pipeline" in lowered:
+        return False  # pipeline-parallel schedules step micro-batches, not learning rates
+    factory = last.lower().startswith(FACTORY) and "sched" in last.lower() and "optim" not in last.lower()
+    return ("lr_scheduler" in lowered or "schedule_with_warmup" in lowered or factory
+            or last.endswith(("LR", "Scheduler", "Schedulers")) or last == "get_scheduler")
+
+
+def _collection_of(target: ast.expr, iterable: ast.expr, name: str) -> ast.expr | None:
+    """The collection whose elements a loop target ``name`` takes: ``for name in c``,
+    ``for i, name in enumerate(c)``, ``for key, name in c.items()``, ``c.values()``."""
+    if isinstance(target, ast.Tuple) and len(target.elts) == 2 \
+            and isinstance(target.elts[1], ast.Name) and target.elts[1].id == name \
+            and isinstance(iterable, ast.Call):
+        func = iterable.func
+        if isinstance(func, ast.Name) and func.id == "enumerate" and iterable.args:
+            return iterable.args[0]
+        if isinstance(func, ast.Attribute) and func.attr == "items" and not iterable.args:
+            return func.value
+        return None
+    if not (isinstance(target, ast.Name) and target.id == name):
+        return None
+    if isinstance(iterable, ast.Call) and isinstance(iterable.func, ast.Attribute) \
+            and iterable.func.attr == "values" and not iterable.args:
+        return iterable.func.value
+    return iterable
+
+
 class CallClassifier(FileScan):
     """Classifies the training-relevant calls and assignments of a file."""
 
@@ -44,14 +75,53 @@ class CallClassifier(FileScan):
     def _is_scheduler(self, text: str) -> bool:
         if SCHEDULER_NAME.search(last_name(text)):
             return True
-        for made in self.bindings.made_by(text):
-            lowered, last = made.lower(), made.rsplit(".", 1)[-1]
-            if "pipeline" in lowered:
-                continue
-            if ("lr_scheduler" in lowered or "schedule_with_warmup" in lowered
-                    or last.endswith(("LR", "Scheduler", "Schedulers")) or last == "get_scheduler"):
-                return True
+        return any(makes_scheduler(made) for made in self.bindings.made_by(text))
+
+    def _steps_scheduler_element(self, call: ast.Call, receiver: str) -> bool:
+        """``s.step()`` where ``s`` runs over a collection of schedulers: ``for s in
+        schedulers``, ``.values()``, ``for name, s in scheds.items()``, ``enumerate(...)``,
+        a list or dict literal of schedulers (here or where the collection is bound)."""
+        for anc in self.module.ancestors(call):
+            if isinstance(anc, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef | ast.Lambda):
+                return False
+            loops: list[tuple[ast.expr, ast.expr]] = []
+            if isinstance(anc, ast.For | ast.AsyncFor):
+                loops.append((anc.target, anc.iter))
+            elif isinstance(anc, ast.ListComp | ast.SetComp | ast.GeneratorExp | ast.DictComp):
+                loops.extend((g.target, g.iter) for g in anc.generators)
+            for target, iterable in loops:
+                collection = _collection_of(target, iterable, receiver)
+                if collection is not None:
+                    return self._scheduler_collection(collection, depth=1)
         return False
+
+    def _scheduler_collection(self, collection: ast.expr, depth: int) -> bool:
+        """Whether every element of a collection (a literal, or a name bound to one) is a
+        scheduler; a collection named for schedulers (``lr_schedulers``) is one."""
+        if isinstance(collection, ast.List | ast.Tuple | ast.Set | ast.Dict):
+            elements = [v for v in (collection.values if isinstance(collection, ast.Dict)
+                                    else collection.elts) if v is not None]
+            return bool(elements) and all(
+                makes_scheduler(self.module.call_name(e) or "") if isinstance(e, ast.Call)
+                else self._is_scheduler(self.module.segment(e)) for e in elements)
+        text = self.module.segment(collection)
+        if not isinstance(collection, ast.Name | ast.Attribute):
+            return False
+        if self._is_scheduler(text):
+            return True
+        return depth > 0 and any(self._scheduler_collection(value, depth - 1)
+                                 for value in self._literals_bound_to(text))
+
+    def _literals_bound_to(self, text: str) -> list[ast.expr]:
+        """Collection literals assigned to a name or ``self.`` attribute in the file."""
+        found: list[ast.expr] = []
+        for node in self.module.nodes:
+            if isinstance(node, ast.Assign | ast.AnnAssign) and isinstance(
+                    node.value, ast.List | ast.Tuple | ast.Set | ast.Dict):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                if any(self.module.segment(t) == text for t in targets):
+                    found.append(node.value)
+        return found
 
     def _framework(self, receiver: str) -> str:
         lowered = receiver.lower()
@@ -103,7 +173,7 @@ class CallClassifier(FileScan):
         if attr == "step":
             if "scaler" in receiver.lower() and call.args:
                 return ("optimizer_step", module.segment(call.args[0]), "", None)
-            if self._is_scheduler(receiver):
+            if self._is_scheduler(receiver) or self._steps_scheduler_element(call, receiver):
                 return ("scheduler_step", receiver, "", None)
             if self._is_optimizer(receiver):
                 return ("optimizer_step", receiver, self._framework(receiver), None)
