@@ -1,6 +1,7 @@
-"""TA303 through a clipping helper imported from another file (issue 17): the finding is
-where the loop calls the helper, its fix puts ``unscale_`` before that call, and the fixed
-trainer clips unscaled gradients when it runs."""
+"""Clipping helpers imported from another file (issue 17). TA303: the finding is where the
+loop calls the helper, its fix puts ``unscale_`` before that call, and the fixed trainer
+clips unscaled gradients when it runs. TA203: a helper clipping on every micro-batch is
+reported, and moved, at its call."""
 
 from __future__ import annotations
 
@@ -165,3 +166,38 @@ def test_fixed_fixture_is_clean(tmp_path: Path, case: str) -> None:
         assert text.count(".unscale_(") == 1 + (case == "clip_helper_package")  # finetune had one
         (tmp_path / "case" / name).write_text(text)
     assert check_tree(tmp_path / "case", select=("TA303",)).findings == []
+
+
+# -- TA203 reads the same helpers: a clip of another file is moved where it is called -------
+
+EVERY_MICRO_BATCH = (FIXTURES.parent / "loops/clip_helper_other_file_every_batch/train.py").read_text()
+
+
+def test_per_micro_batch_clip_in_a_helper_is_reported_and_moved_at_the_call(tmp_path: Path) -> None:
+    _write(tmp_path, EVERY_MICRO_BATCH)
+    findings = check_tree(tmp_path, select=("TA203",)).findings
+    assert [(f.path, f.line, f.column, f.fix is not None) for f in findings] == [("train.py", 12, 9, True)]
+    assert [(r.path, r.line) for r in findings[0].related] == [("train.py", 14), ("utils.py", 5)]
+    out = fix_tree(tmp_path, select=("TA203",))
+    assert list(out) == ["train.py"]
+    assert ("        if (i + 1) % accum == 0:\n"
+            "            clip_gradients(model, 1.0)\n"
+            "            optimizer.step()\n") in out["train.py"]
+
+
+def test_a_helper_that_does_more_than_clip_is_not_moved(tmp_path: Path) -> None:
+    utils = UTILS + '''
+
+    def clip_and_schedule(model, scheduler):
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        scheduler.step()
+'''
+    source = EVERY_MICRO_BATCH.replace("from utils import clip_gradients",
+                                       "from utils import clip_and_schedule")
+    source = source.replace("def train(model, loader, optimizer, accum=4):",
+                            "def train(model, loader, optimizer, scheduler, accum=4):")
+    source = source.replace("clip_gradients(model, 1.0)", "clip_and_schedule(model, scheduler)")
+    _write(tmp_path, source, utils)
+    findings = check_tree(tmp_path, select=("TA203",)).findings
+    assert [(f.path, f.line, f.column, f.fix) for f in findings] == [("train.py", 12, 9, None)]
+    assert fix_tree(tmp_path, select=("TA203",)) == {}

@@ -235,16 +235,30 @@ class PerMicroBatchUpdate(ProjectRule):
                 continue
             step = loop.ops("optimizer_step")[0]
             gate = accumulation.gate
+            seen: set[Site] = set()
             for op in loop.ops("scheduler_step", "clip", "zero_grad"):
                 if not _per_micro_batch(loop, accumulation, op) or _metric_driven(op):
                     continue
-                message = (f"`{op.site.text}` runs on every micro-batch while the optimizer "
+                # An operation of a helper imported from another file is reported at the call
+                # in this file, which is what moves: only when the helper does nothing else.
+                call = loop.entry_call(op, step)
+                site = call or op.site
+                if site in seen:
+                    continue
+                seen.add(site)
+                message = (f"`{site.text}` runs on every micro-batch while the optimizer "
                            f"steps once per accumulation window: {self._WHAT[op.kind]}")
-                fixable = _same_file(loop, op, step) and op.site.function == step.site.function
+                fixable = _same_file(loop, step) and site.path == loop.path \
+                    and site.function == step.site.function \
+                    and (call is None or all(o.kind == op.kind for o in loop.through(call)))
                 payload = MoveToStep((step.site.line, step.site.column), op.kind,
                                      (gate.site.line, gate.site.column) if gate else None)
-                yield self.finding(op.site.path, op.site.span, message,
-                                   payload=payload if fixable else None, fixable=fixable, related=[_related(step, "gated optimizer step")])
+                related = [_related(step, "gated optimizer step")]
+                if call is not None:
+                    related.append(_related(op, "what the helper runs"))
+                yield self.finding(site.path, site.span, message,
+                                   payload=payload if fixable else None, fixable=fixable,
+                                   related=related)
 
 
 def _metric_driven(op: Operation) -> bool:

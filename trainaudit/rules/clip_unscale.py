@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from trainaudit.diagnostics import Finding, Related, Span
 from trainaudit.model.loops import (
+    BACKWARD_CALL,
     Operation,
     Site,
     TrainingLoop,
@@ -135,7 +136,9 @@ def _clips_outside_loops(facts: PrecisionFacts, seen: set[int]) -> Iterator[Unsc
             yield UnscaledClip(module.span(clip_call), scaler, optimizer, True, None)
 
 
-@summarizer(CLIP_FAMILY, triggers=("scale(",))
+# Facts only where a scaler scales something, and then a clip or a backward to judge.
+@summarizer(CLIP_FAMILY, triggers=("scale(",),
+            requires=((r"scale\(", r"clip_grad"), (r"scale\(", BACKWARD_CALL)))
 def summarize_scaler_clips(module: ModuleFacts) -> ScalerClipFacts:
     """TA303's per-file facts (see ``ScalerClipFacts``); empty where no scaler scales."""
     facts = PrecisionFacts.of(module)
@@ -200,8 +203,8 @@ class ClipBeforeUnscale(ProjectRule):
                 if not after:
                     continue
                 op, step = after[0]
-                call = _call_to_report(loop, clip, op)
-                if (loop.path, call.span) in seen:
+                call = loop.entry_call(clip, op)
+                if call is None or (loop.path, call.span) in seen:
                     continue
                 seen.add((loop.path, call.span))
                 yield self._finding(
@@ -228,15 +231,6 @@ class ClipBeforeUnscale(ProjectRule):
             fixable=fixable,
             related=[Related(via.site.path, via.site.line, via.site.column, "the clip")]
             if via is not None else ())
-
-
-def _call_to_report(loop: TrainingLoop, clip: Operation, step: Operation) -> Site:
-    """The call in the loop's file that leads to a clip of another file: the one in the
-    function that steps (where ``unscale_`` belongs), else the last one in the file."""
-    depth = len(step.via)
-    if clip.via[:depth] == step.via and len(clip.via) > depth and clip.via[depth].path == loop.path:
-        return clip.via[depth]
-    return [site for site in clip.via if site.path == loop.path][-1]
 
 
 def _no_unscale_fix(loop: TrainingLoop, clip: Operation, call: Site, step: Operation,

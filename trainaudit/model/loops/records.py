@@ -239,6 +239,23 @@ class TrainingLoop:
         """This record's operations that run inside ``loop`` (a loop its call tree contains)."""
         return [op for op in self.operations if loop.header in op.loops]
 
+    def entry_call(self, op: Operation, near: Operation | None = None) -> Site | None:
+        """The call in this loop's file through which ``op``, an operation of another file,
+        runs: the one in the function of ``near`` (where that operation's names are seen),
+        else the last one; None when ``op`` is in this file."""
+        if op.site.path == self.path:
+            return None
+        if near is not None:
+            depth = len(near.via)
+            if op.via[:depth] == near.via and len(op.via) > depth and op.via[depth].path == self.path:
+                return op.via[depth]
+        calls = [site for site in op.via if site.path == self.path]
+        return calls[-1] if calls else None
+
+    def through(self, call: Site) -> list[Operation]:
+        """The operations a helper call runs (in order)."""
+        return [op for op in self.operations if call in op.via]
+
     def first(self, kind: OpKind) -> Operation | None:
         found = self.ops(kind)
         return found[0] if found else None
