@@ -7,7 +7,7 @@ from ``steps.py`` is judged with the helper's body inlined.
 
 from __future__ import annotations
 
-import ast
+import re
 from collections.abc import Iterable, Iterator
 
 from trainaudit.config import is_test_path
@@ -261,19 +261,16 @@ class PerMicroBatchUpdate(ProjectRule):
                                    related=related)
 
 
+# ``.step(`` with an argument after it; the call's first line is all a record keeps, and
+# the arguments may start on the next line (``sched.step(`` then ``val_loss)``).
+_STEP_WITH_ARGUMENTS = re.compile(r"\.step\((?!\s*\))")
+
+
 def _metric_driven(op: Operation) -> bool:
-    """``sched.step(val_loss)``: a scheduler stepped with a metric (``ReduceLROnPlateau``)
-    reacts to what it is fed, not to a count of optimizer steps: no per-micro-batch bug."""
-    if op.kind != "scheduler_step":
-        return False
-    call = op.node
-    if call is None:  # a summary from the project phase keeps the call's text, not its node
-        try:
-            call = ast.parse(f"({op.site.text})", mode="eval").body
-        except SyntaxError:
-            return False
-    return isinstance(call, ast.Call) and (
-        bool(call.args) or any(k.arg == "metrics" for k in call.keywords))
+    """``sched.step(val_loss)`` or ``sched.step(metrics=...)``: a scheduler fed a metric
+    (``ReduceLROnPlateau``), or told its position (the deprecated ``epoch``), reacts to what
+    it is given, not to how often it is called: no per-micro-batch bug."""
+    return op.kind == "scheduler_step" and _STEP_WITH_ARGUMENTS.search(op.site.text) is not None
 
 
 def _steps_between_windows(loop: TrainingLoop, step: Operation) -> bool:
