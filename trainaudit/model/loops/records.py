@@ -240,14 +240,15 @@ class TrainingLoop:
         return [op for op in self.operations if loop.header in op.loops]
 
     def entry_call(self, op: Operation, near: Operation | None = None) -> Site | None:
-        """The call in this loop's file through which ``op``, an operation of another file,
-        runs: the one in the function of ``near`` (where that operation's names are seen),
-        else the last one; None when ``op`` is in this file."""
-        if op.site.path == self.path:
+        """The call through which ``op`` runs when it is in a helper of another file than
+        ``near`` (the loop's file without it): the call in ``near``'s function leading to it
+        (where that operation's names are seen), else the last such call in the loop's
+        file; None when ``op`` is in that file (beside ``near``, or in a helper of its own)."""
+        if op.site.path == (near.site.path if near is not None else self.path):
             return None
         if near is not None:
             depth = len(near.via)
-            if op.via[:depth] == near.via and len(op.via) > depth and op.via[depth].path == self.path:
+            if op.via[:depth] == near.via and len(op.via) > depth:
                 return op.via[depth]
         calls = [site for site in op.via if site.path == self.path]
         return calls[-1] if calls else None
