@@ -81,6 +81,9 @@ RUNS: dict[str, str] = {
         "m = classifier(); o = torch.optim.SGD(m.parameters(), lr=0.1); "
         "s = torch.optim.lr_scheduler.StepLR(o, step_size=1); steps = train(m, loader(), o, s); "
         "observed = (m, steps, s.last_epoch)"),
+    "loops/ta203_scheduler_loop": (
+        "m = classifier(); o = torch.optim.SGD(m.parameters(), lr=0.1); t = Trainer(m, o, accum=2); "
+        "t.train_epoch(loader()); observed = (m, [s.last_epoch for s in t.lr_schedulers])"),
     "precision/autocast_inline_loss": _BINARY_STEP,
     "precision/autocast_helper_forward": _BINARY_STEP,
     "labels/ta103_collate_key": ("observed = collate_fn([{'input_ids': torch.arange(6) + i} for i in range(3)])"),

@@ -244,6 +244,17 @@ def test_no_autocast_fix_where_the_loss_cannot_be_covered(tmp_path: Path) -> Non
 GUARDED_SCHEDULER = (FIXTURES / "loops/codemods/ta203_guarded_scheduler.in.py").read_text()
 
 
+def _counted_sgd(model: Any) -> tuple[Any, list[int]]:
+    """An SGD optimizer over ``model`` and the list that grows by one per step it takes
+    (through ``scaler.step`` too; a step the scaler skips is not counted)."""
+    import torch
+
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    taken: list[int] = []
+    optimizer.register_step_post_hook(lambda *_: taken.append(1))
+    return optimizer, taken
+
+
 def test_scheduler_fix_keeps_its_guard_and_every_step_path(tmp_path: Path) -> None:
     torch = pytest.importorskip("torch")
     out = fixed(tmp_path, GUARDED_SCHEDULER, select=("TA203",))
@@ -255,13 +266,41 @@ def test_scheduler_fix_keeps_its_guard_and_every_step_path(tmp_path: Path) -> No
     train = execute(out)["train"]
     model = torch.nn.Linear(4, 3)
     loader = [(torch.randn(2, 4), torch.tensor([0, 1]))] * 6
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    sched = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1)
-    assert train(model, loader, optimizer, sched) == 3
-    assert sched.last_epoch == 3  # one scheduler step per optimizer step
-    assert train(model, loader, optimizer) == 3  # no scheduler: the guard still holds
+    # Both branches of the step (plain and through a GradScaler, which runs on a CPU too),
+    # each with and without a scheduler: one scheduler step per optimizer step taken.
+    for scaler in (None, torch.amp.GradScaler("cpu")):
+        optimizer, taken = _counted_sgd(model)
+        sched = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1)
+        assert train(model, loader, optimizer, sched, scaler) == 3
+        assert sched.last_epoch == len(taken) == 3
+        # No scheduler: the guard still holds (no AttributeError on None) and steps go on.
+        assert train(model, loader, optimizer, None, scaler) == 3
+        assert len(taken) == 6
+        assert sched.last_epoch == 3
     (tmp_path / "train.py").write_text(out)
     assert check_tree(tmp_path, select=("TA203",)).findings == []
+
+
+SCHEDULER_LOOP = (FIXTURES / "loops/codemods/ta203_scheduler_loop.in.py").read_text()
+
+
+def test_scheduler_loop_fix_moves_the_loop_whole_and_runs(tmp_path: Path) -> None:
+    # ``for scheduler in self.lr_schedulers: scheduler.step()``: moving the call alone out of
+    # its loop would leave ``scheduler`` unbound (NameError) or step only the last one.
+    torch = pytest.importorskip("torch")
+    out = fixed(tmp_path, SCHEDULER_LOOP, select=("TA203",))
+    assert ("                self.optimizer.step()\n"
+            "                for scheduler in self.lr_schedulers:\n"
+            "                    scheduler.step()\n"
+            "                self.optimizer.zero_grad()\n") in out
+    trainer_class = execute(out)["Trainer"]
+    model = torch.nn.Linear(4, 3)
+    optimizer, taken = _counted_sgd(model)
+    trainer = trainer_class(model, optimizer, accum=2)
+    trainer.lr_schedulers.append(torch.optim.lr_scheduler.StepLR(optimizer, step_size=1))
+    trainer.train_epoch([(torch.randn(2, 4), torch.tensor([0, 1]))] * 6)
+    assert len(taken) == 3
+    assert [s.last_epoch for s in trainer.lr_schedulers] == [3, 3]
 
 
 def test_scheduler_under_a_guard_shared_with_other_code_is_not_moved(tmp_path: Path) -> None:

@@ -13,7 +13,15 @@ import libcst as cst
 
 from trainaudit.diagnostics import Finding
 from trainaudit.fixes import FixResult, fixer
-from trainaudit.fixes.cst import Located, block_of, code_of, method_calls, top_statement
+from trainaudit.fixes.cst import (
+    Located,
+    block_of,
+    code_of,
+    method_calls,
+    names,
+    target_names,
+    top_statement,
+)
 from trainaudit.fixes.toolkit import (
     Edits,
     as_receiver,
@@ -35,8 +43,9 @@ from trainaudit.payloads import (
 )
 
 Rewrite = Callable[[Any], Any]
-# What a move takes: the statement, or the guard ``if`` holding only it.
-Movable = cst.SimpleStatementLine | cst.If
+# What a move takes: the statement, the guard ``if`` holding only it, or the loop over the
+# objects it steps (``for s in schedulers: s.step()``).
+Movable = cst.SimpleStatementLine | cst.If | cst.For
 
 
 def divided(expr: cst.BaseExpression, divisor: str) -> cst.BinaryOperation:
@@ -180,21 +189,27 @@ def _ancestors(located: Located, node: cst.CSTNode) -> list[cst.CSTNode]:
 def _movable_unit(located: Located, op_stmt: cst.SimpleStatementLine, step_stmt: cst.CSTNode,
                   gate: cst.If | None) -> Movable | None:
     """The statement to move: ``op_stmt``, or the guard ``if`` around it that holds nothing
-    else (its test kept); None when a guard the step does not share holds more, or a
-    ``with``/``try`` holds it. Loops and the gate's other branch are what it leaves."""
+    else (its test kept), or the loop that binds what it steps and holds nothing else; None
+    when a guard the step does not share holds more, or a ``with``/``try`` holds it. Other
+    loops (a micro-batch loop) and the gate's other branch are what it leaves."""
     shared = set(_ancestors(located, step_stmt))
     unit: Movable = op_stmt
+    read = names(op_stmt).used
     for ancestor in _ancestors(located, op_stmt):
         if ancestor in shared:
             return unit
         if isinstance(ancestor, cst.With | cst.Try | cst.ExceptHandler | cst.Finally):
             return None
-        if not isinstance(ancestor, cst.If) or ancestor is gate:
+        binds = isinstance(ancestor, cst.For) and bool(target_names(ancestor.target) & read)
+        if not (isinstance(ancestor, cst.If) or binds) or ancestor is gate:
             continue
+        assert isinstance(ancestor, cst.If | cst.For)
         body = ancestor.body
         if (ancestor.orelse is not None or not isinstance(body, cst.IndentedBlock)
                 or len(body.body) != 1 or body.body[0] is not unit):
-            return None  # a guard shared with other statements, or an if/else: keep it
+            return None  # a guard or loop shared with other statements, or an else: keep it
+        if isinstance(ancestor, cst.For):
+            read |= names(ancestor.iter).used
         unit = ancestor
     return unit
 

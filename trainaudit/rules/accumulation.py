@@ -7,7 +7,7 @@ from ``steps.py`` is judged with the helper's body inlined.
 
 from __future__ import annotations
 
-import ast
+import re
 from collections.abc import Iterable, Iterator
 
 from trainaudit.config import is_test_path
@@ -235,31 +235,42 @@ class PerMicroBatchUpdate(ProjectRule):
                 continue
             step = loop.ops("optimizer_step")[0]
             gate = accumulation.gate
+            seen: set[Site] = set()
             for op in loop.ops("scheduler_step", "clip", "zero_grad"):
                 if not _per_micro_batch(loop, accumulation, op) or _metric_driven(op):
                     continue
-                message = (f"`{op.site.text}` runs on every micro-batch while the optimizer "
+                # An operation of a helper imported from another file is reported at the call
+                # in this file, which is what moves: only when the helper does nothing else.
+                call = loop.entry_call(op, step)
+                site = call or op.site
+                if site in seen:
+                    continue
+                seen.add(site)
+                message = (f"`{site.text}` runs on every micro-batch while the optimizer "
                            f"steps once per accumulation window: {self._WHAT[op.kind]}")
-                fixable = _same_file(loop, op, step) and op.site.function == step.site.function
+                fixable = _same_file(loop, step) and site.path == loop.path \
+                    and site.function == step.site.function \
+                    and (call is None or all(o.kind == op.kind for o in loop.through(call)))
                 payload = MoveToStep((step.site.line, step.site.column), op.kind,
                                      (gate.site.line, gate.site.column) if gate else None)
-                yield self.finding(op.site.path, op.site.span, message,
-                                   payload=payload if fixable else None, fixable=fixable, related=[_related(step, "gated optimizer step")])
+                related = [_related(step, "gated optimizer step")]
+                if call is not None:
+                    related.append(_related(op, "what the helper runs"))
+                yield self.finding(site.path, site.span, message,
+                                   payload=payload if fixable else None, fixable=fixable,
+                                   related=related)
+
+
+# ``.step(`` with an argument after it; the call's first line is all a record keeps, and
+# the arguments may start on the next line (``sched.step(`` then ``val_loss)``).
+_STEP_WITH_ARGUMENTS = re.compile(r"\.step\((?!\s*\))")
 
 
 def _metric_driven(op: Operation) -> bool:
-    """``sched.step(val_loss)``: a scheduler stepped with a metric (``ReduceLROnPlateau``)
-    reacts to what it is fed, not to a count of optimizer steps: no per-micro-batch bug."""
-    if op.kind != "scheduler_step":
-        return False
-    call = op.node
-    if call is None:  # a summary from the project phase keeps the call's text, not its node
-        try:
-            call = ast.parse(f"({op.site.text})", mode="eval").body
-        except SyntaxError:
-            return False
-    return isinstance(call, ast.Call) and (
-        bool(call.args) or any(k.arg == "metrics" for k in call.keywords))
+    """``sched.step(val_loss)`` or ``sched.step(metrics=...)``: a scheduler fed a metric
+    (``ReduceLROnPlateau``), or told its position (the deprecated ``epoch``), reacts to what
+    it is given, not to how often it is called: no per-micro-batch bug."""
+    return op.kind == "scheduler_step" and _STEP_WITH_ARGUMENTS.search(op.site.text) is not None
 
 
 def _steps_between_windows(loop: TrainingLoop, step: Operation) -> bool:

@@ -1,4 +1,5 @@
-"""GradScaler rules (TA303–TA306): the scaler's protocol, and dtype against scaler.
+"""GradScaler rules (TA304–TA306): the scaler's protocol, and dtype against scaler
+(TA303, clipping before ``unscale_``, is in ``clip_unscale.py``).
 
 They read ``PrecisionFacts``: GradScaler objects (each tied to the locals, ``self.``
 attributes and parameters that name it), autocast sites and the training steps.
@@ -9,26 +10,27 @@ from __future__ import annotations
 import ast
 from collections.abc import Iterator
 
-from trainaudit.diagnostics import Finding, Related, Span
-from trainaudit.model.loops import find_training_loops
+from trainaudit.diagnostics import Finding, Related
 from trainaudit.model.module import ModuleFacts, keyword, walk_local
 from trainaudit.model.precision import PrecisionFacts, ScalerObject, dotted, torch_alias
 from trainaudit.model.precision.api import AMP_SINCE
 from trainaudit.model.precision.repairs import scaler_removal
-from trainaudit.payloads import ScalerInsertion, ScalerRepair, UnscaleBeforeClip
+from trainaudit.payloads import ScalerInsertion, ScalerRepair
 from trainaudit.registry import ModuleRule, RuleContext, register
 from trainaudit.requirements import format_version, parse_version
 
-# -- TA303 / TA304: the scaler's protocol ---------------------------------------------------
+# -- the scaler's protocol (TA303 reads these too) --------------------------------------
 
 
-def _scope_calls(facts: PrecisionFacts, function: str) -> list[ast.Call]:
+def scope_calls(facts: PrecisionFacts, function: str) -> list[ast.Call]:
+    """The calls of one function's own body ("" is the module body)."""
     fn = facts.scope_of(function)
     body = fn.body if fn is not None else facts.module.tree.body
     return [n for n in walk_local(body) if isinstance(n, ast.Call)]
 
 
-def _receiver(call: ast.Call) -> str | None:
+def receiver_of(call: ast.Call) -> str | None:
+    """``scaler`` of ``scaler.step(...)``, dotted; None for a plain name's call."""
     return dotted(call.func.value) if isinstance(call.func, ast.Attribute) else None
 
 
@@ -39,7 +41,7 @@ def _scaled(backward: ast.Call) -> bool:
         and receiver.func.attr == "scale"
 
 
-def _scaled_backward(facts: PrecisionFacts, function: str, backward: ast.AST | None) -> bool:
+def scaled_backward(facts: PrecisionFacts, function: str, backward: ast.AST | None) -> bool:
     """A backward of scaled gradients: ``scaler.scale(loss).backward()``, or ``loss.backward()``
     where the function bound ``loss = scaler.scale(...)`` (the two-statement spelling)."""
     if not isinstance(backward, ast.Call):
@@ -50,7 +52,7 @@ def _scaled_backward(facts: PrecisionFacts, function: str, backward: ast.AST | N
     if not isinstance(receiver, ast.Name):
         return False
     return any(isinstance(value, ast.Call) and isinstance(value.func, ast.Attribute)
-               and value.func.attr == "scale" and _receiver(value) in facts.scalers.receivers
+               and value.func.attr == "scale" and receiver_of(value) in facts.scalers.receivers
                for value in facts.names_in_scope(function).get(receiver.id, []))
 
 
@@ -61,98 +63,6 @@ def _visible(facts: PrecisionFacts, spelled: str, function: str) -> bool:
         fn = facts.scope_of(function)
         return fn is not None and "." in function
     return root in facts.names_in_scope(function)
-
-
-@register
-class ClipBeforeUnscale(ModuleRule):
-    """TA303: clipping gradients that are still multiplied by the loss scale.
-
-    With a GradScaler, ``clip_grad_norm_(params, 1.0)`` before
-    ``scaler.unscale_(optimizer)`` compares the *scaled* norm (x65536) with 1.0:
-    every step is clipped to almost nothing. Clipping through
-    ``accelerator.clip_grad_norm_`` / ``fabric.clip_gradients`` unscales first.
-    """
-
-    code = "TA303"
-    triggers = ("clip_grad",)
-
-    def check(self, module: ModuleFacts, ctx: RuleContext) -> Iterator[Finding]:
-        facts = PrecisionFacts.of(module)
-        scalers = facts.scalers
-        if not scalers.uses("scale") or facts.scaler_always_disabled():
-            return
-        seen: set[int] = set()
-        # Training loops first: their operations are in execution order, helpers included.
-        for loop in find_training_loops(module):
-            unscale_orders = [op.order for op in loop.ops("unscale")]
-            scaler_steps = [op for op in loop.ops("optimizer_step") if "scaler" in op.site.text.lower()
-                            or any(r in op.site.text for r in scalers.receivers)]
-            if not scaler_steps:
-                continue
-            for clip in loop.ops("clip"):
-                if clip.framework or not isinstance(clip.node, ast.Call) \
-                        or not facts.is_clip_call(clip.node) or id(clip.node) in seen:
-                    continue
-                seen.add(id(clip.node))
-                if any(order < clip.order for order in unscale_orders):
-                    continue
-                # Only gradients of a scaled backward are scaled (not the plain branch of
-                # ``if use_amp: scaler.scale(loss).backward() ... else: loss.backward()``).
-                before = [b for b in loop.ops("backward") if b.order < clip.order]
-                if not before or not _scaled_backward(facts, before[-1].site.function,
-                                                      before[-1].node):
-                    continue
-                step = ([s for s in scaler_steps if s.order > clip.order] or scaler_steps)[0]
-                step_call = step.node
-                if not isinstance(step_call, ast.Call) or not step_call.args:
-                    continue
-                # The unscale goes where the step's names are visible: before the helper
-                # call that leads to the clip, when the clip is deeper than the step.
-                depth = len(step.via)
-                fixable = clip.via[:depth] == step.via
-                anchor = clip.via[depth].span if fixable and len(clip.via) > depth else None
-                yield self._finding(module, clip.node, _receiver(step_call),
-                                    module.segment(step_call.args[0]), fixable=fixable,
-                                    anchor=anchor)
-        # Steps outside any loop of this file (a helper called from elsewhere): lexical order.
-        in_loops = {name for loop in find_training_loops(module) for name in loop.helpers} | {
-            loop.header.function for loop in find_training_loops(module)}
-        for function in sorted({""} | set(module.functions)):
-            if function in in_loops:
-                continue
-            calls = _scope_calls(facts, function)
-            steps = [c for c in calls if isinstance(c.func, ast.Attribute)
-                     and c.func.attr == "step" and _receiver(c) in scalers.receivers and c.args]
-            scales = [c for c in calls if isinstance(c.func, ast.Attribute)
-                      and c.func.attr == "scale" and _receiver(c) in scalers.receivers]
-            if not steps and not scales:
-                continue
-            unscales = [c for c in calls if isinstance(c.func, ast.Attribute)
-                        and c.func.attr == "unscale_" and _receiver(c) in scalers.receivers]
-            backwards = [c for c in calls if isinstance(c.func, ast.Attribute)
-                         and c.func.attr == "backward"]
-            for clip_call in (c for c in calls if facts.is_clip_call(c)):
-                if id(clip_call) in seen or any(u.lineno < clip_call.lineno for u in unscales):
-                    continue
-                earlier = [b for b in backwards if b.lineno <= clip_call.lineno]
-                if earlier and not _scaled_backward(facts, function, earlier[-1]):
-                    continue
-                after = [s for s in steps if s.lineno > clip_call.lineno] or steps
-                scaler = _receiver(after[0]) if after else _receiver(scales[0])
-                optimizer = module.segment(after[0].args[0]) if after else None
-                yield self._finding(module, clip_call, scaler, optimizer)
-
-    def _finding(self, module: ModuleFacts, clip: ast.Call, scaler: str | None,
-                 optimizer: str | None, *, fixable: bool = True, anchor: Span | None = None
-                 ) -> Finding:
-        where = anchor or module.span(clip)
-        return self.report(
-            module, clip,
-            f"gradients are clipped while still scaled by `{scaler}`: call "
-            f"`{scaler}.unscale_({optimizer or 'optimizer'})` before clipping",
-            payload=UnscaleBeforeClip(scaler, optimizer, where)
-            if scaler is not None and optimizer is not None else None,
-            fixable=fixable and scaler is not None and optimizer is not None)
 
 
 @register
@@ -180,7 +90,7 @@ class GradScalerBypassed(ModuleRule):
                 yield from self._unscaled_steps(facts, scaler)
             elif scaler.uses("step") and not scaler.uses("update"):
                 for use in scaler.uses("step"):
-                    spelled = _receiver(use.call) or "scaler"
+                    spelled = receiver_of(use.call) or "scaler"
                     yield self.report(
                         module, use.call,
                         f"`{spelled}.step(...)` without `{spelled}.update()`: the loss scale "
@@ -217,11 +127,11 @@ class GradScalerBypassed(ModuleRule):
                         and facts.is_optimizer(node.func.value)):
                     continue
                 spelled = scaler.spelling_in(function)
-                named = spelled or _receiver(scaler.uses("scale")[0].call) or "scaler"
+                named = spelled or receiver_of(scaler.uses("scale")[0].call) or "scaler"
                 yield self.report(
                     module, node,
                     f"`{module.segment(node)}` steps with gradients still scaled by "
-                    f"`{named}`; use `{named}.step({_receiver(node)})`",
+                    f"`{named}`; use `{named}.step({receiver_of(node)})`",
                     payload=ScalerRepair(named, "step") if spelled else None,
                     fixable=spelled is not None and _visible(facts, spelled, function))
 
@@ -328,7 +238,7 @@ def _scaler_fix(facts: PrecisionFacts, autocast: ast.Call, function: str) -> Sca
         loop = _outer_loop(facts, step.backward)
         if loop is None:
             continue
-        calls = _scope_calls(facts, step.function)
+        calls = scope_calls(facts, step.function)
         backwards = [c for c in calls if isinstance(c.func, ast.Attribute) and c.func.attr == "backward"
                      and not facts.steps.delegating_backward(c)]
         optimizer_steps = [c for c in calls if isinstance(c.func, ast.Attribute) and c.func.attr == "step"
@@ -346,7 +256,7 @@ def _scaler_fix(facts: PrecisionFacts, autocast: ast.Call, function: str) -> Sca
             loop_line=loop.lineno,
             backwards=tuple(module.span(c) for c in backwards),
             clips=tuple(module.span(c) for c in calls if facts.is_clip_call(c)),
-            steps=tuple((module.span(c), _receiver(c) or "optimizer") for c in optimizer_steps),
+            steps=tuple((module.span(c), receiver_of(c) or "optimizer") for c in optimizer_steps),
             device=device, torch_name=torch_alias(module) or "torch", scaler=name)
     return None
 

@@ -94,6 +94,11 @@ class Operation:
     # (``evaluate(ema, ...)`` puts ``ema`` in eval mode); ``UNBOUND`` when a parameter has no
     # argument the walk can see; "" where not computed (``receiver`` stands for it).
     bound: str = ""
+    # A clip recognised by the name of a function imported from another module
+    # (``clip_gradients(model, 1.0)`` from ``utils``): that call, for the project phase to
+    # run the function's own operations in its place where its file is checked (the
+    # ``loops`` summarizer fills it in; ``summaries._merge_external`` reads it).
+    imported: ExternalCall | None = None
     node: ast.AST | None = field(default=None, compare=False, repr=False)
 
     @property
@@ -233,6 +238,24 @@ class TrainingLoop:
     def inside(self, loop: TrainingLoop) -> list[Operation]:
         """This record's operations that run inside ``loop`` (a loop its call tree contains)."""
         return [op for op in self.operations if loop.header in op.loops]
+
+    def entry_call(self, op: Operation, near: Operation | None = None) -> Site | None:
+        """The call through which ``op`` runs when it is in a helper of another file than
+        ``near`` (the loop's file without it): the call in ``near``'s function leading to it
+        (where that operation's names are seen), else the last such call in the loop's
+        file; None when ``op`` is in that file (beside ``near``, or in a helper of its own)."""
+        if op.site.path == (near.site.path if near is not None else self.path):
+            return None
+        if near is not None:
+            depth = len(near.via)
+            if op.via[:depth] == near.via and len(op.via) > depth:
+                return op.via[depth]
+        calls = [site for site in op.via if site.path == self.path]
+        return calls[-1] if calls else None
+
+    def through(self, call: Site) -> list[Operation]:
+        """The operations a helper call runs (in order)."""
+        return [op for op in self.operations if call in op.via]
 
     def first(self, kind: OpKind) -> Operation | None:
         found = self.ops(kind)

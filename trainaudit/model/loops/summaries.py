@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import ast
 import weakref
 from dataclasses import dataclass, field, replace
 
 from trainaudit.model.loops.analysis import _cached_loops, is_training_loop, loop_analysis
-from trainaudit.model.loops.arguments import parameter_objects, rebound
+from trainaudit.model.loops.arguments import call_arguments, parameter_objects, rebound
 from trainaudit.model.loops.ordering import Ordering, merged_ordering
 from trainaudit.model.loops.patterns import LOOP_REQUIRES, LOOP_TRIGGERS
 from trainaudit.model.loops.records import (
@@ -34,9 +35,29 @@ class LoopFileFacts:
     returned_losses: dict[str, LossSite] = field(default_factory=dict)
 
 
-def _strip_nodes(loop: TrainingLoop) -> TrainingLoop:
-    return replace(loop, node=None, operations=tuple(replace(op, node=None) for op in loop.operations),
-                   enclosing=tuple(_strip_nodes(outer) for outer in loop.enclosing))
+def _portable(module: ModuleFacts, op: Operation) -> Operation:
+    """The operation as another file's loop needs it: no node; a clip recognised by the name
+    of an imported function keeps the call, so the project phase can read the function."""
+    call = op.node
+    if op.kind == "clip" and isinstance(call, ast.Call) and op.imported is None:
+        func = call.func
+        root = func
+        while isinstance(root, ast.Attribute):
+            root = root.value
+        qualified = module.call_name(call) or ""
+        # A library's clip (``torch.nn.utils``) has no summary; an object's (``accelerator``)
+        # is no imported function. Whether the name is a checked file's is the project's call.
+        if isinstance(root, ast.Name) and module.is_imported(root.id) \
+                and not qualified.startswith("torch."):
+            return replace(op, node=None, imported=ExternalCall(
+                qualified, op.site, op.guards, op.contexts, op.loops, op.via, op.order,
+                call_arguments(module, call, op.site.function)))
+    return replace(op, node=None)
+
+
+def _strip_nodes(module: ModuleFacts, loop: TrainingLoop) -> TrainingLoop:
+    return replace(loop, node=None, operations=tuple(_portable(module, op) for op in loop.operations),
+                   enclosing=tuple(_strip_nodes(module, outer) for outer in loop.enclosing))
 
 
 # A file with only an evaluation helper (``model.eval()``) or a clipping helper is
@@ -59,11 +80,11 @@ def summarize_loops(module: ModuleFacts) -> LoopFileFacts:
             continue
         ops = analysis.function_ops(name)
         if ops.operations or ops.external_calls:
-            functions[name] = replace(ops, operations=tuple(replace(op, node=None) for op in ops.operations))
+            functions[name] = replace(ops, operations=tuple(_portable(module, op) for op in ops.operations))
     returned = {name: site for name in module.functions if "." not in name
                 and (site := analysis.returned_loss(name)) is not None}
-    return LoopFileFacts(tuple(_strip_nodes(loop) for loop in training),
-                         tuple(_strip_nodes(loop) for loop in candidates), functions,
+    return LoopFileFacts(tuple(_strip_nodes(module, loop) for loop in training),
+                         tuple(_strip_nodes(module, loop) for loop in candidates), functions,
                          "gpu" in analysis.traits, returned)
 
 
@@ -82,20 +103,35 @@ def helper_loss(project: Project, loss: LossSite) -> LossSite:
                    reduction=returned.reduction)
 
 
+def _imported_helper(project: Project, call: ExternalCall) -> tuple[str, FunctionOps] | None:
+    """(module name, operations) of the checked function an imported call runs."""
+    resolved = project.resolve_symbol(call.qualified)
+    facts = project.by_path[resolved[0].path].facts.get("loops") if resolved else None
+    helper = facts.functions.get(resolved[1]) if isinstance(facts, LoopFileFacts) and resolved else None
+    return (resolved[0].module_name, helper) if helper is not None and resolved is not None else None
+
+
 def _merge_external(loop: TrainingLoop, project: Project) -> TrainingLoop:
-    """Inline imported helpers of a loop from their files' summaries."""
+    """Inline imported helpers of a loop from their files' summaries (a clip named after
+    an imported function too: ``clip_gradients`` runs whatever that function does)."""
     Event = Operation | ExternalCall
-    keyed: list[tuple[tuple[int, int], Event]] = [((op.order, 0), op) for op in loop.operations]
+    keyed: list[tuple[tuple[int, int], Event]] = []
+    calls = list(loop.external_calls)
+    for op in loop.operations:
+        if op.imported is not None and _imported_helper(project, op.imported) is not None:
+            calls.append(op.imported)
+        else:
+            keyed.append(((op.order, 0), op))
     inlined: dict[int, Ordering] = {}
     helpers = list(loop.helpers)
-    for call in loop.external_calls:
-        resolved = project.resolve_symbol(call.qualified)
-        facts = project.by_path[resolved[0].path].facts.get("loops") if resolved else None
-        helper = facts.functions.get(resolved[1]) if isinstance(facts, LoopFileFacts) and resolved else None
-        if helper is None or resolved is None:
+    for call in calls:
+        found = _imported_helper(project, call)
+        if found is None:
             keyed.append(((call.order, 0), call))
             continue
-        helpers.append(f"{resolved[0].module_name}.{helper.name}")
+        module_name, helper = found
+        if f"{module_name}.{helper.name}" not in helpers:
+            helpers.append(f"{module_name}.{helper.name}")
         inlined[call.order] = helper.ordering
         objects = parameter_objects(helper.positional, helper.params, False, call.arguments)
         for op in helper.operations:
@@ -119,7 +155,8 @@ def _merge_external(loop: TrainingLoop, project: Project) -> TrainingLoop:
 
 def _merged(loop: TrainingLoop, project: Project) -> TrainingLoop:
     """The loop with imported helpers inlined, in it and in its enclosing loops."""
-    if loop.external_calls or any(outer.external_calls for outer in loop.enclosing):
+    if any(record.external_calls or any(op.imported for op in record.operations)
+           for record in (loop, *loop.enclosing)):
         return _merge_external(loop, project)
     return loop
 

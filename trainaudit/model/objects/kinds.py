@@ -20,6 +20,8 @@ OPTIMIZER_CLASSES = frozenset({"AdamW", "Adam", "SGD", "Adafactor", "Lion", "RMS
 OPTIMIZER_NAME = re.compile(r"optim|^opt(_|\d|$)|_opt$|^opts?$", re.IGNORECASE)
 SCHEDULER_NAME = re.compile(r"(^|_)(lr_?)?sched(uler)?s?$|^lr_sched|^lr$|_lr$|warmup", re.IGNORECASE)
 MODEL_NAME = re.compile(r"model|^net$|network|^module$|^engine$|_engine$|^policy$", re.IGNORECASE)
+# Functions that build what they are named for (``build_scheduler(opt, cfg)``).
+_FACTORIES = ("build_", "create_", "make_", "get_", "load_", "init_", "setup_")
 # Objects with a model's methods (``trainer.train()``) that are none of the kinds.
 NEITHER = ("Trainer", "Accelerator", "Fabric", "Tokenizer", "Dataset", "DataLoader", "Logger")
 _NOT_MODELS = tuple(f"{c}.{m}" for c in ("Tokenizer", "TokenizerFast", "Config", "Processor")
@@ -41,7 +43,8 @@ def kind_of_maker(maker: str) -> Kind:
         return "scaler"
     if "pipeline" in lowered:
         return ""
-    if ("lr_scheduler" in lowered or "schedule_with_warmup" in lowered
+    factory = last.lower().startswith(_FACTORIES) and "sched" in last.lower() and "optim" not in last.lower()
+    if ("lr_scheduler" in lowered or "schedule_with_warmup" in lowered or factory
             or last.endswith(("LR", "Scheduler", "Schedulers", "LROnPlateau")) or last == "get_scheduler"):
         return "scheduler"
     if "optim" in lowered or last in OPTIMIZER_CLASSES:
