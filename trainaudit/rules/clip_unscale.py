@@ -67,8 +67,11 @@ class ScalerClipFacts:
 
 
 def _steps_through_scaler(facts: PrecisionFacts, op: Operation) -> bool:
-    """An optimizer step of the loop model that is a scaler's ``step(optimizer)``."""
-    return "scaler" in op.site.text.lower() or any(r in op.site.text for r in facts.scalers.receivers)
+    """An optimizer step of the loop model that is a scaler's ``step(optimizer)`` (the
+    object model says what the receiver is)."""
+    call = op.node
+    return (op.site.path == facts.module.path and isinstance(call, ast.Call)
+            and isinstance(call.func, ast.Attribute) and facts.kind_of(call.func.value) == "scaler")
 
 
 def _clips_in_loops(facts: PrecisionFacts, seen: set[int]) -> Iterator[UnscaledClip]:
@@ -108,21 +111,19 @@ def _clips_in_loops(facts: PrecisionFacts, seen: set[int]) -> Iterator[UnscaledC
 def _clips_outside_loops(facts: PrecisionFacts, seen: set[int]) -> Iterator[UnscaledClip]:
     """Steps outside any loop of this file (a helper called from elsewhere): lexical order."""
     module = facts.module
-    scalers = facts.scalers
     loops = find_training_loops(module)
     in_loops = {name for loop in loops for name in loop.helpers} | {loop.header.function for loop in loops}
     for function in sorted({""} | set(module.functions)):
         if function in in_loops:
             continue
         calls = scope_calls(facts, function)
-        steps = [c for c in calls if isinstance(c.func, ast.Attribute)
-                 and c.func.attr == "step" and receiver_of(c) in scalers.receivers and c.args]
-        scales = [c for c in calls if isinstance(c.func, ast.Attribute)
-                  and c.func.attr == "scale" and receiver_of(c) in scalers.receivers]
+        on_scaler = [(c.func.attr, c) for c in calls if isinstance(c.func, ast.Attribute)
+                     and c.func.attr in ("step", "scale", "unscale_") and facts.kind_of(c.func.value) == "scaler"]
+        steps = [c for method, c in on_scaler if method == "step" and c.args]
+        scales = [c for method, c in on_scaler if method == "scale"]
         if not steps and not scales:
             continue
-        unscales = [c for c in calls if isinstance(c.func, ast.Attribute)
-                    and c.func.attr == "unscale_" and receiver_of(c) in scalers.receivers]
+        unscales = [c for method, c in on_scaler if method == "unscale_"]
         backwards = [c for c in calls if isinstance(c.func, ast.Attribute) and c.func.attr == "backward"]
         for clip_call in (c for c in calls if facts.is_clip_call(c)):
             if id(clip_call) in seen or any(u.lineno < clip_call.lineno for u in unscales):

@@ -21,8 +21,22 @@ class CallClassifier(FileScan):
         """What the object of ``expr`` is, by the one object model of the file."""
         return file_objects(self.module).kind(expr, function)
 
-    def _framework(self, receiver: str) -> str:
-        lowered = receiver.lower()
+    def _framework(self, expr: ast.expr, function: str) -> str:
+        """The framework an object belongs to: by what built it (``Accelerator()``,
+        ``Fabric()``, ``deepspeed.initialize``), else, for an object the file does not
+        build (a parameter), by its name."""
+        found = file_objects(self.module).object_of(expr, function)
+        for maker in found.makers if found is not None else ():
+            root = maker.split(".", 1)[0]
+            if root == "accelerate":
+                return "accelerate"
+            if root in ("lightning", "pytorch_lightning") or maker.endswith("Fabric"):
+                return "fabric"
+            if root == "deepspeed":
+                return "deepspeed"
+        if found is not None and found.makers:
+            return ""
+        lowered = self.module.segment(expr).lower()
         if "accelerat" in lowered:
             return "accelerate"
         if "fabric" in lowered:
@@ -57,7 +71,7 @@ class CallClassifier(FileScan):
                 # Gradients live in the distributed-autograd context, not in ``.grad``.
                 return ("backward", receiver, "dist-autograd", None)
             if call.args and not isinstance(call.args[0], ast.Starred) and "loss" not in receiver:
-                framework = self._framework(receiver) or "framework"
+                framework = self._framework(func.value, function) or "framework"
                 return ("backward", receiver, framework, call.args[0])
             loss = func.value
             if (isinstance(loss, ast.Call) and isinstance(loss.func, ast.Attribute)
@@ -67,7 +81,7 @@ class CallClassifier(FileScan):
         if attr == "manual_backward" and call.args:
             return ("backward", receiver, "lightning", call.args[0])
         if attr in CLIP_METHODS or qualified.rsplit(".", 1)[-1] in CLIP_METHODS:
-            return ("clip", receiver, self._framework(receiver), None)
+            return ("clip", receiver, self._framework(func.value, function), None)
         if attr == "step":
             kind = self._kind(func.value, function)
             if kind == "scaler" and call.args:
@@ -75,7 +89,7 @@ class CallClassifier(FileScan):
             if kind == "scheduler":
                 return ("scheduler_step", receiver, "", None)
             if kind == "optimizer":
-                return ("optimizer_step", receiver, self._framework(receiver), None)
+                return ("optimizer_step", receiver, self._framework(func.value, function), None)
             if self.imports_deepspeed and ("engine" in receiver.lower() or "model" in receiver.lower()):
                 return ("optimizer_step", receiver, "deepspeed", None)
             return None

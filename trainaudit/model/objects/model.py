@@ -265,6 +265,13 @@ class FileObjects:
             if values is not None and len(values) == len(target.elts):
                 for elt, item in zip(target.elts, values, strict=True):
                     self._assign(elt, item, function)
+            elif isinstance(value, ast.Call):  # ``engine, opt, _, _ = deepspeed.initialize(...)``
+                maker = self.module.call_name(value) or spelling(value.func) or ""
+                for index, elt in enumerate(target.elts):
+                    spelled = spelling(elt)
+                    ref = self._refs.resolve(spelled, function) if spelled is not None else None
+                    if ref is not None:
+                        self._built.setdefault(ref, []).append((value, f"{maker}[{index}]"))
             return
         spelled = spelling(target)
         ref = self._refs.resolve(spelled, function) if spelled is not None else None
@@ -437,7 +444,7 @@ class FileObjects:
             return "model"
         if not found.calls and not found.makers:
             return ""  # nothing to go by but a name, and nothing asks what it is
-        names = [last_name(m) for m in found.makers] or sorted(last_name(r.spelled) for r in found.refs)
+        names = [last_name(m) for m in found.makers] + sorted(last_name(r.spelled) for r in found.refs)
         for name in names:
             kind = kind_by_name(name, has_calls=bool(found.calls) or bool(found.makers))
             if kind:
