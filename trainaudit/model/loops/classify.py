@@ -23,8 +23,8 @@ class CallClassifier(FileScan):
 
     def _framework(self, expr: ast.expr, function: str) -> str:
         """The framework an object belongs to: by what built it (``Accelerator()``,
-        ``Fabric()``, ``deepspeed.initialize``), else, for an object the file does not
-        build (a parameter), by its name."""
+        ``Fabric()``, ``deepspeed.initialize``), else by its name (a parameter, or what an
+        unknown factory returned)."""
         found = file_objects(self.module).object_of(expr, function)
         for maker in found.makers if found is not None else ():
             root = maker.split(".", 1)[0]
@@ -34,8 +34,6 @@ class CallClassifier(FileScan):
                 return "fabric"
             if root == "deepspeed":
                 return "deepspeed"
-        if found is not None and found.makers:
-            return ""
         lowered = self.module.segment(expr).lower()
         if "accelerat" in lowered:
             return "accelerate"
