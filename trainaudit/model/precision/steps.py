@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from trainaudit.model.module import ModuleFacts, walk_local
+from trainaudit.model.objects import file_objects
 from trainaudit.model.precision.api import dotted
 
 
@@ -174,8 +175,17 @@ class TrainingSteps:
                 return
 
     def _is_model_call(self, call: ast.Call, function: str) -> bool:
+        """Whether a call runs a model: what the object model knows of the callee decides
+        (built by a module class, used as a model; a criterion or an optimizer is none);
+        for a callee it knows nothing of, the names it has."""
         func = call.func
         module = self.module
+        if isinstance(func, ast.Name | ast.Attribute):
+            kind = file_objects(module).kind(func, function)
+            if kind == "model":
+                return True
+            if kind:
+                return False
         if isinstance(func, ast.Name):
             name = func.id
             if name in _BUILTINS or name in module.imports.aliases or name in module.functions \
