@@ -49,6 +49,7 @@ from trainaudit.model.objects.refs import (
     handed_back,
     last_name,
     origin_name,
+    scopes_by_line,
     spelling,
 )
 
@@ -110,7 +111,7 @@ class FileObjects:
 
     def __init__(self, module: ModuleFacts) -> None:
         self.module = module
-        self._scope_at = _scopes_by_line(module)
+        self._scope_at = scopes_by_line(module)
         self._refs = Refs(module, self._scope_at)
         # The same, without what crosses into another function's parameters (a call's
         # argument, ``self.x = x`` in ``__init__``): an object as one function names it,
@@ -126,7 +127,9 @@ class FileObjects:
         self._scaler_arguments: list[tuple[Ref, Ref]] = []
         self._aliases: set[Ref] = set()  # refs given another ref's object
         self._named_aliases: set[Ref] = set()  # of those, the ones joined in ``_named``
-        self._passed: dict[Ref, list[Ref]] = {}  # a parameter → the arguments calls give it
+        self._passed: dict[Ref, list[Ref]] = {}
+        # (receiver, call, caller) of method calls on objects the file may have built.
+        self._method_calls: list[tuple[Ref, ast.Call, str]] = []  # a parameter → the arguments calls give it
         self._returned: dict[Ref, list[Ref]] = {}  # a local factory's result → what it returns
         self._scan()
         self._join_parameters()
@@ -354,13 +357,24 @@ class FileObjects:
             self._optimizer_args.add(ref)
 
     def _join_arguments(self, call: ast.Call, caller: str) -> None:
-        """Join each argument with the parameter of this file's function it is passed into."""
+        """Pair each argument with the parameter of this file's function it is passed into
+        (a method of an object of this file's class: once the objects are known)."""
         module = self.module
         callee = module.local_callee(call, caller)
         skip_self = callee is not None and isinstance(call.func, ast.Attribute)
         if callee is None and isinstance(call.func, ast.Name) and call.func.id in module.classes:
             callee, skip_self = f"{call.func.id}.__init__", True
-        if callee is None or callee not in module.functions:
+        if callee is None and isinstance(call.func, ast.Attribute) and module.classes:
+            receiver = self._ref(call.func.value, caller)
+            if receiver is not None:  # ``trainer.fit(criterion)``
+                self._method_calls.append((receiver, call, caller))
+            return
+        if callee is not None:
+            self._pass(call, caller, callee, skip_self)
+
+    def _pass(self, call: ast.Call, caller: str, callee: str, skip_self: bool) -> None:
+        module = self.module
+        if callee not in module.functions:
             return
         fn = module.functions[callee]
         positional = [a.arg for a in [*fn.args.posonlyargs, *fn.args.args]][int(skip_self):]
@@ -376,7 +390,17 @@ class FileObjects:
     def _join_parameters(self) -> None:
         """A parameter every call of this file gives one object is that object; one given
         several (``evaluate(ema)``, ``evaluate(model)``) stays an object of its own, bound
-        per call by the loop model (``loops.arguments``)."""
+        per call by the loop model (``loops.arguments``). A method call on an object one of
+        this file's classes built enters that class's method."""
+        classes: dict[Ref, str] = {}
+        for ref, built in self._built.items():
+            for call, maker in built:
+                if maker in self.module.classes and isinstance(call.func, ast.Name):
+                    classes[self._refs.find(ref)] = maker
+        for receiver, call, caller in self._method_calls:
+            owner = classes.get(self._refs.find(receiver))
+            if owner is not None and isinstance(call.func, ast.Attribute):
+                self._pass(call, caller, f"{owner}.{call.func.attr}", skip_self=True)
         for _ in range(2):
             for parameter, arguments in self._passed.items():
                 if len({self._refs.find(a) for a in arguments}) == 1:
@@ -461,21 +485,6 @@ class FileObjects:
             else:
                 reach.add(ref.scope)
         return reach
-
-
-def _scopes_by_line(module: ModuleFacts) -> list[str | None]:
-    """Line → the function whose own code that line is (``''`` at module level, None in a
-    class body), innermost definitions last so they win."""
-    scopes: list[str | None] = [""] * (len(module.lines) + 2)
-    spans: list[tuple[int, int, str | None]] = [
-        (cls.lineno, cls.end_lineno or cls.lineno, None) for cls in module.nodes_by_type.get(ast.ClassDef, ())
-        if isinstance(cls, ast.ClassDef)]
-    spans += [(fn.body[0].lineno if fn.body else fn.lineno, fn.end_lineno or fn.lineno, name)
-              for name, fn in module.functions.items()]
-    # Outer definitions first: a nested one starts later (or on the same line and ends sooner).
-    for start, end, name in sorted(spans, key=lambda s: (s[0], -s[1])):
-        scopes[start:end + 1] = [name] * (end + 1 - start)
-    return scopes
 
 
 _FILES: weakref.WeakKeyDictionary[ModuleFacts, FileObjects] = weakref.WeakKeyDictionary()

@@ -129,3 +129,18 @@ def handed_back(value: ast.expr) -> list[ast.expr] | None:
             and value.func.attr in PASS_ARGUMENTS and not value.keywords:
         return list(value.args)
     return None
+
+
+def scopes_by_line(module: ModuleFacts) -> list[str | None]:
+    """Line → the function whose own code that line is (``''`` at module level, None in a
+    class body), innermost definitions last so they win."""
+    scopes: list[str | None] = [""] * (len(module.lines) + 2)
+    spans: list[tuple[int, int, str | None]] = [
+        (cls.lineno, cls.end_lineno or cls.lineno, None) for cls in module.nodes_by_type.get(ast.ClassDef, ())
+        if isinstance(cls, ast.ClassDef)]
+    spans += [(fn.body[0].lineno if fn.body else fn.lineno, fn.end_lineno or fn.lineno, name)
+              for name, fn in module.functions.items()]
+    # Outer definitions first: a nested one starts later (or on the same line and ends sooner).
+    for start, end, name in sorted(spans, key=lambda s: (s[0], -s[1])):
+        scopes[start:end + 1] = [name] * (end + 1 - start)
+    return scopes
