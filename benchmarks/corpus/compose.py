@@ -43,13 +43,15 @@ def sample(count: int, seed: int = 0) -> list[Composition]:
 
 
 def sample_space(count: int, seed: int, axes: dict[str, tuple[str, ...]],
-                 build: Callable[..., C], misfits: Callable[[C], list[str]]) -> list[C]:
+                 build: Callable[..., C], misfits: Callable[[C], list[str]],
+                 tries: int = 5000) -> list[C]:
     """``count`` distinct compositions whose parts fit together, the same for the same seed.
 
     The i-th composition is built around the i-th part (cycling over every part of
     every axis), the other axes drawn uniformly with misfits rejected, so a part that
     fits few others (a batch function, Lightning) still appears about
-    ``count / len(ALL_PARTS)`` times.
+    ``count / len(ALL_PARTS)`` times (``tries`` draws per composition before that part
+    is skipped for the turn).
     """
     rng = random.Random(seed)
     parts = all_parts(axes)
@@ -58,7 +60,7 @@ def sample_space(count: int, seed: int, axes: dict[str, tuple[str, ...]],
     misses = 0
     while len(out) < count:
         axis, part = parts[(len(out) + misses) % len(parts)]
-        for _ in range(5000):
+        for _ in range(tries):
             comp = _draw(rng, axes, build, axis, part)
             if comp not in seen and not misfits(comp):
                 seen.add(comp)
@@ -116,3 +118,24 @@ def write_corpus(root: Path, comps: list[Composition]) -> Iterator[tuple[Path, d
         for twin in TWINS:
             folder = root / f"{index:05d}-{twin}"
             yield folder, write_project(folder, comp, twin)
+
+
+def sample_faults(draw: Callable[[int, int], list[Any]], count: int, seed: int,
+                  axes: dict[str, tuple[str, ...]],
+                  misfits: Callable[[Any], list[str]]) -> list[str]:
+    """What breaks the sampling contract for ``draw(count, seed)`` (empty when nothing):
+    the same seed gives the same compositions and another seed others, all distinct, all
+    fitting, and the i-th built around the i-th part (the first 40 parts all appear)."""
+    comps = draw(count, seed)
+    faults = []
+    if comps != draw(count, seed):
+        faults.append("not deterministic")
+    if comps == draw(count, seed + 1):
+        faults.append("the seed changes nothing")
+    if len(set(comps)) != count:
+        faults.append("not distinct")
+    faults += [f"{c}: {misfits(c)}" for c in comps if misfits(c)]
+    faults += [f"composition {i} is not built around {axis}={part}"
+               for i, (axis, part) in enumerate(all_parts(axes)[:min(40, count)])
+               if getattr(comps[i], axis) != part]
+    return faults
