@@ -29,9 +29,6 @@ KNOWN: list[tuple[str, dict[str, str], str]] = [
     ("TA303", {"shape": "helper"},
      "the scaled backward is in train_step() of steps.py, the clip and scaler.step() in "
      "train.py: TA303 reads one file and finds no scaler.scale() in train.py"),
-    ("TA502", {"evaluation": "context_manager"},
-     "model.eval() runs in a @contextmanager entered by `with evaluating(model)`: the loop's "
-     "call tree follows calls, not with-items (model/loops/analysis.py, being rewritten)"),
     ("TA502", {"evaluation": "try_finally"},
      "an early return inside the evaluation loop skips the model.train() after it on every "
      "run here, but statically a path restores (a loader shorter than the limit): only the "
