@@ -16,10 +16,6 @@ KNOWN: list[tuple[str, dict[str, str], str]] = [
      "the criterion is handed to Trainer.fit(criterion) and on to self.train_epoch(criterion); "
      "a parameter of a method is not followed to the method's callers (bindings.py, "
      "arguments.py, being rewritten)"),
-    ("TA203", {"gate": "deepspeed"},
-     "TA203 leaves loops whose optimizer step a framework runs (SELF_STEPPING); a scheduler of "
-     "the user's stepped after every engine.step(), outside is_gradient_accumulation_boundary(),"
-     " is not read"),
     ("TA203", {"gate": "lightning"},
      "Lightning's accumulate_grad_batches is not modelled: a scheduler stepped by hand in "
      "training_step runs on every micro-batch"),
