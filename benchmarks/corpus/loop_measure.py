@@ -187,10 +187,21 @@ class LoopProbeScore:
                  f"check == probe readings: {len(check_ok)}/{len(self.runs)}",
                  "probe reading on the bug twins carrying the code: " + ", ".join(
                      f"{c} {n}/{t}" for c, (n, t) in per_code.items())]
+        causes: Counter[str] = Counter()
         for r in self.runs:
-            if r in truth_ok and r in check_ok:
+            if r in truth_ok and r not in check_ok:
+                missed = sorted(set(r["measured"]) - set(r["static"]))
+                causes.update(known_cause(r["truth"]["parts"], code) or f"{code}: UNKNOWN"
+                              for code in missed)
+                causes.update(f"{code}: check finds it, the probe does not"
+                              for code in sorted(set(r["static"]) - set(r["measured"])))
+        if causes:
+            lines.append("check != probe, by cause (the probe reading is the truth there):")
+            lines += [f"  {n:>5}  {cause}" for cause, n in causes.most_common()]
+        for r in self.runs:
+            if r in truth_ok:
                 continue
-            lines.append(f"  DISAGREE {r['truth']['key']}/{r['truth']['twin']}: truth "
+            lines.append(f"  PROBE != TRUTH {r['truth']['key']}/{r['truth']['twin']}: truth "
                          f"{r['truth']['codes']}, probe {r['measured']}, check {r['static']}")
             if "error" in r:
                 lines.append("    " + (r["error"].strip().splitlines() or ["(no stderr)"])[-1])
