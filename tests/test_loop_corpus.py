@@ -122,6 +122,21 @@ def test_known_entries_name_real_parts() -> None:
         assert all(part in AXES[axis] for axis, part in parts.items())
 
 
+def test_each_known_miss_is_still_missed(tmp_path: Path) -> None:
+    # The first composition of a fixed sample with the entry's parts and its bug: the code
+    # is missed on the bug twin (found now: remove the entry) and the clean twin is clean.
+    comps = sample(600, 0)
+    for index, (code, parts, _) in enumerate(KNOWN):
+        comp = next(c for c in comps if c.bug == code
+                    and all(getattr(c, a) == p for a, p in parts.items()))
+        found = {}
+        for twin in TWINS:
+            folder = tmp_path / f"{index}-{twin}"
+            found[twin] = outcome(write(folder, comp, twin), loop_findings(folder))
+        assert found["bug"].missed == {code}, (code, parts)
+        assert not found["clean"].false and not found["clean"].clean_errors
+
+
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:Detected call of:UserWarning")
 def test_probe_readings_are_the_truth_on_runnable_twins(tmp_path: Path) -> None:
