@@ -480,3 +480,35 @@ def test_a_roll_on_too_few_rows_to_tell_from_chance_is_not_reported() -> None:
     _, evidence = summarise([compare_labels(ids, torch.roll(ids, -1, dims=1), -100)])  # type: ignore[list-item]
     assert evidence is not None
     assert (evidence.wrap_rows, evidence.wrapped) == (4, 0)  # about 2**-4: no proof
+
+
+def test_summed_loss_normalised_by_the_script_reads_as_its_mean() -> None:
+    # `F.cross_entropy(..., reduction="sum") / labels.numel()` is the mean spelled out: the
+    # window's scale is read against the mean, so undivided is TA202 and divided is not.
+    wrong = probe("accumulate.py", "--summed", "--undivided", steps=3)
+    assert wrong.loss_scale_at_backward == pytest.approx(1.0)
+    assert codes(wrong) == {"TA202", "TA301"}
+    right = probe("accumulate.py", "--summed", steps=3)
+    assert right.loss_scale_at_backward == pytest.approx(0.25)
+    assert codes(right) == {"TA301"}
+
+
+# ------------------------------------------------------------ mode at run time
+
+
+def test_training_in_eval_mode_after_an_evaluation_is_ta502() -> None:
+    wrong = probe("eval_mode.py", "--no-restore")
+    # 4 steps of 2 micro-batches; the evaluation after step 1 leaves eval mode on, so the
+    # 6 backward passes of steps 2-4 run through a model in eval mode.
+    assert (wrong.backward_calls, wrong.eval_mode_backward_calls) == (8, 6)
+    ta502 = [f for f in wrong.findings if f.code == "TA502"]
+    assert [f.message for f in ta502] == [
+        "6 of 8 backward passes ran through a model in eval mode (`.training` False): an "
+        "evaluation switched it with `model.eval()` and nothing switched it back, so those "
+        "training steps ran with dropout off and batch-norm statistics frozen"]
+    assert ta502[0].severity == "error"
+    for restored in ((), ("--was-training",)):
+        right = probe("eval_mode.py", *restored)
+        assert (right.backward_calls, right.eval_mode_backward_calls) == (8, 0)
+        assert "TA502" not in codes(right)
+    assert ProbeReport.from_json(wrong.to_json()).eval_mode_backward_calls == 6

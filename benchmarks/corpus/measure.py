@@ -14,7 +14,6 @@ stdout and, with ``--report FILE``, to that file.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -25,7 +24,7 @@ from typing import Any
 
 from benchmarks.corpus.compose import ALL_PARTS, sample, vary_one, write_corpus, write_project
 from benchmarks.corpus.composition import BASELINE, NAMED, TWINS, Composition
-from benchmarks.corpus.probe import ProbeScore, probe_project, stratified
+from benchmarks.corpus.probe import ProbeScore, chosen_runs, emit, probe_project
 from benchmarks.corpus.static import Score, check_project, check_project_cli
 
 
@@ -134,17 +133,14 @@ def main(argv: list[str] | None = None) -> int:
     text = (header + score.report() + "\n" + alone + "\n" + combinations(score, losing) + "\n"
             + named(out / "named", check))
     if args.probe or args.probe_all:
-        chosen = ([(i, twin) for i, c in enumerate(comps) if c.runnable() for twin in TWINS]
-                  if args.probe_all else stratified(comps, args.probe))
+        chosen = chosen_runs(comps, args.probe, args.probe_all)
         targets = [folders[key] for key in chosen]
         probes = ProbeScore()
         with ThreadPoolExecutor(max(args.jobs, 1)) as pool:  # each run is its own process
             for folder, run in zip(targets, pool.map(probe_project, targets), strict=True):
                 probes.add(run, findings[folder])
         text += "\n" + probes.report()
-    sys.stdout.write(text)
-    if args.report:
-        args.report.write_text(text, encoding="utf-8")
+    emit(text, args.report)
     return 0
 
 

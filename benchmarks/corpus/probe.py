@@ -9,42 +9,77 @@ import json
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks.corpus.composition import TWINS, Composition
+from benchmarks.corpus.composition import TWINS
 
 PROBE_STEPS = 2
 TIMEOUT_S = 300
 
 
-def probe_project(folder: Path, timeout: float = TIMEOUT_S) -> dict[str, Any]:
+def probe_project(folder: Path, timeout: float = TIMEOUT_S,
+                  steps: int = PROBE_STEPS) -> dict[str, Any]:
     """Run ``trainaudit probe --steps 2 --json probe.json -- python train.py`` in ``folder``.
 
     Returns the truth, the measured ``label_offset`` (None when the run failed or the
-    probe could not tell) and, on failure, the exit code and the end of stderr.
+    probe could not tell), the codes of the probe's findings (``probe_codes``) and, on
+    failure, the exit code and the end of stderr.
     """
     truth = json.loads((folder / "truth.json").read_text(encoding="utf-8"))
     report = folder / "probe.json"
     report.unlink(missing_ok=True)
     run = subprocess.run(
-        [sys.executable, "-m", "trainaudit", "probe", "--steps", str(PROBE_STEPS),
+        [sys.executable, "-m", "trainaudit", "probe", "--steps", str(steps),
          "--json", str(report), "--", sys.executable, "train.py"],
         cwd=folder, capture_output=True, text=True, timeout=timeout, check=False)
-    result: dict[str, Any] = {"truth": truth, "folder": str(folder), "rc": run.returncode,
-                              "label_offset": None}
-    if report.exists():
-        measured = json.loads(report.read_text(encoding="utf-8"))
-        result["label_offset"] = measured["label_offset"]
-        if str(measured.get("script_exit", "")).startswith("error"):
-            result["error"] = measured["script_exit"]
-    if run.returncode not in (0, 1) or not report.exists():
+    measured = json.loads(report.read_text(encoding="utf-8")) if report.exists() else None
+    result = _result(truth, folder, run.returncode, measured)
+    if run.returncode not in (0, 1) or measured is None:
         result["error"] = run.stderr[-2000:]
     return result
 
 
-def stratified(comps: list[Composition], times: int) -> list[tuple[int, str]]:
+def probe_in_process(folder: Path, steps: int = PROBE_STEPS) -> dict[str, Any]:
+    """The same as :func:`probe_project`, run in this process by ``run_probe`` (no torch
+    start-up per project; one run at a time, as the probe patches torch globally)."""
+    from trainaudit.probe import run_probe
+
+    truth = json.loads((folder / "truth.json").read_text(encoding="utf-8"))
+    report = run_probe(["train.py"], steps=steps, cwd=str(folder))
+    return _result(truth, folder, 1 if report.findings else 0, report.to_json())
+
+
+def _result(truth: dict[str, Any], folder: Path, rc: int,
+            measured: dict[str, Any] | None) -> dict[str, Any]:
+    result: dict[str, Any] = {"truth": truth, "folder": str(folder), "rc": rc,
+                              "label_offset": None, "probe_codes": []}
+    if measured is not None:
+        result["label_offset"] = measured["label_offset"]
+        result["probe_codes"] = sorted({f["code"] for f in measured["findings"]})
+        if str(measured.get("script_exit", "")).startswith("error"):
+            result["error"] = measured["script_exit"]
+    return result
+
+
+def chosen_runs(comps: Sequence[Any], times: int, every: bool) -> list[tuple[int, str]]:
+    """(composition index, twin) pairs to probe: both twins of every runnable composition
+    (``every``), else :func:`stratified`."""
+    if every:
+        return [(i, twin) for i, c in enumerate(comps) if c.runnable() for twin in TWINS]
+    return stratified(comps, times)
+
+
+def emit(text: str, report: Path | None) -> None:
+    """Print a measure report, and write it to ``report`` when given."""
+    sys.stdout.write(text)
+    if report:
+        report.write_text(text, encoding="utf-8")
+
+
+def stratified(comps: Sequence[Any], times: int) -> list[tuple[int, str]]:
     """(composition index, twin) pairs to probe: every part of a runnable composition at
     least ``times`` times (as far as the sample has them), twins alternating."""
     counts: Counter[tuple[str, str]] = Counter()

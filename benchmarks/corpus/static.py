@@ -23,9 +23,10 @@ from benchmarks.corpus.composition import AXES, LABEL_CODES
 FOUND_FALSE = ("TA101", "TA102", "TA105")  # never on a clean twin
 
 
-def check_project(folder: Path) -> list[dict[str, Any]]:
-    """The label findings in one project: ``{"code", "path", "line", "related"}`` (the
-    files its related places are in), paths relative to the project."""
+def check_project(folder: Path, codes: Iterable[str] = LABEL_CODES) -> list[dict[str, Any]]:
+    """The findings of ``codes`` (the label codes by default) in one project: ``{"code",
+    "path", "line", "related", "severity"}`` (``related``: the files its related places are
+    in), paths relative to the project."""
     from trainaudit.config import load_config
     from trainaudit.discover import discover
     from trainaudit.engine import check_files
@@ -33,7 +34,7 @@ def check_project(folder: Path) -> list[dict[str, Any]]:
 
     folder = folder.resolve()
     config = load_config(None, start=folder, rule_options=all_options(), no_config=False)
-    config = config.with_overrides(select=LABEL_CODES)
+    config = config.with_overrides(select=tuple(codes))
     files, problems = discover([folder], config)
     if problems:
         raise RuntimeError(f"{folder}: {problems}")
@@ -45,7 +46,8 @@ def check_project(folder: Path) -> list[dict[str, Any]]:
         return Path(path).resolve().relative_to(folder).as_posix()
 
     return [{"code": f.code, "path": local(f.path), "line": f.line,
-             "related": sorted({local(r.path) for r in f.related})} for f in result.findings]
+             "related": sorted({local(r.path) for r in f.related}),
+             "severity": f.severity.value} for f in result.findings]
 
 
 def check_project_cli(folder: Path) -> list[dict[str, Any]]:

@@ -81,6 +81,14 @@ def derive_findings(
             "applied to scaled gradients",
         ))
     found += _accumulation_findings(report)
+    if report.eval_mode_backward_calls > 0:
+        found.append(_finding(
+            "TA502",
+            f"{report.eval_mode_backward_calls} of {report.backward_calls} backward passes ran "
+            "through a model in eval mode (`.training` False): an evaluation switched it with "
+            "`model.eval()` and nothing switched it back, so those training steps ran with "
+            "dropout off and batch-norm statistics frozen",
+        ))
     if (report.matmul_flops > 0 and report.low_precision_matmul_flops == 0
             and report.autocast_state == "absent"):
         found.append(_finding(

@@ -62,6 +62,7 @@ _COMBINE: dict[str, Callable[[Sequence[Any]], Any]] = {
     "tokens_per_step": lambda values: None if None in values else sum(values),
     "timing_includes_warmup": any,
     "scheduler_steps": max,
+    "eval_mode_backward_calls": sum,
     "scheduler_steps_per_optimizer_step": _largest,
 }
 

@@ -37,7 +37,13 @@ from torch.overrides import TorchFunctionMode
 from trainaudit.probe.flops import FlopCounter, matmul_counters, runs_in_low_precision
 from trainaudit.probe.labels import LabelSample, compare_labels, is_token_tensor
 from trainaudit.probe.timing import StepClock
-from trainaudit.probe.watchers import AutocastWatch, SchedulerWatch, WindowWatch
+from trainaudit.probe.watchers import (
+    AutocastWatch,
+    ModeWatch,
+    SchedulerWatch,
+    WindowWatch,
+    loss_per_target,
+)
 
 # Label offsets are read from the first few training loss calls: enough to agree, cheap.
 MAX_LABEL_SAMPLES = 4
@@ -168,6 +174,7 @@ class ProbeSession:
         self.autocast = AutocastWatch()
         self.schedulers = SchedulerWatch(lambda: self.optimizer_steps)
         self.window = WindowWatch()
+        self.modes = ModeWatch()
         self.unscaled: weakref.WeakKeyDictionary[Any, set[int]] = weakref.WeakKeyDictionary()
         # sampling-window instruments
         self.flop_counters: dict[Any, FlopCounter] = matmul_counters()
@@ -216,6 +223,7 @@ class ProbeSession:
             if self.in_backward:  # Tensor.backward calls torch.autograd.backward
                 return original(*args, **kwargs)
             self.on_backward()
+            self.modes.before_backward()
             self.window.before_backward(args, kwargs)
             self.in_backward += 1
             try:
@@ -404,6 +412,8 @@ class ProbeSession:
                 module, torch.nn.modules.loss._Loss):
             ids = next((a for a in args if is_token_tensor(a)), None)
             self.root_ids = ids
+            if torch.is_grad_enabled():
+                self.modes.on_training_forward(module)
             if self.window.active:
                 self.window.on_forward()
                 self.window.parameters = _parameters_of(module)
@@ -434,7 +444,7 @@ class ProbeSession:
         result = func(*args, **kwargs)
         logits = args[0] if args else kwargs.get("input")
         if isinstance(logits, torch.Tensor) and logits.requires_grad and not self.in_backward:
-            self.window.on_loss(result)
+            self.window.on_loss(loss_per_target(result, args, kwargs))
         if (len(self.label_samples) < MAX_LABEL_SAMPLES and self.root_ids is not None
                 and not self.in_backward and isinstance(logits, torch.Tensor)
                 and logits.requires_grad):

@@ -94,6 +94,8 @@ class ProbeReport:
     scheduler_steps_per_optimizer_step: float | None = None
     loss_scale_at_backward: float | None = None
     window_grad_norms: list[float] = field(default_factory=list)
+    # Backward passes while a trained model was in eval mode (TA502 at run time).
+    eval_mode_backward_calls: int = 0
     rank: int | None = None
     ranks: list[ProbeReport] = field(default_factory=list)
 

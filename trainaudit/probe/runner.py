@@ -305,3 +305,4 @@ def _add_throughput(report: ProbeReport, session: ProbeSession) -> None:
         session.schedulers.measured(session.optimizer_steps))
     report.loss_scale_at_backward = session.window.loss_scale()
     report.window_grad_norms = [round(n, 6) for n in session.window.grad_norms]
+    report.eval_mode_backward_calls = session.modes.eval_mode_backwards

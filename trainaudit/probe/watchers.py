@@ -12,6 +12,7 @@ import functools
 import math
 import threading
 import time
+import weakref
 from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import IO, Any
@@ -112,6 +113,27 @@ class SchedulerWatch:
         return busiest, busiest / intervals
 
 
+# Where F.cross_entropy and F.nll_loss take ``ignore_index`` and ``reduction`` positionally.
+_IGNORE_INDEX_ARG, _REDUCTION_ARG = 4, 6
+
+
+def loss_per_target(result: Any, args: tuple[Any, ...] | Any, kwargs: Any) -> Any:
+    """A torch loss's output as a mean over its targets: a ``reduction="sum"`` loss is
+    divided by the targets it scored (those not ignored), so a summed loss that the script
+    normalises itself (``/ labels.numel()``) reads as the mean it is."""
+    args = tuple(args)
+    reduction = args[_REDUCTION_ARG] if len(args) > _REDUCTION_ARG else kwargs.get("reduction")
+    if reduction != "sum" or not isinstance(result, torch.Tensor):
+        return result
+    target = args[1] if len(args) > 1 else kwargs.get("target")
+    if not isinstance(target, torch.Tensor) or target.is_floating_point():
+        return None  # soft targets: what a sum means is not counted here
+    ignore = (args[_IGNORE_INDEX_ARG] if len(args) > _IGNORE_INDEX_ARG
+              else kwargs.get("ignore_index", -100))
+    scored = int((target != ignore).sum())
+    return result / scored if scored else None
+
+
 class WindowWatch:
     """The first accumulation window: the loss each backward received and the gradient norm.
 
@@ -136,6 +158,7 @@ class WindowWatch:
         self.forward_seen = True
 
     def on_loss(self, result: Any) -> None:
+        """A loss function's output (as a mean over its targets, :func:`loss_per_target`)."""
         if self.active and isinstance(result, torch.Tensor) and result.numel() == 1:
             self.loss_value = float(result.detach())
 
@@ -174,6 +197,29 @@ class WindowWatch:
         if first <= 0 or any(abs(r / first - 1) > SAME_SCALE_TOLERANCE for r in ratios):
             return None
         return first
+
+
+class ModeWatch:
+    """Backward passes through a model left in eval mode (TA502 at run time).
+
+    The models are the outermost modules run with gradients enabled during the sampling
+    window (the training forwards). Every backward afterwards reads their ``.training``
+    flag: a backward while one of them is in eval mode received a loss whose forward
+    ran with dropout off and batch-norm statistics frozen (an evaluation that switched
+    the model to eval mode and nothing switched back). One attribute read per model per
+    backward: cheap enough to stay on for the whole run.
+    """
+
+    def __init__(self) -> None:
+        self.models: weakref.WeakSet[Any] = weakref.WeakSet()
+        self.eval_mode_backwards = 0
+
+    def on_training_forward(self, module: Any) -> None:
+        self.models.add(module)
+
+    def before_backward(self) -> None:
+        if any(not model.training for model in self.models):
+            self.eval_mode_backwards += 1
 
 
 class ProgressLine:

@@ -7,6 +7,7 @@ from ``steps.py`` is judged with the helper's body inlined.
 
 from __future__ import annotations
 
+import ast
 import re
 from collections.abc import Iterable, Iterator
 
@@ -24,6 +25,7 @@ from trainaudit.model.loops import (
     project_training_loops,
     targets_gpu,
 )
+from trainaudit.model.loops.engines import configures_accumulation, schedules_per_micro_batch
 from trainaudit.model.loops.records import BatchSize
 from trainaudit.model.loops.summaries import helper_loss
 from trainaudit.model.objects import DDP_WRAPPERS, FSDP_WRAPPERS
@@ -230,6 +232,7 @@ class PerMicroBatchUpdate(ProjectRule):
 
     def check(self, project: Project, ctx: RuleContext) -> Iterable[Finding]:
         for loop in project_training_loops(project):
+            yield from self._engine_schedules(project, loop)
             accumulation = _manual_accumulation(loop)
             if accumulation is None:
                 continue
@@ -259,6 +262,25 @@ class PerMicroBatchUpdate(ProjectRule):
                 yield self.finding(site.path, site.span, message,
                                    payload=payload if fixable else None, fixable=fixable,
                                    related=related)
+
+
+    def _engine_schedules(self, project: Project, loop: TrainingLoop) -> Iterator[Finding]:
+        """A scheduler stepped beside a DeepSpeed ``engine.step()`` that accumulates."""
+        pairs = [(op, step) for op, step in schedules_per_micro_batch(loop)
+                 if not _metric_driven(op)]
+        summary = project.by_path.get(loop.path) if pairs else None
+        text = project.text_of(summary) if summary is not None else None
+        if not pairs or text is None or not configures_accumulation(ast.parse(text)):
+            return
+        for op, step in pairs:
+            yield self.finding(
+                op.site.path, op.site.span,
+                f"`{op.site.text}` runs after every `{step.site.text}`, which steps the optimizer "
+                "once per `gradient_accumulation_steps` micro-batches: the learning-rate "
+                "schedule advances on every micro-batch. Step it under "
+                "`engine.is_gradient_accumulation_boundary()` or hand it to "
+                "`deepspeed.initialize(lr_scheduler=...)`",
+                related=[_related(step, "DeepSpeed engine step (every micro-batch)")])
 
 
 # ``.step(`` with an argument after it; the call's first line is all a record keeps, and

@@ -65,6 +65,11 @@ class LossReader(CallClassifier):
             return None
         module = self.module
         found: list[str | None] = []
+        if isinstance(expr, ast.BinOp) and isinstance(expr.op, ast.Div) \
+                and counts_elements(expr.right):
+            # ``sum / labels.numel()``: the micro-batch's mean, spelled out.
+            left = self.reduction(expr.left, function, depth + 1)
+            return "mean" if left == "sum" else left
         if isinstance(expr, ast.BinOp):
             found = [self.reduction(expr.left, function, depth + 1),
                      self.reduction(expr.right, function, depth + 1)]
@@ -126,6 +131,10 @@ class LossReader(CallClassifier):
         if depth > 4:
             return None, None
         if isinstance(expr, ast.BinOp):
+            if isinstance(expr.op, ast.Div) and counts_elements(expr.right):
+                # Normalised by the micro-batch's own element count (a summed loss made a
+                # mean): not a division by the accumulation steps.
+                return self._scaling(expr.left, function, depth + 1)
             if isinstance(expr.op, ast.Div | ast.FloorDiv):
                 return True, module.segment(expr.right)
             if isinstance(expr.op, ast.Mult):
@@ -207,6 +216,40 @@ LOSS_FUNCTIONS = frozenset({
     "multilabel_soft_margin_loss", "cosine_embedding_loss", "triplet_margin_loss", "ctc_loss",
     "multi_margin_loss", "multilabel_margin_loss", "triplet_margin_with_distance_loss",
 })
+
+
+# Calls that count a tensor's elements: ``labels.numel()``, ``mask.sum()``, ``(y != -100).sum()``.
+_COUNTING_METHODS = frozenset({"numel", "nelement", "count_nonzero", "sum"})
+# Wrappers that keep a count a count: ``.item()``, ``float(n)``, ``n.clamp(min=1)``, ``max(n, 1)``.
+_KEEPING_METHODS = frozenset({"item", "float", "clamp", "clamp_min", "to", "detach"})
+
+
+def counts_elements(expr: ast.expr) -> bool:
+    """Whether ``expr`` counts the elements of a tensor at hand (``y.numel()``,
+    ``(labels != -100).sum()``, ``y.size(0)``, ``y.shape[0]``), not a number made elsewhere
+    (a token count of the whole window is a plain name, ``len(loader)`` a count of batches:
+    not these)."""
+    if isinstance(expr, ast.Subscript):  # y.shape[0], y.size()[0]
+        value = expr.value
+        return (isinstance(value, ast.Attribute) and value.attr == "shape") or (
+            isinstance(value, ast.Call) and isinstance(value.func, ast.Attribute)
+            and value.func.attr == "size")
+    if not isinstance(expr, ast.Call):
+        return False
+    func = expr.func
+    if isinstance(func, ast.Name):
+        if func.id in ("float", "int", "max") and expr.args:
+            return counts_elements(expr.args[0])
+        return False
+    if not isinstance(func, ast.Attribute):
+        return False
+    if func.attr in _COUNTING_METHODS and not expr.args and not expr.keywords:
+        return True
+    if func.attr == "size" and len(expr.args) == 1:
+        return True
+    if func.attr in _KEEPING_METHODS:
+        return counts_elements(func.value)
+    return False
 
 
 def _counts_up(body: list[ast.stmt], name: str) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 import weakref
 from dataclasses import dataclass, field, replace
 
@@ -71,13 +72,7 @@ def summarize_loops(module: ModuleFacts) -> LoopFileFacts:
     training, candidates = _cached_loops(module)
     analysis = loop_analysis(module)
     functions: dict[str, FunctionOps] = {}
-    for name, fn in module.functions.items():
-        # Only what a loop in another file could call to train or to evaluate: top-level
-        # functions whose call tree has a backward or whose text steps or evaluates something.
-        text = analysis._text(fn)
-        if "." in name or not (name in analysis.backward_functions or ".step(" in text
-                               or ".eval()" in text or "clip_grad" in text):
-            continue
+    for name in _summarised(module):
         ops = analysis.function_ops(name)
         if ops.operations or ops.external_calls:
             functions[name] = replace(ops, operations=tuple(_portable(module, op) for op in ops.operations))
@@ -86,6 +81,29 @@ def summarize_loops(module: ModuleFacts) -> LoopFileFacts:
     return LoopFileFacts(tuple(_strip_nodes(module, loop) for loop in training),
                          tuple(_strip_nodes(module, loop) for loop in candidates), functions,
                          "gpu" in analysis.traits, returned)
+
+
+def _summarised(module: ModuleFacts) -> list[str]:
+    """Top-level functions a loop in another file could call to train or to evaluate: those
+    whose call tree has a backward or whose text steps, clips or evaluates something, and
+    those that call one of them (``evaluate`` entering ``with evaluating(model):``, whose
+    ``model.eval()`` is in the helper)."""
+    analysis = loop_analysis(module)
+    texts = {name: analysis._text(fn) for name, fn in module.functions.items() if "." not in name}
+    chosen = {name for name, text in texts.items()
+              if name in analysis.backward_functions or ".step(" in text or ".eval()" in text
+              or "clip_grad" in text}
+    calls = {name: set(_CALLED.findall(text)) for name, text in texts.items() if name not in chosen}
+    grown = True
+    while grown:
+        callers = {name for name, called in calls.items() if name not in chosen and called & chosen}
+        chosen |= callers
+        grown = bool(callers)
+    return [name for name in texts if name in chosen]
+
+
+# A name called in a function's text (``evaluating(`` in ``with evaluating(model):``).
+_CALLED = re.compile(r"(?<![\w.])([A-Za-z_]\w*)\(")
 
 
 def helper_loss(project: Project, loss: LossSite) -> LossSite:
