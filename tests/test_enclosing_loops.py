@@ -78,3 +78,56 @@ def test_call_statement_that_leaves_the_block_gets_no_fix(tmp_path: Path) -> Non
     (tmp_path / "train.py").write_text(source)
     assert [f.code for f in check_tree(tmp_path, select=("TA502",)).findings] == ["TA502"]
     assert fix_tree(tmp_path, select=("TA502",)) == {}
+
+
+EARLY_RETURN = """\
+import torch
+import torch.nn.functional as F
+
+
+def evaluate(model, loader, limit=2):
+    model.eval()
+    total = 0.0
+    with torch.no_grad():
+        for count, (x, y) in enumerate(loader):
+            total += F.cross_entropy(model(x), y).item()
+            if count + 1 >= limit:
+                return total / limit
+    model.train()
+    return total
+
+
+def train(model, loader, val_loader, optimizer, epochs):
+    for epoch in range(epochs):
+        for x, y in loader:
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        evaluate(model, val_loader)
+"""
+
+
+def test_a_return_before_the_restore_leaves_eval_mode(tmp_path: Path) -> None:
+    (tmp_path / "train.py").write_text(EARLY_RETURN)
+    found = [(f.code, f.line) for f in check_tree(tmp_path, select=("TA502",)).findings]
+    assert found == [("TA502", 6)]
+
+
+def test_a_restore_in_finally_runs_on_every_return(tmp_path: Path) -> None:
+    source = EARLY_RETURN.replace(
+        "    total = 0.0\n    with torch.no_grad():\n"
+        "        for count, (x, y) in enumerate(loader):\n"
+        "            total += F.cross_entropy(model(x), y).item()\n"
+        "            if count + 1 >= limit:\n"
+        "                return total / limit\n"
+        "    model.train()\n    return total\n",
+        "    total = 0.0\n    try:\n        with torch.no_grad():\n"
+        "            for count, (x, y) in enumerate(loader):\n"
+        "                total += F.cross_entropy(model(x), y).item()\n"
+        "                if count + 1 >= limit:\n"
+        "                    return total / limit\n"
+        "        return total\n    finally:\n        model.train()\n")
+    assert source != EARLY_RETURN
+    (tmp_path / "train.py").write_text(source)
+    assert check_tree(tmp_path, select=("TA502",)).findings == []

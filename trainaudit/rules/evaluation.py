@@ -236,7 +236,7 @@ def _left_in_loop(loop: TrainingLoop) -> Iterator[Left]:
     for op in loop.ops("eval_mode"):
         if op.subject == UNBOUND or not any(_same_object(op.subject, other) for other in trained):
             continue  # a frozen model (a teacher run under no_grad), or not known
-        if any(_may_restore(other, op) for other in restored):
+        if any(_may_restore(other, op) and not loop.may_skip(op, other) for other in restored):
             continue
         yield op, loop, RestoreTrainMode(op.receiver)
 
@@ -255,8 +255,9 @@ def _left_by_enclosing(loop: TrainingLoop) -> Iterator[Left]:
                      and outer.may_run_later(op, step)]
             if not later:
                 continue  # another model, or no step after it (evaluated after the last epoch)
-            if any(_may_restore(other, op) and (outer.may_follow(op, other) or any(
-                    outer.may_follow(other, step) for step in later)) for other in restored):
+            if any(_may_restore(other, op) and not outer.may_skip(op, other) and (
+                    outer.may_follow(op, other) or any(outer.may_follow(other, step) for step in later))
+                   for other in restored):
                 continue
             yield op, outer, _restore_after_call(op)
 

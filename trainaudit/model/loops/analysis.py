@@ -315,7 +315,8 @@ class LoopAnalysis(LossReader):
         self._order = saved
         own = ops
         ops, external = own_objects_unbound(fn, ops, external)
-        events = FunctionEvents(ops, external, helpers, log.ordering(self.flow_graph(name), None), own)
+        restores = frozenset(op.order for op in ops if op.kind == "train_mode")
+        events = FunctionEvents(ops, external, helpers, log.ordering(self.flow_graph(name), None, restores), own)
         self._functions[name] = events
         return events
 

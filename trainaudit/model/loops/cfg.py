@@ -38,6 +38,8 @@ class FlowGraph:
     successors: dict[ast.stmt, set[ast.stmt]] = field(default_factory=dict)
     entry: ast.stmt = RETURN
     _reached: dict[tuple[int, int], frozenset[ast.stmt]] = field(default_factory=dict)
+    # Where a ``return`` goes: the end, or the ``finally`` blocks it runs on the way.
+    _return_to: list[ast.stmt] = field(default_factory=list)
 
     @classmethod
     def of(cls, body: Sequence[ast.stmt]) -> FlowGraph:
@@ -80,7 +82,7 @@ class FlowGraph:
             self._edge(stmt, follow, *(self._block(case.body, follow, loop, handlers)
                                        for case in stmt.cases))
         elif isinstance(stmt, ast.Return):
-            self._edge(stmt, RETURN)
+            self._edge(stmt, self._return_to[-1] if self._return_to else RETURN)
         elif isinstance(stmt, ast.Raise):
             self._edge(stmt, *(handlers or (RAISE,)))
         elif isinstance(stmt, ast.Continue) and loop is not None:
@@ -93,14 +95,21 @@ class FlowGraph:
 
     def _try(self, stmt: ast.stmt, follow: ast.stmt, loop: _Loop | None,
              handlers: tuple[ast.stmt, ...]) -> None:
-        final = self._block(getattr(stmt, "finalbody", []), follow, loop, handlers)
-        if getattr(stmt, "finalbody", []):
-            # An exception the handlers do not catch still runs the finally block first.
+        finalbody = getattr(stmt, "finalbody", [])
+        final = self._block(finalbody, follow, loop, handlers)
+        if finalbody:
+            # An exception the handlers do not catch still runs the finally block first,
+            # and so does a ``return`` (the block's last statement may then end the body:
+            # its nodes are shared, so this only adds paths).
+            self._return_to.append(self._block(finalbody, self._return_to[-1] if self._return_to
+                                               else RETURN, loop, handlers))
             handlers = (final,)
         caught = tuple(self._block(h.body, final, loop, handlers)
                        for h in getattr(stmt, "handlers", []))
         after_body = self._block(getattr(stmt, "orelse", []), final, loop, handlers)
         body = self._block(getattr(stmt, "body", []), after_body, loop, caught or handlers)
+        if finalbody:
+            self._return_to.pop()
         self._edge(stmt, body)
 
     # -- questions ----------------------------------------------------------------
@@ -128,3 +137,7 @@ class FlowGraph:
     def returns(self, start: ast.stmt) -> bool:
         """Whether the body can end normally (fall off or ``return``) after ``start``."""
         return RETURN in self._from(start, None)
+
+    def returns_avoiding(self, start: ast.stmt, avoid: ast.stmt) -> bool:
+        """Whether the body can end normally after ``start`` without running ``avoid``."""
+        return RETURN in self._from(start, avoid)

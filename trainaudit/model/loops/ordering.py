@@ -22,17 +22,20 @@ from trainaudit.model.loops.cfg import FlowGraph
 @dataclass(frozen=True)
 class Ordering:
     """``follows``: (a, b) pairs of event orders where b may run after a in one pass;
-    ``exits``: events after which the walked body can end normally (for callers)."""
+    ``exits``: events after which the walked body can end normally (for callers);
+    ``exits_past``: (a, b) where, after a, the function b is in (a helper's call, or the
+    walked function) can end normally without running b (``return`` before a restore)."""
 
     follows: frozenset[tuple[int, int]] = frozenset()
     exits: frozenset[int] = frozenset()
+    exits_past: frozenset[tuple[int, int]] = frozenset()
 
     def renumbered(self, mapping: Mapping[int, int]) -> Ordering:
         """The same relation over new orders (events missing from ``mapping`` dropped)."""
-        return Ordering(
-            frozenset((mapping[a], mapping[b]) for a, b in self.follows
-                      if a in mapping and b in mapping),
-            frozenset(mapping[a] for a in self.exits if a in mapping))
+        def pairs(relation: frozenset[tuple[int, int]]) -> frozenset[tuple[int, int]]:
+            return frozenset((mapping[a], mapping[b]) for a, b in relation if a in mapping and b in mapping)
+        return Ordering(pairs(self.follows), frozenset(mapping[a] for a in self.exits if a in mapping),
+                        pairs(self.exits_past))
 
 
 @dataclass
@@ -59,10 +62,14 @@ class EventLog:
         group = self.groups.get(order)
         return group is None or order in self.inner[group].exits
 
-    def ordering(self, graph: FlowGraph, avoid: ast.stmt | None) -> Ordering:
-        """The relation over every logged event; ``avoid``: the loop header not to pass."""
+    def ordering(self, graph: FlowGraph, avoid: ast.stmt | None,
+                 skippable: frozenset[int] = frozenset()) -> Ordering:
+        """The relation over every logged event; ``avoid``: the loop header not to pass;
+        ``skippable``: events whose ``exits_past`` pairs a caller asks about (a function's
+        own ``train()`` calls), computed for a function's body only (``avoid`` None)."""
         orders = sorted(self.anchors)
         follows: set[tuple[int, int]] = set()
+        past: set[tuple[int, int]] = set()
         for a in orders:
             group, leaves, start = self.groups.get(a), self._leaves(a), self.anchors[a]
             # A helper call inside a nested loop runs again: its events follow each other.
@@ -75,7 +82,13 @@ class EventLog:
                 if group is not None and group == self.groups.get(b):
                     if again or (a, b) in self.inner[group].follows:
                         follows.add((a, b))
+                    if (a, b) in self.inner[group].exits_past:
+                        past.add((a, b))
                     continue
+                if b in skippable and avoid is None and start is not None \
+                        and (target := self.anchors[b]) is not None and start is not target \
+                        and leaves and graph.returns_avoiding(start, target):
+                    past.add((a, b))
                 if not leaves:
                     continue
                 target = self.anchors[b]
@@ -85,7 +98,7 @@ class EventLog:
                 elif graph.reaches(start, target, avoid):
                     follows.add((a, b))
         exits = frozenset(a for a in orders if self._leaves(a) and self._returns(graph, a))
-        return Ordering(frozenset(follows), exits)
+        return Ordering(frozenset(follows), exits, frozenset(past))
 
     def _returns(self, graph: FlowGraph, order: int) -> bool:
         anchor = self.anchors[order]
@@ -108,9 +121,17 @@ def merged_ordering(outer: Ordering, inlined: Mapping[int, Ordering],
             return False
         return (ca, cb) in outer.follows
 
+    def past(a: tuple[int, int], b: tuple[int, int]) -> bool:
+        (ca, ha), (cb, hb) = a, b
+        inner = inlined.get(ca) if ha and hb and ca == cb else None
+        return (ha, hb) in inner.exits_past if inner is not None else (
+            not ha and not hb and (ca, cb) in outer.exits_past)
+
     keys = list(renumber)
     follows = frozenset((renumber[a], renumber[b]) for a in keys for b in keys
                         if a != b and pair(a, b))
     exits = frozenset(renumber[(c, h)] for c, h in keys if c in outer.exits
                       and (not h or h in inlined[c].exits))
-    return Ordering(follows, exits)
+    exits_past = frozenset((renumber[a], renumber[b]) for a in keys for b in keys
+                           if a != b and past(a, b))
+    return Ordering(follows, exits, exits_past)

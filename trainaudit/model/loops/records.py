@@ -235,6 +235,12 @@ class TrainingLoop:
             return self.may_follow(first, then)
         return (first.order, then.order) in self.later.follows
 
+    def may_skip(self, first: Operation, then: Operation) -> bool:
+        """Whether, after ``first``, the function ``then`` is in can return without running
+        ``then`` (``return`` inside an evaluation before its ``model.train()``)."""
+        return any(ordering is not None and (first.order, then.order) in ordering.exits_past
+                   for ordering in (self.ordering, self.later))
+
     def inside(self, loop: TrainingLoop) -> list[Operation]:
         """This record's operations that run inside ``loop`` (a loop its call tree contains)."""
         return [op for op in self.operations if loop.header in op.loops]
