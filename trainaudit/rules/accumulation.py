@@ -170,7 +170,7 @@ class AccumulatedLossNotScaled(ProjectRule):
             for backward in loop.ops("backward"):
                 if backward.framework or backward.loss is None:
                     continue
-                loss = helper_loss(project, backward.loss)
+                loss = helper_loss(project, backward.loss, backward.site.path)
                 if loss.counter:
                     yield self.finding(
                         backward.site.path, backward.site.span,

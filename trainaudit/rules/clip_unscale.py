@@ -137,13 +137,16 @@ def _clips_outside_loops(facts: PrecisionFacts, seen: set[int]) -> Iterator[Unsc
             yield UnscaledClip(module.span(clip_call), scaler, optimizer, True, None)
 
 
-# Facts only where a scaler scales something, and then a clip or a backward to judge.
-@summarizer(CLIP_FAMILY, triggers=("scale(",),
-            requires=((r"scale\(", r"clip_grad"), (r"scale\(", BACKWARD_CALL)))
+# Facts only where a scaler scales something, and then a clip or a backward to judge; or
+# where a clip runs beside a step (the scaled backward may be in another file's helper).
+@summarizer(CLIP_FAMILY, triggers=("scale(", "clip_grad"),
+            requires=((r"scale\(", r"clip_grad"), (r"scale\(", BACKWARD_CALL), (r"clip_grad", r"\.step\(")))
 def summarize_scaler_clips(module: ModuleFacts) -> ScalerClipFacts:
-    """TA303's per-file facts (see ``ScalerClipFacts``); empty where no scaler scales."""
+    """TA303's per-file facts (see ``ScalerClipFacts``); empty where no scaler scales or
+    steps."""
     facts = PrecisionFacts.of(module)
-    if not facts.scalers.uses("scale") or facts.scaler_always_disabled():
+    scalers = facts.scalers
+    if not (scalers.uses("scale") or scalers.uses("step")) or facts.scaler_always_disabled():
         return ScalerClipFacts()
     seen: set[int] = set()
     clips = (*_clips_in_loops(facts, seen), *_clips_outside_loops(facts, seen))
@@ -177,21 +180,24 @@ class ClipBeforeUnscale(ProjectRule):
     def check(self, project: Project, ctx: RuleContext) -> Iterator[Finding]:
         by_path = {summary.path: facts for summary, facts in project.facts(CLIP_FAMILY)
                    if isinstance(facts, ScalerClipFacts)}
+        seen: set[tuple[str, Span]] = set()
         for path, facts in sorted(by_path.items()):
             for clip in facts.unscaled_clips:
+                seen.add((path, clip.span))
                 yield self._finding(path, clip.span, clip.scaler, clip.optimizer,
                                     fixable=clip.fixable, anchor=clip.anchor)
-        yield from self._clips_in_other_files(project, by_path)
+        yield from self._clips_across_files(project, by_path, seen)
 
-    def _clips_in_other_files(self, project: Project, by_path: dict[str, ScalerClipFacts]
-                              ) -> Iterator[Finding]:
-        """Clips a loop runs through a helper imported from another file."""
-        seen: set[tuple[str, Span]] = set()
+    def _clips_across_files(self, project: Project, by_path: dict[str, ScalerClipFacts],
+                            seen: set[tuple[str, Span]]) -> Iterator[Finding]:
+        """Clips a loop runs after a scaled backward that one file alone does not show: the
+        clip in a helper imported from another file (reported at the loop's call), or the
+        scaled backward in another file's ``train_step`` (reported at the clip)."""
         for loop in project_training_loops(project):
             if loop.path not in by_path:
                 continue
             for clip in loop.ops("clip"):
-                if clip.framework or clip.imported is not None or clip.site.path == loop.path \
+                if clip.framework or clip.imported is not None \
                         or any(u.order < clip.order for u in loop.ops("unscale")):
                     continue
                 before = [b for b in loop.ops("backward") if b.order < clip.order]
@@ -205,7 +211,14 @@ class ClipBeforeUnscale(ProjectRule):
                     continue
                 op, step = after[0]
                 call = loop.entry_call(clip, op)
-                if call is None or (loop.path, call.span) in seen:
+                if call is None:  # the clip is beside the step: the backward is elsewhere
+                    if clip.site.path != loop.path or (loop.path, clip.site.span) in seen:
+                        continue
+                    seen.add((loop.path, clip.site.span))
+                    yield self._finding(loop.path, clip.site.span, step.scaler, step.optimizer,
+                                        no_fix=_no_fix_beside(loop, clip, op))
+                    continue
+                if (loop.path, call.span) in seen:
                     continue
                 seen.add((loop.path, call.span))
                 yield self._finding(
@@ -219,6 +232,8 @@ class ClipBeforeUnscale(ProjectRule):
         unscale = f"`{scaler}.unscale_({optimizer or 'optimizer'})`"
         if via is None:
             message = f"gradients are clipped while still scaled by `{scaler}`: call {unscale} before clipping"
+            if no_fix is not None:
+                message += f"; no automatic fix: {no_fix}"
         else:
             message = (f"`{helper}` clips gradients still scaled by `{scaler}` (in "
                        f"{via.site.path}:{via.site.line}): call {unscale} before it")
@@ -232,6 +247,19 @@ class ClipBeforeUnscale(ProjectRule):
             fixable=fixable,
             related=[Related(via.site.path, via.site.line, via.site.column, "the clip")]
             if via is not None else ())
+
+
+def _no_fix_beside(loop: TrainingLoop, clip: Operation, step: Operation) -> str | None:
+    """Why ``unscale_`` cannot go right before a clip of the loop's file, or None: the
+    step must be in the clip's function and loops, and no ``unscale_`` may follow the clip."""
+    if step.site.path != clip.site.path or step.site.function != clip.site.function \
+            or step.via != clip.via:
+        return "the scaler's step is not in the function that clips"
+    if clip.loops != step.loops:
+        return "the clip is in a loop the scaler's step is not in"
+    if any(clip.order < u.order < step.order for u in loop.ops("unscale")):
+        return "an `unscale_` runs after the clip (a second one would raise)"
+    return None
 
 
 def _no_unscale_fix(loop: TrainingLoop, clip: Operation, call: Site, step: Operation,

@@ -7,6 +7,8 @@ import re
 
 from trainaudit.model.definitions import assignments
 from trainaudit.model.loops.classify import CallClassifier
+from trainaudit.model.loops.counting import counts_elements
+from trainaudit.model.loops.criteria import held_parameters
 from trainaudit.model.loops.patterns import first_line, names_in
 from trainaudit.model.loops.records import LossSite
 from trainaudit.model.module import keyword, parameter_names, walk_local
@@ -24,9 +26,11 @@ class LossReader(CallClassifier):
         scaled, divisor = self._scaling(expr, function, depth=0)
         reduction = self.reduction(expr, function)
         helper = self._imported_helper(expr, body) if scaled is None else None
+        held, per_element = held_parameters(self.module, expr, function) \
+            if scaled is None and helper is None else ((), False)
         return LossSite(first_line(self.module.segment(expr)), scaled, divisor, reduction,
                         counter=divisor is not None and _counts_up(body, divisor),
-                        helper=helper)
+                        helper=helper, parameters=held, per_element=per_element)
 
     def _imported_helper(self, expr: ast.expr, body: list[ast.stmt]) -> str | None:
         """The imported function a loss is the plain result of (``loss_fn(out, y)``, or a
@@ -217,39 +221,6 @@ LOSS_FUNCTIONS = frozenset({
     "multi_margin_loss", "multilabel_margin_loss", "triplet_margin_with_distance_loss",
 })
 
-
-# Calls that count a tensor's elements: ``labels.numel()``, ``mask.sum()``, ``(y != -100).sum()``.
-_COUNTING_METHODS = frozenset({"numel", "nelement", "count_nonzero", "sum"})
-# Wrappers that keep a count a count: ``.item()``, ``float(n)``, ``n.clamp(min=1)``, ``max(n, 1)``.
-_KEEPING_METHODS = frozenset({"item", "float", "clamp", "clamp_min", "to", "detach"})
-
-
-def counts_elements(expr: ast.expr) -> bool:
-    """Whether ``expr`` counts the elements of a tensor at hand (``y.numel()``,
-    ``(labels != -100).sum()``, ``y.size(0)``, ``y.shape[0]``), not a number made elsewhere
-    (a token count of the whole window is a plain name, ``len(loader)`` a count of batches:
-    not these)."""
-    if isinstance(expr, ast.Subscript):  # y.shape[0], y.size()[0]
-        value = expr.value
-        return (isinstance(value, ast.Attribute) and value.attr == "shape") or (
-            isinstance(value, ast.Call) and isinstance(value.func, ast.Attribute)
-            and value.func.attr == "size")
-    if not isinstance(expr, ast.Call):
-        return False
-    func = expr.func
-    if isinstance(func, ast.Name):
-        if func.id in ("float", "int", "max") and expr.args:
-            return counts_elements(expr.args[0])
-        return False
-    if not isinstance(func, ast.Attribute):
-        return False
-    if func.attr in _COUNTING_METHODS and not expr.args and not expr.keywords:
-        return True
-    if func.attr == "size" and len(expr.args) == 1:
-        return True
-    if func.attr in _KEEPING_METHODS:
-        return counts_elements(func.value)
-    return False
 
 
 def _counts_up(body: list[ast.stmt], name: str) -> bool:

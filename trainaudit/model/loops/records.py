@@ -73,6 +73,13 @@ class LossSite:
     # (``loss = loss_fn(out, y)`` with ``loss_fn`` from another module), qualified; the
     # project phase reads that function's own verdict (``LoopFileFacts.returned_losses``).
     helper: str | None = None
+    # Where the loss is a call of a parameter (``criterion(logits, y)``) it cannot read:
+    # (function, position, name) of each parameter that callable may be; the project phase
+    # reads what callers in other files pass there (``LoopFileFacts.criteria_passed``).
+    parameters: tuple[tuple[str, int, str], ...] = ()
+    # That call's result is divided by its own micro-batch's element count (``/ y.numel()``):
+    # a summed criterion passed there makes a mean.
+    per_element: bool = False
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, replace
 
 from trainaudit.model.loops.analysis import _cached_loops, is_training_loop, loop_analysis
 from trainaudit.model.loops.arguments import call_arguments, parameter_objects, rebound
+from trainaudit.model.loops.criteria import criteria_passed
 from trainaudit.model.loops.ordering import Ordering, merged_ordering
 from trainaudit.model.loops.patterns import LOOP_REQUIRES, LOOP_TRIGGERS
 from trainaudit.model.loops.records import (
@@ -34,6 +35,9 @@ class LoopFileFacts:
     # Top-level functions that return a torch loss, with what they return (``loss_fn``
     # imported by a training loop elsewhere).
     returned_losses: dict[str, LossSite] = field(default_factory=dict)
+    # Criteria this file passes to functions and methods of other modules
+    # (``criteria.criteria_passed``): callee qualified → position or keyword → reduction.
+    criteria_passed: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 def _portable(module: ModuleFacts, op: Operation) -> Operation:
@@ -80,7 +84,7 @@ def summarize_loops(module: ModuleFacts) -> LoopFileFacts:
                 and (site := analysis.returned_loss(name)) is not None}
     return LoopFileFacts(tuple(_strip_nodes(module, loop) for loop in training),
                          tuple(_strip_nodes(module, loop) for loop in candidates), functions,
-                         "gpu" in analysis.traits, returned)
+                         "gpu" in analysis.traits, returned, criteria_passed(module))
 
 
 def _summarised(module: ModuleFacts) -> list[str]:
@@ -106,11 +110,15 @@ def _summarised(module: ModuleFacts) -> list[str]:
 _CALLED = re.compile(r"(?<![\w.])([A-Za-z_]\w*)\(")
 
 
-def helper_loss(project: Project, loss: LossSite) -> LossSite:
+def helper_loss(project: Project, loss: LossSite, path: str) -> LossSite:
     """A loss the plain result of a function imported from another checked file, read
-    with that function's own verdict (divided or not, how reduced); else as it is."""
-    if loss.helper is None or loss.scaled is not None:
+    with that function's own verdict (divided or not, how reduced); a loss made by calling
+    a parameter of a function of ``path``'s file, read as the criterion every caller in
+    another file passes there (a torch loss: not divided); else as it is."""
+    if loss.scaled is not None:
         return loss
+    if loss.helper is None:
+        return _passed_criterion(project, loss, path)
     resolved = project.resolve_symbol(loss.helper)
     facts = project.by_path[resolved[0].path].facts.get("loops") if resolved else None
     returned = facts.returned_losses.get(resolved[1]) if isinstance(facts, LoopFileFacts) \
@@ -223,3 +231,26 @@ def targets_gpu(project: Project, loop: TrainingLoop) -> bool:
         if isinstance(facts, LoopFileFacts) and facts.targets_gpu:
             return True
     return False
+
+
+def _passed_criterion(project: Project, loss: LossSite, path: str) -> LossSite:
+    """``loss`` read as the criterion callers in other files pass to the parameter its
+    callable is (one reduction among them all, else as it is)."""
+    if not loss.parameters:
+        return loss
+    reductions: set[str] = set()
+    for _summary, facts in project.facts("loops"):
+        if not isinstance(facts, LoopFileFacts):
+            continue
+        for callee, slots in facts.criteria_passed.items():
+            resolved = project.resolve_symbol(callee)
+            if resolved is None or resolved[0].path != path:
+                continue
+            for function, index, name in loss.parameters:
+                if resolved[1] == function and (reduction := slots.get(str(index), slots.get(name))):
+                    reductions.add(reduction)
+    if len(reductions) != 1:
+        return loss
+    reduction = reductions.pop()
+    return replace(loss, scaled=False,
+                   reduction="mean" if reduction == "sum" and loss.per_element else reduction)

@@ -49,6 +49,7 @@ from trainaudit.model.objects.refs import (
     handed_back,
     last_name,
     origin_name,
+    reach_of,
     scopes_by_line,
     spelling,
 )
@@ -118,6 +119,7 @@ class FileObjects:
         # which the loop model binds per call (``loops.arguments``).
         self._named = UnionFind()
         self._names: dict[Ref, str] | None = None
+        self._members: dict[Ref, frozenset[Ref]] | None = None
         self._built: dict[Ref, list[tuple[ast.Call, str]]] = {}
         self._wrapped: dict[Ref, set[str]] = {}
         self._calls: dict[Ref, list[ObjectCall]] = {}
@@ -145,6 +147,18 @@ class FileObjects:
         """The object ``expr`` evaluates to, where the file can tell."""
         ref = self._ref(expr, function)
         return self._objects.get(self._refs.find(ref)) if ref is not None else None
+
+    def refs_of(self, expr: ast.expr, function: str) -> frozenset[Ref]:
+        """Every ref of the object of ``expr`` (a parameter nothing else is known of too)."""
+        ref = self._ref(expr, function)
+        if ref is None:
+            return frozenset()
+        if self._members is None:
+            members: dict[Ref, set[Ref]] = {}
+            for member in list(self._refs.parent):
+                members.setdefault(self._refs.find(member), set()).add(member)
+            self._members = {root: frozenset(group) for root, group in members.items()}
+        return self._members.get(self._refs.find(ref), frozenset({ref}))
 
     def key(self, expr: ast.expr, function: str) -> str:
         """A key equal for two expressions that are one object (the text otherwise)."""
@@ -428,7 +442,7 @@ class FileObjects:
             found.kind = self._kind(found)
             if found.kind == "scaler":
                 scaler_roots.add(root)
-                found.reach = self._reach(found)
+                found.reach = reach_of(found.refs, {c.function for c in found.calls}, self.module)
             objects[root] = found
         for scaler, argument in self._scaler_arguments:
             target = objects.get(refs.find(argument))
@@ -474,17 +488,6 @@ class FileObjects:
             if kind:
                 return kind
         return ""
-
-    def _reach(self, found: FileObject) -> set[str]:
-        reach = {c.function for c in found.calls}
-        for ref in found.refs:
-            if ref.scope == "":
-                return reach | {"", *self.module.functions}  # a module global: every function sees it
-            if ref.spelled.startswith(("self.", "cls.")):
-                reach |= {name for name in self.module.functions if name.startswith(ref.scope + ".")}
-            else:
-                reach.add(ref.scope)
-        return reach
 
 
 _FILES: weakref.WeakKeyDictionary[ModuleFacts, FileObjects] = weakref.WeakKeyDictionary()

@@ -144,3 +144,18 @@ def scopes_by_line(module: ModuleFacts) -> list[str | None]:
     for start, end, name in sorted(spans, key=lambda s: (s[0], -s[1])):
         scopes[start:end + 1] = [name] * (end + 1 - start)
     return scopes
+
+
+def reach_of(refs: Iterable[Ref], calling: set[str], module: ModuleFacts) -> set[str]:
+    """The functions that can see an object: those calling its methods (``calling``), its
+    locals' and parameters' scopes, the methods of the class holding it (every function,
+    for a module global)."""
+    reach = set(calling)
+    for ref in refs:
+        if ref.scope == "":
+            return reach | {"", *module.functions}
+        if ref.spelled.startswith(("self.", "cls.")):
+            reach |= {name for name in module.functions if name.startswith(ref.scope + ".")}
+        else:
+            reach.add(ref.scope)
+    return reach
