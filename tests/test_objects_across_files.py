@@ -133,3 +133,56 @@ def test_a_clip_after_another_files_scaled_backward(tmp_path: Path) -> None:
         "        torch.nn.utils.clip_grad_norm_", "        scaler.unscale_(optimizer)\n"
         "        torch.nn.utils.clip_grad_norm_")
     assert _found(tmp_path / "clean", {**files, "train.py": unscaled}, "TA303") == []
+
+
+LIT = """\
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+
+
+class Lit(pl.LightningModule):
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = F.cross_entropy(self.net(x), y)
+        self.sched.step()
+        return loss
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.SGD(self.parameters(), lr=0.1)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+        return optimizer
+"""
+
+LIT_MAIN = """\
+import lightning.pytorch as pl
+
+from lit import Lit
+
+ACCUMULATE = 4
+
+
+def main(net, loader):
+    pl.Trainer(max_epochs=1, accumulate_grad_batches=ACCUMULATE).fit(Lit(net), loader)
+"""
+
+
+def test_a_scheduler_stepped_in_training_step_while_lightning_accumulates(tmp_path: Path) -> None:
+    write_tree(tmp_path, {"lit.py": LIT, "train.py": LIT_MAIN})
+    findings = check_tree(tmp_path, select=("TA203",)).findings
+    assert [(f.path, f.line) for f in findings] == [("lit.py", 14)]
+    assert "advances 4x too fast" in findings[0].message
+
+
+def test_no_accumulation_or_a_scheduler_lightning_steps_is_quiet(tmp_path: Path) -> None:
+    once = LIT_MAIN.replace("ACCUMULATE = 4", "ACCUMULATE = 1")
+    assert _found(tmp_path / "a", {"lit.py": LIT, "train.py": once}, "TA203") == []
+    returned = LIT.replace("        self.sched.step()\n", "").replace(
+        "        return optimizer\n",
+        '        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.sched, '
+        '"interval": "step"}}\n')
+    assert _found(tmp_path / "b", {"lit.py": returned, "train.py": LIT_MAIN}, "TA203") == []

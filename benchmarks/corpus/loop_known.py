@@ -8,9 +8,6 @@ no entry explains is reported as UNKNOWN (a new defect, or an entry to add).
 from __future__ import annotations
 
 KNOWN: list[tuple[str, dict[str, str], str]] = [
-    ("TA203", {"gate": "lightning"},
-     "Lightning's accumulate_grad_batches is not modelled: a scheduler stepped by hand in "
-     "training_step runs on every micro-batch"),
 ]
 
 

@@ -38,6 +38,7 @@ from trainaudit.payloads import (
     ZeroGradAfterStep,
 )
 from trainaudit.registry import ProjectRule, RuleContext, register
+from trainaudit.rules.lightning_schedules import LIGHTNING_FAMILY, lightning_schedules
 
 # Frameworks that run the optimizer step, accumulation and gradient clearing themselves.
 SELF_STEPPING = frozenset({"deepspeed", "hf-trainer", "lightning"})
@@ -221,8 +222,8 @@ class PerMicroBatchUpdate(ProjectRule):
     clipping or ``zero_grad`` run on every micro-batch."""
 
     code = "TA203"
-    families = ("loops",)
-    triggers = LOOP_TRIGGERS
+    families = ("loops", LIGHTNING_FAMILY)
+    triggers = (*LOOP_TRIGGERS, "training_step")
 
     _WHAT = {
         "scheduler_step": "the learning-rate schedule advances on every micro-batch",
@@ -231,6 +232,14 @@ class PerMicroBatchUpdate(ProjectRule):
     }
 
     def check(self, project: Project, ctx: RuleContext) -> Iterable[Finding]:
+        for path, hand, trainer_path, line, k in lightning_schedules(project):
+            yield self.finding(
+                path, hand.span,
+                f"`{hand.text}` runs in every `training_step`, while the Trainer accumulates "
+                f"{k} batches per optimizer step: the learning-rate schedule advances {k}x too "
+                "fast; return the scheduler from `configure_optimizers` "
+                '(`{"scheduler": ..., "interval": "step"}`) and let Lightning step it',
+                related=[Related(trainer_path, line, 1, "accumulate_grad_batches")])
         for loop in project_training_loops(project):
             yield from self._engine_schedules(project, loop)
             accumulation = _manual_accumulation(loop)

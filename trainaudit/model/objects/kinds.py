@@ -45,7 +45,8 @@ def kind_of_maker(maker: str) -> Kind:
         return ""
     factory = last.lower().startswith(_FACTORIES) and "sched" in last.lower() and "optim" not in last.lower()
     if ("lr_scheduler" in lowered or "schedule_with_warmup" in lowered or factory
-            or last.endswith(("LR", "Scheduler", "Schedulers", "LROnPlateau")) or last == "get_scheduler"):
+            or last.endswith(("LR", "Scheduler", "Schedulers", "LROnPlateau"))
+            or last in ("get_scheduler", "lr_schedulers")):
         return "scheduler"
     if "optim" in lowered or last in OPTIMIZER_CLASSES:
         return "optimizer"
