@@ -131,3 +131,19 @@ def test_a_restore_in_finally_runs_on_every_return(tmp_path: Path) -> None:
     assert source != EARLY_RETURN
     (tmp_path / "train.py").write_text(source)
     assert check_tree(tmp_path, select=("TA502",)).findings == []
+
+
+def test_a_restore_the_loop_runs_before_each_step_is_kept(tmp_path: Path) -> None:
+    """``model.train()`` at the top of the step loop comes before the next step, though
+    the helper can return after the evaluation without passing it again."""
+    (tmp_path / "train.py").write_text(
+        "import torch.nn.functional as F\n\n\n"
+        "def evaluate(model, loader):\n    model.eval()\n    for x, y in loader:\n        model(x)\n\n\n"
+        "def run_epoch(model, loader, optimizer, val_loader):\n"
+        "    for i, (x, y) in enumerate(loader):\n        model.train()\n"
+        "        loss = F.cross_entropy(model(x), y)\n        loss.backward()\n"
+        "        optimizer.step()\n        optimizer.zero_grad()\n"
+        "        if i % 100 == 0:\n            evaluate(model, val_loader)\n\n\n"
+        "def main(model, loader, optimizer, val_loader):\n    for epoch in range(10):\n"
+        "        run_epoch(model, loader, optimizer, val_loader)\n")
+    assert check_tree(tmp_path, select=("TA502",)).findings == []

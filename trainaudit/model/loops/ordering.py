@@ -85,10 +85,6 @@ class EventLog:
                     if (a, b) in self.inner[group].exits_past:
                         past.add((a, b))
                     continue
-                if b in skippable and avoid is None and start is not None \
-                        and (target := self.anchors[b]) is not None and start is not target \
-                        and leaves and graph.returns_avoiding(start, target):
-                    past.add((a, b))
                 if not leaves:
                     continue
                 target = self.anchors[b]
@@ -97,6 +93,15 @@ class EventLog:
                         follows.add((a, b))
                 elif graph.reaches(start, target, avoid):
                     follows.add((a, b))
+        # A restore written after ``a`` (not one a loop runs again before a later ``a``)
+        # that the function can return without running.
+        if avoid is None:
+            for a, b in follows:
+                start, target = self.anchors[a], self.anchors[b]
+                if b in skippable and self.groups.get(b) is None and start is not None \
+                        and target is not None and target.lineno > start.lineno and self._leaves(a) \
+                        and graph.returns_avoiding(start, target):
+                    past.add((a, b))
         exits = frozenset(a for a in orders if self._leaves(a) and self._returns(graph, a))
         return Ordering(frozenset(follows), exits, frozenset(past))
 
