@@ -169,11 +169,9 @@ class FileObjects:
         return f"{root.scope}:{root.spelled}"
 
     def name(self, expr: ast.expr, function: str) -> str:
-        """The name ``function`` knows the object by, followed back to where it was made
-        there or handed in (``model`` for ``net = model`` after ``model = Net().cuda()``, and
-        for ``ddp.module`` after ``ddp = DDP(model)``; a parameter's own name); a part of an
-        object (``model.encoder``) by its owner's name; the text of an expression the file
-        cannot follow."""
+        """The name ``function`` knows the object by where it was made or handed in (``model``
+        for ``net = model``, for ``ddp.module`` after ``ddp = DDP(model)``; a parameter's own
+        name); a part (``model.encoder``) by its owner's; else the expression's text."""
         inner, _ = self._peel(expr)
         ref = self._ref(expr, function)
         if ref is None:
