@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import ast
 
+from trainaudit.model.flow.operations import POSITION_KEEPING_METHODS
 from trainaudit.model.loops.patterns import CLIP_METHODS, FACTORY
 from trainaudit.model.loops.records import OpKind
 from trainaudit.model.loops.scan import FileScan
 from trainaudit.model.module import keyword
 from trainaudit.model.objects import Kind, file_objects
 
+# Methods of tensors and containers a model has no attribute by (``loss.item()``,
+# ``batch.get("x")``): no forward, whatever they are called on.
+_VALUE_METHODS = frozenset({"item", "sum", "mean", "size", "numel", "append", "extend", "get",
+                            "items", "keys", "values", "pop", "update", "format", "join", "split",
+                            "tolist", "argmax", "max", "min", "backward", "masked_fill", "copy_",
+                            "add_", "mul_", "zero_", "fill_", "softmax", "log_softmax", "chunk",
+                            "permute", "transpose", "expand", "repeat", "gather", "norm"})
 # Methods that switch a wrapper's gradient all-reduce off and on (apex DDP, FSDP2).
 SYNC_SWITCHES = frozenset({"disable_allreduce", "enable_allreduce", "set_requires_gradient_sync"})
 
@@ -118,6 +126,8 @@ class CallClassifier(FileScan):
                     receiver == "self" and self._is_method(attr, function)):
                 return ("forward", text, "", None)
             return None
+        if attr in POSITION_KEEPING_METHODS or attr in _VALUE_METHODS:
+            return None  # a tensor's or a container's method (what it is called on aside)
         text = module.segment(func)
         if self._kind(func, function) == "model":
             return ("forward", text, "", None)

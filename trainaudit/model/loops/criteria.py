@@ -68,8 +68,12 @@ def criteria_passed(module: ModuleFacts) -> dict[str, dict[str, str]]:
     """Calls of functions and methods of other modules that pass a criterion: the callee
     qualified (``steps.train_step``, ``trainer.Trainer.fit``) → position (``"0"``) or
     keyword → the criterion's reduction (``mean`` unless built with another)."""
-    objects = file_objects(module)
     found: dict[str, dict[str, str]] = {}
+    if "Loss" not in module.source:  # no loss class built here (the model is not asked)
+        return found
+    objects = file_objects(module)
+    if not any(o.kind == "criterion" and o.constructions for o in objects.objects):
+        return found
     for function, calls in module.calls_by_function.items():
         for call in calls:
             if not call.args and not call.keywords:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import re
+from functools import cached_property
 
 from trainaudit.model.definitions import assignments
 from trainaudit.model.loops.classify import CallClassifier
@@ -18,7 +19,9 @@ from trainaudit.model.objects import file_objects
 class LossReader(CallClassifier):
     """Reads loss expressions back through assignments and local helpers."""
 
-    def loss_site(self, expr: ast.expr | None, function: str) -> LossSite | None:
+    def loss_site(self, expr: ast.expr | None, function: str, backward: bool = True) -> LossSite | None:
+        """What ``expr`` is as a loss; ``backward``: it is differentiated here (a returned
+        loss is not: the parameters its callable may be are only read for a backward)."""
         if expr is None:
             return None
         fn = self.module.functions.get(function)
@@ -27,7 +30,7 @@ class LossReader(CallClassifier):
         reduction = self.reduction(expr, function)
         helper = self._imported_helper(expr, body) if scaled is None else None
         held, per_element = held_parameters(self.module, expr, function) \
-            if scaled is None and helper is None else ((), False)
+            if scaled is None and helper is None and backward else ((), False)
         return LossSite(first_line(self.module.segment(expr)), scaled, divisor, reduction,
                         counter=divisor is not None and _counts_up(body, divisor),
                         helper=helper, parameters=held, per_element=per_element)
@@ -54,10 +57,10 @@ class LossReader(CallClassifier):
             return None
         returns = [n.value for n in walk_local(fn.body) if isinstance(n, ast.Return)
                    and n.value is not None]
-        if len(returns) != 1:
-            return None
-        site = self.loss_site(returns[0], function)
-        return site if site is not None and site.reduction is not None else None
+        if len(returns) != 1 or not _MAY_REDUCE.search(self._text(fn)) \
+                or self.reduction(returns[0], function) is None:
+            return None  # no torch loss (text first, then the cheaper question)
+        return self.loss_site(returns[0], function, backward=False)
 
     def reduction(self, expr: ast.expr, function: str, depth: int = 0) -> str | None:
         """How the loss ``expr`` is reduced over its elements: "mean", "sum" or "none", read
@@ -90,6 +93,12 @@ class LossReader(CallClassifier):
             return self._call_reduction(expr, function, depth)
         return merge_reductions(found)
 
+    @cached_property
+    def _may_build_losses(self) -> bool:
+        """A loss class named in the file, or a class of its own (a model whose ``forward``
+        may return the loss): else no object here is a criterion to ask about."""
+        return "Loss" in self.module.source or bool(self.module.classes)
+
     def _call_reduction(self, call: ast.Call, function: str, depth: int) -> str | None:
         module = self.module
         func = call.func
@@ -103,6 +112,8 @@ class LossReader(CallClassifier):
             return _reduction_keyword(call) or "mean"
         if isinstance(func, ast.Name) and func.id in module.functions:
             return self._returned_reduction(func.id, depth)
+        if not self._may_build_losses:
+            return None  # no loss class built here, no model class to read: no object to ask
         criterion = self._criterion(func, function)
         if criterion is not None:
             return _reduction_keyword(criterion) or "mean"
@@ -221,6 +232,11 @@ LOSS_FUNCTIONS = frozenset({
     "multi_margin_loss", "multilabel_margin_loss", "triplet_margin_with_distance_loss",
 })
 
+
+
+# What a function that returns a reduced loss writes somewhere: a loss call or criterion,
+# a reduction, a forward of a model (a text test before any reading).
+_MAY_REDUCE = re.compile(r"loss|Loss|criterion|entropy|\.sum\(|\.mean\(|forward|model", re.IGNORECASE)
 
 
 def _counts_up(body: list[ast.stmt], name: str) -> bool:
