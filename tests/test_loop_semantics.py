@@ -9,8 +9,8 @@ import textwrap
 import pytest
 
 from trainaudit.model.loops import TrainingLoop, find_training_loops
-from trainaudit.model.objects import file_objects
 from trainaudit.model.module import ModuleFacts
+from trainaudit.model.objects import file_objects
 
 
 def _module(source: str) -> ModuleFacts:
