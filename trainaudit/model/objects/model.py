@@ -43,6 +43,7 @@ from trainaudit.model.objects.kinds import (
     kind_of_maker,
 )
 from trainaudit.model.objects.refs import (
+    NO_OBJECT,
     Ref,
     Refs,
     UnionFind,
@@ -258,7 +259,7 @@ class FileObjects:
             for node in by_type.get(assignment, ()):
                 assert isinstance(node, ast.Assign | ast.AnnAssign)
                 function = scope(node)
-                if node.value is None or function is None or isinstance(node.value, _NO_OBJECT):
+                if node.value is None or function is None or isinstance(node.value, NO_OBJECT):
                     continue
                 for target in node.targets if isinstance(node, ast.Assign) else [node.target]:
                     self._assign(target, node.value, function)
@@ -486,11 +487,6 @@ class FileObjects:
             if kind:
                 return kind
         return ""
-
-
-# Values that are never an object the model tracks (arithmetic, literals, comparisons).
-_NO_OBJECT = (ast.BinOp, ast.UnaryOp, ast.BoolOp, ast.Compare, ast.Constant, ast.JoinedStr,
-              ast.Lambda, ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
 
 
 _FILES: weakref.WeakKeyDictionary[ModuleFacts, FileObjects] = weakref.WeakKeyDictionary()

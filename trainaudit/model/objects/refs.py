@@ -9,6 +9,10 @@ from dataclasses import dataclass
 from trainaudit.model.flow.operations import PASS_ARGUMENTS
 from trainaudit.model.module import ModuleFacts, parameter_names
 
+# Values that are never an object (arithmetic, literals, comparisons, comprehensions).
+NO_OBJECT = (ast.BinOp, ast.UnaryOp, ast.BoolOp, ast.Compare, ast.Constant, ast.JoinedStr,
+             ast.Lambda, ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
+
 
 @dataclass(frozen=True)
 class Ref:
