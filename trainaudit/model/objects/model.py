@@ -44,6 +44,7 @@ from trainaudit.model.objects.kinds import (
 )
 from trainaudit.model.objects.refs import (
     NO_OBJECT,
+    ObjectCall,
     Ref,
     Refs,
     UnionFind,
@@ -54,15 +55,6 @@ from trainaudit.model.objects.refs import (
     scopes_by_line,
     spelling,
 )
-
-
-@dataclass(frozen=True)
-class ObjectCall:
-    """``<object>.<method>(...)`` in a function ('' for module level)."""
-
-    method: str
-    call: ast.Call
-    function: str
 
 
 @dataclass(eq=False)
@@ -131,8 +123,9 @@ class FileObjects:
         self._aliases: set[Ref] = set()  # refs given another ref's object
         self._named_aliases: set[Ref] = set()  # of those, the ones joined in ``_named``
         self._passed: dict[Ref, list[Ref]] = {}
-        # (receiver, call, caller) of method calls on objects the file may have built.
-        self._method_calls: list[tuple[Ref, ast.Call, str]] = []  # a parameter → the arguments calls give it
+        # Method calls (receiver, call, caller) on objects the file may have built, by name.
+        self._method_calls: list[tuple[Ref, ast.Call, str]] = []
+        self._methods = {name.rsplit(".", 1)[1] for name in module.functions if "." in name}  # a parameter → the arguments calls give it
         self._returned: dict[Ref, list[Ref]] = {}  # a local factory's result → what it returns
         self._scan()
         self._join_parameters()
@@ -377,7 +370,7 @@ class FileObjects:
         skip_self = callee is not None and isinstance(call.func, ast.Attribute)
         if callee is None and isinstance(call.func, ast.Name) and call.func.id in module.classes:
             callee, skip_self = f"{call.func.id}.__init__", True
-        if callee is None and isinstance(call.func, ast.Attribute) and module.classes:
+        if callee is None and isinstance(call.func, ast.Attribute) and call.func.attr in self._methods:
             receiver = self._ref(call.func.value, caller)
             if receiver is not None:  # ``trainer.fit(criterion)``
                 self._method_calls.append((receiver, call, caller))

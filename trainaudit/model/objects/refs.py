@@ -88,6 +88,15 @@ class Refs(UnionFind):
         return Ref("", spelled)
 
 
+@dataclass(frozen=True)
+class ObjectCall:
+    """``<object>.<method>(...)`` in a function ('' for module level)."""
+
+    method: str
+    call: ast.Call
+    function: str
+
+
 def spelling(node: ast.AST) -> str | None:
     """The source spelling of a ``Name``/``Attribute`` chain (``self.scaler``), with a
     subscript as its container's elements (``optimizers[]``), or as one entry where a
