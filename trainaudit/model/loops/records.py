@@ -71,7 +71,7 @@ class LossSite:
     counter: bool = False
     # Where the scaling is not known here: the imported function whose result is the loss
     # (``loss = loss_fn(out, y)`` with ``loss_fn`` from another module), qualified; the
-    # project phase reads that function's own verdict (``LoopFileFacts.returned_losses``).
+    # project phase reads that function's own verdict (``summaries.helper_loss``).
     helper: str | None = None
     # Where the loss is a call of a parameter (``criterion(logits, y)``) it cannot read:
     # (function, position, name) of each parameter that callable may be; the project phase

@@ -20,7 +20,7 @@ from trainaudit.model.loops.records import (
     TrainingLoop,
 )
 from trainaudit.model.module import ModuleFacts
-from trainaudit.model.project import Project
+from trainaudit.model.project import ModuleSummary, Project
 from trainaudit.registry import summarizer
 
 
@@ -32,9 +32,6 @@ class LoopFileFacts:
     candidate_loops: tuple[TrainingLoop, ...]  # loops that may train through an imported helper
     functions: dict[str, FunctionOps]  # top-level functions with training operations
     targets_gpu: bool = False  # the file can put work on a GPU (see ``FileScan.traits``)
-    # Top-level functions that return a torch loss, with what they return (``loss_fn``
-    # imported by a training loop elsewhere).
-    returned_losses: dict[str, LossSite] = field(default_factory=dict)
     # Criteria this file passes to functions and methods of other modules
     # (``criteria.criteria_passed``): callee qualified → position or keyword → reduction.
     criteria_passed: dict[str, dict[str, str]] = field(default_factory=dict)
@@ -80,11 +77,9 @@ def summarize_loops(module: ModuleFacts) -> LoopFileFacts:
         ops = analysis.function_ops(name)
         if ops.operations or ops.external_calls:
             functions[name] = replace(ops, operations=tuple(_portable(module, op) for op in ops.operations))
-    returned = {name: site for name in module.functions if "." not in name
-                and (site := analysis.returned_loss(name)) is not None}
     return LoopFileFacts(tuple(_strip_nodes(module, loop) for loop in training),
                          tuple(_strip_nodes(module, loop) for loop in candidates), functions,
-                         "gpu" in analysis.traits, returned, criteria_passed(module))
+                         "gpu" in analysis.traits, criteria_passed(module))
 
 
 def _summarised(module: ModuleFacts) -> list[str]:
@@ -120,9 +115,7 @@ def helper_loss(project: Project, loss: LossSite, path: str) -> LossSite:
     if loss.helper is None:
         return _passed_criterion(project, loss, path)
     resolved = project.resolve_symbol(loss.helper)
-    facts = project.by_path[resolved[0].path].facts.get("loops") if resolved else None
-    returned = facts.returned_losses.get(resolved[1]) if isinstance(facts, LoopFileFacts) \
-        and resolved is not None else None
+    returned = _returned_loss(project, *resolved) if resolved is not None else None
     if returned is None:
         return loss
     return replace(loss, scaled=returned.scaled, divisor=returned.divisor,
@@ -231,6 +224,29 @@ def targets_gpu(project: Project, loop: TrainingLoop) -> bool:
         if isinstance(facts, LoopFileFacts) and facts.targets_gpu:
             return True
     return False
+
+
+# Per project: (path, function) → what that top-level function returns when it is a torch
+# loss; read on demand (a loop's loss the plain result of an imported function is rare,
+# reading every function of every file in phase 1 was not).
+_RETURNED: weakref.WeakKeyDictionary[Project, dict[tuple[str, str], LossSite | None]] = (
+    weakref.WeakKeyDictionary())
+
+
+def _returned_loss(project: Project, summary: ModuleSummary, name: str) -> LossSite | None:
+    """Whether the top-level function ``name`` of ``summary``'s file returns a divided
+    loss, and how it is reduced (the file read again and parsed, once per project)."""
+    found = _RETURNED.setdefault(project, {})
+    if (summary.path, name) not in found:
+        text = project.text_of(summary) if "." not in name else None
+        try:
+            tree = ast.parse(text, filename=summary.path) if text is not None else None
+        except SyntaxError:
+            tree = None
+        module = ModuleFacts(summary.path, summary.module_name, text, tree,
+                             summary.path.endswith("__init__.py")) if text is not None and tree else None
+        found[(summary.path, name)] = loop_analysis(module).returned_loss(name) if module else None
+    return found[(summary.path, name)]
 
 
 def _passed_criterion(project: Project, loss: LossSite, path: str) -> LossSite:
