@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 from collections.abc import Container, Iterable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from trainaudit.model.flow.operations import PASS_ARGUMENTS
 from trainaudit.model.module import ModuleFacts, parameter_names
@@ -14,11 +15,10 @@ NO_OBJECT = (ast.BinOp, ast.UnaryOp, ast.BoolOp, ast.Compare, ast.Constant, ast.
              ast.Lambda, ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
 
 
-@dataclass(frozen=True)
-class Ref:
+class Ref(NamedTuple):
     """One place an object can live: ``scope`` is a function, a class (for ``self.``
     attributes) or ``''`` (module globals); ``spelled`` as written there (``[]`` for the
-    elements of a container)."""
+    elements of a container). A tuple: refs are hashed millions of times on a big tree."""
 
     scope: str
     spelled: str
