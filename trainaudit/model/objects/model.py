@@ -28,7 +28,6 @@ from __future__ import annotations
 import ast
 import weakref
 from dataclasses import dataclass, field
-from functools import cached_property
 
 from trainaudit.model.flow.operations import MODEL_WRAPPERS, SAME_OBJECT_METHODS
 from trainaudit.model.module import ModuleFacts, keyword, walk_local
@@ -70,15 +69,6 @@ class FileObject:
     # Functions that can see a scaler: its locals' and parameters' scopes, the methods of
     # the class holding it, the functions calling its methods (all, for a module global).
     reach: set[str] = field(default_factory=set)
-    # Refs a construction was assigned to, and refs given another ref's object.
-    built_at: frozenset[Ref] = frozenset()
-    aliases: frozenset[Ref] = frozenset()
-
-    @cached_property
-    def name(self) -> str:
-        """The name it had where it was made (``refs.origin_name``)."""
-        return origin_name(self.refs, self.built_at, self.aliases)
-
     def uses(self, method: str) -> list[ObjectCall]:
         return [c for c in self.calls if c.method == method]
 
@@ -112,7 +102,6 @@ class FileObjects:
         # which the loop model binds per call (``loops.arguments``).
         self._named = UnionFind()
         self._names: dict[Ref, str] | None = None
-        self._members: dict[Ref, frozenset[Ref]] | None = None
         self._built: dict[Ref, list[tuple[ast.Call, str]]] = {}
         self._wrapped: dict[Ref, set[str]] = {}
         self._calls: dict[Ref, list[ObjectCall]] = {}
@@ -120,22 +109,22 @@ class FileObjects:
         # (scaler, argument) of ``x.step(arg)`` / ``x.unscale_(arg)``: arg is an optimizer
         # when x turns out to be a scaler.
         self._scaler_arguments: list[tuple[Ref, Ref]] = []
-        self._aliases: set[Ref] = set()  # refs given another ref's object
-        self._named_aliases: set[Ref] = set()  # of those, the ones joined in ``_named``
-        self._passed: dict[Ref, list[Ref]] = {}
+        self._named_aliases: set[Ref] = set()  # refs given another ref's object in ``_named``
+        self._passed: dict[Ref, list[Ref]] = {}  # a parameter → the arguments calls give it
         # Method calls (receiver, call, caller) on objects the file may have built, by name.
         self._method_calls: list[tuple[Ref, ast.Call, str]] = []
-        self._methods = {name.rsplit(".", 1)[1] for name in module.functions if "." in name}  # a parameter → the arguments calls give it
+        self._methods = {name.rsplit(".", 1)[1] for name in module.functions if "." in name}
         self._returned: dict[Ref, list[Ref]] = {}  # a local factory's result → what it returns
         self._scan()
         self._join_parameters()
+        self._members = self._refs.groups(self._built, self._calls, self._wrapped)
         self._objects: dict[Ref, FileObject] = self._group()
 
     # -- queries ------------------------------------------------------------------
 
     @property
     def objects(self) -> list[FileObject]:
-        return list(dict.fromkeys(self._objects.values()))
+        return list(self._objects.values())
 
     def object_of(self, expr: ast.expr, function: str) -> FileObject | None:
         """The object ``expr`` evaluates to, where the file can tell."""
@@ -147,12 +136,7 @@ class FileObjects:
         ref = self._ref(expr, function)
         if ref is None:
             return frozenset()
-        if self._members is None:
-            members: dict[Ref, set[Ref]] = {}
-            for member in list(self._refs.parent):
-                members.setdefault(self._refs.find(member), set()).add(member)
-            self._members = {root: frozenset(group) for root, group in members.items()}
-        return self._members.get(self._refs.find(ref), frozenset({ref}))
+        return frozenset(self._members.get(self._refs.find(ref), {ref}))
 
     def key(self, expr: ast.expr, function: str) -> str:
         """A key equal for two expressions that are one object (the text otherwise)."""
@@ -177,11 +161,8 @@ class FileObjects:
 
     def _name_table(self) -> dict[Ref, str]:
         if self._names is None:
-            groups: dict[Ref, list[Ref]] = {}
-            for ref in list(self._named.parent):
-                groups.setdefault(self._named.find(ref), []).append(ref)
             self._names = {root: origin_name(group, self._built, self._named_aliases)
-                           for root, group in groups.items()}
+                           for root, group in self._named.groups().items()}
         return self._names
 
     def kind(self, expr: ast.expr, function: str) -> Kind:
@@ -303,7 +284,6 @@ class FileObjects:
             source = self._ref(inner, function) if inner is not None else None
             if source is not None:
                 self._refs.union(ref, source)
-                self._aliases.add(ref)
                 if not (ref.spelled.startswith(("self.", "cls.")) and source.scope != ref.scope):
                     self._named.union(ref, source)
                     self._named_aliases.add(ref)
@@ -413,10 +393,7 @@ class FileObjects:
                     self._refs.union(arguments[0], parameter)
 
     def _group(self) -> dict[Ref, FileObject]:
-        refs = self._refs
-        groups: dict[Ref, set[Ref]] = {}
-        for ref in [*refs.parent, *self._built, *self._calls, *self._wrapped]:
-            groups.setdefault(refs.find(ref), set()).add(ref)
+        refs, groups = self._refs, self._members
         # Only groups something is known of: a plain local is no object worth a record.
         known = {refs.find(r) for r in [*self._built, *self._calls, *self._wrapped, *self._optimizer_args,
                                         *(argument for _, argument in self._scaler_arguments)]}
@@ -429,8 +406,6 @@ class FileObjects:
                            key=lambda c: (c.call.lineno, c.call.col_offset))
             found = FileObject(group, [c for c, _ in built], [m for _, m in built], calls,
                                {w for r in group for w in self._wrapped.get(r, ())})
-            found.built_at = frozenset(r for r in group if r in self._built)
-            found.aliases = frozenset(r for r in group if r in self._aliases)
             found.kind = self._kind(found)
             if found.kind == "scaler":
                 scaler_roots.add(root)

@@ -40,6 +40,13 @@ class UnionFind:
     def union(self, a: Ref, b: Ref) -> None:
         self.parent[self.find(a)] = self.find(b)
 
+    def groups(self, *more: Iterable[Ref]) -> dict[Ref, set[Ref]]:
+        """Root → every ref of its group (``more``: refs to count in though never joined)."""
+        found: dict[Ref, set[Ref]] = {}
+        for ref in [*self.parent, *(r for refs in more for r in refs)]:
+            found.setdefault(self.find(ref), set()).add(ref)
+        return found
+
 
 class Refs(UnionFind):
     """Spellings to refs, and the union-find of one object's refs. ``scope_at`` is the
