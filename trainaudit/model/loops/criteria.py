@@ -69,7 +69,7 @@ def criteria_passed(module: ModuleFacts) -> dict[str, dict[str, str]]:
     qualified (``steps.train_step``, ``trainer.Trainer.fit``) → position (``"0"``) or
     keyword → the criterion's reduction (``mean`` unless built with another)."""
     found: dict[str, dict[str, str]] = {}
-    if "Loss" not in module.source:  # no loss class built here (the model is not asked)
+    if not names_loss_class(module):
         return found
     objects = file_objects(module)
     if not any(o.kind == "criterion" and o.constructions for o in objects.objects):
@@ -110,7 +110,20 @@ def _imported_callee(module: ModuleFacts, call: ast.Call, function: str) -> str 
 
 
 def _reduction(constructions: list[ast.Call]) -> str:
-    values = {keyword(c, "reduction") for c in constructions}
-    reductions = {v.value if isinstance(v, ast.Constant) else ("mean" if v is None else "unknown")
-                  for v in values}
-    return str(reductions.pop()) if len(reductions) == 1 else "unknown"
+    reductions = {reduction_keyword(c) or "mean" for c in constructions}
+    return reductions.pop() if len(reductions) == 1 else "unknown"
+
+
+def reduction_keyword(call: ast.Call) -> str | None:
+    """The ``reduction=`` a loss call or class is given: "mean" (``batchmean`` too),
+    "sum", "none", "unknown" (set by a variable); None when not given."""
+    value = keyword(call, "reduction")
+    if isinstance(value, ast.Constant) and value.value in ("mean", "sum", "none", "batchmean"):
+        return "mean" if value.value == "batchmean" else str(value.value)
+    return "unknown" if value is not None else None
+
+
+def names_loss_class(module: ModuleFacts) -> bool:
+    """The file's text names a loss class (``nn.CrossEntropyLoss``): a text test before
+    asking the object model for criteria."""
+    return "Loss" in module.source

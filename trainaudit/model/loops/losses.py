@@ -9,10 +9,10 @@ from functools import cached_property
 from trainaudit.model.definitions import assignments
 from trainaudit.model.loops.classify import CallClassifier
 from trainaudit.model.loops.counting import counts_elements
-from trainaudit.model.loops.criteria import held_parameters
+from trainaudit.model.loops.criteria import held_parameters, names_loss_class, reduction_keyword
 from trainaudit.model.loops.patterns import first_line, names_in
 from trainaudit.model.loops.records import LossSite
-from trainaudit.model.module import keyword, parameter_names, walk_local
+from trainaudit.model.module import parameter_names, walk_local
 from trainaudit.model.objects import file_objects
 
 
@@ -97,7 +97,7 @@ class LossReader(CallClassifier):
     def _may_build_losses(self) -> bool:
         """A loss class named in the file, or a class of its own (a model whose ``forward``
         may return the loss): else no object here is a criterion to ask about."""
-        return "Loss" in self.module.source or bool(self.module.classes)
+        return names_loss_class(self.module) or bool(self.module.classes)
 
     def _call_reduction(self, call: ast.Call, function: str, depth: int) -> str | None:
         module = self.module
@@ -109,14 +109,14 @@ class LossReader(CallClassifier):
         if isinstance(func, ast.Attribute) and func.attr in ("float", "contiguous", "squeeze", "to"):
             return self.reduction(func.value, function, depth + 1)
         if name.startswith("torch.nn.functional.") and name.rsplit(".", 1)[-1] in LOSS_FUNCTIONS:
-            return _reduction_keyword(call) or "mean"
+            return reduction_keyword(call) or "mean"
         if isinstance(func, ast.Name) and func.id in module.functions:
             return self._returned_reduction(func.id, depth)
         if not self._may_build_losses:
             return None  # no loss class built here, no model class to read: no object to ask
         criterion = self._criterion(func, function)
         if criterion is not None:
-            return _reduction_keyword(criterion) or "mean"
+            return reduction_keyword(criterion) or "mean"
         cls = file_objects(module).made_by_class(func, function)
         if cls is not None:
             forward = f"{module.scope_name(cls)}.forward" if module.scope_name(cls) else f"{cls.name}.forward"
@@ -246,13 +246,6 @@ def _counts_up(body: list[ast.stmt], name: str) -> bool:
         and isinstance(node.target, ast.Name) and node.target.id == name
         and isinstance(node.value, ast.Constant) and node.value.value == 1
         for node in walk_local(body))
-
-
-def _reduction_keyword(call: ast.Call) -> str | None:
-    value = keyword(call, "reduction")
-    if isinstance(value, ast.Constant) and value.value in ("mean", "sum", "none", "batchmean"):
-        return "mean" if value.value == "batchmean" else str(value.value)
-    return "unknown" if value is not None else None
 
 
 def merge_reductions(found: list[str | None]) -> str | None:
