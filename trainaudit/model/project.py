@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import ast
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any, TypeVar
 
+from trainaudit.model.module import ModuleFacts
 from trainaudit.notebook import is_notebook, without_unparsable_cells
 from trainaudit.sources import DecodeError, source_of, text_check
 
@@ -177,6 +179,19 @@ class Project:
         if name not in self._cache:
             self._cache[name] = make()
         return self._cache[name]  # type: ignore[no-any-return]
+
+    def module_of(self, summary: ModuleSummary) -> ModuleFacts | None:
+        """A checked file read again and parsed, once per project (a project rule that needs
+        more of a file than its summary keeps); None when it is gone or does not parse."""
+        def parse() -> ModuleFacts | None:
+            text = self.text_of(summary)
+            try:
+                tree = ast.parse(text, filename=summary.path) if text is not None else None
+            except SyntaxError:
+                return None
+            return ModuleFacts(summary.path, summary.module_name, text, tree,
+                               summary.path.endswith("__init__.py")) if text is not None and tree else None
+        return self.cached(f"module:{summary.path}", parse)
 
     def facts(self, family: str) -> Iterator[tuple[ModuleSummary, Any]]:
         """Each module's summary for one rule family, where it has one."""

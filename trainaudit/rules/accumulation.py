@@ -7,7 +7,6 @@ from ``steps.py`` is judged with the helper's body inlined.
 
 from __future__ import annotations
 
-import ast
 import re
 from collections.abc import Iterable, Iterator
 
@@ -278,8 +277,8 @@ class PerMicroBatchUpdate(ProjectRule):
         pairs = [(op, step) for op, step in schedules_per_micro_batch(loop)
                  if not _metric_driven(op)]
         summary = project.by_path.get(loop.path) if pairs else None
-        text = project.text_of(summary) if summary is not None else None
-        if not pairs or text is None or not configures_accumulation(ast.parse(text)):
+        module = project.module_of(summary) if summary is not None else None
+        if not pairs or module is None or not configures_accumulation(module.tree):
             return
         for op, step in pairs:
             yield self.finding(

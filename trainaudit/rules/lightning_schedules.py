@@ -14,6 +14,7 @@ import ast
 from dataclasses import dataclass
 
 from trainaudit.diagnostics import Span
+from trainaudit.model.definitions import assignments
 from trainaudit.model.module import ModuleFacts, int_value
 from trainaudit.model.objects import file_objects
 from trainaudit.model.project import Project
@@ -93,8 +94,7 @@ def _constant(module: ModuleFacts, node: ast.expr) -> int | None:
     literal = int_value(node)
     if literal is not None or not isinstance(node, ast.Name):
         return literal
-    values = [stmt.value for stmt in module.tree.body if isinstance(stmt, ast.Assign)
-              and any(isinstance(t, ast.Name) and t.id == node.id for t in stmt.targets)]
+    values = list(assignments(module.tree.body, node.id))
     return int_value(values[0]) if len(values) == 1 else None
 
 

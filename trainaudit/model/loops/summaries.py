@@ -226,27 +226,15 @@ def targets_gpu(project: Project, loop: TrainingLoop) -> bool:
     return False
 
 
-# Per project: (path, function) → what that top-level function returns when it is a torch
-# loss; read on demand (a loop's loss the plain result of an imported function is rare,
-# reading every function of every file in phase 1 was not).
-_RETURNED: weakref.WeakKeyDictionary[Project, dict[tuple[str, str], LossSite | None]] = (
-    weakref.WeakKeyDictionary())
-
-
 def _returned_loss(project: Project, summary: ModuleSummary, name: str) -> LossSite | None:
     """Whether the top-level function ``name`` of ``summary``'s file returns a divided
-    loss, and how it is reduced (the file read again and parsed, once per project)."""
-    found = _RETURNED.setdefault(project, {})
-    if (summary.path, name) not in found:
-        text = project.text_of(summary) if "." not in name else None
-        try:
-            tree = ast.parse(text, filename=summary.path) if text is not None else None
-        except SyntaxError:
-            tree = None
-        module = ModuleFacts(summary.path, summary.module_name, text, tree,
-                             summary.path.endswith("__init__.py")) if text is not None and tree else None
-        found[(summary.path, name)] = loop_analysis(module).returned_loss(name) if module else None
-    return found[(summary.path, name)]
+    loss, and how it is reduced: read on demand, once per project (a loop's loss the plain
+    result of an imported function is rare; reading every function of every file in phase 1
+    was not)."""
+    def read() -> LossSite | None:
+        module = project.module_of(summary) if "." not in name else None
+        return loop_analysis(module).returned_loss(name) if module is not None else None
+    return project.cached(f"returned-loss:{summary.path}:{name}", read)
 
 
 def _passed_criterion(project: Project, loss: LossSite, path: str) -> LossSite:
