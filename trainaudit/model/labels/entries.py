@@ -57,15 +57,29 @@ def _has_code(body: list[ast.stmt]) -> bool:
 
 def _names_a_criterion(module: ModuleFacts) -> bool:
     """The code refers to a loss class (``nn.CrossEntropyLoss``, ``NLLLoss``): a criterion
-    object may be made here and handed on (text in a docstring or a class so named is not)."""
+    object may be made here and handed on. Text in a docstring or a class so named is not,
+    nor a reference only compared or type-tested (``fn is nn.CrossEntropyLoss``,
+    ``isinstance(m, nn.NLLLoss)``): that reads a criterion made elsewhere."""
     if "CrossEntropyLoss" not in module.source and "NLLLoss" not in module.source:
         return False
     if any(qualified.rsplit(".", 1)[-1] in _CRITERIA
            for qualified in module.imports.aliases.values()):
         return True  # imported, perhaps under another name
-    return any((isinstance(node, ast.Name) and node.id in _CRITERIA)
-               or (isinstance(node, ast.Attribute) and node.attr in _CRITERIA)
+    return any(((isinstance(node, ast.Name) and node.id in _CRITERIA)
+                or (isinstance(node, ast.Attribute) and node.attr in _CRITERIA))
+               and not _only_tested(node, module.parents)
                for node in module.nodes)
+
+
+def _only_tested(node: ast.AST, parents: dict[ast.AST, ast.AST]) -> bool:
+    """The expression is an operand of a comparison or the type of an ``isinstance`` /
+    ``issubclass`` test (an element of a tuple, list or set there too)."""
+    operand, parent = node, parents.get(node)
+    if isinstance(parent, ast.Tuple | ast.List | ast.Set):
+        operand, parent = parent, parents.get(parent)
+    return isinstance(parent, ast.Compare) or (
+        isinstance(parent, ast.Call) and isinstance(parent.func, ast.Name)
+        and parent.func.id in ("isinstance", "issubclass") and operand in parent.args[1:])
 
 
 def _calls_a_held_callable(function: ast.FunctionDef | ast.AsyncFunctionDef, calls: list[ast.Call],
