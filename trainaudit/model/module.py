@@ -203,10 +203,14 @@ class ModuleFacts:
         parent: dict[ast.AST, ast.AST] = {}
         append = nodes.append
         index = 0
+        known, fields = _CHILDREN, _CHILD_FIELDS
         while index < len(nodes):
             node = nodes[index]
             index += 1
-            for child in child_nodes(node):
+            if not (fields.get(type(node)) or _child_fields(type(node))):
+                continue  # a leaf (``Name``, ``Constant``): no call for its no children
+            children = known[node] = child_nodes(node)
+            for child in children:
                 parent[child] = node
                 append(child)
         return nodes, parent
@@ -329,15 +333,33 @@ def child_blocks(stmt: ast.stmt) -> Iterator[list[ast.stmt]]:
         yield case.body
 
 
+# Fields that hold no code: the parser's shared singletons (``Load()``, ``Add()``,
+# ``Eq()``), which no reader asks for as nodes, and identifiers, numbers and comments
+# (``name`` stays: a ``type X = ...`` statement's is a node).
+_NOT_CODE = frozenset({"ctx", "op", "ops", "id", "attr", "arg", "asname", "module",
+                       "level", "is_async", "conversion", "type_comment", "kind"})
+_CHILD_FIELDS: dict[type, tuple[str, ...]] = {ast.Constant: ()}
+
+
+def _child_fields(kind: type) -> tuple[str, ...]:
+    """The fields of a node type that may hold nodes (empty: a leaf such as ``Name``)."""
+    fields = _CHILD_FIELDS.get(kind)
+    if fields is None:
+        fields = _CHILD_FIELDS[kind] = tuple(
+            name for name in getattr(kind, "_fields", ()) if name not in _NOT_CODE)
+    return fields
+
+
 def child_nodes(node: ast.AST) -> list[ast.AST]:
-    """``ast.iter_child_nodes`` as a list, without its two generator layers (hot path)."""
+    """``ast.iter_child_nodes`` as a list, without its two generator layers (hot path), and
+    without the context and operator singletons."""
     children: list[ast.AST] = []
-    for name in node._fields:
+    for name in _child_fields(type(node)):
         value = getattr(node, name, None)
         if isinstance(value, ast.AST):
             children.append(value)
-        elif isinstance(value, list):
-            children.extend(item for item in value if isinstance(item, ast.AST))
+        elif type(value) is list:  # of nodes; of names in ``global``; ``None`` keys of a dict
+            children += [item for item in value if isinstance(item, ast.AST)]
     return children
 
 
@@ -356,29 +378,41 @@ def iter_calls(body: list[ast.stmt]) -> Iterator[ast.Call]:
 _LOCAL_WALKS: dict[int, tuple[list[ast.stmt], tuple[ast.AST, ...]]] = {}
 
 
+# Each node's children, as the module's walk found them (``ModuleFacts._walk``), for the
+# local walks of the same file's bodies; cleared with them.
+_CHILDREN: dict[ast.AST, list[ast.AST]] = {}
+
+
 def clear_walk_cache() -> None:
     _LOCAL_WALKS.clear()
+    _CHILDREN.clear()
 
 
 def walk_local(body: list[ast.stmt]) -> Iterator[ast.AST]:
     """Every node of a function body in source order, not entering nested defs/classes."""
     cached = _LOCAL_WALKS.get(id(body))
     if cached is None or cached[0] is not body:
-        cached = (body, tuple(_walk_local(body)))
+        cached = (body, _walk_local(body))
         _LOCAL_WALKS[id(body)] = cached
     return iter(cached[1])
 
 
-def _walk_local(body: list[ast.stmt]) -> Iterator[ast.AST]:
+def _walk_local(body: list[ast.stmt]) -> tuple[ast.AST, ...]:
+    found: list[ast.AST] = []
+    append = found.append
     stack: list[ast.AST] = list(reversed(body))
+    known = _CHILDREN
     while stack:
         node = stack.pop()
-        yield node
+        append(node)
         if isinstance(node, _SCOPES):
             continue
-        children = child_nodes(node)
-        children.reverse()
-        stack.extend(children)
+        children = known.get(node)
+        if children is None:
+            children = child_nodes(node)
+        if children:
+            stack.extend(reversed(children))
+    return tuple(found)
 
 
 def int_value(node: ast.AST | None) -> int | None:
