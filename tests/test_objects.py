@@ -172,3 +172,44 @@ def test_a_tokenizer_loaded_from_pretrained_is_no_model() -> None:
     objects = file_objects(module)
     assert objects.kind(_name_node(module, "tok", 4), "main") == ""
     assert objects.kind(_name_node(module, "lm", 5), "main") == "model"
+
+
+# A step helper whose parameters are named for nothing but annotated with their types.
+ANNOTATED = """\
+from typing import Optional
+
+import torch
+from torch import nn
+from torch.amp import GradScaler
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+
+
+def step(m: nn.Module, o: Optimizer, s: "LRScheduler", g: Optional[GradScaler], data, k: int):
+    for i, (x, y) in enumerate(data):
+        out = torch.nn.functional.cross_entropy(m(x), y) / k
+        out.backward()
+        if (i + 1) % k == 0:
+            o.step()
+            o.zero_grad()
+        s.step()
+    return g
+"""
+
+
+def test_annotated_parameters_take_the_kind_of_their_type() -> None:
+    module = _module(ANNOTATED)
+    objects = file_objects(module)
+    assert objects.kind(_name_node(module, "m", 12), "step") == "model"
+    assert objects.kind(_name_node(module, "o", 15), "step") == "optimizer"
+    assert objects.kind(_name_node(module, "s", 17), "step") == "scheduler"
+    assert objects.kind(_name_node(module, "g", 18), "step") == "scaler"
+    assert objects.kind(_name_node(module, "k", 12), "step") == ""  # an int tells no kind
+
+
+def test_an_annotated_scheduler_stepped_per_micro_batch_is_found(tmp_path: Path) -> None:
+    (tmp_path / "train.py").write_text(ANNOTATED)
+    assert codes(check_tree(tmp_path, select=("TA203",))) == ["TA203"]
+    plain = ANNOTATED.replace(': "LRScheduler"', "")
+    (tmp_path / "train.py").write_text(plain)
+    assert codes(check_tree(tmp_path, select=("TA203",))) == []  # `s` tells nothing

@@ -1,5 +1,6 @@
-"""What kind of object a training script holds: read from what built it, else from how
-it is used, and only last from the names it has (``trainaudit.model.objects.model``)."""
+"""What kind of object a training script holds: read from what built it (or the type a
+parameter is annotated with), else from how it is used, and only last from the names it
+has (``trainaudit.model.objects.model``)."""
 
 from __future__ import annotations
 

@@ -15,10 +15,11 @@ attribute, a module global, or the elements of a container (``optimizers[i]``,
   (``opt = build_optimizer(model)``).
 
 An object knows the calls that built it, the wrappers it went through, the methods called
-on it, and its *kind*: what built it decides (``torch.optim.AdamW`` → optimizer), else how it
-is used (the first argument of a scheduler or of ``scaler.step`` is an optimizer, an object
-whose ``unscale_`` is called is a scaler), and only for an object nothing here builds and no
-use decides (a parameter of a function no call of this file enters) its spellings' names.
+on it, and its *kind*: what built it decides (``torch.optim.AdamW`` → optimizer), or the
+type a parameter is annotated with (``o: Optimizer``), else how it is used (the first
+argument of a scheduler or of ``scaler.step`` is an optimizer, an object whose ``unscale_``
+is called is a scaler), and only for an object nothing here builds, types or uses tellingly
+(a parameter of a function no call of this file enters) its spellings' names.
 A spelling the file cannot follow is an object of its own: different names stay different
 objects, and the same name in two unrelated functions is two objects.
 """
@@ -47,6 +48,7 @@ from trainaudit.model.objects.refs import (
     Ref,
     Refs,
     UnionFind,
+    declared_type,
     handed_back,
     last_name,
     origin_name,
@@ -63,6 +65,9 @@ class FileObject:
     refs: set[Ref]
     constructions: list[ast.Call] = field(default_factory=list)
     makers: list[str] = field(default_factory=list)  # qualified names of what built it
+    # The types its parameters are annotated with, where a type tells a kind
+    # (``opt: torch.optim.Optimizer``, ``scaler: GradScaler | None``).
+    declared: list[str] = field(default_factory=list)
     calls: list[ObjectCall] = field(default_factory=list)
     wrappers: set[str] = field(default_factory=set)
     kind: Kind = ""
@@ -115,6 +120,8 @@ class FileObjects:
         self._method_calls: list[tuple[Ref, ast.Call, str]] = []
         self._methods = {name.rsplit(".", 1)[1] for name in module.functions if "." in name}
         self._returned: dict[Ref, list[Ref]] = {}  # a local factory's result → what it returns
+        self._declared: dict[Ref, list[str]] = {}  # a parameter → the type it is annotated with
+        self._annotations()
         self._scan()
         self._join_parameters()
         self._members = self._refs.groups(self._built, self._calls, self._wrapped)
@@ -169,7 +176,7 @@ class FileObjects:
         """What the object of ``expr`` is (``FileObject.kind``); for an object nothing in
         the file tells (a parameter no call gives), what its spelling's name says."""
         found = self.object_of(expr, function)
-        if found is not None and (found.kind or found.makers):
+        if found is not None and (found.kind or found.makers or found.declared):
             return found.kind
         inner, _ = self._peel(expr)
         text = spelling(inner) if inner is not None else None
@@ -218,6 +225,18 @@ class FileObjects:
             else:
                 return expr, wrappers
         return None, wrappers
+
+    def _annotations(self) -> None:
+        """Parameters annotated with a type that tells a kind: the type decides before any
+        use or name (``def step(m: nn.Module, o: Optimizer, s: LRScheduler)``)."""
+        for function, node in self.module.functions.items():
+            arguments = node.args
+            for parameter in [*arguments.posonlyargs, *arguments.args, *arguments.kwonlyargs]:
+                declared = declared_type(self.module, parameter.annotation)
+                if declared is not None and (kind_of_maker(declared) or declared in self.module.classes):
+                    ref = self._refs.resolve(parameter.arg, function)
+                    if ref is not None:
+                        self._declared.setdefault(ref, []).append(declared)
 
     def _scan(self) -> None:
         """Every assignment, loop target and call of the file's functions and module level
@@ -395,7 +414,8 @@ class FileObjects:
     def _group(self) -> dict[Ref, FileObject]:
         refs, groups = self._refs, self._members
         # Only groups something is known of: a plain local is no object worth a record.
-        known = {refs.find(r) for r in [*self._built, *self._calls, *self._wrapped, *self._optimizer_args,
+        known = {refs.find(r) for r in [*self._built, *self._calls, *self._wrapped, *self._declared,
+                                        *self._optimizer_args,
                                         *(argument for _, argument in self._scaler_arguments)]}
         scaler_roots: set[Ref] = set()
         objects: dict[Ref, FileObject] = {}
@@ -404,7 +424,8 @@ class FileObjects:
             built = [b for r in group for b in self._built.get(r, [])]
             calls = sorted((c for r in group for c in self._calls.get(r, [])),
                            key=lambda c: (c.call.lineno, c.call.col_offset))
-            found = FileObject(group, [c for c, _ in built], [m for _, m in built], calls,
+            found = FileObject(group, [c for c, _ in built], [m for _, m in built],
+                               [d for r in group for d in self._declared.get(r, [])], calls,
                                {w for r in group for w in self._wrapped.get(r, ())})
             found.kind = self._kind(found)
             if found.kind == "scaler":
@@ -428,7 +449,7 @@ class FileObjects:
 
     def _kind(self, found: FileObject) -> Kind:
         """What built it, else how it is used, else what its maker and spellings are named."""
-        for maker in found.makers:
+        for maker in [*found.makers, *found.declared]:
             if maker.rsplit(".", 1)[-1].endswith(NEITHER):
                 return ""
             kind = kind_of_maker(maker)

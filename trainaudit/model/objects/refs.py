@@ -179,3 +179,23 @@ def reach_of(refs: Iterable[Ref], calling: set[str], module: ModuleFacts) -> set
         else:
             reach.add(ref.scope)
     return reach
+
+
+def declared_type(module: ModuleFacts, annotation: ast.expr | None, depth: int = 0) -> str | None:
+    """The qualified name of the type an annotation names: through ``X | None``,
+    ``Optional[X]`` and a string annotation; a union of two types names none."""
+    if annotation is None or depth > 3:
+        return None
+    if isinstance(annotation, ast.Constant) and isinstance(annotation.value, str):
+        try:
+            annotation = ast.parse(annotation.value, mode="eval").body
+        except SyntaxError:
+            return None
+    if isinstance(annotation, ast.BinOp) and isinstance(annotation.op, ast.BitOr):
+        sides = [side for side in (annotation.left, annotation.right)
+                 if not (isinstance(side, ast.Constant) and side.value is None)]
+        return declared_type(module, sides[0], depth + 1) if len(sides) == 1 else None
+    if isinstance(annotation, ast.Subscript) and \
+            (module.qualname(annotation.value) or "").endswith("Optional"):
+        return declared_type(module, annotation.slice, depth + 1)
+    return module.qualname(annotation)
