@@ -43,13 +43,18 @@ def run(net, data, accum):
 """
 
 
-def test_kinds_come_from_what_built_them_not_from_names() -> None:
-    module = _module(UNNAMED)
+def _kinds(source: str, function: str, spots: dict[str, int]) -> dict[str, str]:
+    """The kind of each name as ``function`` reads it on the given line."""
+    module = _module(source)
     objects = file_objects(module)
-    assert objects.kind(_name_node(module, "w", 6), "run") == "optimizer"
-    assert objects.kind(_name_node(module, "decay", 7), "run") == "scheduler"
-    assert objects.kind(_name_node(module, "gs", 8), "run") == "scaler"
-    assert objects.kind(_name_node(module, "net", 6), "run") == "model"  # .parameters()
+    return {name: objects.kind(_name_node(module, name, line), function)
+            for name, line in spots.items()}
+
+
+def test_kinds_come_from_what_built_them_not_from_names() -> None:
+    assert _kinds(UNNAMED, "run", {"w": 6, "decay": 7, "gs": 8, "net": 6}) == {
+        "w": "optimizer", "decay": "scheduler", "gs": "scaler",
+        "net": "model"}  # net: .parameters()
 
 
 def test_loop_model_reads_unnamed_objects_and_finds_the_per_micro_batch_scheduler(tmp_path: Path) -> None:
@@ -198,13 +203,9 @@ def step(m: nn.Module, o: Optimizer, s: "LRScheduler", g: Optional[GradScaler], 
 
 
 def test_annotated_parameters_take_the_kind_of_their_type() -> None:
-    module = _module(ANNOTATED)
-    objects = file_objects(module)
-    assert objects.kind(_name_node(module, "m", 12), "step") == "model"
-    assert objects.kind(_name_node(module, "o", 15), "step") == "optimizer"
-    assert objects.kind(_name_node(module, "s", 17), "step") == "scheduler"
-    assert objects.kind(_name_node(module, "g", 18), "step") == "scaler"
-    assert objects.kind(_name_node(module, "k", 12), "step") == ""  # an int tells no kind
+    assert _kinds(ANNOTATED, "step", {"m": 12, "o": 15, "s": 17, "g": 18, "k": 12}) == {
+        "m": "model", "o": "optimizer", "s": "scheduler", "g": "scaler",
+        "k": ""}  # an int tells no kind
 
 
 def test_an_annotated_scheduler_stepped_per_micro_batch_is_found(tmp_path: Path) -> None:
