@@ -132,6 +132,7 @@ CANNOT_RUN: dict[str, str] = {
     "loops/ta205_other_model_no_sync": "DistributedDataParallel needs an initialised process group",
     "loops/ta503_all_reduce_detach": "`dist.all_reduce` needs an initialised process group",
     "loops/ta504_scaler_clip": "moves its batches to CUDA (`x.cuda()`)",
+    "loops/ta504_unnamed_scaler_clip": "moves its batches to CUDA (`x.cuda()`)",
     "loops/ta504_scaler_on_self": "moves its batches to CUDA (`x.cuda()`)",
     "precision/scaler_parameter": "float16 autocast with a CUDA GradScaler (`GradScaler(\"cuda\")`)",
     "precision/version_guard_kept": "a CUDA GradScaler at import time",

@@ -166,14 +166,10 @@ def fix_no_gradient_clipping(source: str, findings: Sequence[Finding], options: 
         if call is None:
             return None
         new = []
-        # The step the clip goes before says whether a scaler steps the optimizer
-        # (``self.scaler.step(self.optimizer)``): clipping then needs ``unscale_`` first, or
-        # the fix would write a TA303 bug.
-        func = call.func
-        stepper = code_of(func.value) if isinstance(func, cst.Attribute) and call.args else None
-        scaler = stepper if stepper is not None and stepper != payload.optimizer else payload.scaler
-        if scaler and not payload.unscaled:
-            new.append(statement(f"{scaler}.unscale_({payload.optimizer})"))
+        # A scaler that steps the optimizer (``self.scaler.step(self.optimizer)``): clipping
+        # then needs ``unscale_`` first, or the fix would write a TA303 bug.
+        if payload.scaler and not payload.unscaled:
+            new.append(statement(f"{payload.scaler}.unscale_({payload.optimizer})"))
         new.append(statement(f"torch.nn.utils.clip_grad_norm_({payload.model}.parameters(), 1.0)"))
         edits.insert_before(located.statement_of(call), *new)
         return f"clip the gradient norm of `{payload.model}` to 1.0 before the step"

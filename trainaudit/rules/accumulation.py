@@ -460,7 +460,8 @@ class DdpAccumulationWithoutNoSync(ProjectRule):
 
 def _clears_for(zero: Operation, step: Operation, loop: TrainingLoop) -> bool:
     """Whether a ``zero_grad`` clears what this step applies: the same optimizer, or a model
-    when the loop has one optimizer (``g_opt.zero_grad()`` before ``d_opt.step()`` does not)."""
+    when the loop has one optimizer (``g_opt.zero_grad()`` before ``d_opt.step()`` does not:
+    an optimizer, by the object model, other than the one stepped)."""
     if "zero_grad" not in zero.site.text:  # ``p.grad = None`` may be another model's copy
         return False
     if zero.receiver == step.receiver:
@@ -468,7 +469,7 @@ def _clears_for(zero: Operation, step: Operation, loop: TrainingLoop) -> bool:
     optimizers = {op.receiver for op in loop.ops("optimizer_step")}
     return len(optimizers) == 1 and not any(
         zero.receiver == op.receiver for op in loop.ops("optimizer_step")) and (
-        "optim" not in zero.receiver.lower() and not zero.receiver.lower().startswith("opt"))
+        zero.receiver_kind != "optimizer")
 
 
 def _zero_between(loop: TrainingLoop) -> Iterator[tuple[Operation, Operation, Operation]]:

@@ -155,10 +155,12 @@ class NoGradientClipping(ProjectRule):
                        and not loop.delegation & {"accelerate", "fabric"})
             message = (f"no gradient clipping before `{step.site.text}`: one outlier batch can "
                        "wreck the weights")
-            head = step.site.text.split("(")[0]
+            # ``scaler.step(opt)``: the classifier gave the optimizer as the step's receiver
+            # because the object stepping it is a scaler.
+            stepper = step.site.text.split("(")[0].rsplit(".", 1)[0]
             payload = ClipBeforeStep(
                 model=forward.receiver, optimizer=step.receiver,
-                scaler=head.rsplit(".", 1)[0] if "scaler" in head else None,
+                scaler=stepper if stepper != step.receiver else None,
                 unscaled=bool(loop.ops("unscale"))) if forward is not None and fixable else None
             yield self.finding(step.site.path, step.site.span, message, fixable=fixable,
                                payload=payload)

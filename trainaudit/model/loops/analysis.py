@@ -195,9 +195,12 @@ class LoopAnalysis(LossReader):
         if classified is not None:
             kind, receiver, framework, loss_expr = classified
             loss = self.loss_site(loss_expr, state.function) if kind == "backward" else None
+            receiver_kind = file_objects(module).kind(call.func.value, state.function) \
+                if kind == "zero_grad" and isinstance(call.func, ast.Attribute) else ""
             ops.append(Operation(kind, self.site(call, state.function), receiver, state.guards,
                                  state.contexts, state.loops, state.via, self._event(state), framework,
-                                 loss, self._object_of(kind, call, state.function), node=call))
+                                 loss, self._object_of(kind, call, state.function), node=call,
+                                 receiver_kind=receiver_kind))
             return
         if isinstance(call.func, ast.Name) and module.is_imported(call.func.id):
             qualified = module.qualname(call.func) or call.func.id

@@ -107,6 +107,8 @@ class Operation:
     # ``loops`` summarizer fills it in; ``summaries._merge_external`` reads it).
     imported: ExternalCall | None = None
     node: ast.AST | None = field(default=None, compare=False, repr=False)
+    # zero_grad only: what the object model says its receiver is ("optimizer", "model", "").
+    receiver_kind: str = ""
 
     @property
     def subject(self) -> str:
