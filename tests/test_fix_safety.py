@@ -56,6 +56,7 @@ RUNS: dict[str, str] = {
     "loops/ta203_zero_grad_out_of_else": (
         "m = classifier(); train(m, loader(), torch.optim.SGD(m.parameters(), lr=0.1)); observed = m"),
     "loops/ta204_add_zero_grad": "m = classifier(); train(m, dataset()); observed = m",
+    "loops/ta204_unnamed_step_run": "m = classifier(); train(m, dataset()); observed = m",
     "loops/ta204_zero_grad_on_step_branch": (
         "m = classifier(); train(m, loader(), torch.optim.SGD(m.parameters(), lr=0.1)); observed = m"),
     "loops/ta204_zero_grad_out_of_log_block": (

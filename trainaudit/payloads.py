@@ -185,6 +185,9 @@ class AccumulationRewrite(FixPayload):
     model: str | None = None
     batch_source: str | None = None
     batch_expr: str | None = None
+    # Where the step's scaler updates are (``gs.update()``: the object model's scaler), so
+    # the update part of the loop is told from other ``update()`` calls without a name.
+    scaler_updates: tuple[Position, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -205,6 +208,8 @@ class MoveToStep(FixPayload):
     # The test of the ``if`` that gates the step on the accumulation boundary (the moved
     # statement goes inside it, after whatever statement there holds the step); None: none.
     gate: Position | None = None
+    # The calls that finish the step's run (the scaler's update, the scheduler's step).
+    run: tuple[Position, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -212,6 +217,7 @@ class ZeroGradAfterStep(FixPayload):
     """TA204: clear ``optimizer``'s gradients after the step at the finding."""
 
     optimizer: str
+    run: tuple[Position, ...] = ()  # the calls that finish the step's run (as ``MoveToStep``)
 
 
 @dataclass(frozen=True)

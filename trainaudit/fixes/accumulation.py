@@ -86,16 +86,21 @@ def _index_containing(located: Located, stmts: Sequence[cst.CSTNode], line: int,
     return None
 
 
-def is_update(node: cst.CSTNode) -> bool:
-    """Optimizer/scheduler steps, zero_grad, clipping, unscale_, scaler.update()."""
+def is_update(node: cst.CSTNode, scaler_updates: frozenset[int] = frozenset()) -> bool:
+    """Optimizer/scheduler steps, zero_grad, clipping, unscale_, and the scaler's update
+    (``scaler_updates``: ids of the calls the loop model found, ``scaler_updates_in``)."""
     for call in names(node).calls:
         func = call.func
-        if isinstance(func, cst.Attribute):
-            if func.attr.value in _UPDATE_METHODS:
-                return True
-            if func.attr.value == "update" and "scaler" in code_of(func.value).lower():
-                return True
+        if isinstance(func, cst.Attribute) and (
+                func.attr.value in _UPDATE_METHODS or id(call) in scaler_updates):
+            return True
     return False
+
+
+def scaler_updates_in(located: Located, payload: AccumulationRewrite) -> frozenset[int]:
+    """The scaler updates of the payload, as ids of the calls of this tree."""
+    return frozenset(id(call) for where in payload.scaler_updates
+                     if (call := call_at(located, where)) is not None)
 
 
 
@@ -111,7 +116,8 @@ def _enclosing_function(located: Located, node: cst.CSTNode) -> cst.FunctionDef 
     return None
 
 
-def _inner_range(stmts: list[cst.BaseStatement], anchor: int, seeds: set[str]) -> tuple[int, int]:
+def _inner_range(stmts: list[cst.BaseStatement], anchor: int, seeds: set[str],
+                 scaler_updates: frozenset[int]) -> tuple[int, int]:
     """The statements of one micro-step around the backward/helper statement ``anchor``:
     back to the earliest statement feeding it (or reading the loop target), forward over
     statements that only read what the micro-step made."""
@@ -130,7 +136,7 @@ def _inner_range(stmts: list[cst.BaseStatement], anchor: int, seeds: set[str]) -
     end = anchor
     for index in range(anchor + 1, len(stmts)):
         stmt = stmts[index]
-        if is_update(stmt) or (isinstance(stmt, cst.SimpleStatementLine) and any(
+        if is_update(stmt, scaler_updates) or (isinstance(stmt, cst.SimpleStatementLine) and any(
                 isinstance(s, cst.Continue | cst.Break | cst.Return) for s in stmt.body)):
             break
         found = names(stmt)
@@ -204,14 +210,14 @@ def _replace_steps(node: cst.CSTNode, steps: str) -> Any:
 
 
 def _helper_edits(located: Located, edits: Edits, helper: cst.FunctionDef,
-                  backward: cst.Call) -> bool:
+                  backward: cst.Call, scaler_updates: frozenset[int]) -> bool:
     """Give the helper ``accumulation_steps``/``sync_gradients`` and gate its update part."""
     stmts = list(helper.body.body) if isinstance(helper.body, cst.IndentedBlock) else []
     anchor = top_statement(located, backward, stmts)
     if anchor is None:
         return False
     b = stmts.index(anchor)  # type: ignore[arg-type]
-    updates = [i for i in range(b + 1, len(stmts)) if is_update(stmts[i])]
+    updates = [i for i in range(b + 1, len(stmts)) if is_update(stmts[i], scaler_updates)]
     if not updates:
         return False
     first, last = updates[0], updates[-1]
@@ -309,7 +315,8 @@ def add_accumulation(source: str, finding: Finding, steps: int) -> FixResult | N
     needs_micro = helper is not None or (ddp and model is not None)
     micro = fresh_name(taken, "micro_step", "micro_batch_index") if needs_micro else None
 
-    if helper is not None and not _helper_edits(located, edits, helper, backward):
+    scaler_updates = scaler_updates_in(located, payload)
+    if helper is not None and not _helper_edits(located, edits, helper, backward, scaler_updates):
         return None
     setting, note = accumulation_setting(located, edits, payload, loop, function, steps)
 
@@ -318,7 +325,7 @@ def add_accumulation(source: str, finding: Finding, steps: int) -> FixResult | N
             and loop.iter.func.value == "enumerate" and isinstance(loop.target, cst.Tuple) \
             and len(loop.target.elements) == 2:
         seeds = target_names(loop.target.elements[1].value)
-    start, end = _inner_range(stmts, anchor, seeds)
+    start, end = _inner_range(stmts, anchor, seeds, scaler_updates)
     hoisted = [i for i in range(start, end + 1) if only_call(stmts[i], "zero_grad")]
     # What the loop bound counts is kept. A loop over data (or over indices the micro-step
     # reads) counts micro-batches: it is cut into windows. A counter loop (``range(max_iters)``

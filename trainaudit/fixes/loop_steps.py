@@ -17,7 +17,6 @@ from trainaudit.fixes.cst import (
     Located,
     block_of,
     code_of,
-    method_calls,
     names,
     target_names,
     top_statement,
@@ -38,6 +37,7 @@ from trainaudit.payloads import (
     DivideLoss,
     MoveToStep,
     NoSyncWrap,
+    Position,
     ZeroGradAfterStep,
     payload_of,
 )
@@ -104,18 +104,19 @@ def _call_statement(located: Located, where: tuple[int, int]) -> cst.SimpleState
     return None if call is None else simple_statement(located, call)
 
 
-def _after_step(located: Located, step_stmt: cst.CSTNode) -> cst.CSTNode:
-    """The last statement of the step's run: the step, then scaler.update()/scheduler.step()."""
+def _after_step(located: Located, step_stmt: cst.CSTNode, run: Sequence[Position]) -> cst.CSTNode:
+    """The last statement of the step's run: the step, then the statements right after it
+    that hold the calls the loop model says finish it (``run``: the scaler's update, the
+    scheduler's step)."""
     _, stmts = block_of(located, step_stmt)
     index = stmts.index(step_stmt)  # type: ignore[arg-type]
+    finishing = {id(top) for where in run if (call := call_at(located, where)) is not None
+                 and (top := top_statement(located, call, stmts)) is not None}
     last = step_stmt
     for stmt in stmts[index + 1:]:
-        calls = method_calls(stmt)
-        code = code_of(stmt)
-        if ("update" in calls and "scaler" in code.lower()) or ("step" in calls and "sched" in code.lower()):
-            last = stmt
-        else:
+        if id(stmt) not in finishing:
             break
+        last = stmt
     return last
 
 
@@ -159,8 +160,8 @@ def _move_to_step(source: str, findings: Sequence[Finding], note: Callable[[str]
         if payload.kind == "clip":
             edits.insert_before(anchor, moved)
         else:
-            edits.insert_after(_after_step(located, anchor) if anchor is step_stmt else anchor,
-                               moved)
+            edits.insert_after(_after_step(located, anchor, payload.run)
+                               if anchor is step_stmt else anchor, moved)
         return note(code_of(op_stmt.body[0]).strip())
 
     return edit_each(source, findings, MoveToStep, edit)
@@ -241,7 +242,7 @@ def fix_missing_zero_grad(source: str, findings: Sequence[Finding], options: Map
         step_stmt = _call_statement(located, (finding.span.line, finding.span.column))
         if step_stmt is None:
             return None
-        edits.insert_after(_after_step(located, step_stmt),
+        edits.insert_after(_after_step(located, step_stmt, payload.run),
                            statement(f"{payload.optimizer}.zero_grad(set_to_none=True)"))
         return f"clear gradients after each step ({payload.optimizer}.zero_grad)"
 

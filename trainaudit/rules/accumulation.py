@@ -25,7 +25,7 @@ from trainaudit.model.loops import (
     targets_gpu,
 )
 from trainaudit.model.loops.engines import configures_accumulation, schedules_per_micro_batch
-from trainaudit.model.loops.records import BatchSize
+from trainaudit.model.loops.records import BatchSize, OpKind
 from trainaudit.model.loops.summaries import helper_loss
 from trainaudit.model.objects import DDP_WRAPPERS, FSDP_WRAPPERS
 from trainaudit.model.project import Project
@@ -34,6 +34,7 @@ from trainaudit.payloads import (
     DivideLoss,
     MoveToStep,
     NoSyncWrap,
+    Position,
     ZeroGradAfterStep,
 )
 from trainaudit.registry import ProjectRule, RuleContext, register
@@ -83,7 +84,19 @@ def _accumulation_payload(loop: TrainingLoop, step: Operation) -> AccumulationRe
         helper=step.site.function if step.via else None,
         call=(step.via[0].line, step.via[0].column) if step.via else None,
         ddp=loop.ddp, model=forward.receiver if forward is not None else None,
-        batch_source=size.source if size else None, batch_expr=size.expression if size else None)
+        batch_source=size.source if size else None, batch_expr=size.expression if size else None,
+        scaler_updates=_positions(loop, step, "scaler_update"))
+
+
+def _positions(loop: TrainingLoop, step: Operation, *kinds: OpKind) -> tuple[Position, ...]:
+    """Where the loop's operations of these kinds are, in the file of the step."""
+    return tuple((op.site.line, op.site.column) for kind in kinds for op in loop.ops(kind)
+                 if op.site.path == step.site.path)
+
+
+def _step_run(loop: TrainingLoop, step: Operation) -> tuple[Position, ...]:
+    """The calls that finish an optimizer step's run: the scaler's update, the scheduler's step."""
+    return _positions(loop, step, "scaler_update", "scheduler_step")
 
 
 def _flow_batch_size(project: Project, loop: TrainingLoop) -> BatchSize | None:
@@ -263,7 +276,8 @@ class PerMicroBatchUpdate(ProjectRule):
                     and site.function == step.site.function \
                     and (call is None or all(o.kind == op.kind for o in loop.through(call)))
                 payload = MoveToStep((step.site.line, step.site.column), op.kind,
-                                     (gate.site.line, gate.site.column) if gate else None)
+                                     (gate.site.line, gate.site.column) if gate else None,
+                                     _step_run(loop, step))
                 related = [_related(step, "gated optimizer step")]
                 if call is not None:
                     related.append(_related(op, "what the helper runs"))
@@ -400,7 +414,8 @@ class MissingZeroGrad(ProjectRule):
             related = [Related(loop.path, loop.header.line, loop.header.column, "training loop")]
             related += [_related(z, "clears the gradients on some paths only") for z in zeros[:2]]
             yield self.finding(step.site.path, step.site.span, message,
-                               payload=ZeroGradAfterStep(step.receiver), related=related)
+                               payload=ZeroGradAfterStep(step.receiver, _step_run(loop, step)),
+                               related=related)
 
 
 def _ddp_model(loop: TrainingLoop) -> bool:
@@ -520,7 +535,8 @@ class ZeroGradBeforeStep(ProjectRule):
                 if not fixable:
                     message += ("; no automatic fix: the two are not in one block, so moving "
                                 "the zero_grad would change another path")
-                payload = MoveToStep((step.site.line, step.site.column), zero.kind)
+                payload = MoveToStep((step.site.line, step.site.column), zero.kind,
+                                     run=_step_run(loop, step))
                 yield self.finding(zero.site.path, zero.site.span, message,
                                    payload=payload if fixable else None, fixable=fixable,
                                    related=[_related(backward, "backward"), _related(step, "step")])
