@@ -1,6 +1,7 @@
-"""Gradient accumulation (TA201–TA206): how often the optimizer steps, and what runs with it.
+"""Gradient accumulation (TA201–TA203, TA205): how often the optimizer steps, and what
+runs with it (the zero_grad rules TA204 and TA206 are in ``rules.zero_grad``).
 
-All six read the training-loop model (``trainaudit.model.loops``) of the whole
+All read the training-loop model (``trainaudit.model.loops``) of the whole
 checked tree, so a loop in ``train.py`` that calls a ``train_step`` imported
 from ``steps.py`` is judged with the helper's body inlined.
 """
@@ -20,7 +21,6 @@ from trainaudit.model.loops import (
     Operation,
     Site,
     TrainingLoop,
-    may_train,
     project_training_loops,
     targets_gpu,
 )
@@ -35,7 +35,6 @@ from trainaudit.payloads import (
     MoveToStep,
     NoSyncWrap,
     Position,
-    ZeroGradAfterStep,
 )
 from trainaudit.registry import ProjectRule, RuleContext, register
 from trainaudit.rules.lightning_schedules import LIGHTNING_FAMILY, lightning_schedules
@@ -47,11 +46,13 @@ SELF_STEPPING = frozenset({"deepspeed", "hf-trainer", "lightning"})
 FOREIGN_GRADIENTS = frozenset({"dist-autograd", "framework"})
 
 
-def _related(op: Operation, message: str) -> Related:
+def related_op(op: Operation, message: str) -> Related:
+    """A related place of a finding: where the operation is."""
     return Related(op.site.path, op.site.line, op.site.column, message)
 
 
-def _same_file(loop: TrainingLoop, *ops: Operation) -> bool:
+def same_file(loop: TrainingLoop, *ops: Operation) -> bool:
+    """Every operation is in the loop's own file (where a fix can edit them together)."""
     return all(op.site.path == loop.path for op in ops)
 
 
@@ -94,7 +95,7 @@ def _positions(loop: TrainingLoop, step: Operation, *kinds: OpKind) -> tuple[Pos
                  if op.site.path == step.site.path)
 
 
-def _step_run(loop: TrainingLoop, step: Operation) -> tuple[Position, ...]:
+def step_run(loop: TrainingLoop, step: Operation) -> tuple[Position, ...]:
     """The calls that finish an optimizer step's run: the scaler's update, the scheduler's step."""
     return _positions(loop, step, "scaler_update", "scheduler_step")
 
@@ -156,11 +157,11 @@ class NoGradientAccumulation(ProjectRule):
             message = (f"the optimizer steps on every micro-batch of {what} with no gradient "
                        f"accumulation: the effective batch is {effective}")
             payload = _accumulation_payload(loop, step)
-            if not _same_file(loop, *loop.operations):
+            if not same_file(loop, *loop.operations):
                 payload = None
             finding = self.finding(loop.path, loop.header.span, message, payload=payload,
                                    fixable=payload is not None,
-                                   related=[_related(step, "optimizer step on every micro-batch")])
+                                   related=[related_op(step, "optimizer step on every micro-batch")])
             # Code that also runs on the CPU (a tutorial that runs anywhere) chose its batch
             # for the small case: advice there, a warning where a GPU is required.
             yield finding.with_severity(Severity.INFO) if "cpu-fallback" in loop.traits else finding
@@ -191,7 +192,7 @@ class AccumulatedLossNotScaled(ProjectRule):
                         "counter that grows "
                         "by one each micro-batch: the micro-batches are weighted 1, 1/2, 1/3, ... "
                         "instead of 1/k each. Divide by the number of micro-batches per step",
-                        related=[_related(loop.ops("optimizer_step")[0], "gated optimizer step")])
+                        related=[related_op(loop.ops("optimizer_step")[0], "gated optimizer step")])
                     continue
                 if loss.scaled is not False:
                     continue
@@ -206,7 +207,7 @@ class AccumulatedLossNotScaled(ProjectRule):
                 yield self.finding(backward.site.path, backward.site.span, message,
                                    payload=DivideLoss(steps) if steps is not None else None,
                                    fixable=steps is not None,
-                                   related=[_related(loop.ops("optimizer_step")[0],
+                                   related=[related_op(loop.ops("optimizer_step")[0],
                                                      "gated optimizer step")])
 
 
@@ -272,15 +273,15 @@ class PerMicroBatchUpdate(ProjectRule):
                 seen.add(site)
                 message = (f"`{site.text}` runs on every micro-batch while the optimizer "
                            f"steps once per accumulation window: {self._WHAT[op.kind]}")
-                fixable = _same_file(loop, step) and site.path == loop.path \
+                fixable = same_file(loop, step) and site.path == loop.path \
                     and site.function == step.site.function \
                     and (call is None or all(o.kind == op.kind for o in loop.through(call)))
                 payload = MoveToStep((step.site.line, step.site.column), op.kind,
                                      (gate.site.line, gate.site.column) if gate else None,
-                                     _step_run(loop, step))
-                related = [_related(step, "gated optimizer step")]
+                                     step_run(loop, step))
+                related = [related_op(step, "gated optimizer step")]
                 if call is not None:
-                    related.append(_related(op, "what the helper runs"))
+                    related.append(related_op(op, "what the helper runs"))
                 yield self.finding(site.path, site.span, message,
                                    payload=payload if fixable else None, fixable=fixable,
                                    related=related)
@@ -302,7 +303,7 @@ class PerMicroBatchUpdate(ProjectRule):
                 "schedule advances on every micro-batch. Step it under "
                 "`engine.is_gradient_accumulation_boundary()` or hand it to "
                 "`deepspeed.initialize(lr_scheduler=...)`",
-                related=[_related(step, "DeepSpeed engine step (every micro-batch)")])
+                related=[related_op(step, "DeepSpeed engine step (every micro-batch)")])
 
 
 # ``.step(`` with an argument after it; the call's first line is all a record keeps, and
@@ -329,93 +330,6 @@ def _steps_between_windows(loop: TrainingLoop, step: Operation) -> bool:
         if not theirs or any((site, not negated) in gates for site, negated in theirs):
             return True
     return False
-
-
-def _extra_guards(op: Operation, step: Operation) -> set[tuple[Site, bool]]:
-    """The ``if`` tests (and polarities) ``op`` runs under that the step does not."""
-    return {(g.site, g.negated) for g in op.guards} - {(g.site, g.negated) for g in step.guards}
-
-
-def _clears_each_step(loop: TrainingLoop, zero: Operation, step: Operation) -> bool:
-    """Whether this ``zero_grad`` runs between any two runs of the step, on the graph: it
-    runs whenever the step does (no test the step lacks), on a path the step shares, or
-    under an accumulation test on the other micro-batches of a gated step's window."""
-    if zero.loops != step.loops:
-        return True  # one of them is in a loop the other is not: how often is not known
-    extra = _extra_guards(zero, step)
-    accumulation = {(g.site, g.negated) for g in zero.accumulation_guards}
-    if extra - accumulation:
-        return False  # only when a test the step does not need holds (a log line, a skip)
-    if extra:
-        return bool(step.accumulation_guards)  # another micro-batch of the step's window
-    return loop.may_follow(step, zero) or loop.may_follow(zero, step)
-
-
-def _uncleared(loop: TrainingLoop, step: Operation) -> list[Operation] | None:
-    """None when some pass of the loop clears the step's gradients before the next step;
-    else the ``zero_grad`` calls that do not (each under a test the step lacks, or on a
-    branch the step never takes), possibly none."""
-    others = {op.receiver for op in loop.ops("optimizer_step")} - {step.receiver}
-    zeros = [z for z in loop.ops("zero_grad") if z.receiver not in others]
-    if loop.ordering is None:
-        return None if zeros else []
-    if any(_clears_each_step(loop, z, step) for z in zeros):
-        return None
-    # ``if a: zero_grad() else: zero_grad()``: the two arms together run every time.
-    extras = [_extra_guards(z, step) for z in zeros]
-    for extra in extras:
-        if len(extra) == 1:
-            (site, negated), = extra
-            if {(site, not negated)} in extras:
-                return None
-    return zeros
-
-
-@register
-class MissingZeroGrad(ProjectRule):
-    """TA204: backward and step in a loop, and the gradients are not cleared between two
-    steps on every path: each step applies the sum of the gradients so far.
-
-    Decided on the loop's control-flow graph: a ``zero_grad`` only on a branch the step
-    never takes (``if not finite: zero_grad() else: step()``), after a ``continue`` the
-    step does not pass, or only under a test the step does not run under (a logging
-    block) does not clear what the step applies. Under an accumulation gate, a
-    ``zero_grad`` at the start of a window counts.
-    """
-
-    code = "TA204"
-    families = ("loops",)
-    triggers = LOOP_TRIGGERS
-
-    def check(self, project: Project, ctx: RuleContext) -> Iterable[Finding]:
-        for loop in project_training_loops(project):
-            if loop.delegation & (SELF_STEPPING | FOREIGN_GRADIENTS):
-                continue
-            if any(may_train(call) for call in loop.external_calls):  # an unseen helper may clear them
-                continue
-            step = loop.first("optimizer_step")
-            if step is None or step.framework:
-                continue
-            zeros = _uncleared(loop, step)
-            if zeros is None:
-                continue
-            if zeros:
-                zero = zeros[0]
-                tests = sorted(_extra_guards(zero, step), key=lambda g: g[0].line)
-                where = " and ".join(f"`{site.text}` {'does not hold' if negated else 'holds'}"
-                                     for site, negated in tests)
-                message = (f"`{step.site.text}` applies gradients that are not cleared on every "
-                           f"path: `{zero.site.text}` (line {zero.site.line}) runs only "
-                           + (f"when {where}" if where else "on a branch the step never takes")
-                           + "; on the other paths each backward adds to all earlier ones")
-            else:
-                message = (f"`{step.site.text}` applies gradients that are never cleared: each "
-                           "backward adds to all earlier ones (no zero_grad in the loop)")
-            related = [Related(loop.path, loop.header.line, loop.header.column, "training loop")]
-            related += [_related(z, "clears the gradients on some paths only") for z in zeros[:2]]
-            yield self.finding(step.site.path, step.site.span, message,
-                               payload=ZeroGradAfterStep(step.receiver, _step_run(loop, step)),
-                               related=related)
 
 
 def _ddp_model(loop: TrainingLoop) -> bool:
@@ -468,75 +382,6 @@ class DdpAccumulationWithoutNoSync(ProjectRule):
             payload = NoSyncWrap(
                 model=forward.receiver, forward=(forward.site.line, forward.site.column),
                 gate=(gate.site.line, gate.site.column, gate.negated) if gate else None,
-            ) if forward is not None and _same_file(loop, backward, forward) else None
+            ) if forward is not None and same_file(loop, backward, forward) else None
             yield self.finding(backward.site.path, backward.site.span, message, payload=payload,
                                fixable=payload is not None)
-
-
-def _clears_for(zero: Operation, step: Operation, loop: TrainingLoop) -> bool:
-    """Whether a ``zero_grad`` clears what this step applies: the same optimizer, or a model
-    when the loop has one optimizer (``g_opt.zero_grad()`` before ``d_opt.step()`` does not:
-    an optimizer, by the object model, other than the one stepped)."""
-    if "zero_grad" not in zero.site.text:  # ``p.grad = None`` may be another model's copy
-        return False
-    if zero.receiver == step.receiver:
-        return True
-    optimizers = {op.receiver for op in loop.ops("optimizer_step")}
-    return len(optimizers) == 1 and not any(
-        zero.receiver == op.receiver for op in loop.ops("optimizer_step")) and (
-        zero.receiver_kind != "optimizer")
-
-
-def _zero_between(loop: TrainingLoop) -> Iterator[tuple[Operation, Operation, Operation]]:
-    """(backward, zero_grad, step) where a path of one iteration runs them in that order and
-    no other backward refills the gradients between the two (a GAN's second update)."""
-    backwards = loop.ops("backward")
-    steps = loop.ops("optimizer_step")
-    for zero in loop.ops("zero_grad"):
-        for backward in backwards:
-            if not loop.may_follow(backward, zero):
-                continue
-            for step in steps:
-                if not (loop.may_follow(zero, step) and _clears_for(zero, step, loop)):
-                    continue
-                if any(other.order != backward.order and loop.may_follow(zero, other)
-                       and loop.may_follow(other, step) for other in backwards):
-                    continue
-                yield backward, zero, step
-                break
-            else:
-                continue
-            break
-
-
-@register
-class ZeroGradBeforeStep(ProjectRule):
-    """TA206: ``zero_grad`` between ``backward`` and the optimizer step clears the gradients
-    the step was about to apply."""
-
-    code = "TA206"
-    families = ("loops",)
-    triggers = LOOP_TRIGGERS
-
-    def check(self, project: Project, ctx: RuleContext) -> Iterable[Finding]:
-        seen: set[tuple[str, int, int]] = set()
-        for loop in project_training_loops(project):
-            for backward, zero, step in _zero_between(loop):
-                key = (zero.site.path, zero.site.line, zero.site.column)
-                if key in seen:
-                    continue
-                seen.add(key)
-                message = (f"`{zero.site.text}` runs after `{backward.site.text}` and before "
-                           f"`{step.site.text}`: the step sees cleared gradients")
-                # Moving the call keeps every other path only when both are in one block.
-                fixable = (_same_file(loop, zero, step) and zero.site.function == step.site.function
-                           and zero.guards == step.guards and zero.loops == step.loops
-                           and zero.contexts == step.contexts)
-                if not fixable:
-                    message += ("; no automatic fix: the two are not in one block, so moving "
-                                "the zero_grad would change another path")
-                payload = MoveToStep((step.site.line, step.site.column), zero.kind,
-                                     run=_step_run(loop, step))
-                yield self.finding(zero.site.path, zero.site.span, message,
-                                   payload=payload if fixable else None, fixable=fixable,
-                                   related=[_related(backward, "backward"), _related(step, "step")])
