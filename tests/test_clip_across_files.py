@@ -201,3 +201,51 @@ def test_a_helper_that_does_more_than_clip_is_not_moved(tmp_path: Path) -> None:
     findings = check_tree(tmp_path, select=("TA203",)).findings
     assert [(f.path, f.line, f.column, f.fix) for f in findings] == [("train.py", 12, 9, None)]
     assert fix_tree(tmp_path, select=("TA203",)) == {}
+
+
+# -- an unscale_ after the clip: inserting one more before the clip would raise -------------
+
+CLIP_THEN_UNSCALE = '''\
+    import torch
+    import torch.nn.functional as F
+
+    ACCUM = 2
+
+
+    def clip_gradients(model):
+        return torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+
+
+    def train(model, loader, optimizer):
+        scaler = torch.amp.GradScaler("cpu")
+        for i, (x, y) in enumerate(loader):
+            scaler.scale(F.mse_loss(model(x), y) / ACCUM).backward()
+            if (i + 1) % ACCUM == 0:
+                {clip}
+                scaler.unscale_(optimizer)
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad()
+'''
+
+
+@pytest.mark.parametrize(("clip", "where"), [
+    ("torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)", ("train.py", 16, 13)),
+    ("clip_gradients(model)", ("train.py", 8, 12)),  # a helper of the file: at its clip
+])
+def test_no_fix_where_an_unscale_follows_the_clip(tmp_path: Path, clip: str,
+                                                  where: tuple[str, int, int]) -> None:
+    # The loop corpus's TA303 bug (issue 17): the old fix inserted a second unscale_ before
+    # the clip and the fixed step raised "unscale_() has already been called".
+    (tmp_path / "train.py").write_text(textwrap.dedent(CLIP_THEN_UNSCALE).format(clip=clip))
+    findings = check_tree(tmp_path, select=("TA303",)).findings
+    assert [(f.path, f.line, f.column, f.fix) for f in findings] == [(*where, None)]
+    assert findings[0].message.endswith(
+        "; no automatic fix: an `unscale_` runs after the clip (a second one would raise)")
+    assert fix_tree(tmp_path, select=("TA303",)) == {}
+
+
+def test_fixture_clip_then_unscale_offers_no_fix(tmp_path: Path) -> None:
+    shutil.copy(FIXTURES.parent / "precision" / "clip_then_unscale.py", tmp_path / "train.py")
+    assert [f.fix for f in check_tree(tmp_path, select=("TA303",)).findings] == [None]
+    assert fix_tree(tmp_path, select=("TA303",)) == {}

@@ -33,6 +33,9 @@ from trainaudit.rules.grad_scaler import receiver_of, scaled_backward, scope_cal
 # TA303 reads per-file facts (``ScalerClipFacts``) and the project's training loops: a clip
 # in a helper imported from another file is seen where the loop calls it.
 CLIP_FAMILY = "scaler-clips"
+# A second ``unscale_`` before ``update()`` raises: where one follows the clip, the fix that
+# inserts one before it would break the step.
+UNSCALE_AFTER_CLIP = "an `unscale_` runs after the clip (a second one would raise)"
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,7 @@ class UnscaledClip:
     optimizer: str | None  # the scaler step's optimizer, as spelled there
     fixable: bool
     anchor: Span | None  # where ``unscale_`` goes, when not right before the clip
+    no_fix: str | None = None  # why there is no fix, where that is not ``fixable``'s reason
 
 
 @dataclass(frozen=True)
@@ -99,13 +103,15 @@ def _clips_in_loops(facts: PrecisionFacts, seen: set[int]) -> Iterator[UnscaledC
             step_call = step.node
             if not isinstance(step_call, ast.Call) or not step_call.args:
                 continue
+            later = any(clip.order < order < step.order for order in unscale_orders)
             # The unscale goes where the step's names are visible: before the helper
             # call that leads to the clip, when the clip is deeper than the step.
             depth = len(step.via)
             fixable = clip.via[:depth] == step.via
             anchor = clip.via[depth].span if fixable and len(clip.via) > depth else None
             yield UnscaledClip(module.span(clip.node), receiver_of(step_call),
-                               module.segment(step_call.args[0]), fixable, anchor)
+                               module.segment(step_call.args[0]), fixable and not later, anchor,
+                               UNSCALE_AFTER_CLIP if later else None)
 
 
 def _clips_outside_loops(facts: PrecisionFacts, seen: set[int]) -> Iterator[UnscaledClip]:
@@ -134,7 +140,11 @@ def _clips_outside_loops(facts: PrecisionFacts, seen: set[int]) -> Iterator[Unsc
             after = [s for s in steps if s.lineno > clip_call.lineno] or steps
             scaler = receiver_of(after[0]) if after else receiver_of(scales[0])
             optimizer = module.segment(after[0].args[0]) if after else None
-            yield UnscaledClip(module.span(clip_call), scaler, optimizer, True, None)
+            end = after[0].lineno if after and after[0].lineno > clip_call.lineno else None
+            later = any(u.lineno > clip_call.lineno and (end is None or u.lineno < end)
+                        for u in unscales)
+            yield UnscaledClip(module.span(clip_call), scaler, optimizer, not later, None,
+                               UNSCALE_AFTER_CLIP if later else None)
 
 
 # Facts only where a scaler scales something, and then a clip or a backward to judge; or
@@ -185,7 +195,7 @@ class ClipBeforeUnscale(ProjectRule):
             for clip in facts.unscaled_clips:
                 seen.add((path, clip.span))
                 yield self._finding(path, clip.span, clip.scaler, clip.optimizer,
-                                    fixable=clip.fixable, anchor=clip.anchor)
+                                    fixable=clip.fixable, anchor=clip.anchor, no_fix=clip.no_fix)
         yield from self._clips_across_files(project, by_path, seen)
 
     def _clips_across_files(self, project: Project, by_path: dict[str, ScalerClipFacts],
@@ -258,7 +268,7 @@ def _no_fix_beside(loop: TrainingLoop, clip: Operation, step: Operation) -> str 
     if clip.loops != step.loops:
         return "the clip is in a loop the scaler's step is not in"
     if any(clip.order < u.order < step.order for u in loop.ops("unscale")):
-        return "an `unscale_` runs after the clip (a second one would raise)"
+        return UNSCALE_AFTER_CLIP
     return None
 
 
@@ -280,5 +290,5 @@ def _no_unscale_fix(loop: TrainingLoop, clip: Operation, call: Site, step: Opera
         first = ([site for site in earlier[0].via if site.path == loop.path] or [earlier[0].site])[-1]
         return f"the `unscale_` goes before the earlier clip on line {first.line}"
     if any(clip.order < u.order < step.order for u in loop.ops("unscale")):
-        return "an `unscale_` runs after the clip (a second one would raise)"
+        return UNSCALE_AFTER_CLIP
     return None
