@@ -147,3 +147,29 @@ def test_a_restore_the_loop_runs_before_each_step_is_kept(tmp_path: Path) -> Non
         "def main(model, loader, optimizer, val_loader):\n    for epoch in range(10):\n"
         "        run_epoch(model, loader, optimizer, val_loader)\n")
     assert check_tree(tmp_path, select=("TA502",)).findings == []
+
+
+EARLY_RETURN_IN_STEP_LOOP = EARLY_RETURN.replace(
+    "            optimizer.zero_grad()\n        evaluate(model, val_loader)\n",
+    "            optimizer.zero_grad()\n            evaluate(model, val_loader)\n")
+
+
+def test_a_restore_an_early_return_skips_gets_no_fix(tmp_path: Path) -> None:
+    # The loop corpus's try_finally TA502 bug (issue 17) evaluated in the step loop: the old
+    # fix added one more `model.train()` before the last `return`, which the early return
+    # skips too, on every round of `fix` (12 of them) without removing the finding.
+    assert EARLY_RETURN_IN_STEP_LOOP != EARLY_RETURN
+    (tmp_path / "train.py").write_text(EARLY_RETURN_IN_STEP_LOOP)
+    findings = check_tree(tmp_path, select=("TA502",)).findings
+    assert [(f.code, f.line, f.fix) for f in findings] == [("TA502", 6, None)]
+    assert fix_tree(tmp_path, select=("TA502",)) == {}
+
+
+def test_the_fix_adds_no_restore_an_early_exit_would_skip(tmp_path: Path) -> None:
+    # With no restore at all, a `model.train()` at the block's end would be skipped by the
+    # early return: the fixer changes nothing.
+    source = EARLY_RETURN_IN_STEP_LOOP.replace("    model.train()\n    return total\n",
+                                               "    return total\n")
+    (tmp_path / "train.py").write_text(source)
+    assert [f.code for f in check_tree(tmp_path, select=("TA502",)).findings] == ["TA502"]
+    assert fix_tree(tmp_path, select=("TA502",)) == {}

@@ -236,9 +236,12 @@ def _left_in_loop(loop: TrainingLoop) -> Iterator[Left]:
     for op in loop.ops("eval_mode"):
         if op.subject == UNBOUND or not any(_same_object(op.subject, other) for other in trained):
             continue  # a frozen model (a teacher run under no_grad), or not known
-        if any(_may_restore(other, op) and not loop.may_skip(op, other) for other in restored):
+        restoring = [other for other in restored if _may_restore(other, op)]
+        if any(not loop.may_skip(op, other) for other in restoring):
             continue
-        yield op, loop, RestoreTrainMode(op.receiver)
+        # A restore is there but an exit skips it (an early ``return``): one more at the
+        # block's end would be skipped alike, so no fix.
+        yield op, loop, None if restoring else RestoreTrainMode(op.receiver)
 
 
 def _left_by_enclosing(loop: TrainingLoop) -> Iterator[Left]:
