@@ -7,6 +7,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import check_tree, fix_tree, only_training_loop
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "loops"
@@ -154,22 +156,32 @@ EARLY_RETURN_IN_STEP_LOOP = EARLY_RETURN.replace(
     "            optimizer.zero_grad()\n            evaluate(model, val_loader)\n")
 
 
-def test_a_restore_an_early_return_skips_gets_no_fix(tmp_path: Path) -> None:
+NO_RESTORE = EARLY_RETURN_IN_STEP_LOOP.replace("    model.train()\n    return total\n",
+                                              "    return total\n")
+
+
+@pytest.mark.parametrize("source", [EARLY_RETURN_IN_STEP_LOOP, NO_RESTORE],
+                         ids=["restore_skipped", "no_restore"])
+def test_no_fix_where_an_early_return_skips_the_restore(tmp_path: Path, source: str) -> None:
     # The loop corpus's try_finally TA502 bug (issue 17) evaluated in the step loop: the old
     # fix added one more `model.train()` before the last `return`, which the early return
-    # skips too, on every round of `fix` (12 of them) without removing the finding.
-    assert EARLY_RETURN_IN_STEP_LOOP != EARLY_RETURN
-    (tmp_path / "train.py").write_text(EARLY_RETURN_IN_STEP_LOOP)
+    # skips too, on every round of `fix` (12 of them) without removing the finding. With no
+    # restore at all, one at the block's end would be skipped alike.
+    assert NO_RESTORE != EARLY_RETURN_IN_STEP_LOOP != EARLY_RETURN
+    (tmp_path / "train.py").write_text(source)
     findings = check_tree(tmp_path, select=("TA502",)).findings
     assert [(f.code, f.line, f.fix) for f in findings] == [("TA502", 6, None)]
     assert fix_tree(tmp_path, select=("TA502",)) == {}
 
 
-def test_the_fix_adds_no_restore_an_early_exit_would_skip(tmp_path: Path) -> None:
-    # With no restore at all, a `model.train()` at the block's end would be skipped by the
-    # early return: the fixer changes nothing.
-    source = EARLY_RETURN_IN_STEP_LOOP.replace("    model.train()\n    return total\n",
-                                               "    return total\n")
+def test_a_break_of_a_nested_loop_keeps_the_fix(tmp_path: Path) -> None:
+    # `break` leaves only the evaluation's own loop: the restore at the end still runs.
+    source = NO_RESTORE.replace("                return total / limit\n", "                break\n")
+    assert source != NO_RESTORE
     (tmp_path / "train.py").write_text(source)
-    assert [f.code for f in check_tree(tmp_path, select=("TA502",)).findings] == ["TA502"]
-    assert fix_tree(tmp_path, select=("TA502",)) == {}
+    findings = check_tree(tmp_path, select=("TA502",)).findings
+    assert [(f.code, f.line, f.fix) for f in findings] == [("TA502", 6, "corrective")]
+    fixed = fix_tree(tmp_path, select=("TA502",))["train.py"]
+    assert "                break\n    model.train()\n    return total\n" in fixed
+    (tmp_path / "train.py").write_text(fixed)
+    assert check_tree(tmp_path, select=("TA502",)).findings == []
