@@ -48,6 +48,7 @@ class UnscaledClip:
     fixable: bool
     anchor: Span | None  # where ``unscale_`` goes, when not right before the clip
     no_fix: str | None = None  # why there is no fix, where that is not ``fixable``'s reason
+    move: Span | None = None  # the ``unscale_`` right after the clip, that the fix moves before it
 
 
 @dataclass(frozen=True)
@@ -103,15 +104,42 @@ def _clips_in_loops(facts: PrecisionFacts, seen: set[int]) -> Iterator[UnscaledC
             step_call = step.node
             if not isinstance(step_call, ast.Call) or not step_call.args:
                 continue
-            later = any(clip.order < order < step.order for order in unscale_orders)
+            later = [u for u in loop.ops("unscale") if clip.order < u.order < step.order]
             # The unscale goes where the step's names are visible: before the helper
             # call that leads to the clip, when the clip is deeper than the step.
             depth = len(step.via)
             fixable = clip.via[:depth] == step.via
             anchor = clip.via[depth].span if fixable and len(clip.via) > depth else None
+            move = _moved_unscale(module, anchor or module.span(clip.node), later, step_call) \
+                if fixable and later else None
             yield UnscaledClip(module.span(clip.node), receiver_of(step_call),
-                               module.segment(step_call.args[0]), fixable and not later, anchor,
-                               UNSCALE_AFTER_CLIP if later else None)
+                               module.segment(step_call.args[0]),
+                               fixable and (not later or move is not None), anchor,
+                               UNSCALE_AFTER_CLIP if later and move is None else None, move)
+
+
+def _moved_unscale(module: ModuleFacts, anchor: Span, later: list[Operation],
+                   step_call: ast.Call) -> Span | None:
+    """The one ``unscale_`` after the clip, when the fix can move it before the clip: a
+    statement of its own, of the step's scaler and optimizer, right after the statement of
+    the clip (or of the helper call leading to it) in the same block."""
+    unscale = later[0].node if len(later) == 1 else None
+    if not isinstance(unscale, ast.Call) or len(unscale.args) != 1 \
+            or receiver_of(unscale) != receiver_of(step_call) \
+            or module.segment(unscale.args[0]) != module.segment(step_call.args[0]):
+        return None
+    call = next((n for n in module.nodes_by_type.get(ast.Call, ()) if module.span(n) == anchor), None)
+    parents = module.parents
+    clip_stmt = next((a for a in module.ancestors(call) if isinstance(a, ast.stmt)), None) \
+        if call is not None else None
+    unscale_stmt = parents.get(unscale)
+    parent = parents.get(unscale_stmt) if isinstance(unscale_stmt, ast.Expr) else None
+    for field in ("body", "orelse", "finalbody"):
+        block = getattr(parent, field, None)
+        if isinstance(block, list) and clip_stmt in block and unscale_stmt in block \
+                and block.index(unscale_stmt) == block.index(clip_stmt) + 1:
+            return module.span(unscale)
+    return None
 
 
 def _clips_outside_loops(facts: PrecisionFacts, seen: set[int]) -> Iterator[UnscaledClip]:
@@ -195,7 +223,8 @@ class ClipBeforeUnscale(ProjectRule):
             for clip in facts.unscaled_clips:
                 seen.add((path, clip.span))
                 yield self._finding(path, clip.span, clip.scaler, clip.optimizer,
-                                    fixable=clip.fixable, anchor=clip.anchor, no_fix=clip.no_fix)
+                                    fixable=clip.fixable, anchor=clip.anchor, no_fix=clip.no_fix,
+                                    move=clip.move)
         yield from self._clips_across_files(project, by_path, seen)
 
     def _clips_across_files(self, project: Project, by_path: dict[str, ScalerClipFacts],
@@ -238,7 +267,7 @@ class ClipBeforeUnscale(ProjectRule):
 
     def _finding(self, path: str, span: Span, scaler: str | None, optimizer: str | None, *,
                  fixable: bool = True, anchor: Span | None = None, via: Operation | None = None,
-                 helper: str = "", no_fix: str | None = None) -> Finding:
+                 helper: str = "", no_fix: str | None = None, move: Span | None = None) -> Finding:
         unscale = f"`{scaler}.unscale_({optimizer or 'optimizer'})`"
         if via is None:
             message = f"gradients are clipped while still scaled by `{scaler}`: call {unscale} before clipping"
@@ -252,7 +281,7 @@ class ClipBeforeUnscale(ProjectRule):
         fixable = fixable and no_fix is None and scaler is not None and optimizer is not None
         return self.finding(
             path, span, message,
-            payload=UnscaleBeforeClip(scaler, optimizer, anchor or span)
+            payload=UnscaleBeforeClip(scaler, optimizer, anchor or span, move)
             if scaler is not None and optimizer is not None and fixable else None,
             fixable=fixable,
             related=[Related(via.site.path, via.site.line, via.site.column, "the clip")]
