@@ -262,3 +262,17 @@ def test_no_fix_where_the_unscale_after_the_clip_cannot_move(tmp_path: Path, cli
     assert findings[0].message.endswith(
         "; no automatic fix: an `unscale_` runs after the clip (a second one would raise)")
     assert fix_tree(tmp_path, select=("TA303",)) == {}
+
+
+def test_the_fix_moves_an_unscale_that_follows_another_files_clipping_helper(tmp_path: Path) -> None:
+    _write(tmp_path, TRAIN.replace("clip_gradients(model, 1.0)))\n",
+                                   "clip_gradients(model, 1.0)))\n            scaler.unscale_(optimizer)\n"))
+    findings = check_tree(tmp_path, select=("TA303",)).findings
+    assert [(f.path, f.line, f.column, f.fix) for f in findings] == [("train.py", 15, 28, "corrective")]
+    fixed = fix_tree(tmp_path, select=("TA303",))["train.py"]
+    assert ("        scaler.unscale_(optimizer)\n"
+            "        norms.append(float(clip_gradients(model, 1.0)))\n"
+            "        scaler.step(optimizer)\n") in fixed
+    assert fixed.count(".unscale_(") == 1
+    (tmp_path / "train.py").write_text(fixed)
+    assert check_tree(tmp_path, select=("TA303",)).findings == []

@@ -176,6 +176,7 @@ def test_fixed_loop_projects_compile_gain_nothing_and_run_without_the_bug(tmp_pa
         _vary(scheduler="onecycle", bug="TA203", shape="plain"),
         _vary(scaler="unscale_missing", bug="TA303", shape="helper"),
         _vary(scaler="unscale_order", bug="TA303", shape="plain"),  # unscale_ moved up
+        _vary(scaler="unscale_order", clip="helper_other", bug="TA303", shape="trainer"),
         _vary(evaluation="try_finally", bug="TA502", shape="plain"),
     ]
     seeded = [c for c in sample(COUNT, SEED) if c.runnable()][:3]
@@ -183,8 +184,8 @@ def test_fixed_loop_projects_compile_gain_nothing_and_run_without_the_bug(tmp_pa
     assert [(o.truth["key"], o.failures()) for o in outcomes if o.failures()] == []
     bugs = [o for o in outcomes if o.truth["twin"] == "bug"]
     assert [sorted(o.removed()) for o in bugs[:len(forms)]] == [
-        ["TA202"], ["TA203"], ["TA303"], ["TA303"], []]
+        ["TA202"], ["TA203"], ["TA303"], ["TA303"], ["TA303"], []]
     assert [o.offered(o.truth["codes"][0]) for o in bugs[:len(forms)]] == [
-        True, True, True, True, False]
+        True, True, True, True, True, False]
     assert all(o.reported(o.truth["codes"][0]) for o in bugs)
     assert not any(o.removed() for o in outcomes if o.truth["twin"] == "clean")

@@ -110,25 +110,30 @@ def _clips_in_loops(facts: PrecisionFacts, seen: set[int]) -> Iterator[UnscaledC
             depth = len(step.via)
             fixable = clip.via[:depth] == step.via
             anchor = clip.via[depth].span if fixable and len(clip.via) > depth else None
-            move = _moved_unscale(module, anchor or module.span(clip.node), later, step_call) \
-                if fixable and later else None
+            move = _moved_unscale(module, anchor or module.span(clip.node),
+                                  [module.span(u.node) for u in later if u.node is not None],
+                                  module.span(step_call)) if fixable and later else None
             yield UnscaledClip(module.span(clip.node), receiver_of(step_call),
                                module.segment(step_call.args[0]),
                                fixable and (not later or move is not None), anchor,
                                UNSCALE_AFTER_CLIP if later and move is None else None, move)
 
 
-def _moved_unscale(module: ModuleFacts, anchor: Span, later: list[Operation],
-                   step_call: ast.Call) -> Span | None:
-    """The one ``unscale_`` after the clip, when the fix can move it before the clip: a
-    statement of its own, of the step's scaler and optimizer, right after the statement of
-    the clip (or of the helper call leading to it) in the same block."""
-    unscale = later[0].node if len(later) == 1 else None
-    if not isinstance(unscale, ast.Call) or len(unscale.args) != 1 \
+def _moved_unscale(module: ModuleFacts, anchor: Span, later: list[Span],
+                   step: Span) -> Span | None:
+    """The one ``unscale_`` after the clip (``later``: the spans of those before the step),
+    when the fix can move it before the clip: a statement of its own, of the step's scaler
+    and optimizer, right after the statement of the clip (or of the helper call leading to
+    it, at ``anchor``) in the same block."""
+    calls = {module.span(n): n for n in module.nodes_by_type.get(ast.Call, ())
+             if isinstance(n, ast.Call)}
+    unscale = calls.get(later[0]) if len(later) == 1 else None
+    step_call = calls.get(step)
+    if unscale is None or step_call is None or len(unscale.args) != 1 or not step_call.args \
             or receiver_of(unscale) != receiver_of(step_call) \
             or module.segment(unscale.args[0]) != module.segment(step_call.args[0]):
         return None
-    call = next((n for n in module.nodes_by_type.get(ast.Call, ()) if module.span(n) == anchor), None)
+    call = calls.get(anchor)
     parents = module.parents
     clip_stmt = next((a for a in module.ancestors(call) if isinstance(a, ast.stmt)), None) \
         if call is not None else None
@@ -169,10 +174,13 @@ def _clips_outside_loops(facts: PrecisionFacts, seen: set[int]) -> Iterator[Unsc
             scaler = receiver_of(after[0]) if after else receiver_of(scales[0])
             optimizer = module.segment(after[0].args[0]) if after else None
             end = after[0].lineno if after and after[0].lineno > clip_call.lineno else None
-            later = any(u.lineno > clip_call.lineno and (end is None or u.lineno < end)
-                        for u in unscales)
-            yield UnscaledClip(module.span(clip_call), scaler, optimizer, not later, None,
-                               UNSCALE_AFTER_CLIP if later else None)
+            later = [u for u in unscales
+                     if u.lineno > clip_call.lineno and (end is None or u.lineno < end)]
+            move = _moved_unscale(module, module.span(clip_call), [module.span(u) for u in later],
+                                  module.span(after[0])) if later and end is not None else None
+            yield UnscaledClip(module.span(clip_call), scaler, optimizer,
+                               not later or move is not None, None,
+                               UNSCALE_AFTER_CLIP if later and move is None else None, move)
 
 
 # Facts only where a scaler scales something, and then a clip or a backward to judge; or
@@ -254,16 +262,35 @@ class ClipBeforeUnscale(ProjectRule):
                     if clip.site.path != loop.path or (loop.path, clip.site.span) in seen:
                         continue
                     seen.add((loop.path, clip.site.span))
+                    no_fix = _no_fix_beside(loop, clip, op)
+                    move = self._move(project, loop, clip.site.span, clip, op) \
+                        if no_fix == UNSCALE_AFTER_CLIP else None
                     yield self._finding(loop.path, clip.site.span, step.scaler, step.optimizer,
-                                        no_fix=_no_fix_beside(loop, clip, op))
+                                        no_fix=None if move else no_fix, move=move)
                     continue
                 if (loop.path, call.span) in seen:
                     continue
                 seen.add((loop.path, call.span))
+                no_fix = _no_unscale_fix(loop, clip, call, op, before[-1])
+                move = self._move(project, loop, call.span, clip, op) \
+                    if no_fix == UNSCALE_AFTER_CLIP else None
                 yield self._finding(
                     loop.path, call.span, step.scaler, step.optimizer,
                     anchor=call.span, via=clip, helper=call.text,
-                    no_fix=_no_unscale_fix(loop, clip, call, op, before[-1]))
+                    no_fix=None if move else no_fix, move=move)
+
+    @staticmethod
+    def _move(project: Project, loop: TrainingLoop, anchor: Span, clip: Operation,
+              step: Operation) -> Span | None:
+        """The loop file's ``unscale_`` the fix can move before ``anchor`` (see
+        ``_moved_unscale``), or None."""
+        later = [u for u in loop.ops("unscale") if clip.order < u.order < step.order]
+        summary = project.by_path.get(loop.path)
+        module = project.module_of(summary) if summary is not None else None
+        if module is None or step.site.path != loop.path \
+                or any(u.site.path != loop.path for u in later):
+            return None
+        return _moved_unscale(module, anchor, [u.site.span for u in later], step.site.span)
 
     def _finding(self, path: str, span: Span, scaler: str | None, optimizer: str | None, *,
                  fixable: bool = True, anchor: Span | None = None, via: Operation | None = None,
