@@ -201,3 +201,78 @@ def test_a_helper_that_does_more_than_clip_is_not_moved(tmp_path: Path) -> None:
     findings = check_tree(tmp_path, select=("TA203",)).findings
     assert [(f.path, f.line, f.column, f.fix) for f in findings] == [("train.py", 12, 9, None)]
     assert fix_tree(tmp_path, select=("TA203",)) == {}
+
+
+# -- an unscale_ after the clip: the fix moves it, or offers nothing -------------------------
+
+CLIP_THEN_UNSCALE = '''\
+    import torch
+    import torch.nn.functional as F
+
+    ACCUM = 2
+
+
+    def clip_gradients(model):
+        return torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+
+
+    def train(model, loader, optimizer):
+        scaler = torch.amp.GradScaler("cpu")
+        for i, (x, y) in enumerate(loader):
+            scaler.scale(F.mse_loss(model(x), y) / ACCUM).backward()
+            if (i + 1) % ACCUM == 0:
+                {clip}
+                scaler.unscale_(optimizer)
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad()
+'''
+
+CLIPS = [("torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)", ("train.py", 16, 13)),
+         ("clip_gradients(model)", ("train.py", 8, 12))]  # a helper of the file: at its clip
+
+
+@pytest.mark.parametrize(("clip", "where"), CLIPS)
+def test_the_fix_moves_an_unscale_that_follows_the_clip(tmp_path: Path, clip: str,
+                                                        where: tuple[str, int, int]) -> None:
+    # The loop corpus's TA303 bug (issue 17): the old fix inserted a second unscale_ before
+    # the clip and the fixed step raised "unscale_() has already been called".
+    (tmp_path / "train.py").write_text(textwrap.dedent(CLIP_THEN_UNSCALE).format(clip=clip))
+    findings = check_tree(tmp_path, select=("TA303",)).findings
+    assert [(f.path, f.line, f.column, f.fix) for f in findings] == [(*where, "corrective")]
+    fixed = fix_tree(tmp_path, select=("TA303",))["train.py"]
+    assert fixed.count(".unscale_(") == 1
+    assert (f"            scaler.unscale_(optimizer)\n            {clip}\n"
+            "            scaler.step(optimizer)\n") in fixed
+    (tmp_path / "train.py").write_text(fixed)
+    assert check_tree(tmp_path, select=("TA303",)).findings == []
+
+
+@pytest.mark.parametrize(("clip", "where"), CLIPS)
+def test_no_fix_where_the_unscale_after_the_clip_cannot_move(tmp_path: Path, clip: str,
+                                                             where: tuple[str, int, int]) -> None:
+    # A statement between the clip and the unscale_ (it may read the clipped gradients):
+    # moving is not proven safe, and a second unscale_ would raise.
+    source = textwrap.dedent(CLIP_THEN_UNSCALE.replace(
+        "}\n", "}\n                print(i)\n")).format(clip=clip)
+    assert "print(i)\n            scaler.unscale_(" in source
+    (tmp_path / "train.py").write_text(source)
+    findings = check_tree(tmp_path, select=("TA303",)).findings
+    assert [(f.path, f.line, f.column, f.fix) for f in findings] == [(*where, None)]
+    assert findings[0].message.endswith(
+        "; no automatic fix: an `unscale_` runs after the clip (a second one would raise)")
+    assert fix_tree(tmp_path, select=("TA303",)) == {}
+
+
+def test_the_fix_moves_an_unscale_that_follows_another_files_clipping_helper(tmp_path: Path) -> None:
+    _write(tmp_path, TRAIN.replace("clip_gradients(model, 1.0)))\n",
+                                   "clip_gradients(model, 1.0)))\n            scaler.unscale_(optimizer)\n"))
+    findings = check_tree(tmp_path, select=("TA303",)).findings
+    assert [(f.path, f.line, f.column, f.fix) for f in findings] == [("train.py", 15, 28, "corrective")]
+    fixed = fix_tree(tmp_path, select=("TA303",))["train.py"]
+    assert ("        scaler.unscale_(optimizer)\n"
+            "        norms.append(float(clip_gradients(model, 1.0)))\n"
+            "        scaler.step(optimizer)\n") in fixed
+    assert fixed.count(".unscale_(") == 1
+    (tmp_path / "train.py").write_text(fixed)
+    assert check_tree(tmp_path, select=("TA303",)).findings == []

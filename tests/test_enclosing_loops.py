@@ -7,6 +7,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import check_tree, fix_tree, only_training_loop
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "loops"
@@ -146,4 +148,40 @@ def test_a_restore_the_loop_runs_before_each_step_is_kept(tmp_path: Path) -> Non
         "        if i % 100 == 0:\n            evaluate(model, val_loader)\n\n\n"
         "def main(model, loader, optimizer, val_loader):\n    for epoch in range(10):\n"
         "        run_epoch(model, loader, optimizer, val_loader)\n")
+    assert check_tree(tmp_path, select=("TA502",)).findings == []
+
+
+EARLY_RETURN_IN_STEP_LOOP = EARLY_RETURN.replace(
+    "            optimizer.zero_grad()\n        evaluate(model, val_loader)\n",
+    "            optimizer.zero_grad()\n            evaluate(model, val_loader)\n")
+
+
+NO_RESTORE = EARLY_RETURN_IN_STEP_LOOP.replace("    model.train()\n    return total\n",
+                                              "    return total\n")
+
+
+@pytest.mark.parametrize("source", [EARLY_RETURN_IN_STEP_LOOP, NO_RESTORE],
+                         ids=["restore_skipped", "no_restore"])
+def test_no_fix_where_an_early_return_skips_the_restore(tmp_path: Path, source: str) -> None:
+    # The loop corpus's try_finally TA502 bug (issue 17) evaluated in the step loop: the old
+    # fix added one more `model.train()` before the last `return`, which the early return
+    # skips too, on every round of `fix` (12 of them) without removing the finding. With no
+    # restore at all, one at the block's end would be skipped alike.
+    assert NO_RESTORE != EARLY_RETURN_IN_STEP_LOOP != EARLY_RETURN
+    (tmp_path / "train.py").write_text(source)
+    findings = check_tree(tmp_path, select=("TA502",)).findings
+    assert [(f.code, f.line, f.fix) for f in findings] == [("TA502", 6, None)]
+    assert fix_tree(tmp_path, select=("TA502",)) == {}
+
+
+def test_a_break_of_a_nested_loop_keeps_the_fix(tmp_path: Path) -> None:
+    # `break` leaves only the evaluation's own loop: the restore at the end still runs.
+    source = NO_RESTORE.replace("                return total / limit\n", "                break\n")
+    assert source != NO_RESTORE
+    (tmp_path / "train.py").write_text(source)
+    findings = check_tree(tmp_path, select=("TA502",)).findings
+    assert [(f.code, f.line, f.fix) for f in findings] == [("TA502", 6, "corrective")]
+    fixed = fix_tree(tmp_path, select=("TA502",))["train.py"]
+    assert "                break\n    model.train()\n    return total\n" in fixed
+    (tmp_path / "train.py").write_text(fixed)
     assert check_tree(tmp_path, select=("TA502",)).findings == []

@@ -160,3 +160,32 @@ def test_probe_readings_are_the_truth_on_runnable_twins(tmp_path: Path) -> None:
             assert "error" not in run, run
             measured[comp.key(), twin] = sorted(set(run["probe_codes"]) & set(BUGS))
     assert measured == {(c.key(), t): truth(c, t)["codes"] for c in comps for t in TWINS}
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:Detected call of:UserWarning")
+def test_fixed_loop_projects_compile_gain_nothing_and_run_without_the_bug(tmp_path: Path) -> None:
+    # Both twins of a seeded sample and of one composition per fix form, fixed with
+    # --unsafe-fixes --select ALL: no changed file that does not compile, no new warning or
+    # error, no loop code the fix removed still read by the probe, no clean twin whose
+    # probe readings changed (benchmarks/corpus/loop_fixes.py).
+    from benchmarks.corpus.loop_fixes import run_sample
+
+    forms = [
+        BASELINE,  # TA202, fixed by dividing the loss
+        _vary(scheduler="onecycle", bug="TA203", shape="plain"),
+        _vary(scaler="unscale_missing", bug="TA303", shape="helper"),
+        _vary(scaler="unscale_order", bug="TA303", shape="plain"),  # unscale_ moved up
+        _vary(scaler="unscale_order", clip="helper_other", bug="TA303", shape="trainer"),
+        _vary(evaluation="try_finally", bug="TA502", shape="plain"),
+    ]
+    seeded = [c for c in sample(COUNT, SEED) if c.runnable()][:3]
+    outcomes = run_sample([*forms, *seeded], tmp_path)
+    assert [(o.truth["key"], o.failures()) for o in outcomes if o.failures()] == []
+    bugs = [o for o in outcomes if o.truth["twin"] == "bug"]
+    assert [sorted(o.removed()) for o in bugs[:len(forms)]] == [
+        ["TA202"], ["TA203"], ["TA303"], ["TA303"], ["TA303"], []]
+    assert [o.offered(o.truth["codes"][0]) for o in bugs[:len(forms)]] == [
+        True, True, True, True, True, False]
+    assert all(o.reported(o.truth["codes"][0]) for o in bugs)
+    assert not any(o.removed() for o in outcomes if o.truth["twin"] == "clean")

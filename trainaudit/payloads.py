@@ -71,11 +71,13 @@ class AmpRename(FixPayload):
 
 @dataclass(frozen=True)
 class UnscaleBeforeClip(FixPayload):
-    """TA303: insert ``scaler.unscale_(optimizer)`` before the statement at ``anchor``."""
+    """TA303: insert ``scaler.unscale_(optimizer)`` before the statement at ``anchor``; with
+    ``move``, the ``unscale_`` call there is that statement, moved from right after it."""
 
     scaler: str
     optimizer: str
     anchor: Span
+    move: Span | None = None
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ import sys
 import tempfile
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,9 @@ from benchmarks.corpus.probe import probe_project
 SERIOUS = ("error", "warning")
 
 
-def _findings(folder: Path) -> list[dict[str, Any]]:
+def all_findings(folder: Path) -> list[dict[str, Any]]:
+    """Every finding of ``trainaudit check . --select ALL --no-cache`` in ``folder``, as its
+    JSON output lists them."""
     run = subprocess.run([sys.executable, "-m", "trainaudit", "check", ".", "--format", "json",
                           "--no-cache", "--select", "ALL", "--exit-zero"],
                          cwd=folder, capture_output=True, text=True, check=False)
@@ -38,10 +41,32 @@ def _findings(folder: Path) -> list[dict[str, Any]]:
     return findings
 
 
-def fix_and_run(folder: Path) -> dict[str, Any]:
-    """Fix one generated project in place and run it; what happened."""
+@dataclass
+class FixRun:
+    """One ``fix . --apply --unsafe-fixes --select ALL`` run: the findings before and after,
+    the files it changed and those of them that no longer compile."""
+
+    before: list[dict[str, Any]]
+    after: list[dict[str, Any]]
+    changed: list[str]
+    broken: list[str]
+
+    def new_serious(self) -> list[str]:
+        """``"CODE path"`` of each warning or error after the fix that was not there before."""
+        def serious(findings: list[dict[str, Any]]) -> Counter[tuple[str, str]]:
+            return Counter((f["code"], f["path"]) for f in findings if f["severity"] in SERIOUS)
+        return sorted(f"{c} {p}" for c, p in serious(self.after) - serious(self.before))
+
+    def fixed(self) -> Counter[str]:
+        """Code → how many of its findings the fix removed."""
+        return Counter(f["code"] for f in self.before) - Counter(f["code"] for f in self.after)
+
+
+def apply_fixes(folder: Path) -> FixRun:
+    """Fix every ``.py`` file of one generated project in place, with every rule selected and
+    the unsafe fixes on; what changed."""
     sources = {p.name: p.read_text(encoding="utf-8") for p in folder.glob("*.py")}
-    before = _findings(folder)
+    before = all_findings(folder)
     subprocess.run([sys.executable, "-m", "trainaudit", "fix", ".", "--apply",
                     "--unsafe-fixes", "--select", "ALL", "--no-cache", "--exit-zero"],
                    cwd=folder, capture_output=True, text=True, check=False)
@@ -53,14 +78,16 @@ def fix_and_run(folder: Path) -> dict[str, Any]:
             py_compile.compile(str(folder / name), doraise=True)
         except py_compile.PyCompileError:
             broken.append(name)
-    after = _findings(folder)
-    serious = Counter((f["code"], f["path"]) for f in after if f["severity"] in SERIOUS)
-    new = serious - Counter((f["code"], f["path"]) for f in before if f["severity"] in SERIOUS)
-    fixed = Counter(f["code"] for f in before) - Counter(f["code"] for f in after)
-    expected = 2 if any(f["code"] == "TA102" for f in after) else 1
+    return FixRun(before, all_findings(folder), changed, broken)
+
+
+def fix_and_run(folder: Path) -> dict[str, Any]:
+    """Fix one generated project in place and run it; what happened."""
+    fix = apply_fixes(folder)
+    expected = 2 if any(f["code"] == "TA102" for f in fix.after) else 1
     run = probe_project(folder)
-    return {"folder": str(folder), "changed": changed, "broken": broken,
-            "new_serious": sorted(f"{c} {p}" for c, p in new), "fixed": dict(fixed),
+    return {"folder": str(folder), "changed": fix.changed, "broken": fix.broken,
+            "new_serious": fix.new_serious(), "fixed": dict(fix.fixed()),
             "offset": run["label_offset"], "expected_offset": expected,
             "error": run.get("error")}
 

@@ -49,6 +49,51 @@ def _leaves_block(stmt: cst.CSTNode) -> bool:
         isinstance(s, cst.Return | cst.Continue | cst.Break | cst.Raise) for s in stmt.body)
 
 
+class _Exit(cst.CSTVisitor):
+    """Whether a statement may leave the block it is in: a ``return`` outside nested
+    functions and classes, a ``break`` or ``continue`` outside nested loops."""
+
+    def __init__(self) -> None:
+        self.found = False
+        self.loops = 0
+
+    def visit_FunctionDef(self, node: cst.FunctionDef) -> bool:
+        return False
+
+    def visit_ClassDef(self, node: cst.ClassDef) -> bool:
+        return False
+
+    def visit_Lambda(self, node: cst.Lambda) -> bool:
+        return False
+
+    def visit_For(self, node: cst.For) -> None:
+        self.loops += 1
+
+    def leave_For(self, original_node: cst.For) -> None:
+        self.loops -= 1
+
+    def visit_While(self, node: cst.While) -> None:
+        self.loops += 1
+
+    def leave_While(self, original_node: cst.While) -> None:
+        self.loops -= 1
+
+    def visit_Return(self, node: cst.Return) -> None:
+        self.found = True
+
+    def visit_Break(self, node: cst.Break) -> None:
+        self.found = self.found or not self.loops
+
+    def visit_Continue(self, node: cst.Continue) -> None:
+        self.found = self.found or not self.loops
+
+
+def _exits(stmt: cst.CSTNode) -> bool:
+    visitor = _Exit()
+    stmt.visit(visitor)
+    return visitor.found
+
+
 def _returned_computation(stmt: cst.CSTNode) -> cst.BaseExpression | None:
     """The value of ``return <value>`` when evaluating it may run the model (it calls)."""
     if not isinstance(stmt, cst.SimpleStatementLine) or not isinstance(stmt.body[0], cst.Return):
@@ -74,6 +119,12 @@ def fix_eval_mode_not_restored(source: str, findings: Sequence[Finding], options
         stmt = located.statement_of(call)
         _, stmts = block_of(located, stmt)
         last = stmts[-1]
+        at = next((i for i, s in enumerate(stmts) if s is stmt), len(stmts))
+        following = stmts[at + 1:]
+        if _leaves_block(last):
+            following = following[:-1]  # the restore goes before it
+        if any(_exits(s) for s in following):
+            return None  # an early exit would skip a restore at the block's end
         if _leaves_block(last) and last is not stmt:
             value = _returned_computation(last)
             if value is not None:

@@ -33,6 +33,9 @@ from trainaudit.rules.grad_scaler import receiver_of, scaled_backward, scope_cal
 # TA303 reads per-file facts (``ScalerClipFacts``) and the project's training loops: a clip
 # in a helper imported from another file is seen where the loop calls it.
 CLIP_FAMILY = "scaler-clips"
+# A second ``unscale_`` before ``update()`` raises: where one follows the clip, the fix that
+# inserts one before it would break the step.
+UNSCALE_AFTER_CLIP = "an `unscale_` runs after the clip (a second one would raise)"
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,8 @@ class UnscaledClip:
     optimizer: str | None  # the scaler step's optimizer, as spelled there
     fixable: bool
     anchor: Span | None  # where ``unscale_`` goes, when not right before the clip
+    no_fix: str | None = None  # why there is no fix, where that is not ``fixable``'s reason
+    move: Span | None = None  # the ``unscale_`` right after the clip, that the fix moves before it
 
 
 @dataclass(frozen=True)
@@ -99,13 +104,47 @@ def _clips_in_loops(facts: PrecisionFacts, seen: set[int]) -> Iterator[UnscaledC
             step_call = step.node
             if not isinstance(step_call, ast.Call) or not step_call.args:
                 continue
+            later = [u for u in loop.ops("unscale") if clip.order < u.order < step.order]
             # The unscale goes where the step's names are visible: before the helper
             # call that leads to the clip, when the clip is deeper than the step.
             depth = len(step.via)
             fixable = clip.via[:depth] == step.via
             anchor = clip.via[depth].span if fixable and len(clip.via) > depth else None
+            move = _moved_unscale(module, anchor or module.span(clip.node),
+                                  [module.span(u.node) for u in later if u.node is not None],
+                                  module.span(step_call)) if fixable and later else None
             yield UnscaledClip(module.span(clip.node), receiver_of(step_call),
-                               module.segment(step_call.args[0]), fixable, anchor)
+                               module.segment(step_call.args[0]),
+                               fixable and (not later or move is not None), anchor,
+                               UNSCALE_AFTER_CLIP if later and move is None else None, move)
+
+
+def _moved_unscale(module: ModuleFacts, anchor: Span, later: list[Span],
+                   step: Span) -> Span | None:
+    """The one ``unscale_`` after the clip (``later``: the spans of those before the step),
+    when the fix can move it before the clip: a statement of its own, of the step's scaler
+    and optimizer, right after the statement of the clip (or of the helper call leading to
+    it, at ``anchor``) in the same block."""
+    calls = {module.span(n): n for n in module.nodes_by_type.get(ast.Call, ())
+             if isinstance(n, ast.Call)}
+    unscale = calls.get(later[0]) if len(later) == 1 else None
+    step_call = calls.get(step)
+    if unscale is None or step_call is None or len(unscale.args) != 1 or not step_call.args \
+            or receiver_of(unscale) != receiver_of(step_call) \
+            or module.segment(unscale.args[0]) != module.segment(step_call.args[0]):
+        return None
+    call = calls.get(anchor)
+    parents = module.parents
+    clip_stmt = next((a for a in module.ancestors(call) if isinstance(a, ast.stmt)), None) \
+        if call is not None else None
+    unscale_stmt = parents.get(unscale)
+    parent = parents.get(unscale_stmt) if isinstance(unscale_stmt, ast.Expr) else None
+    for field in ("body", "orelse", "finalbody"):
+        block = getattr(parent, field, None)
+        if isinstance(block, list) and clip_stmt in block and unscale_stmt in block \
+                and block.index(unscale_stmt) == block.index(clip_stmt) + 1:
+            return module.span(unscale)
+    return None
 
 
 def _clips_outside_loops(facts: PrecisionFacts, seen: set[int]) -> Iterator[UnscaledClip]:
@@ -134,7 +173,14 @@ def _clips_outside_loops(facts: PrecisionFacts, seen: set[int]) -> Iterator[Unsc
             after = [s for s in steps if s.lineno > clip_call.lineno] or steps
             scaler = receiver_of(after[0]) if after else receiver_of(scales[0])
             optimizer = module.segment(after[0].args[0]) if after else None
-            yield UnscaledClip(module.span(clip_call), scaler, optimizer, True, None)
+            end = after[0].lineno if after and after[0].lineno > clip_call.lineno else None
+            later = [u for u in unscales
+                     if u.lineno > clip_call.lineno and (end is None or u.lineno < end)]
+            move = _moved_unscale(module, module.span(clip_call), [module.span(u) for u in later],
+                                  module.span(after[0])) if later and end is not None else None
+            yield UnscaledClip(module.span(clip_call), scaler, optimizer,
+                               not later or move is not None, None,
+                               UNSCALE_AFTER_CLIP if later and move is None else None, move)
 
 
 # Facts only where a scaler scales something, and then a clip or a backward to judge; or
@@ -185,7 +231,8 @@ class ClipBeforeUnscale(ProjectRule):
             for clip in facts.unscaled_clips:
                 seen.add((path, clip.span))
                 yield self._finding(path, clip.span, clip.scaler, clip.optimizer,
-                                    fixable=clip.fixable, anchor=clip.anchor)
+                                    fixable=clip.fixable, anchor=clip.anchor, no_fix=clip.no_fix,
+                                    move=clip.move)
         yield from self._clips_across_files(project, by_path, seen)
 
     def _clips_across_files(self, project: Project, by_path: dict[str, ScalerClipFacts],
@@ -215,20 +262,39 @@ class ClipBeforeUnscale(ProjectRule):
                     if clip.site.path != loop.path or (loop.path, clip.site.span) in seen:
                         continue
                     seen.add((loop.path, clip.site.span))
+                    no_fix = _no_fix_beside(loop, clip, op)
+                    move = self._move(project, loop, clip.site.span, clip, op) \
+                        if no_fix == UNSCALE_AFTER_CLIP else None
                     yield self._finding(loop.path, clip.site.span, step.scaler, step.optimizer,
-                                        no_fix=_no_fix_beside(loop, clip, op))
+                                        no_fix=None if move else no_fix, move=move)
                     continue
                 if (loop.path, call.span) in seen:
                     continue
                 seen.add((loop.path, call.span))
+                no_fix = _no_unscale_fix(loop, clip, call, op, before[-1])
+                move = self._move(project, loop, call.span, clip, op) \
+                    if no_fix == UNSCALE_AFTER_CLIP else None
                 yield self._finding(
                     loop.path, call.span, step.scaler, step.optimizer,
                     anchor=call.span, via=clip, helper=call.text,
-                    no_fix=_no_unscale_fix(loop, clip, call, op, before[-1]))
+                    no_fix=None if move else no_fix, move=move)
+
+    @staticmethod
+    def _move(project: Project, loop: TrainingLoop, anchor: Span, clip: Operation,
+              step: Operation) -> Span | None:
+        """The loop file's ``unscale_`` the fix can move before ``anchor`` (see
+        ``_moved_unscale``), or None."""
+        later = [u for u in loop.ops("unscale") if clip.order < u.order < step.order]
+        summary = project.by_path.get(loop.path)
+        module = project.module_of(summary) if summary is not None else None
+        if module is None or step.site.path != loop.path \
+                or any(u.site.path != loop.path for u in later):
+            return None
+        return _moved_unscale(module, anchor, [u.site.span for u in later], step.site.span)
 
     def _finding(self, path: str, span: Span, scaler: str | None, optimizer: str | None, *,
                  fixable: bool = True, anchor: Span | None = None, via: Operation | None = None,
-                 helper: str = "", no_fix: str | None = None) -> Finding:
+                 helper: str = "", no_fix: str | None = None, move: Span | None = None) -> Finding:
         unscale = f"`{scaler}.unscale_({optimizer or 'optimizer'})`"
         if via is None:
             message = f"gradients are clipped while still scaled by `{scaler}`: call {unscale} before clipping"
@@ -242,7 +308,7 @@ class ClipBeforeUnscale(ProjectRule):
         fixable = fixable and no_fix is None and scaler is not None and optimizer is not None
         return self.finding(
             path, span, message,
-            payload=UnscaleBeforeClip(scaler, optimizer, anchor or span)
+            payload=UnscaleBeforeClip(scaler, optimizer, anchor or span, move)
             if scaler is not None and optimizer is not None and fixable else None,
             fixable=fixable,
             related=[Related(via.site.path, via.site.line, via.site.column, "the clip")]
@@ -258,7 +324,7 @@ def _no_fix_beside(loop: TrainingLoop, clip: Operation, step: Operation) -> str 
     if clip.loops != step.loops:
         return "the clip is in a loop the scaler's step is not in"
     if any(clip.order < u.order < step.order for u in loop.ops("unscale")):
-        return "an `unscale_` runs after the clip (a second one would raise)"
+        return UNSCALE_AFTER_CLIP
     return None
 
 
@@ -280,5 +346,5 @@ def _no_unscale_fix(loop: TrainingLoop, clip: Operation, call: Site, step: Opera
         first = ([site for site in earlier[0].via if site.path == loop.path] or [earlier[0].site])[-1]
         return f"the `unscale_` goes before the earlier clip on line {first.line}"
     if any(clip.order < u.order < step.order for u in loop.ops("unscale")):
-        return "an `unscale_` runs after the clip (a second one would raise)"
+        return UNSCALE_AFTER_CLIP
     return None

@@ -205,7 +205,7 @@ class EvalModeNotRestored(ProjectRule):
     def check(self, project: Project, ctx: RuleContext) -> Iterable[Finding]:
         seen: set[tuple[str, int, int]] = set()
         for loop in project_training_loops(project):
-            for op, where, payload in (*_left_in_loop(loop), *_left_by_enclosing(loop)):
+            for op, where, payload in (*_left_in_loop(project, loop), *_left_by_enclosing(loop)):
                 key = (op.site.path, op.site.line, op.site.column)
                 if key in seen:
                     continue
@@ -229,16 +229,57 @@ class EvalModeNotRestored(ProjectRule):
 Left = tuple[Operation, TrainingLoop, RestoreTrainMode | None]
 
 
-def _left_in_loop(loop: TrainingLoop) -> Iterator[Left]:
+def _left_in_loop(project: Project, loop: TrainingLoop) -> Iterator[Left]:
     """Eval-mode calls of the loop's own call tree with no ``.train()`` of that model in it."""
     trained = [op.subject for op in loop.forwards if op.grad_mode == "enabled"]
     restored = loop.ops("train_mode")
     for op in loop.ops("eval_mode"):
         if op.subject == UNBOUND or not any(_same_object(op.subject, other) for other in trained):
             continue  # a frozen model (a teacher run under no_grad), or not known
-        if any(_may_restore(other, op) and not loop.may_skip(op, other) for other in restored):
+        restoring = [other for other in restored if _may_restore(other, op)]
+        if any(not loop.may_skip(op, other) for other in restoring):
             continue
-        yield op, loop, RestoreTrainMode(op.receiver)
+        # A restore is there but an exit skips it (an early ``return``): one more at the
+        # block's end would be skipped alike, so no fix.
+        fixable = not restoring and not _block_end_skippable(project, op)
+        yield op, loop, RestoreTrainMode(op.receiver) if fixable else None
+
+
+_LEAVES = (ast.Return, ast.Break, ast.Continue, ast.Raise)
+_SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)
+
+
+def _may_leave(node: ast.AST, in_loop: bool = False) -> bool:
+    """A ``return`` outside nested scopes, or a ``break``/``continue`` outside nested loops."""
+    if isinstance(node, ast.Return) or (isinstance(node, ast.Break | ast.Continue) and not in_loop):
+        return True
+    if isinstance(node, _SCOPES):
+        return False
+    inner = in_loop or isinstance(node, ast.For | ast.AsyncFor | ast.While)
+    return any(_may_leave(child, inner) for child in ast.iter_child_nodes(node))
+
+
+def _block_end_skippable(project: Project, op: Operation) -> bool:
+    """The fix's restore goes at the end of the block of the ``.eval()`` statement (before a
+    final ``return``): true when a statement between may leave the block first, or when the
+    statement is not found (the fix cannot be proven to run)."""
+    summary = project.by_path.get(op.site.path)
+    module = project.module_of(summary) if summary is not None else None
+    if module is None:
+        return True
+    call = next((n for n in module.nodes_by_type.get(ast.Call, ())
+                 if module.span(n) == op.site.span), None)
+    stmt = next((a for a in module.ancestors(call) if isinstance(a, ast.stmt)), None) \
+        if call is not None else None
+    parent = module.parents.get(stmt) if stmt is not None else None
+    block = next((b for b in (getattr(parent, f, None) for f in ("body", "orelse", "finalbody"))
+                  if isinstance(b, list) and stmt in b), None)
+    if block is None:
+        return True
+    following = block[block.index(stmt) + 1:]
+    if following and isinstance(following[-1], _LEAVES):
+        following = following[:-1]  # the restore goes before it
+    return any(_may_leave(s) for s in following)
 
 
 def _left_by_enclosing(loop: TrainingLoop) -> Iterator[Left]:
