@@ -52,6 +52,7 @@ RUNS: dict[str, str] = {
     "loops/ta201_for_range_max_iters": ("max_iters = 3; block_size = 8; m = TinyLM(); "
                                         "train(m, torch.randint(0, 16, (64,))); observed = m"),
     "loops/ta202_divide_loss": "m = classifier(); train(m, dataset(), grad_accum=2); observed = m",
+    "loops/ta202_counter_gate": "m = classifier(); train(m, dataset(), grad_accum=2); observed = m",
     "loops/ta203_move_under_gate": "m = classifier(); train(m, dataset(), accumulation_steps=2); observed = m",
     "loops/ta203_zero_grad_out_of_else": (
         "m = classifier(); train(m, loader(), torch.optim.SGD(m.parameters(), lr=0.1)); observed = m"),

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import check_tree, fix_tree, found
+from tests.helpers import check_tree, fix_tree, found, only_training_loop
 from trainaudit.model.loops import (
     BatchSize,
     TrainingLoop,
@@ -335,3 +335,36 @@ def test_reference_trainer_has_ta201_only_and_fixes_clean(tmp_path: Path) -> Non
     assert check_tree(tmp_path, select=("TA2",)).findings == []
     # Idempotent.
     assert fix_tree(tmp_path, select=("TA2",)) == {}
+
+
+_COUNTER_GATE = """\
+import torch.nn.functional as F
+
+
+def train(model, loader, optimizer, accum):
+    micro = 0
+    for x, y in loader:
+        F.cross_entropy(model(x), y).backward()
+        micro += 1
+        if micro {test} accum:
+            optimizer.step()
+            optimizer.zero_grad()
+            micro = 0{extra}
+"""
+
+
+@pytest.mark.parametrize(("test", "extra", "steps"), [
+    ("==", "", "accum"),
+    (">=", "", "accum"),
+    # The counter is assigned elsewhere too, or never reset at the window: the window
+    # size is not what the test compares with.
+    ("==", "\n        micro = min(micro, 3)", None),
+    ("==", "\n        if x.numel() == 0:\n            micro = 0", None),
+    ("!=", "", None),
+])
+def test_a_window_the_loop_counts_itself_has_the_size_it_is_compared_with(
+        test: str, extra: str, steps: str | None) -> None:
+    loop = only_training_loop(_COUNTER_GATE.format(test=test, extra=extra))
+    accumulation = loop.accumulation
+    assert accumulation is not None and accumulation.kind == "gated"
+    assert accumulation.steps == steps

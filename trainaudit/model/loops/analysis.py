@@ -19,7 +19,12 @@ from trainaudit.model.loops.batch import batch_size_of
 from trainaudit.model.loops.cfg import FlowGraph
 from trainaudit.model.loops.losses import LossReader
 from trainaudit.model.loops.ordering import EventLog, Ordering
-from trainaudit.model.loops.patterns import TRAINY, looks_like_accumulation_test, terminates
+from trainaudit.model.loops.patterns import (
+    TRAINY,
+    counted_windows,
+    looks_like_accumulation_test,
+    terminates,
+)
 from trainaudit.model.loops.records import (
     ExternalCall,
     FunctionOps,
@@ -282,12 +287,15 @@ class LoopAnalysis(LossReader):
         return frozenset(found)
 
     def with_batch_size(self, record: TrainingLoop) -> TrainingLoop:
-        """The record with its batch size resolved (costly, so only for training loops)."""
+        """The record with its batch size and the windows it counts itself resolved (costly,
+        so only for training loops)."""
         loop = record.node
         if loop is None:
             return record
         used = self._names_read(loop, list(record.helpers))
-        return replace(record, batch_size=batch_size_of(self.module, loop, record.header.function, used))
+        windows = tuple((line, self.module.segment(size)) for line, size in counted_windows(loop.body))
+        return replace(record, batch_size=batch_size_of(self.module, loop, record.header.function, used),
+                       counted_windows=windows)
 
     def _names_read(self, loop: LoopNode, helpers: list[str]) -> frozenset[str]:
         """Names and attribute names (``args.block_size``) the loop's call tree reads."""

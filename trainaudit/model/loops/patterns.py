@@ -112,3 +112,44 @@ def grad_mode(contexts: Iterable[str]) -> GradMode:
         elif any(disabling) and mode != "disabled":
             mode = "maybe"
     return mode
+
+
+def counted_windows(body: Sequence[ast.stmt]) -> tuple[tuple[int, ast.expr], ...]:
+    """Accumulation windows a loop counts itself: ``micro += 1`` on every pass, then
+    ``if micro == K:`` (or ``>=``) whose body sets ``micro = 0`` — a window of K
+    micro-batches. (Line of the ``if`` test, K) for each; a counter assigned anywhere else
+    in the loop (or counted twice) tells nothing."""
+    increments: dict[str, list[ast.AugAssign]] = {}
+    for stmt in body:
+        if isinstance(stmt, ast.AugAssign) and isinstance(stmt.op, ast.Add) \
+                and isinstance(stmt.value, ast.Constant) and stmt.value.value == 1:
+            increments.setdefault(ast.unparse(stmt.target), []).append(stmt)
+    found: list[tuple[int, ast.expr]] = []
+    for position, stmt in enumerate(body):
+        if not isinstance(stmt, ast.If):
+            continue
+        test = stmt.test
+        if not (isinstance(test, ast.Compare) and len(test.ops) == 1
+                and isinstance(test.ops[0], ast.Eq | ast.GtE)):
+            continue
+        counter = ast.unparse(test.left)
+        counted = increments.get(counter, [])
+        resets = [s for s in stmt.body if isinstance(s, ast.Assign) and len(s.targets) == 1
+                  and ast.unparse(s.targets[0]) == counter
+                  and isinstance(s.value, ast.Constant) and s.value.value == 0]
+        if len(counted) == 1 and body.index(counted[0]) < position and resets \
+                and _assignments_to(body, counter) == len(resets) + 1:
+            found.append((test.lineno, test.comparators[0]))
+    return tuple(found)
+
+
+def _assignments_to(body: Sequence[ast.stmt], spelled: str) -> int:
+    """How many statements of the loop (nested blocks too) assign the spelling."""
+    count = 0
+    for node in ast.walk(ast.Module(body=list(body), type_ignores=[])):
+        targets = (node.targets if isinstance(node, ast.Assign)
+                   else [node.target] if isinstance(node, ast.AugAssign | ast.AnnAssign | ast.For)
+                   else [])
+        count += sum(1 for target in targets for sub in ast.walk(target)
+                     if isinstance(sub, ast.Name | ast.Attribute) and ast.unparse(sub) == spelled)
+    return count

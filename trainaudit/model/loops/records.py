@@ -222,6 +222,9 @@ class TrainingLoop:
     # iterations of it, and of loops around it, included).
     later: Ordering | None = field(default=None, compare=False, repr=False)
     node: LoopNode | None = field(default=None, compare=False, repr=False)
+    # Windows the loop counts itself (``patterns.counted_windows``): (line of the ``if``
+    # test, the window size's text).
+    counted_windows: tuple[tuple[int, str], ...] = ()
 
     @property
     def path(self) -> str:
@@ -315,6 +318,8 @@ class TrainingLoop:
         shared = set(backward.guards)
         for guard in step.accumulation_guards:
             if guard not in shared:
-                return Accumulation("gated", gate_steps(guard.text), guard)
+                counted = dict(self.counted_windows).get(guard.site.line) \
+                    if not guard.negated and guard.site.path == self.path else None
+                return Accumulation("gated", gate_steps(guard.text) or counted, guard)
         return None
 
