@@ -203,12 +203,12 @@ class ModuleFacts:
         parent: dict[ast.AST, ast.AST] = {}
         append = nodes.append
         index = 0
-        known, fields = _CHILDREN, _CHILD_FIELDS
+        known = _CHILDREN
         while index < len(nodes):
             node = nodes[index]
             index += 1
-            if not (fields.get(type(node)) or _child_fields(type(node))):
-                continue  # a leaf (``Name``, ``Constant``): no call for its no children
+            if not _child_fields(type(node)):
+                continue  # a leaf (``Name``, ``Constant``): nothing below it to collect
             children = known[node] = child_nodes(node)
             for child in children:
                 parent[child] = node
