@@ -254,9 +254,9 @@ def fix_clip_before_unscale(source: str, findings: Sequence[Finding],
         stmt = simple_statement(located, call) if call is not None else None
         if data is None or stmt is None or stmt in edits.before:
             continue
-        moved = call_at(located, data.move) if data.move is not None else None
-        moved_stmt = simple_statement(located, moved) if moved is not None else None
         if data.move is not None:
+            moved = call_at(located, data.move)
+            moved_stmt = simple_statement(located, moved) if moved is not None else None
             if moved_stmt is None or moved_stmt in edits.remove:
                 continue
             edits.remove.add(moved_stmt)  # clip, then unscale_: the two swap
