@@ -267,7 +267,7 @@ class LoopAnalysis(LossReader):
             external_calls=tuple(external),
             helpers=tuple(helpers),
             outer_loops=tuple(self._loop_site(o, function) for o in outer),
-            batch_size=None,  # filled in for training loops only (see ``with_batch_size``)
+            batch_size=None,  # filled in for training loops only (see ``with_training_facts``)
             file_delegation=self.file_delegation,
             ddp=self.ddp,
             ordering=log.ordering(self.flow_graph(function), avoid=loop),
@@ -286,9 +286,9 @@ class LoopAnalysis(LossReader):
                 found.update(file_objects(self.module).wrappers(op.node.func, op.site.function))
         return frozenset(found)
 
-    def with_batch_size(self, record: TrainingLoop) -> TrainingLoop:
-        """The record with its batch size and the windows it counts itself resolved (costly,
-        so only for training loops)."""
+    def with_training_facts(self, record: TrainingLoop) -> TrainingLoop:
+        """The record with its batch size and the accumulation windows it counts itself
+        resolved (costly, so only for training loops)."""
         loop = record.node
         if loop is None:
             return record
@@ -381,11 +381,11 @@ def _analyse(module: ModuleFacts) -> tuple[list[TrainingLoop], list[TrainingLoop
         record = analysis.loop_record(function, loop, outer)
         walked.append((record, (function, loop, outer)))
         if is_training_loop(record):
-            training.append(analysis.with_batch_size(record))
+            training.append(analysis.with_training_facts(record))
         elif record.external_calls and any(may_train(c) for c in record.external_calls):
             # Walked again with ``later``: once its imported helpers are inlined it may turn
             # out to be an epoch loop around another file's training loop.
-            candidates.append(analysis.with_batch_size(
+            candidates.append(analysis.with_training_facts(
                 analysis.loop_record(function, loop, outer, later=True)))
     # An epoch loop around a training loop is not itself one.
     inner_headers = {o for loop in training for o in loop.outer_loops}
